@@ -1,0 +1,76 @@
+// GEMM: one entry point over OpenBLAS (CPU) and cuBLAS (CUDA).
+//
+// Row-major throughout. With op(X) = X or X^T:
+//   Gemm:              C[m, n]    = alpha * op(A) op(B) + beta * C
+//   BatchedGemm:       C[b][m, n] = alpha * op(A[b]) op(B[b]) + beta * C[b]   (3-D tensors)
+//   GroupedGemm:       ragged rows. A [sum_g m_g, k], B [G, k, n] (or [G, n, k] with
+//                      trans_b), C [sum_g m_g, n]; group g owns rows [offsets[g], offsets[g+1])
+//                      of A and C: C_g = alpha * A_g op(B[g]) + beta * C_g. For MoE expert
+//                      forward (x W) and input gradient (dy W^T).
+//   GroupedGemmRaggedK: ragged reduction. A [sum_g k_g, m], B [sum_g k_g, n], C [G, m, n];
+//                      C[g] = alpha * A_g^T B_g + beta * C[g], where A_g, B_g are rows
+//                      [offsets[g], offsets[g+1]). For MoE weight gradients (x^T dy). An empty
+//                      group gives C[g] = beta * C[g].
+// dtypes: A and B both f32 or both bf16; C f32 or bf16; accumulation is always fp32 (f32 inputs
+// use true fp32 on GPU, not TF32). bf16 C is rounded once, to nearest even, at the end.
+// beta == 0 means C is write-only (its old contents, even NaN, are ignored).
+// Tensors must be contiguous and all on ctx's device. Group offsets live on the host (size G+1,
+// non-decreasing, offsets[0] == 0, offsets[G] == rows): a caller with device-side counts copies
+// them to the host first, which synchronizes; that is the one sync of an expert pass.
+// Deterministic: the same inputs give bit-identical outputs on the same backend.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "runtime/core/status.h"
+#include "runtime/device/exec_context.h"
+#include "runtime/tensor/tensor.h"
+
+namespace smoe {
+
+struct GemmOptions {
+  bool trans_a = false;
+  bool trans_b = false;
+  float alpha = 1.0f;
+  float beta = 0.0f;
+};
+
+[[nodiscard]] Status Gemm(ExecContext& ctx, const TensorView& a, const TensorView& b,
+                          const TensorView& c, const GemmOptions& options = {});
+[[nodiscard]] Status BatchedGemm(ExecContext& ctx, const TensorView& a, const TensorView& b,
+                                 const TensorView& c, const GemmOptions& options = {});
+// options.trans_a must be false.
+[[nodiscard]] Status GroupedGemm(ExecContext& ctx, const TensorView& a, const TensorView& b,
+                                 const TensorView& c, std::span<const int64_t> offsets,
+                                 const GemmOptions& options = {});
+// options.trans_a and trans_b must be false (A is read transposed by definition).
+[[nodiscard]] Status GroupedGemmRaggedK(ExecContext& ctx, const TensorView& a,
+                                        const TensorView& b, const TensorView& c,
+                                        std::span<const int64_t> offsets,
+                                        const GemmOptions& options = {});
+
+namespace internal {
+
+// One validated problem for a backend: C = alpha op(A) op(B) + beta C, pointers to row-major
+// matrices with leading dimensions, repeated `batch` times with element strides between items.
+struct GemmProblem {
+  const void* a = nullptr;
+  const void* b = nullptr;
+  void* c = nullptr;
+  DType ab_dtype = DType::kF32;
+  DType c_dtype = DType::kF32;
+  bool trans_a = false;
+  bool trans_b = false;
+  int64_t m = 0, n = 0, k = 0;
+  int64_t lda = 0, ldb = 0, ldc = 0;
+  int64_t batch = 1;
+  int64_t stride_a = 0, stride_b = 0, stride_c = 0;
+  float alpha = 1.0f, beta = 0.0f;
+};
+
+[[nodiscard]] Status GemmCpu(const GemmProblem& p);
+[[nodiscard]] Status GemmCuda(ExecContext& ctx, const GemmProblem& p);
+
+}  // namespace internal
+}  // namespace smoe

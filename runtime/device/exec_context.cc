@@ -1,0 +1,80 @@
+#include "runtime/device/exec_context.h"
+
+#include "absl/strings/str_cat.h"
+
+#if MOE_WITH_CUDA
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "runtime/device/cuda_error.h"
+#endif
+
+namespace smoe {
+
+ExecContext::ExecContext(Device device, Allocator* allocator)
+    : device_(device), allocator_(allocator) {}
+
+StatusOr<std::unique_ptr<ExecContext>> ExecContext::Create(Device device) {
+  MOE_ASSIGN_OR_RETURN(Allocator * allocator, AllocatorFor(device));
+  std::unique_ptr<ExecContext> ctx(new ExecContext(device, allocator));
+#if MOE_WITH_CUDA
+  if (device.is_cuda()) {
+    MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(device.index));
+    MOE_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&ctx->stream_, cudaStreamNonBlocking));
+    MOE_CUBLAS_RETURN_IF_ERROR(cublasCreate(&ctx->cublas_));
+    MOE_CUBLAS_RETURN_IF_ERROR(cublasSetStream(ctx->cublas_, ctx->stream_));
+    MOE_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&ctx->cublas_lt_));
+  }
+#endif
+  return ctx;
+}
+
+ExecContext& ExecContext::Cpu() {
+  static ExecContext* ctx = new ExecContext(Device::Cpu(), CpuAllocator());
+  return *ctx;
+}
+
+ExecContext::~ExecContext() {
+  if (device_.is_cuda()) (void)Synchronize();
+  ReleaseRetiredWorkspaces();
+  allocator_->Free(workspace_);
+#if MOE_WITH_CUDA
+  if (cublas_lt_ != nullptr) cublasLtDestroy(cublas_lt_);
+  if (cublas_ != nullptr) cublasDestroy(cublas_);
+  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+#endif
+}
+
+StatusOr<void*> ExecContext::Workspace(size_t bytes) {
+  if (bytes <= workspace_bytes_) return workspace_;
+  MOE_ASSIGN_OR_RETURN(void* fresh, allocator_->Allocate(bytes));
+  if (workspace_ != nullptr) {
+    // The stream may still read the old block: free it only after the next Synchronize.
+    if (device_.is_cuda()) {
+      retired_workspaces_.push_back(workspace_);
+    } else {
+      allocator_->Free(workspace_);
+    }
+  }
+  workspace_ = fresh;
+  workspace_bytes_ = bytes;
+  return workspace_;
+}
+
+Status ExecContext::Synchronize() {
+#if MOE_WITH_CUDA
+  if (device_.is_cuda()) {
+    MOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  }
+#endif
+  ReleaseRetiredWorkspaces();
+  return absl::OkStatus();
+}
+
+void ExecContext::ReleaseRetiredWorkspaces() {
+  for (void* block : retired_workspaces_) allocator_->Free(block);
+  retired_workspaces_.clear();
+}
+
+}  // namespace smoe

@@ -1,0 +1,66 @@
+// ExecContext: everything an op needs to run on a device: the device, its stream, its allocator,
+// a workspace and the BLAS handles. One per device per thread of work; not thread-safe.
+//
+// Ops take `ExecContext& ctx` and enqueue their work on ctx.stream() (CPU work runs inline).
+// The CUDA types are forward-declared so that CPU-only code need not include CUDA headers.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "runtime/core/status.h"
+#include "runtime/device/device.h"
+#include "runtime/memory/allocator.h"
+
+struct CUstream_st;
+struct cublasContext;
+struct cublasLtContext;
+
+namespace smoe {
+
+using CudaStream = CUstream_st*;        // cudaStream_t
+using CublasHandle = cublasContext*;    // cublasHandle_t
+using CublasLtHandle = cublasLtContext*;  // cublasLtHandle_t
+
+class ExecContext {
+ public:
+  // A context for `device`. For CUDA: a new non-blocking stream and cuBLAS/cuBLASLt handles
+  // bound to it; FailedPrecondition when the device is not available.
+  [[nodiscard]] static StatusOr<std::unique_ptr<ExecContext>> Create(Device device);
+  // A process-wide CPU context (for tests, tools and CPU-only callers).
+  static ExecContext& Cpu();
+
+  ~ExecContext();
+  ExecContext(const ExecContext&) = delete;
+  ExecContext& operator=(const ExecContext&) = delete;
+
+  Device device() const { return device_; }
+  Allocator* allocator() const { return allocator_; }
+  CudaStream stream() const { return stream_; }
+  CublasHandle cublas() const { return cublas_; }
+  CublasLtHandle cublas_lt() const { return cublas_lt_; }
+
+  // Scratch memory of at least `bytes`, valid until the next Workspace call on this context
+  // (stream-ordered: work already enqueued may still read the previous workspace, so it is kept
+  // alive until Synchronize). Grows, never shrinks.
+  [[nodiscard]] StatusOr<void*> Workspace(size_t bytes);
+  size_t workspace_bytes() const { return workspace_bytes_; }
+
+  // Waits for all work enqueued on the stream (no-op on CPU).
+  [[nodiscard]] Status Synchronize();
+
+ private:
+  explicit ExecContext(Device device, Allocator* allocator);
+  void ReleaseRetiredWorkspaces();
+
+  Device device_;
+  Allocator* allocator_;
+  CudaStream stream_ = nullptr;
+  CublasHandle cublas_ = nullptr;
+  CublasLtHandle cublas_lt_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  std::vector<void*> retired_workspaces_;
+};
+
+}  // namespace smoe

@@ -1,0 +1,89 @@
+#include "runtime/nn/softmax.h"
+
+#include <cmath>
+#include <limits>
+
+namespace smoe {
+namespace {
+
+Status CheckRows(absl::string_view name, const ExecContext& ctx, const TensorView& t,
+                 const Shape& shape) {
+  MOE_RETURN_IF_ERROR(CheckTensor(name, t, DType::kF32, ctx.device(), shape));
+  return CheckContiguous(name, t);
+}
+
+}  // namespace
+
+Status SoftmaxRows(ExecContext& ctx, const TensorView& x, const TensorView& y) {
+  MOE_RETURN_IF_ERROR(CheckRows("x", ctx, x, {-1, -1}));
+  MOE_RETURN_IF_ERROR(CheckRows("y", ctx, y, {x.dim(0), x.dim(1)}));
+  const int64_t rows = x.dim(0), cols = x.dim(1);
+  if (rows == 0 || cols == 0) return absl::OkStatus();
+  if (ctx.device().is_cuda()) {
+    return internal::SoftmaxRowsCuda(ctx, x.data<float>(), y.data<float>(), rows, cols);
+  }
+  const float* in = x.data<float>();
+  float* out = y.data<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = in + r * cols;
+    float* yr = out + r * cols;
+    float max = -std::numeric_limits<float>::infinity();
+    bool finite = true;
+    for (int64_t c = 0; c < cols; ++c) {
+      finite = finite && std::isfinite(xr[c]);
+      max = std::max(max, xr[c]);
+    }
+    if (!finite) {
+      std::fill(yr, yr + cols, std::numeric_limits<float>::quiet_NaN());
+      continue;
+    }
+    double sum = 0.0;
+    for (int64_t c = 0; c < cols; ++c) {
+      yr[c] = std::exp(xr[c] - max);
+      sum += yr[c];
+    }
+    const float inv = static_cast<float>(1.0 / sum);
+    for (int64_t c = 0; c < cols; ++c) yr[c] *= inv;
+  }
+  return absl::OkStatus();
+}
+
+Status SoftmaxRowsBackward(ExecContext& ctx, const TensorView& y, const TensorView& dy,
+                           const TensorView& dx) {
+  MOE_RETURN_IF_ERROR(CheckRows("y", ctx, y, {-1, -1}));
+  MOE_RETURN_IF_ERROR(CheckRows("dy", ctx, dy, {y.dim(0), y.dim(1)}));
+  MOE_RETURN_IF_ERROR(CheckRows("dx", ctx, dx, {y.dim(0), y.dim(1)}));
+  const int64_t rows = y.dim(0), cols = y.dim(1);
+  if (rows == 0 || cols == 0) return absl::OkStatus();
+  if (ctx.device().is_cuda()) {
+    return internal::SoftmaxRowsBackwardCuda(ctx, y.data<float>(), dy.data<float>(),
+                                             dx.data<float>(), rows, cols);
+  }
+  const float* yp = y.data<float>();
+  const float* dyp = dy.data<float>();
+  float* dxp = dx.data<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    double dot = 0.0;
+    for (int64_t c = 0; c < cols; ++c) dot += double{dyp[r * cols + c]} * yp[r * cols + c];
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t i = r * cols + c;
+      dxp[i] = yp[i] * (dyp[i] - static_cast<float>(dot));
+    }
+  }
+  return absl::OkStatus();
+}
+
+#if !MOE_WITH_CUDA
+namespace internal {
+Status SoftmaxRowsCuda(ExecContext&, const float*, float*, int64_t, int64_t) {
+  return absl::FailedPreconditionError("SoftmaxRows on CUDA, but this build has no CUDA backend");
+}
+Status SoftmaxRowsBackwardCuda(ExecContext&, const float*, const float*, float*, int64_t,
+                               int64_t) {
+  return absl::FailedPreconditionError(
+      "SoftmaxRowsBackward on CUDA, but this build has no CUDA backend");
+}
+}  // namespace internal
+#endif
+
+}  // namespace smoe

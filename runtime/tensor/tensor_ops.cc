@@ -1,0 +1,159 @@
+#include "runtime/tensor/tensor_ops.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "runtime/core/philox.h"
+
+#if MOE_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "runtime/device/cuda_error.h"
+#endif
+
+namespace smoe {
+namespace {
+
+Status CheckOnContext(absl::string_view name, const ExecContext& ctx, const TensorView& t) {
+  if (t.device() != ctx.device()) {
+    return BadArgument(absl::StrCat(name, ".device"), t.device().ToString(),
+                       absl::StrCat(ctx.device().ToString(), " (the context's device)"));
+  }
+  return CheckContiguous(name, t);
+}
+
+Status CheckFloating(absl::string_view name, const TensorView& t) {
+  if (IsFloating(t.dtype())) return absl::OkStatus();
+  return BadArgument(absl::StrCat(name, ".dtype"), DTypeName(t.dtype()), "f32 or bf16");
+}
+
+Status NoCuda(absl::string_view op) {
+  return absl::FailedPreconditionError(absl::StrCat(op, " on a CUDA tensor, but this build has no CUDA backend"));
+}
+
+template <typename T>
+void FillHost(const TensorView& dst, T value) {
+  T* out = static_cast<T*>(dst.data());
+  for (int64_t i = 0; i < dst.numel(); ++i) out[i] = value;
+}
+
+// Writes f(i) (a float) to every element of a floating dst.
+template <typename F>
+void GenerateHost(const TensorView& dst, F f) {
+  if (dst.dtype() == DType::kF32) {
+    float* out = dst.data<float>();
+    for (int64_t i = 0; i < dst.numel(); ++i) out[i] = f(i);
+  } else {
+    BF16* out = dst.data<BF16>();
+    for (int64_t i = 0; i < dst.numel(); ++i) out[i] = FloatToBF16(f(i));
+  }
+}
+
+}  // namespace
+
+Status Copy(ExecContext& ctx, const TensorView& src, const TensorView& dst) {
+  MOE_RETURN_IF_ERROR(CheckContiguous("src", src));
+  MOE_RETURN_IF_ERROR(CheckContiguous("dst", dst));
+  if (src.dtype() != dst.dtype()) {
+    return BadArgument("dst.dtype", DTypeName(dst.dtype()), DTypeName(src.dtype()));
+  }
+  if (src.numel() != dst.numel()) {
+    return BadArgument("dst.shape", dst.shape().ToString(),
+                       absl::StrCat(src.numel(), " elements like src ", src.shape().ToString()));
+  }
+  if (src.nbytes() == 0) return absl::OkStatus();
+  if (src.device().is_cpu() && dst.device().is_cpu()) {
+    std::memmove(dst.data(), src.data(), src.nbytes());
+    return absl::OkStatus();
+  }
+#if MOE_WITH_CUDA
+  if (!ctx.device().is_cuda()) {
+    return BadArgument("ctx.device", ctx.device().ToString(), "a CUDA context for a CUDA copy");
+  }
+  MOE_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(dst.data(), src.data(), src.nbytes(), cudaMemcpyDefault, ctx.stream()));
+  if (dst.device().is_cpu()) return ctx.Synchronize();
+  return absl::OkStatus();
+#else
+  (void)ctx;
+  return NoCuda("Copy");
+#endif
+}
+
+StatusOr<Tensor> CopyTo(ExecContext& ctx, const TensorView& src, Device device) {
+  MOE_ASSIGN_OR_RETURN(Tensor out, Tensor::Empty(src.shape(), src.dtype(), device));
+  MOE_RETURN_IF_ERROR(Copy(ctx, src, out));
+  return out;
+}
+
+Status Fill(ExecContext& ctx, const TensorView& dst, double value) {
+  MOE_RETURN_IF_ERROR(CheckOnContext("dst", ctx, dst));
+  if (dst.device().is_cuda()) return internal::FillCuda(ctx, dst, value);
+  switch (dst.dtype()) {
+    case DType::kF32: FillHost(dst, static_cast<float>(value)); break;
+    case DType::kBF16: FillHost(dst, FloatToBF16(static_cast<float>(value))); break;
+    case DType::kI32: FillHost(dst, static_cast<int32_t>(value)); break;
+    case DType::kI64: FillHost(dst, static_cast<int64_t>(value)); break;
+  }
+  return absl::OkStatus();
+}
+
+Status FillUniform(ExecContext& ctx, const TensorView& dst, uint64_t seed, uint64_t offset,
+                   float low, float high) {
+  MOE_RETURN_IF_ERROR(CheckOnContext("dst", ctx, dst));
+  MOE_RETURN_IF_ERROR(CheckFloating("dst", dst));
+  if (dst.device().is_cuda()) {
+    return internal::FillRandomCuda(ctx, dst, internal::RandomKind::kUniform, seed, offset, low,
+                                    high);
+  }
+  const float width = high - low;
+  GenerateHost(dst, [&](int64_t i) { return fmaf(width, PhiloxUniform(seed, offset + i), low); });
+  return absl::OkStatus();
+}
+
+Status FillNormal(ExecContext& ctx, const TensorView& dst, uint64_t seed, uint64_t offset,
+                  float mean, float stddev) {
+  MOE_RETURN_IF_ERROR(CheckOnContext("dst", ctx, dst));
+  MOE_RETURN_IF_ERROR(CheckFloating("dst", dst));
+  if (dst.device().is_cuda()) {
+    return internal::FillRandomCuda(ctx, dst, internal::RandomKind::kNormal, seed, offset, mean,
+                                    stddev);
+  }
+  GenerateHost(dst, [&](int64_t i) { return fmaf(stddev, PhiloxNormal(seed, offset + i), mean); });
+  return absl::OkStatus();
+}
+
+Status Cast(ExecContext& ctx, const TensorView& src, const TensorView& dst) {
+  MOE_RETURN_IF_ERROR(CheckOnContext("src", ctx, src));
+  MOE_RETURN_IF_ERROR(CheckOnContext("dst", ctx, dst));
+  if (src.numel() != dst.numel()) {
+    return BadArgument("dst.shape", dst.shape().ToString(),
+                       absl::StrCat(src.numel(), " elements like src ", src.shape().ToString()));
+  }
+  if (src.dtype() == dst.dtype()) return Copy(ctx, src, dst);
+  MOE_RETURN_IF_ERROR(CheckFloating("src", src));
+  MOE_RETURN_IF_ERROR(CheckFloating("dst", dst));
+  if (src.device().is_cuda()) return internal::CastCuda(ctx, src, dst);
+  if (src.dtype() == DType::kF32) {
+    const float* in = src.data<float>();
+    GenerateHost(dst, [&](int64_t i) { return in[i]; });
+  } else {
+    const BF16* in = src.data<BF16>();
+    float* out = dst.data<float>();
+    for (int64_t i = 0; i < src.numel(); ++i) out[i] = BF16ToFloat(in[i]);
+  }
+  return absl::OkStatus();
+}
+
+#if !MOE_WITH_CUDA
+namespace internal {
+Status FillCuda(ExecContext&, const TensorView&, double) { return NoCuda("Fill"); }
+Status FillRandomCuda(ExecContext&, const TensorView&, RandomKind, uint64_t, uint64_t, float,
+                      float) {
+  return NoCuda("FillUniform/FillNormal");
+}
+Status CastCuda(ExecContext&, const TensorView&, const TensorView&) { return NoCuda("Cast"); }
+}  // namespace internal
+#endif
+
+}  // namespace smoe

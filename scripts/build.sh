@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Configures and builds sigma-moe into build/ (or $MOE_BUILD_DIR). Extra arguments go to CMake.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${MOE_BUILD_DIR:-build}
+jobs=${MOE_JOBS:-$(nproc)}
+if [ ! -f "$build/build.ninja" ]; then
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release "$@"
+elif (($#)); then
+  cmake "$build" "$@"
+fi
+cmake --build "$build" -j "$jobs"

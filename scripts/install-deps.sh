@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what sigma-moe needs to build and test, and does nothing when it is all there.
+# Debian packages: compilers' libraries (abseil, protobuf, GoogleTest, Google Benchmark, OpenBLAS,
+# OpenMPI, pybind11), CMake, Ninja, ccache. PyPI: numpy, pytest, torch (large: installed once).
+# The CUDA toolkit is not installed here: the build uses it when nvcc is on the PATH.
+set -euo pipefail
+
+debs=(cmake ninja-build ccache g++ pkg-config python3-dev
+      libabsl-dev libprotobuf-dev protobuf-compiler libgtest-dev libgmock-dev libbenchmark-dev
+      libopenblas-dev libopenmpi-dev openmpi-bin pybind11-dev)
+missing=()
+for p in "${debs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+pymissing=()
+for m in numpy pytest torch; do
+  "$python" -c "import $m" 2>/dev/null || pymissing+=("$m")
+done
+if ((${#pymissing[@]})); then
+  echo "install-deps: pip installing ${pymissing[*]} (torch is large; this happens once)"
+  "$python" -m pip install -q --disable-pip-version-check "${pymissing[@]}"
+fi

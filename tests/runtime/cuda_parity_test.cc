@@ -1,0 +1,131 @@
+// CUDA vs CPU parity for the runtime's kernels. Skips itself without a GPU.
+#include <tuple>
+
+#include "gtest/gtest.h"
+#include "runtime/blas/gemm.h"
+#include "runtime/nn/softmax.h"
+#include "runtime/tensor/tensor_ops.h"
+#include "tests/testing/parity.h"
+#include "tests/testing/status_matchers.h"
+
+namespace smoe {
+namespace {
+
+using testing::CheckParity;
+using testing::Input;
+using testing::Output;
+
+testing::Tolerance GemmTolerance(DType c_dtype, int64_t k) {
+  if (c_dtype == DType::kBF16) return testing::Tolerance{2e-2 * std::sqrt(double(k) + 1), 1e-2};
+  return testing::Tolerance{2e-5 * std::sqrt(double(k) + 1), 1e-5};
+}
+
+using GemmCase = std::tuple<std::tuple<int64_t, int64_t, int64_t>, bool, bool, DType, DType>;
+class GemmParityTest : public ::testing::TestWithParam<GemmCase> {};
+
+TEST_P(GemmParityTest, MatchesCpu) {
+  MOE_SKIP_WITHOUT_CUDA();
+  const auto [mnk, ta, tb, in_dtype, out_dtype] = GetParam();
+  const auto [m, n, k] = mnk;
+  auto fill_c = [](const TensorView& c) {
+    MOE_CHECK_OK(FillNormal(ExecContext::Cpu(), c, 99, 0, 0.0f, 1.0f));
+  };
+  EXPECT_TRUE(CheckParity(
+      {Input("a", ta ? Shape{k, m} : Shape{m, k}, in_dtype),
+       Input("b", tb ? Shape{n, k} : Shape{k, n}, in_dtype),
+       Output("c", {m, n}, out_dtype, GemmTolerance(out_dtype, k), fill_c)},
+      [&](ExecContext& ctx, const std::vector<TensorView>& t) {
+        return Gemm(ctx, t[0], t[1], t[2], {ta, tb, 1.5f, 0.5f});
+      }));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, GemmParityTest,
+    ::testing::Combine(::testing::Values(std::make_tuple(1, 1, 1), std::make_tuple(17, 33, 65),
+                                         std::make_tuple(128, 256, 64), std::make_tuple(5, 3, 0)),
+                       ::testing::Bool(), ::testing::Bool(),
+                       ::testing::Values(DType::kF32, DType::kBF16),
+                       ::testing::Values(DType::kF32, DType::kBF16)));
+
+TEST(GemmParityTest, Batched) {
+  MOE_SKIP_WITHOUT_CUDA();
+  EXPECT_TRUE(CheckParity({Input("a", {4, 17, 33}, DType::kBF16),
+                           Input("b", {4, 65, 33}, DType::kBF16),
+                           Output("c", {4, 17, 65}, DType::kF32, GemmTolerance(DType::kF32, 33))},
+                          [](ExecContext& ctx, const std::vector<TensorView>& t) {
+                            return BatchedGemm(ctx, t[0], t[1], t[2], {false, true});
+                          }));
+}
+
+TEST(GemmParityTest, GroupedWithEmptyGroups) {
+  MOE_SKIP_WITHOUT_CUDA();
+  const std::vector<int64_t> offsets = {0, 0, 7, 7, 40, 41, 41};
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    EXPECT_TRUE(CheckParity({Input("x", {41, 48}, dtype),
+                             Input("w", {6, 48, 24}, dtype),
+                             Output("y", {41, 24}, dtype, GemmTolerance(dtype, 48))},
+                            [&](ExecContext& ctx, const std::vector<TensorView>& t) {
+                              return GroupedGemm(ctx, t[0], t[1], t[2], offsets);
+                            }));
+    EXPECT_TRUE(CheckParity({Input("x", {41, 48}, dtype),
+                             Input("dy", {41, 24}, dtype),
+                             Output("dw", {6, 48, 24}, DType::kF32, GemmTolerance(DType::kF32, 41))},
+                            [&](ExecContext& ctx, const std::vector<TensorView>& t) {
+                              return GroupedGemmRaggedK(ctx, t[0], t[1], t[2], offsets);
+                            }));
+  }
+}
+
+TEST(RandomParityTest, CpuAndCudaAreBitIdentical) {
+  MOE_SKIP_WITHOUT_CUDA();
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (int kind = 0; kind < 2; ++kind) {
+      EXPECT_TRUE(CheckParity({Output("r", {1000, 37}, dtype, testing::Tolerance{0, 0})},
+                              [&](ExecContext& ctx, const std::vector<TensorView>& t) {
+                                return kind == 0 ? FillUniform(ctx, t[0], 1234, 77, -1.0f, 2.0f)
+                                                 : FillNormal(ctx, t[0], 1234, 77, 0.5f, 2.0f);
+                              }));
+    }
+  }
+}
+
+TEST(CastParityTest, BF16RoundingIsIdentical) {
+  MOE_SKIP_WITHOUT_CUDA();
+  EXPECT_TRUE(CheckParity({Input("x", {4096}, DType::kF32),
+                           Output("y", {4096}, DType::kBF16, testing::Tolerance{0, 0}),
+                           Output("z", {4096}, DType::kF32, testing::Tolerance{0, 0})},
+                          [](ExecContext& ctx, const std::vector<TensorView>& t) {
+                            MOE_RETURN_IF_ERROR(Cast(ctx, t[0], t[1]));
+                            return Cast(ctx, t[1], t[2]);
+                          }));
+}
+
+TEST(SoftmaxParityTest, ForwardAndBackward) {
+  MOE_SKIP_WITHOUT_CUDA();
+  for (int64_t cols : {1, 96, 1000}) {
+    EXPECT_TRUE(CheckParity({Input("x", {37, cols}, DType::kF32),
+                             Input("dy", {37, cols}, DType::kF32),
+                             Output("y", {37, cols}, DType::kF32),
+                             Output("dx", {37, cols}, DType::kF32)},
+                            [](ExecContext& ctx, const std::vector<TensorView>& t) {
+                              MOE_RETURN_IF_ERROR(SoftmaxRows(ctx, t[0], t[2]));
+                              return SoftmaxRowsBackward(ctx, t[2], t[1], t[3]);
+                            }));
+  }
+}
+
+TEST(CudaAllocatorParityTest, ReusesBlocksAndTracksPeak) {
+  MOE_SKIP_WITHOUT_CUDA();
+  MOE_ASSERT_OK_AND_ASSIGN(Allocator * allocator, CudaAllocator(0));
+  const AllocatorStats before = allocator->stats();
+  for (int i = 0; i < 5; ++i) {
+    MOE_ASSERT_OK_AND_ASSIGN(Tensor t, Tensor::Empty({1 << 20}, DType::kF32, Device::Cuda(0)));
+  }
+  const AllocatorStats after = allocator->stats();
+  EXPECT_LE(after.num_system_allocations - before.num_system_allocations, 1u);
+  EXPECT_EQ(after.bytes_in_use, before.bytes_in_use);
+  EXPECT_GE(after.peak_bytes_in_use, before.bytes_in_use + (4u << 20));
+}
+
+}  // namespace
+}  // namespace smoe
