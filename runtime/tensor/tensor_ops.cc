@@ -145,8 +145,37 @@ Status Cast(ExecContext& ctx, const TensorView& src, const TensorView& dst) {
   return absl::OkStatus();
 }
 
+Status Axpy(ExecContext& ctx, const TensorView& a, float alpha, const TensorView& b,
+            const TensorView& out) {
+  MOE_RETURN_IF_ERROR(CheckOnContext("a", ctx, a));
+  MOE_RETURN_IF_ERROR(CheckFloating("a", a));
+  MOE_RETURN_IF_ERROR(CheckOnContext("b", ctx, b));
+  MOE_RETURN_IF_ERROR(CheckOnContext("out", ctx, out));
+  MOE_RETURN_IF_ERROR(CheckTensor("b", b, a.dtype(), a.device(), a.shape()));
+  MOE_RETURN_IF_ERROR(CheckTensor("out", out, a.dtype(), a.device(), a.shape()));
+  if (a.numel() == 0) return absl::OkStatus();
+  if (a.device().is_cuda()) return internal::AxpyCuda(ctx, a, alpha, b, out);
+  if (a.dtype() == DType::kF32) {
+    const float* pa = a.data<float>();
+    const float* pb = b.data<float>();
+    float* po = out.data<float>();
+    for (int64_t i = 0; i < a.numel(); ++i) po[i] = fmaf(alpha, pb[i], pa[i]);
+  } else {
+    const BF16* pa = a.data<BF16>();
+    const BF16* pb = b.data<BF16>();
+    BF16* po = out.data<BF16>();
+    for (int64_t i = 0; i < a.numel(); ++i) {
+      po[i] = FloatToBF16(fmaf(alpha, BF16ToFloat(pb[i]), BF16ToFloat(pa[i])));
+    }
+  }
+  return absl::OkStatus();
+}
+
 #if !MOE_WITH_CUDA
 namespace internal {
+Status AxpyCuda(ExecContext&, const TensorView&, float, const TensorView&, const TensorView&) {
+  return NoCuda("Axpy");
+}
 Status FillCuda(ExecContext&, const TensorView&, double) { return NoCuda("Fill"); }
 Status FillRandomCuda(ExecContext&, const TensorView&, RandomKind, uint64_t, uint64_t, float,
                       float) {

@@ -30,12 +30,18 @@ namespace smoe {
 // dst = src converted between f32 and bf16 (or a same-dtype copy); same device and element count.
 [[nodiscard]] Status Cast(ExecContext& ctx, const TensorView& src, const TensorView& dst);
 
+// out = a + alpha * b, elementwise over f32 or bf16 (one dtype), fp32 math; out may alias a or b.
+[[nodiscard]] Status Axpy(ExecContext& ctx, const TensorView& a, float alpha, const TensorView& b,
+                          const TensorView& out);
+
 namespace internal {
 // Backends, called after validation. Sizes are element counts; pointers are device pointers.
 enum class RandomKind { kUniform, kNormal };
 [[nodiscard]] Status FillCuda(ExecContext& ctx, const TensorView& dst, double value);
 [[nodiscard]] Status FillRandomCuda(ExecContext& ctx, const TensorView& dst, RandomKind kind,
                                     uint64_t seed, uint64_t offset, float a, float b);
+[[nodiscard]] Status AxpyCuda(ExecContext& ctx, const TensorView& a, float alpha,
+                            const TensorView& b, const TensorView& out);
 [[nodiscard]] Status CastCuda(ExecContext& ctx, const TensorView& src, const TensorView& dst);
 }  // namespace internal
 

@@ -54,6 +54,21 @@ __global__ void BF16ToF32Kernel(const BF16* in, float* out, int64_t n) {
   }
 }
 
+__global__ void AxpyF32Kernel(const float* a, float alpha, const float* b, float* out,
+                              int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    out[i] = fmaf(alpha, b[i], a[i]);
+  }
+}
+
+__global__ void AxpyBF16Kernel(const BF16* a, float alpha, const BF16* b, BF16* out, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    out[i] = FloatToBF16(fmaf(alpha, BF16ToFloat(b[i]), BF16ToFloat(a[i])));
+  }
+}
+
 template <typename T>
 void LaunchFill(const TensorView& dst, T value, cudaStream_t stream) {
   const int64_t n = dst.numel();
@@ -88,6 +103,20 @@ Status FillRandomCuda(ExecContext& ctx, const TensorView& dst, RandomKind kind, 
                                                               offset, a, b);
   }
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("RandomKernel");
+  return absl::OkStatus();
+}
+
+Status AxpyCuda(ExecContext& ctx, const TensorView& a, float alpha, const TensorView& b,
+                const TensorView& out) {
+  const int64_t n = a.numel();
+  if (a.dtype() == DType::kF32) {
+    AxpyF32Kernel<<<BlocksFor(n), kThreads, 0, ctx.stream()>>>(a.data<float>(), alpha,
+                                                               b.data<float>(), out.data<float>(), n);
+  } else {
+    AxpyBF16Kernel<<<BlocksFor(n), kThreads, 0, ctx.stream()>>>(a.data<BF16>(), alpha,
+                                                                b.data<BF16>(), out.data<BF16>(), n);
+  }
+  MOE_CUDA_RETURN_IF_LAUNCH_ERROR("AxpyKernel");
   return absl::OkStatus();
 }
 

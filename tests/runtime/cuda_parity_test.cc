@@ -100,6 +100,17 @@ TEST(CastParityTest, BF16RoundingIsIdentical) {
                           }));
 }
 
+TEST(AxpyParityTest, F32AndBF16) {
+  MOE_SKIP_WITHOUT_CUDA();
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    EXPECT_TRUE(CheckParity({Input("a", {1000, 3}, dtype), Input("b", {1000, 3}, dtype),
+                             Output("out", {1000, 3}, dtype, testing::Tolerance{0, 0})},
+                            [](ExecContext& ctx, const std::vector<TensorView>& t) {
+                              return Axpy(ctx, t[0], 0.75f, t[1], t[2]);
+                            }));
+  }
+}
+
 TEST(SoftmaxParityTest, ForwardAndBackward) {
   MOE_SKIP_WITHOUT_CUDA();
   for (int64_t cols : {1, 96, 1000}) {

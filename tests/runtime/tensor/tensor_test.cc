@@ -71,6 +71,21 @@ TEST(TensorOpsTest, FillCopyCast) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("dst.dtype: got i64")));
 }
 
+TEST(TensorOpsTest, AxpyAddsScaledAndChecksShapes) {
+  ExecContext& ctx = ExecContext::Cpu();
+  Tensor a = *Tensor::Empty({2, 3}, DType::kF32, Device::Cpu());
+  Tensor b = *Tensor::Empty({2, 3}, DType::kF32, Device::Cpu());
+  MOE_ASSERT_OK(FillNormal(ctx, a, 1, 0, 0.0f, 1.0f));
+  MOE_ASSERT_OK(FillNormal(ctx, b, 2, 0, 0.0f, 1.0f));
+  std::vector<double> expected = testing::ToDoubles(a), bd = testing::ToDoubles(b);
+  for (size_t i = 0; i < expected.size(); ++i) expected[i] += -0.5 * bd[i];
+  MOE_ASSERT_OK(Axpy(ctx, a, -0.5f, b, a));  // in place
+  EXPECT_TRUE(testing::AllClose(testing::ToDoubles(a), expected, {1e-6, 1e-6}));
+  Tensor wrong = *Tensor::Empty({3, 2}, DType::kF32, Device::Cpu());
+  EXPECT_THAT(Axpy(ctx, a, 1.0f, wrong, a),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("b.shape: got [3, 2]")));
+}
+
 TEST(TensorOpsTest, RandomFillsAreCounterBased) {
   ExecContext& ctx = ExecContext::Cpu();
   MOE_ASSERT_OK_AND_ASSIGN(Tensor whole, Tensor::Empty({10, 10}, DType::kF32, Device::Cpu()));
