@@ -1,0 +1,129 @@
+#include "attention/attention_core.h"
+
+#include "absl/strings/str_cat.h"
+#include "attention/attention_core_cpu.h"
+
+namespace smoe {
+namespace {
+
+Status CheckFloating(absl::string_view name, const TensorView& t) {
+  if (t.dtype() != DType::kF32 && t.dtype() != DType::kBF16) {
+    return BadArgument(absl::StrCat(name, ".dtype"), DTypeName(t.dtype()), "f32 or bf16");
+  }
+  return absl::OkStatus();
+}
+
+Status CheckArg(absl::string_view name, const ExecContext& ctx, const TensorView& t, DType dtype,
+                const Shape& shape) {
+  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, ctx.device(), shape));
+  return CheckContiguous(name, t);
+}
+
+// Reads the dims from q [B, S, n_q, D], k [B, S, n_k, D], v [B, S, n_v, D] and checks them all.
+StatusOr<AttentionDims> ValidateQkv(const ExecContext& ctx, const TensorView& q,
+                                    const TensorView& k, const TensorView& v) {
+  MOE_RETURN_IF_ERROR(CheckFloating("q", q));
+  MOE_RETURN_IF_ERROR(CheckArg("q", ctx, q, q.dtype(), {-1, -1, -1, -1}));
+  AttentionDims d{q.dim(0), q.dim(1), q.dim(2), 0, 0, q.dim(3)};
+  MOE_RETURN_IF_ERROR(CheckArg("k", ctx, k, q.dtype(), {d.batch, d.seq, -1, d.head_dim}));
+  MOE_RETURN_IF_ERROR(CheckArg("v", ctx, v, q.dtype(), {d.batch, d.seq, -1, d.head_dim}));
+  d.n_k = k.dim(2);
+  d.n_v = v.dim(2);
+  MOE_RETURN_IF_ERROR(internal::CheckHeadCounts(d.n_q, d.n_k, d.n_v));
+  if (d.head_dim < 1) return BadArgument("q.head_dim", absl::StrCat(d.head_dim), ">= 1");
+  if (ctx.device().is_cuda() && !CudaSupportsHeadDim(d.head_dim)) {
+    return BadArgument("q.head_dim", absl::StrCat(d.head_dim), "64, 96 or 128 on CUDA");
+  }
+  return d;
+}
+
+Shape HeadsShape(const AttentionDims& d, int64_t heads) {
+  return {d.batch, d.seq, heads, d.head_dim};
+}
+
+}  // namespace
+
+bool CudaSupportsHeadDim(int64_t head_dim) {
+  return head_dim == 64 || head_dim == 96 || head_dim == 128;
+}
+
+namespace internal {
+Status CheckHeadCounts(int64_t n_q, int64_t n_k, int64_t n_v) {
+  if (n_q < 1) return BadArgument("n_q", absl::StrCat(n_q), ">= 1");
+  if (n_k < 1 || n_q % n_k != 0) {
+    return BadArgument("n_k", absl::StrCat(n_k), absl::StrCat("a divisor of n_q = ", n_q));
+  }
+  if (n_v < 1 || n_q % n_v != 0) {
+    return BadArgument("n_v", absl::StrCat(n_v), absl::StrCat("a divisor of n_q = ", n_q));
+  }
+  return absl::OkStatus();
+}
+}  // namespace internal
+
+Status AttentionForward(ExecContext& ctx, const TensorView& q, const TensorView& k,
+                        const TensorView& v, const TensorView& out, const TensorView& lse) {
+  MOE_ASSIGN_OR_RETURN(const AttentionDims d, ValidateQkv(ctx, q, k, v));
+  MOE_RETURN_IF_ERROR(CheckArg("out", ctx, out, q.dtype(), HeadsShape(d, d.n_q)));
+  MOE_RETURN_IF_ERROR(CheckArg("lse", ctx, lse, DType::kF32, {d.batch, d.n_q, d.seq}));
+  if (q.empty()) return absl::OkStatus();
+  if (ctx.device().is_cuda()) {
+    return internal::AttentionForwardCuda(ctx, d, q.dtype(), q.data(), k.data(), v.data(),
+                                          out.data(), lse.data<float>());
+  }
+  if (q.dtype() == DType::kF32) {
+    attention_internal::AttentionForwardCpu(d, q.data<float>(), k.data<float>(), v.data<float>(),
+                                            out.data<float>(), lse.data<float>());
+  } else {
+    attention_internal::AttentionForwardCpu(d, q.data<BF16>(), k.data<BF16>(), v.data<BF16>(),
+                                            out.data<BF16>(), lse.data<float>());
+  }
+  return absl::OkStatus();
+}
+
+Status AttentionBackward(ExecContext& ctx, const TensorView& q, const TensorView& k,
+                         const TensorView& v, const TensorView& out, const TensorView& lse,
+                         const TensorView& dout, const TensorView& dq, const TensorView& dk,
+                         const TensorView& dv) {
+  MOE_ASSIGN_OR_RETURN(const AttentionDims d, ValidateQkv(ctx, q, k, v));
+  MOE_RETURN_IF_ERROR(CheckArg("out", ctx, out, q.dtype(), HeadsShape(d, d.n_q)));
+  MOE_RETURN_IF_ERROR(CheckArg("lse", ctx, lse, DType::kF32, {d.batch, d.n_q, d.seq}));
+  MOE_RETURN_IF_ERROR(CheckArg("dout", ctx, dout, q.dtype(), HeadsShape(d, d.n_q)));
+  MOE_RETURN_IF_ERROR(CheckArg("dq", ctx, dq, q.dtype(), HeadsShape(d, d.n_q)));
+  MOE_RETURN_IF_ERROR(CheckArg("dk", ctx, dk, q.dtype(), HeadsShape(d, d.n_k)));
+  MOE_RETURN_IF_ERROR(CheckArg("dv", ctx, dv, q.dtype(), HeadsShape(d, d.n_v)));
+  if (q.empty()) return absl::OkStatus();
+  if (ctx.device().is_cuda()) {
+    return internal::AttentionBackwardCuda(ctx, d, q.dtype(), q.data(), k.data(), v.data(),
+                                           out.data(), lse.data<float>(), dout.data(), dq.data(),
+                                           dk.data(), dv.data());
+  }
+  if (q.dtype() == DType::kF32) {
+    attention_internal::AttentionBackwardCpu(
+        d, q.data<float>(), k.data<float>(), v.data<float>(), out.data<float>(),
+        lse.data<float>(), dout.data<float>(), dq.data<float>(), dk.data<float>(),
+        dv.data<float>());
+  } else {
+    attention_internal::AttentionBackwardCpu(
+        d, q.data<BF16>(), k.data<BF16>(), v.data<BF16>(), out.data<BF16>(), lse.data<float>(),
+        dout.data<BF16>(), dq.data<BF16>(), dk.data<BF16>(), dv.data<BF16>());
+  }
+  return absl::OkStatus();
+}
+
+#if !MOE_WITH_CUDA
+namespace internal {
+Status AttentionForwardCuda(ExecContext&, const AttentionDims&, DType, const void*, const void*,
+                            const void*, void*, float*) {
+  return absl::FailedPreconditionError(
+      "AttentionForward on CUDA, but this build has no CUDA backend");
+}
+Status AttentionBackwardCuda(ExecContext&, const AttentionDims&, DType, const void*, const void*,
+                             const void*, const void*, const float*, const void*, void*, void*,
+                             void*) {
+  return absl::FailedPreconditionError(
+      "AttentionBackward on CUDA, but this build has no CUDA backend");
+}
+}  // namespace internal
+#endif
+
+}  // namespace smoe
