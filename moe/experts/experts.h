@@ -1,0 +1,81 @@
+// The SwiGLU expert MLP over ragged expert groups (DESIGN.md sections 5.4 and 6).
+//
+// Rows of the expert-sorted buffer xs [R, M] come in E_l groups: expert e owns rows
+// [offsets[e], offsets[e+1]) (possibly none). For each expert e, with X_e its rows:
+//   h1 = X_e W1[e],  h3 = X_e W3[e],  act = silu(h1) * h3,  Y_e = act W2[e]
+// and the backward, given dY:
+//   dact = dY W2[e]^T,  dh1 = dact * h3 * silu'(h1),  dh3 = dact * silu(h1),
+//   dX = dh1 W1[e]^T + dh3 W3[e]^T,
+//   dW1[e] = X_e^T dh1,  dW3[e] = X_e^T dh3,  dW2[e] = act^T dY.
+//
+// Shapes and dtypes (every tensor contiguous and on ctx's device):
+//   w1, w3 [E_l, M, H], w2 [E_l, H, M]: the compute dtype D, f32 or bf16.
+//   xs, ys, dys, dxs [R, M]: D.   saved h1, h3, act [R, H]: D (caller-allocated).
+//   dw1, dw3 [E_l, M, H], dw2 [E_l, H, M]: f32.
+//   offsets: host, E_l + 1 entries, offsets[0] == 0, non-decreasing, offsets[E_l] == R.
+// Math: fp32 accumulation in every GEMM (runtime/blas/gemm.h). With D = bf16, h1 and h3 are
+// rounded to bf16 before the activation (they are what backward sees), act is rounded before the
+// second GEMM, and dxs is summed over both input-gradient GEMMs in fp32 and rounded once.
+// Outputs: ys, saved and dxs are overwritten. ys may alias xs, and dxs may alias dys or xs (each
+// is written only after the aliased input has been read for the last time); nothing else aliases. Weight gradients are overwritten, or added to when
+// `accumulate` (gradient accumulation over micro-batches); an expert with no rows gets a zero
+// gradient (or keeps its old one when accumulating).
+// Launches (CUDA): one grouped GEMM per matrix (three forward, five backward) plus one elementwise
+// kernel each way; no host sync (offsets are already on the host: the caller's copy of the
+// counts is the one sync of an expert pass). Scratch: backward allocates two [R, H] buffers of D
+// (plus one f32 [R, M] when D is bf16) from ctx's allocator, released on return (stream-ordered).
+// Deterministic: the same inputs give bit-identical outputs on the same backend.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "runtime/core/status.h"
+#include "runtime/device/exec_context.h"
+#include "runtime/tensor/tensor.h"
+
+namespace smoe {
+
+// Expert weights (DESIGN.md section 6): w1, w3 [E_l, M, H], w2 [E_l, H, M].
+struct ExpertWeights {
+  TensorView w1, w3, w2;
+};
+// Gradients of ExpertWeights, f32, the same shapes.
+struct ExpertGrads {
+  TensorView dw1, dw3, dw2;
+};
+// Saved by ExpertsForward for ExpertsBackward: h1, h3, act [R, H] in the compute dtype.
+struct ExpertActivations {
+  TensorView h1, h3, act;
+};
+
+[[nodiscard]] Status ExpertsForward(ExecContext& ctx, const ExpertWeights& w, const TensorView& xs,
+                                    std::span<const int64_t> offsets,
+                                    const ExpertActivations& saved, const TensorView& ys);
+
+// `saved` must hold what ExpertsForward wrote for the same w, xs and offsets.
+[[nodiscard]] Status ExpertsBackward(ExecContext& ctx, const ExpertWeights& w, const TensorView& xs,
+                                     std::span<const int64_t> offsets,
+                                     const ExpertActivations& saved, const TensorView& dys,
+                                     const TensorView& dxs, const ExpertGrads& grads,
+                                     bool accumulate = false);
+
+// Parameter initialization, normal with mean 0: w1 and w3 with std `std_in`, w2 with `std_out`.
+// Counter-based and layout-independent: element i of matrix j (0 = w1, 1 = w3, 2 = w2) of global
+// expert g = first_expert + e takes Philox stream position
+//   offset + (3 * g + j) * M * H + i
+// of `seed`, so a rank holding experts [first_expert, first_expert + E_l) gets exactly the values
+// of the same experts initialized all on one rank, on CPU and CUDA alike (runtime/tensor FillNormal).
+// A full set of E experts uses ExpertInitStreamLength(E, M, H) positions from `offset`.
+struct ExpertInit {
+  uint64_t seed = 0;
+  uint64_t offset = 0;
+  int64_t first_expert = 0;
+  float std_in = 0.02f;
+  float std_out = 0.02f;
+};
+[[nodiscard]] Status InitExpertWeights(ExecContext& ctx, const ExpertWeights& w,
+                                       const ExpertInit& init);
+uint64_t ExpertInitStreamLength(int64_t experts, int64_t m, int64_t h);
+
+}  // namespace smoe

@@ -1,0 +1,110 @@
+#include "runtime/nn/swiglu.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace smoe {
+namespace {
+
+Status CheckFloatingOnContext(absl::string_view name, const ExecContext& ctx, const TensorView& t) {
+  if (!IsFloating(t.dtype())) {
+    return BadArgument(absl::StrCat(name, ".dtype"), DTypeName(t.dtype()), "f32 or bf16");
+  }
+  if (t.device() != ctx.device()) {
+    return BadArgument(absl::StrCat(name, ".device"), t.device().ToString(),
+                       absl::StrCat(ctx.device().ToString(), " (the context's device)"));
+  }
+  return CheckContiguous(name, t);
+}
+
+// `t` must look like `like` (the first argument): same dtype, device and shape, contiguous.
+Status CheckLike(absl::string_view name, const TensorView& t, const TensorView& like) {
+  MOE_RETURN_IF_ERROR(CheckTensor(name, t, like.dtype(), like.device(), like.shape()));
+  return CheckContiguous(name, t);
+}
+
+float Load(const float* p, int64_t i) { return p[i]; }
+float Load(const BF16* p, int64_t i) { return BF16ToFloat(p[i]); }
+void Store(float* p, int64_t i, float v) { p[i] = v; }
+void Store(BF16* p, int64_t i, float v) { p[i] = FloatToBF16(v); }
+
+template <typename S>
+void SwiGLUCpu(const TensorView& h1, const TensorView& h3, const TensorView& act) {
+  const S* a = static_cast<const S*>(h1.data());
+  const S* b = static_cast<const S*>(h3.data());
+  S* out = static_cast<S*>(act.data());
+  for (int64_t i = 0; i < h1.numel(); ++i) {
+    Store(out, i, internal::SwiGLUValue(Load(a, i), Load(b, i)));
+  }
+}
+
+template <typename S>
+void SwiGLUBackwardCpu(const TensorView& h1, const TensorView& h3, const TensorView& dact,
+                       const TensorView& dh1, const TensorView& dh3) {
+  const S* a = static_cast<const S*>(h1.data());
+  const S* b = static_cast<const S*>(h3.data());
+  const S* g = static_cast<const S*>(dact.data());
+  S* da = static_cast<S*>(dh1.data());
+  S* db = static_cast<S*>(dh3.data());
+  for (int64_t i = 0; i < h1.numel(); ++i) {
+    float d1, d3;
+    internal::SwiGLUGrad(Load(a, i), Load(b, i), Load(g, i), &d1, &d3);
+    Store(da, i, d1);
+    Store(db, i, d3);
+  }
+}
+
+}  // namespace
+
+Status SwiGLU(ExecContext& ctx, const TensorView& h1, const TensorView& h3, const TensorView& act) {
+  MOE_RETURN_IF_ERROR(CheckFloatingOnContext("h1", ctx, h1));
+  MOE_RETURN_IF_ERROR(CheckLike("h3", h3, h1));
+  MOE_RETURN_IF_ERROR(CheckLike("act", act, h1));
+  if (h1.numel() == 0) return absl::OkStatus();
+  if (ctx.device().is_cuda()) {
+    return internal::SwiGLUCuda(ctx, h1.dtype(), h1.data(), h3.data(), act.data(), h1.numel());
+  }
+  if (h1.dtype() == DType::kF32) {
+    SwiGLUCpu<float>(h1, h3, act);
+  } else {
+    SwiGLUCpu<BF16>(h1, h3, act);
+  }
+  return absl::OkStatus();
+}
+
+Status SwiGLUBackward(ExecContext& ctx, const TensorView& h1, const TensorView& h3,
+                      const TensorView& dact, const TensorView& dh1, const TensorView& dh3) {
+  MOE_RETURN_IF_ERROR(CheckFloatingOnContext("h1", ctx, h1));
+  MOE_RETURN_IF_ERROR(CheckLike("h3", h3, h1));
+  MOE_RETURN_IF_ERROR(CheckLike("dact", dact, h1));
+  MOE_RETURN_IF_ERROR(CheckLike("dh1", dh1, h1));
+  MOE_RETURN_IF_ERROR(CheckLike("dh3", dh3, h1));
+  if (h1.numel() == 0) return absl::OkStatus();
+  if (dh1.data() == dh3.data()) {
+    return BadArgument("dh3.data", "the same buffer as dh1", "distinct outputs");
+  }
+  if (ctx.device().is_cuda()) {
+    return internal::SwiGLUBackwardCuda(ctx, h1.dtype(), h1.data(), h3.data(), dact.data(),
+                                        dh1.data(), dh3.data(), h1.numel());
+  }
+  if (h1.dtype() == DType::kF32) {
+    SwiGLUBackwardCpu<float>(h1, h3, dact, dh1, dh3);
+  } else {
+    SwiGLUBackwardCpu<BF16>(h1, h3, dact, dh1, dh3);
+  }
+  return absl::OkStatus();
+}
+
+#if !MOE_WITH_CUDA
+namespace internal {
+Status SwiGLUCuda(ExecContext&, DType, const void*, const void*, void*, int64_t) {
+  return absl::FailedPreconditionError("SwiGLU on CUDA, but this build has no CUDA backend");
+}
+Status SwiGLUBackwardCuda(ExecContext&, DType, const void*, const void*, const void*, void*,
+                          void*, int64_t) {
+  return absl::FailedPreconditionError(
+      "SwiGLUBackward on CUDA, but this build has no CUDA backend");
+}
+}  // namespace internal
+#endif
+
+}  // namespace smoe

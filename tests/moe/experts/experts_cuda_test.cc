@@ -1,0 +1,123 @@
+// CUDA vs CPU parity of SwiGLU and the expert MLP (forward and backward). Skips without a GPU.
+#include <cmath>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "moe/experts/experts.h"
+#include "runtime/nn/swiglu.h"
+#include "runtime/tensor/tensor_ops.h"
+#include "tests/testing/parity.h"
+#include "tests/testing/status_matchers.h"
+
+namespace smoe {
+namespace {
+
+using testing::CheckParity;
+using testing::Input;
+using testing::Output;
+
+// fp32 elementwise math may differ by an ulp or two of expf between backends; bf16 outputs by
+// one bf16 rounding step when the fp32 values straddle a rounding boundary.
+testing::Tolerance ElementwiseTolerance(DType dtype) {
+  return dtype == DType::kBF16 ? testing::Tolerance{1e-2, 1e-2} : testing::Tolerance{1e-6, 1e-5};
+}
+
+TEST(SwiGLUParityTest, ForwardAndBackward) {
+  MOE_SKIP_WITHOUT_CUDA();
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (Shape shape : {Shape{1}, Shape{37, 96}, Shape{1000, 33}}) {
+      const testing::Tolerance tol = ElementwiseTolerance(dtype);
+      EXPECT_TRUE(CheckParity({Input("h1", shape, dtype), Input("h3", shape, dtype),
+                               Input("dact", shape, dtype), Output("act", shape, dtype, tol),
+                               Output("dh1", shape, dtype, tol), Output("dh3", shape, dtype, tol)},
+                              [](ExecContext& ctx, const std::vector<TensorView>& t) {
+                                MOE_RETURN_IF_ERROR(SwiGLU(ctx, t[0], t[1], t[3]));
+                                return SwiGLUBackward(ctx, t[0], t[1], t[2], t[4], t[5]);
+                              }))
+          << DTypeName(dtype) << " " << shape.ToString();
+    }
+  }
+}
+
+std::function<void(const TensorView&)> NormalFill(uint64_t seed, float stddev) {
+  return [=](const TensorView& t) {
+    MOE_CHECK_OK(FillNormal(ExecContext::Cpu(), t, seed, 0, 0.0f, stddev));
+  };
+}
+
+struct ExpertCase {
+  int64_t m, h;
+  std::vector<int64_t> offsets;
+};
+
+// GEMM results differ between backends by accumulation order (fp32), and bf16 intermediates may
+// then round to neighbouring values; tolerances scale with the reduction length.
+testing::Tolerance GemmTolerance(DType dtype, int64_t k) {
+  if (dtype == DType::kBF16) return {3e-2 * std::sqrt(double(k) / 16.0 + 1), 3e-2};
+  return {2e-5 * std::sqrt(double(k) + 1), 2e-5};
+}
+
+void RunExpertsParity(const ExpertCase& c, DType dtype, bool accumulate) {
+  const int64_t e = static_cast<int64_t>(c.offsets.size()) - 1, r = c.offsets.back();
+  const int64_t m = c.m, h = c.h;
+  const float std_in = 1.0f / std::sqrt(float(m)), std_out = 1.0f / std::sqrt(float(h));
+  const testing::Tolerance act_tol = GemmTolerance(dtype, m);
+  const testing::Tolerance out_tol = GemmTolerance(dtype, h);
+  // Weight gradients reduce over the rows of an expert (up to r).
+  const testing::Tolerance grad_tol = GemmTolerance(dtype, std::max(r, h + m));
+  std::function<void(const TensorView&)> grad_fill;
+  if (accumulate) grad_fill = NormalFill(99, 1.0f);
+  EXPECT_TRUE(CheckParity(
+      {Input("xs", {r, m}, dtype), Input("w1", {e, m, h}, dtype, NormalFill(2, std_in)),
+       Input("w3", {e, m, h}, dtype, NormalFill(3, std_in)),
+       Input("w2", {e, h, m}, dtype, NormalFill(4, std_out)), Input("dys", {r, m}, dtype),
+       Output("h1", {r, h}, dtype, act_tol), Output("h3", {r, h}, dtype, act_tol),
+       Output("act", {r, h}, dtype, act_tol), Output("ys", {r, m}, dtype, out_tol),
+       Output("dxs", {r, m}, dtype, grad_tol),
+       Output("dw1", {e, m, h}, DType::kF32, grad_tol, grad_fill),
+       Output("dw3", {e, m, h}, DType::kF32, grad_tol, grad_fill),
+       Output("dw2", {e, h, m}, DType::kF32, grad_tol, grad_fill)},
+      [&](ExecContext& ctx, const std::vector<TensorView>& t) {
+        const ExpertWeights w{t[1], t[2], t[3]};
+        const ExpertActivations saved{t[5], t[6], t[7]};
+        MOE_RETURN_IF_ERROR(ExpertsForward(ctx, w, t[0], c.offsets, saved, t[8]));
+        return ExpertsBackward(ctx, w, t[0], c.offsets, saved, t[4], t[9], {t[10], t[11], t[12]},
+                               accumulate);
+      }))
+      << DTypeName(dtype) << " E_l=" << e << " R=" << r << " M=" << m << " H=" << h
+      << (accumulate ? " accumulate" : "");
+}
+
+TEST(ExpertsParityTest, ForwardAndBackward) {
+  MOE_SKIP_WITHOUT_CUDA();
+  const std::vector<ExpertCase> cases = {
+      {64, 96, {0, 0, 7, 7, 40, 41, 41}},  // empty experts first, between and last
+      {32, 48, {0, 100}},                  // E_l = 1
+      {32, 48, {0, 0, 0, 0}},              // R = 0
+      {48, 80, {0, 0, 0, 333, 333}},       // one expert holds every row
+      {16, 24, {0, 1, 2, 3}},              // one row each
+  };
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (const ExpertCase& c : cases) RunExpertsParity(c, dtype, /*accumulate=*/false);
+  }
+  RunExpertsParity(cases[0], DType::kF32, /*accumulate=*/true);
+  RunExpertsParity(cases[0], DType::kBF16, /*accumulate=*/true);
+}
+
+TEST(ExpertsParityTest, InitIsBitIdentical) {
+  MOE_SKIP_WITHOUT_CUDA();
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    EXPECT_TRUE(CheckParity(
+        {Output("w1", {3, 16, 24}, dtype, testing::Tolerance{0, 0}),
+         Output("w3", {3, 16, 24}, dtype, testing::Tolerance{0, 0}),
+         Output("w2", {3, 24, 16}, dtype, testing::Tolerance{0, 0})},
+        [](ExecContext& ctx, const std::vector<TensorView>& t) {
+          return InitExpertWeights(ctx, {t[0], t[1], t[2]},
+                                   {.seed = 5, .offset = 17, .first_expert = 2, .std_in = 0.1f,
+                                    .std_out = 0.05f});
+        }));
+  }
+}
+
+}  // namespace
+}  // namespace smoe
