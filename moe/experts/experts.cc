@@ -75,7 +75,8 @@ StatusOr<Dims> CheckCommon(const ExecContext& ctx, const ExpertWeights& w, const
 // Matrix `index` of a contiguous [N, a, b] tensor as a contiguous [a, b] view.
 TensorView Matrix(const TensorView& t, int64_t index) {
   const int64_t size = t.dim(1) * t.dim(2);
-  char* base = static_cast<char*>(t.data()) + index * size * static_cast<int64_t>(DTypeSize(t.dtype()));
+  char* base =
+      static_cast<char*>(t.data()) + index * size * static_cast<int64_t>(DTypeSize(t.dtype()));
   return TensorView(base, t.dtype(), {t.dim(1), t.dim(2)}, t.device());
 }
 

@@ -15,13 +15,16 @@
 //   offsets: host, E_l + 1 entries, offsets[0] == 0, non-decreasing, offsets[E_l] == R.
 // Math: fp32 accumulation in every GEMM (runtime/blas/gemm.h). With D = bf16, h1 and h3 are
 // rounded to bf16 before the activation (they are what backward sees), act is rounded before the
-// second GEMM, and dxs is summed over both input-gradient GEMMs in fp32 and rounded once.
+// second GEMM, the scratch dact, dh1, dh3 are bf16, and dxs is summed over both input-gradient
+// GEMMs in fp32 and rounded once.
 // Outputs: ys, saved and dxs are overwritten. ys may alias xs, and dxs may alias dys or xs (each
-// is written only after the aliased input has been read for the last time); nothing else aliases. Weight gradients are overwritten, or added to when
-// `accumulate` (gradient accumulation over micro-batches); an expert with no rows gets a zero
-// gradient (or keeps its old one when accumulating).
-// Launches (CUDA): one grouped GEMM per matrix (three forward, five backward) plus one elementwise
-// kernel each way; no host sync (offsets are already on the host: the caller's copy of the
+// is written only after the aliased input is read for the last time); nothing else may alias.
+// Weight gradients are overwritten, or added to when `accumulate` (gradient accumulation over
+// micro-batches); an expert with no rows gets a zero gradient (or keeps its old one when
+// accumulating).
+// Launches (CUDA): one grouped GEMM call per matrix product (three forward; six backward, dxs
+// taking two, the second accumulating with beta = 1), one elementwise SwiGLU kernel each way, and
+// for bf16 one cast of dxs; no host sync (offsets are already on the host: the caller's copy of the
 // counts is the one sync of an expert pass). Scratch: backward allocates two [R, H] buffers of D
 // (plus one f32 [R, M] when D is bf16) from ctx's allocator, released on return (stream-ordered).
 // Deterministic: the same inputs give bit-identical outputs on the same backend.
@@ -65,8 +68,9 @@ struct ExpertActivations {
 // expert g = first_expert + e takes Philox stream position
 //   offset + (3 * g + j) * M * H + i
 // of `seed`, so a rank holding experts [first_expert, first_expert + E_l) gets exactly the values
-// of the same experts initialized all on one rank, on CPU and CUDA alike (runtime/tensor FillNormal).
-// A full set of E experts uses ExpertInitStreamLength(E, M, H) positions from `offset`.
+// of the same experts initialized all on one rank, on CPU and CUDA alike (runtime/tensor
+// FillNormal). A full set of E experts uses ExpertInitStreamLength(E, M, H) positions from
+// `offset`.
 struct ExpertInit {
   uint64_t seed = 0;
   uint64_t offset = 0;

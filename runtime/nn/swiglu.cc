@@ -99,8 +99,8 @@ namespace internal {
 Status SwiGLUCuda(ExecContext&, DType, const void*, const void*, void*, int64_t) {
   return absl::FailedPreconditionError("SwiGLU on CUDA, but this build has no CUDA backend");
 }
-Status SwiGLUBackwardCuda(ExecContext&, DType, const void*, const void*, const void*, void*,
-                          void*, int64_t) {
+Status SwiGLUBackwardCuda(ExecContext&, DType, const void*, const void*, const void*, void*, void*,
+                          int64_t) {
   return absl::FailedPreconditionError(
       "SwiGLUBackward on CUDA, but this build has no CUDA backend");
 }

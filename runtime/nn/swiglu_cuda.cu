@@ -69,8 +69,8 @@ Status SwiGLUBackwardCuda(ExecContext& ctx, DType dtype, const void* h1, const v
         static_cast<const float*>(dact), static_cast<float*>(dh1), static_cast<float*>(dh3), n);
   } else {
     SwiGLUBackwardKernel<<<Blocks(n), kThreads, 0, ctx.stream()>>>(
-        static_cast<const BF16*>(h1), static_cast<const BF16*>(h3),
-        static_cast<const BF16*>(dact), static_cast<BF16*>(dh1), static_cast<BF16*>(dh3), n);
+        static_cast<const BF16*>(h1), static_cast<const BF16*>(h3), static_cast<const BF16*>(dact),
+        static_cast<BF16*>(dh1), static_cast<BF16*>(dh3), n);
   }
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("SwiGLUBackwardKernel");
   return absl::OkStatus();

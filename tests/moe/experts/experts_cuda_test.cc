@@ -67,23 +67,23 @@ void RunExpertsParity(const ExpertCase& c, DType dtype, bool accumulate) {
   const testing::Tolerance grad_tol = GemmTolerance(dtype, std::max(r, h + m));
   std::function<void(const TensorView&)> grad_fill;
   if (accumulate) grad_fill = NormalFill(99, 1.0f);
-  EXPECT_TRUE(CheckParity(
-      {Input("xs", {r, m}, dtype), Input("w1", {e, m, h}, dtype, NormalFill(2, std_in)),
-       Input("w3", {e, m, h}, dtype, NormalFill(3, std_in)),
-       Input("w2", {e, h, m}, dtype, NormalFill(4, std_out)), Input("dys", {r, m}, dtype),
-       Output("h1", {r, h}, dtype, act_tol), Output("h3", {r, h}, dtype, act_tol),
-       Output("act", {r, h}, dtype, act_tol), Output("ys", {r, m}, dtype, out_tol),
-       Output("dxs", {r, m}, dtype, grad_tol),
-       Output("dw1", {e, m, h}, DType::kF32, grad_tol, grad_fill),
-       Output("dw3", {e, m, h}, DType::kF32, grad_tol, grad_fill),
-       Output("dw2", {e, h, m}, DType::kF32, grad_tol, grad_fill)},
-      [&](ExecContext& ctx, const std::vector<TensorView>& t) {
-        const ExpertWeights w{t[1], t[2], t[3]};
-        const ExpertActivations saved{t[5], t[6], t[7]};
-        MOE_RETURN_IF_ERROR(ExpertsForward(ctx, w, t[0], c.offsets, saved, t[8]));
-        return ExpertsBackward(ctx, w, t[0], c.offsets, saved, t[4], t[9], {t[10], t[11], t[12]},
-                               accumulate);
-      }))
+  EXPECT_TRUE(
+      CheckParity({Input("xs", {r, m}, dtype), Input("w1", {e, m, h}, dtype, NormalFill(2, std_in)),
+                   Input("w3", {e, m, h}, dtype, NormalFill(3, std_in)),
+                   Input("w2", {e, h, m}, dtype, NormalFill(4, std_out)),
+                   Input("dys", {r, m}, dtype), Output("h1", {r, h}, dtype, act_tol),
+                   Output("h3", {r, h}, dtype, act_tol), Output("act", {r, h}, dtype, act_tol),
+                   Output("ys", {r, m}, dtype, out_tol), Output("dxs", {r, m}, dtype, grad_tol),
+                   Output("dw1", {e, m, h}, DType::kF32, grad_tol, grad_fill),
+                   Output("dw3", {e, m, h}, DType::kF32, grad_tol, grad_fill),
+                   Output("dw2", {e, h, m}, DType::kF32, grad_tol, grad_fill)},
+                  [&](ExecContext& ctx, const std::vector<TensorView>& t) {
+                    const ExpertWeights w{t[1], t[2], t[3]};
+                    const ExpertActivations saved{t[5], t[6], t[7]};
+                    MOE_RETURN_IF_ERROR(ExpertsForward(ctx, w, t[0], c.offsets, saved, t[8]));
+                    return ExpertsBackward(ctx, w, t[0], c.offsets, saved, t[4], t[9],
+                                           {t[10], t[11], t[12]}, accumulate);
+                  }))
       << DTypeName(dtype) << " E_l=" << e << " R=" << r << " M=" << m << " H=" << h
       << (accumulate ? " accumulate" : "");
 }
@@ -112,9 +112,9 @@ TEST(ExpertsParityTest, InitIsBitIdentical) {
          Output("w3", {3, 16, 24}, dtype, testing::Tolerance{0, 0}),
          Output("w2", {3, 24, 16}, dtype, testing::Tolerance{0, 0})},
         [](ExecContext& ctx, const std::vector<TensorView>& t) {
-          return InitExpertWeights(ctx, {t[0], t[1], t[2]},
-                                   {.seed = 5, .offset = 17, .first_expert = 2, .std_in = 0.1f,
-                                    .std_out = 0.05f});
+          return InitExpertWeights(
+              ctx, {t[0], t[1], t[2]},
+              {.seed = 5, .offset = 17, .first_expert = 2, .std_in = 0.1f, .std_out = 0.05f});
         }));
   }
 }

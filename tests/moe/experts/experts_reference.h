@@ -83,7 +83,8 @@ ExpertsReferenceGrads<T> ExpertsReferenceBackward(const std::vector<T>& xs,
                                                   int64_t h, const std::vector<T>& dys) {
   const int64_t experts = static_cast<int64_t>(offsets.size()) - 1;
   const int64_t rows = offsets.back();
-  const ExpertsReferenceForwardResult<T> fwd = ExpertsReferenceForward(xs, w1, w3, w2, offsets, m, h);
+  const ExpertsReferenceForwardResult<T> fwd =
+      ExpertsReferenceForward(xs, w1, w3, w2, offsets, m, h);
   ExpertsReferenceGrads<T> g;
   g.dxs.assign(rows * m, T(0));
   g.dw1.assign(experts * m * h, T(0));

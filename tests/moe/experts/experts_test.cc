@@ -76,9 +76,8 @@ testing::ExpertsReferenceForwardResult<double> Reference(const Problem& p) {
   if (p.dtype == DType::kBF16) {
     store = [](double v) { return double{RoundToBF16(static_cast<float>(v))}; };
   }
-  return testing::ExpertsReferenceForward<double>(ToDoubles(p.xs), ToDoubles(p.w1),
-                                                  ToDoubles(p.w3), ToDoubles(p.w2), p.offsets,
-                                                  p.m, p.h, store);
+  return testing::ExpertsReferenceForward<double>(ToDoubles(p.xs), ToDoubles(p.w1), ToDoubles(p.w3),
+                                                  ToDoubles(p.w2), p.offsets, p.m, p.h, store);
 }
 
 struct Grads {
@@ -122,8 +121,8 @@ TEST(ExpertsTest, HandWorkedSingleElement) {
   // dx = dh1 w1 + dh3 w3, dw1 = x dh1, dw3 = x dh3, dw2 = act dy.
   Grads g = MakeGrads(p);
   Tensor dys = FromDoubles({1.0}, {1, 1}, DType::kF32);
-  MOE_ASSERT_OK(ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs,
-                                g.view()));
+  MOE_ASSERT_OK(
+      ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs, g.view()));
   const double dsilu = sig * (1.0 + 1.0 * (1.0 - sig));
   const double dh1 = 6.0 * dsilu, dh3 = 3.0 * sig;
   EXPECT_NEAR(g.dxs.data<float>()[0], dh1 * 1.0 + dh3 * 2.0, 1e-5);
@@ -186,8 +185,8 @@ TEST(ExpertsTest, BackwardMatchesFiniteDifferencesOfReference) {
   const std::vector<double> w = testing::RandomWeights(p.rows * m, 12);
   Tensor dys = FromDoubles(w, {p.rows, m}, DType::kF32);
   Grads g = MakeGrads(p);
-  MOE_ASSERT_OK(ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs,
-                                g.view()));
+  MOE_ASSERT_OK(
+      ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs, g.view()));
 
   std::vector<double> xs = ToDoubles(p.xs), w1 = ToDoubles(p.w1), w3 = ToDoubles(p.w3),
                       w2 = ToDoubles(p.w2);
@@ -250,9 +249,9 @@ TEST(ExpertsTest, DoubleReferenceBackwardMatchesFiniteDifferences) {
 
 void CheckBackwardAgainstReference(const Problem& p, const Tensor& dys, const Grads& g,
                                    testing::Tolerance tol) {
-  const auto ref = testing::ExpertsReferenceBackward<double>(
-      ToDoubles(p.xs), ToDoubles(p.w1), ToDoubles(p.w3), ToDoubles(p.w2), p.offsets, p.m, p.h,
-      ToDoubles(dys));
+  const auto ref = testing::ExpertsReferenceBackward<double>(ToDoubles(p.xs), ToDoubles(p.w1),
+                                                             ToDoubles(p.w3), ToDoubles(p.w2),
+                                                             p.offsets, p.m, p.h, ToDoubles(dys));
   EXPECT_TRUE(testing::AllClose(ToDoubles(g.dxs), ref.dxs, tol)) << "dxs";
   EXPECT_TRUE(testing::AllClose(ToDoubles(g.dw1), ref.dw1, tol)) << "dw1";
   EXPECT_TRUE(testing::AllClose(ToDoubles(g.dw3), ref.dw3, tol)) << "dw3";
@@ -265,8 +264,8 @@ TEST(ExpertsTest, BackwardMatchesReferenceOnEveryOffsetCase) {
     MOE_ASSERT_OK(ExpertsForward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), p.ys));
     Tensor dys = Normal({p.rows, p.m}, DType::kF32, 32, 1.0f);
     Grads g = MakeGrads(p);
-    MOE_ASSERT_OK(ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs,
-                                  g.view()));
+    MOE_ASSERT_OK(
+        ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs, g.view()));
     SCOPED_TRACE(::testing::Message() << p.rows << " rows, " << p.experts << " experts");
     CheckBackwardAgainstReference(p, dys, g, {2e-5, 2e-5});
   }
@@ -277,19 +276,19 @@ TEST(ExpertsTest, BackwardBF16ByTolerance) {
   MOE_ASSERT_OK(ExpertsForward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), p.ys));
   Tensor dys = Normal({p.rows, p.m}, DType::kBF16, 42, 1.0f);
   Grads g = MakeGrads(p);
-  MOE_ASSERT_OK(ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs,
-                                g.view()));
+  MOE_ASSERT_OK(
+      ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs, g.view()));
   // The exact-math reference ignores the bf16 rounding of h1, h3, act and the scratch
   // gradients; the errors are a few bf16 ulps of terms summed over up to 24 products.
-  const auto ref = testing::ExpertsReferenceBackward<double>(
-      ToDoubles(p.xs), ToDoubles(p.w1), ToDoubles(p.w3), ToDoubles(p.w2), p.offsets, p.m, p.h,
-      ToDoubles(dys));
+  const auto ref = testing::ExpertsReferenceBackward<double>(ToDoubles(p.xs), ToDoubles(p.w1),
+                                                             ToDoubles(p.w3), ToDoubles(p.w2),
+                                                             p.offsets, p.m, p.h, ToDoubles(dys));
   EXPECT_TRUE(testing::AllClose(ToDoubles(g.dxs), ref.dxs, {6e-2, 3e-2}));
   EXPECT_TRUE(testing::AllClose(ToDoubles(g.dw1), ref.dw1, {6e-2, 3e-2}));
   EXPECT_TRUE(testing::AllClose(ToDoubles(g.dw3), ref.dw3, {6e-2, 3e-2}));
   EXPECT_TRUE(testing::AllClose(ToDoubles(g.dw2), ref.dw2, {6e-2, 3e-2}));
-  for (auto [actual, expected] : {std::pair{&g.dxs, &ref.dxs}, {&g.dw1, &ref.dw1},
-                                  {&g.dw3, &ref.dw3}, {&g.dw2, &ref.dw2}}) {
+  for (auto [actual, expected] :
+       {std::pair{&g.dxs, &ref.dxs}, {&g.dw1, &ref.dw1}, {&g.dw3, &ref.dw3}, {&g.dw2, &ref.dw2}}) {
     EXPECT_LT(testing::Nmse(ToDoubles(*actual), *expected), 1e-4);
   }
 }
@@ -314,9 +313,12 @@ TEST(ExpertsTest, AccumulateAddsToExistingGradients) {
     for (size_t i = 0; i < a.size(); ++i) s[i] = a[i] + b[i];
     return s;
   };
-  EXPECT_TRUE(testing::AllClose(ToDoubles(acc.dw1), sum(before1, ToDoubles(fresh.dw1)), {1e-6, 1e-6}));
-  EXPECT_TRUE(testing::AllClose(ToDoubles(acc.dw3), sum(before3, ToDoubles(fresh.dw3)), {1e-6, 1e-6}));
-  EXPECT_TRUE(testing::AllClose(ToDoubles(acc.dw2), sum(before2, ToDoubles(fresh.dw2)), {1e-6, 1e-6}));
+  EXPECT_TRUE(
+      testing::AllClose(ToDoubles(acc.dw1), sum(before1, ToDoubles(fresh.dw1)), {1e-6, 1e-6}));
+  EXPECT_TRUE(
+      testing::AllClose(ToDoubles(acc.dw3), sum(before3, ToDoubles(fresh.dw3)), {1e-6, 1e-6}));
+  EXPECT_TRUE(
+      testing::AllClose(ToDoubles(acc.dw2), sum(before2, ToDoubles(fresh.dw2)), {1e-6, 1e-6}));
   // dxs is never accumulated; the empty expert 1 keeps its gradient bit for bit.
   EXPECT_TRUE(testing::AllEqual(acc.dxs, fresh.dxs));
   const std::vector<double> after1 = ToDoubles(acc.dw1), after2 = ToDoubles(acc.dw2);
@@ -331,8 +333,8 @@ TEST(ExpertsTest, NoRowsGiveZeroGradientsOrKeepAccumulated) {
   MOE_ASSERT_OK(ExpertsForward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), p.ys));
   Tensor dys = Make({0, 4}, DType::kF32);
   Grads g = MakeGrads(p);  // NaN
-  MOE_ASSERT_OK(ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs,
-                                g.view()));
+  MOE_ASSERT_OK(
+      ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs, g.view()));
   for (const Tensor* t : {&g.dw1, &g.dw3, &g.dw2}) {
     for (double v : ToDoubles(*t)) ASSERT_EQ(v, 0.0);
   }
@@ -350,8 +352,8 @@ TEST(ExpertsTest, DeterministicAndAliasingAllowed) {
     MOE_ASSERT_OK(ExpertsForward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), p.ys));
     Tensor dys = Normal({p.rows, p.m}, dtype, 62, 1.0f);
     Grads g = MakeGrads(p);
-    MOE_ASSERT_OK(ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs,
-                                  g.view()));
+    MOE_ASSERT_OK(
+        ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs, g.view()));
     // ys written over xs, dxs written over dys: the same bits as with separate buffers.
     MOE_ASSERT_OK_AND_ASSIGN(Tensor x_inout, CopyTo(Cpu(), p.xs, Device::Cpu()));
     MOE_ASSERT_OK(ExpertsForward(Cpu(), p.weights(), x_inout, p.offsets, p.saved(), x_inout));
@@ -364,6 +366,13 @@ TEST(ExpertsTest, DeterministicAndAliasingAllowed) {
     EXPECT_TRUE(testing::AllEqual(g2.dw1, g.dw1));
     EXPECT_TRUE(testing::AllEqual(g2.dw3, g.dw3));
     EXPECT_TRUE(testing::AllEqual(g2.dw2, g.dw2));
+    MOE_ASSERT_OK_AND_ASSIGN(Tensor x_as_dx, CopyTo(Cpu(), p.xs, Device::Cpu()));
+    Grads g3 = MakeGrads(p);
+    MOE_ASSERT_OK(ExpertsBackward(Cpu(), p.weights(), x_as_dx, p.offsets, p.saved(), dys, x_as_dx,
+                                  g3.view()));
+    EXPECT_TRUE(testing::AllEqual(x_as_dx, g.dxs));
+    EXPECT_TRUE(testing::AllEqual(g3.dw1, g.dw1));
+    EXPECT_TRUE(testing::AllEqual(g3.dw3, g.dw3));
   }
 }
 
@@ -371,9 +380,8 @@ TEST(ExpertsTest, BadArgumentsNameTheField) {
   Problem p = MakeProblem(4, 6, {0, 2, 5}, DType::kF32);
   const ExpertActivations s = p.saved();
   auto fwd = [&](const ExpertWeights& w, const TensorView& xs, std::vector<int64_t> offsets,
-                 const ExpertActivations& saved, const TensorView& ys) {
-    return ExpertsForward(Cpu(), w, xs, offsets, saved, ys);
-  };
+                 const ExpertActivations& saved,
+                 const TensorView& ys) { return ExpertsForward(Cpu(), w, xs, offsets, saved, ys); };
   auto invalid = [](const char* text) {
     return StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(text));
   };
@@ -389,11 +397,13 @@ TEST(ExpertsTest, BadArgumentsNameTheField) {
   EXPECT_THAT(fwd({p.w1, p.w3, w2_bf16}, p.xs, p.offsets, s, p.ys),
               invalid("w.w2.dtype: got bf16, expected f32"));
   EXPECT_THAT(fwd({w1_int, p.w3, p.w2}, p.xs, p.offsets, s, p.ys), invalid("w.w1.dtype: got i32"));
-  EXPECT_THAT(fwd({w1_2d, p.w3, p.w2}, p.xs, p.offsets, s, p.ys), invalid("w.w1.shape: got [4, 6]"));
+  EXPECT_THAT(fwd({w1_2d, p.w3, p.w2}, p.xs, p.offsets, s, p.ys),
+              invalid("w.w1.shape: got [4, 6]"));
   EXPECT_THAT(fwd(p.weights(), xs_bad, p.offsets, s, p.ys), invalid("xs.shape: got [5, 3]"));
   EXPECT_THAT(fwd(p.weights(), p.xs, {0, 5}, s, p.ys), invalid("offsets.size: got 2, expected 3"));
   EXPECT_THAT(fwd(p.weights(), p.xs, {1, 2, 5}, s, p.ys), invalid("offsets[0]: got 1"));
-  EXPECT_THAT(fwd(p.weights(), p.xs, {0, 4, 3}, s, p.ys), invalid("offsets[2]: got 3, expected >="));
+  EXPECT_THAT(fwd(p.weights(), p.xs, {0, 4, 3}, s, p.ys),
+              invalid("offsets[2]: got 3, expected >="));
   EXPECT_THAT(fwd(p.weights(), p.xs, {0, 2, 4}, s, p.ys), invalid("offsets[2]: got 4, expected 5"));
   EXPECT_THAT(fwd(p.weights(), p.xs, p.offsets, {p.h1, p.h3, act_bad}, p.ys),
               invalid("saved.act.shape: got [5, 7]"));
@@ -404,17 +414,18 @@ TEST(ExpertsTest, BadArgumentsNameTheField) {
   Tensor dw1_bf16 = Make({2, 4, 6}, DType::kBF16);
   Tensor dw2_bad = Make({2, 4, 6}, DType::kF32);
   Tensor dys_bad = Make({4, 4}, DType::kF32);
-  EXPECT_THAT(ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, s, dys, g.dxs,
-                              {dw1_bf16, g.dw3, g.dw2}),
-              invalid("grads.dw1.dtype: got bf16, expected f32"));
-  EXPECT_THAT(ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, s, dys, g.dxs,
-                              {g.dw1, g.dw3, dw2_bad}),
-              invalid("grads.dw2.shape"));
+  EXPECT_THAT(
+      ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, s, dys, g.dxs, {dw1_bf16, g.dw3, g.dw2}),
+      invalid("grads.dw1.dtype: got bf16, expected f32"));
+  EXPECT_THAT(
+      ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, s, dys, g.dxs, {g.dw1, g.dw3, dw2_bad}),
+      invalid("grads.dw2.shape"));
   EXPECT_THAT(ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, s, dys_bad, g.dxs, g.view()),
               invalid("dys.shape: got [4, 4]"));
   EXPECT_THAT(ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, s, dys, ys_bf16, g.view()),
               invalid("dxs.dtype"));
-  EXPECT_THAT(ExpertsBackward(Cpu(), p.weights(), p.xs, std::vector<int64_t>{0, 6, 5}, s, dys, g.dxs, g.view()),
+  EXPECT_THAT(ExpertsBackward(Cpu(), p.weights(), p.xs, std::vector<int64_t>{0, 6, 5}, s, dys,
+                              g.dxs, g.view()),
               invalid("offsets[2]"));
   // Nothing was written by the failed calls.
   for (double v : ToDoubles(g.dw1)) ASSERT_TRUE(std::isnan(v));
@@ -426,8 +437,8 @@ TEST(ExpertsTest, InitIsDeterministicLayoutIndependentAndScaled) {
     return std::vector<Tensor>{Make({experts, m, h}, dtype), Make({experts, m, h}, dtype),
                                Make({experts, h, m}, dtype)};
   };
-  const ExpertInit init{.seed = 77, .offset = 1000, .first_expert = 0, .std_in = 0.5f,
-                        .std_out = 0.125f};
+  const ExpertInit init{
+      .seed = 77, .offset = 1000, .first_expert = 0, .std_in = 0.5f, .std_out = 0.125f};
   std::vector<Tensor> all = make(e, DType::kF32);
   MOE_ASSERT_OK(InitExpertWeights(Cpu(), {all[0], all[1], all[2]}, init));
   // Experts [2, 4) initialized on their own (as a second rank would) equal the global ones.

@@ -69,8 +69,8 @@ TEST(SwiGLUTest, ForwardMatchesDoubleReference) {
     Tensor h3 = Normal(shape, DType::kF32, 2);
     Tensor act = Make(shape);
     MOE_ASSERT_OK(SwiGLU(Cpu(), h1, h3, act));
-    EXPECT_TRUE(testing::AllClose(ToDoubles(act), SwiGLUDouble(ToDoubles(h1), ToDoubles(h3)),
-                                  {1e-6, 1e-6}))
+    EXPECT_TRUE(
+        testing::AllClose(ToDoubles(act), SwiGLUDouble(ToDoubles(h1), ToDoubles(h3)), {1e-6, 1e-6}))
         << shape.ToString();
   }
 }
