@@ -1,0 +1,147 @@
+#include "moe/router/router.h"
+
+#include "absl/strings/str_cat.h"
+#include "moe/router/router_internal.h"
+#include "moe/router/router_reference.h"
+#include "runtime/blas/gemm.h"
+#include "runtime/nn/softmax.h"
+#include "runtime/tensor/tensor_ops.h"
+
+namespace smoe {
+namespace {
+
+Status CheckArg(absl::string_view name, const ExecContext& ctx, const TensorView& t, DType dtype,
+                const Shape& shape) {
+  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, ctx.device(), shape));
+  return CheckContiguous(name, t);
+}
+
+Status CheckX(const ExecContext& ctx, const TensorView& x) {
+  if (!IsFloating(x.dtype())) return BadArgument("x.dtype", DTypeName(x.dtype()), "f32 or bf16");
+  MOE_RETURN_IF_ERROR(CheckArg("x", ctx, x, x.dtype(), {-1, -1}));
+  if (x.dim(1) < 1) return BadArgument("x.shape", x.shape().ToString(), "[T, M] with M >= 1");
+  return absl::OkStatus();
+}
+
+// x as f32: x itself, or a widened copy in `storage` (from ctx's allocator).
+StatusOr<TensorView> XAsF32(ExecContext& ctx, const TensorView& x, Tensor* storage) {
+  if (x.dtype() == DType::kF32) return x;
+  MOE_ASSIGN_OR_RETURN(*storage, Tensor::Empty(x.shape(), DType::kF32, ctx.device(),
+                                               ctx.allocator()));
+  MOE_RETURN_IF_ERROR(Cast(ctx, x, *storage));
+  return storage->view();
+}
+
+}  // namespace
+
+Status ValidateRouterConfig(const RouterConfig& config) {
+  if (config.num_experts < 1) {
+    return BadArgument("config.num_experts", absl::StrCat(config.num_experts), ">= 1");
+  }
+  if (config.top_k < 1 || config.top_k > config.num_experts) {
+    return BadArgument("config.top_k", absl::StrCat(config.top_k),
+                       absl::StrCat("in [1, num_experts = ", config.num_experts, "]"));
+  }
+  return absl::OkStatus();
+}
+
+bool IsAbsent(const TensorView& t) {
+  return (t.rank() == 0 && t.data() == nullptr) || t.numel() == 0;
+}
+
+Status RouterForward(ExecContext& ctx, const RouterConfig& config, const TensorView& x,
+                     const TensorView& w_gate, const TensorView& expert_bias,
+                     const TensorView& logits, const TensorView& probs, const TensorView& topk_idx,
+                     const TensorView& topk_gates) {
+  MOE_RETURN_IF_ERROR(ValidateRouterConfig(config));
+  MOE_RETURN_IF_ERROR(CheckX(ctx, x));
+  const int64_t t = x.dim(0), m = x.dim(1), e = config.num_experts, k = config.top_k;
+  MOE_RETURN_IF_ERROR(CheckArg("w_gate", ctx, w_gate, DType::kF32, {m, e}));
+  const bool has_bias = !IsAbsent(expert_bias);
+  if (has_bias) MOE_RETURN_IF_ERROR(CheckArg("expert_bias", ctx, expert_bias, DType::kF32, {e}));
+  MOE_RETURN_IF_ERROR(CheckArg("logits", ctx, logits, DType::kF32, {t, e}));
+  MOE_RETURN_IF_ERROR(CheckArg("probs", ctx, probs, DType::kF32, {t, e}));
+  MOE_RETURN_IF_ERROR(CheckArg("topk_idx", ctx, topk_idx, DType::kI32, {t, k}));
+  MOE_RETURN_IF_ERROR(CheckArg("topk_gates", ctx, topk_gates, DType::kF32, {t, k}));
+  if (t == 0) return absl::OkStatus();
+
+  Tensor x_storage;
+  MOE_ASSIGN_OR_RETURN(TensorView x32, XAsF32(ctx, x, &x_storage));
+  MOE_RETURN_IF_ERROR(Gemm(ctx, x32, w_gate, logits));
+  MOE_RETURN_IF_ERROR(SoftmaxRows(ctx, logits, probs));
+  const float* bias = has_bias ? expert_bias.data<float>() : nullptr;
+  if (ctx.device().is_cuda()) {
+    return internal::RouterTopKCuda(ctx, logits.data<float>(), bias, probs.data<float>(), t, e, k,
+                                    config.renormalize, topk_idx.data<int32_t>(),
+                                    topk_gates.data<float>());
+  }
+  router_reference::TopK(logits.data<float>(), bias, t, e, k, topk_idx.data<int32_t>());
+  router_reference::Gates(probs.data<float>(), topk_idx.data<int32_t>(), t, e, k,
+                          config.renormalize, topk_gates.data<float>());
+  return absl::OkStatus();
+}
+
+Status RouterBackward(ExecContext& ctx, const RouterConfig& config, const TensorView& x,
+                      const TensorView& w_gate, const TensorView& probs,
+                      const TensorView& topk_idx, const TensorView& d_topk_gates,
+                      const TensorView& d_logits_extra, const TensorView& dx,
+                      const TensorView& dw_gate, bool accumulate_dw) {
+  MOE_RETURN_IF_ERROR(ValidateRouterConfig(config));
+  MOE_RETURN_IF_ERROR(CheckX(ctx, x));
+  const int64_t t = x.dim(0), m = x.dim(1), e = config.num_experts, k = config.top_k;
+  MOE_RETURN_IF_ERROR(CheckArg("w_gate", ctx, w_gate, DType::kF32, {m, e}));
+  MOE_RETURN_IF_ERROR(CheckArg("probs", ctx, probs, DType::kF32, {t, e}));
+  MOE_RETURN_IF_ERROR(CheckArg("topk_idx", ctx, topk_idx, DType::kI32, {t, k}));
+  MOE_RETURN_IF_ERROR(CheckArg("d_topk_gates", ctx, d_topk_gates, DType::kF32, {t, k}));
+  const bool has_extra = !IsAbsent(d_logits_extra) && t > 0;
+  if (has_extra) {
+    MOE_RETURN_IF_ERROR(CheckArg("d_logits_extra", ctx, d_logits_extra, DType::kF32, {t, e}));
+  }
+  MOE_RETURN_IF_ERROR(CheckArg("dx", ctx, dx, x.dtype(), {t, m}));
+  MOE_RETURN_IF_ERROR(CheckArg("dw_gate", ctx, dw_gate, DType::kF32, {m, e}));
+  if (t == 0) return accumulate_dw ? absl::OkStatus() : Fill(ctx, dw_gate, 0.0);
+  if (ctx.device().is_cpu()) {
+    const int32_t* idx = topk_idx.data<int32_t>();
+    for (int64_t i = 0; i < t * k; ++i) {
+      if (idx[i] < 0 || idx[i] >= e) {
+        return BadArgument(absl::StrCat("topk_idx[", i, "]"), absl::StrCat(idx[i]),
+                           absl::StrCat("in [0, ", e, ")"));
+      }
+    }
+  }
+
+  MOE_ASSIGN_OR_RETURN(Tensor d_logits,
+                       Tensor::Empty({t, e}, DType::kF32, ctx.device(), ctx.allocator()));
+  const float* extra = has_extra ? d_logits_extra.data<float>() : nullptr;
+  if (ctx.device().is_cuda()) {
+    MOE_RETURN_IF_ERROR(internal::RouterLogitsGradientCuda(
+        ctx, probs.data<float>(), topk_idx.data<int32_t>(), d_topk_gates.data<float>(), extra, t,
+        e, k, config.renormalize, d_logits.data<float>()));
+  } else {
+    router_reference::LogitsGradient(probs.data<float>(), topk_idx.data<int32_t>(),
+                                     d_topk_gates.data<float>(), extra, t, e, k,
+                                     config.renormalize, d_logits.data<float>());
+  }
+  // dx [T, M] = d_logits [T, E] w_gate^T; the GEMM rounds a bf16 dx once at the end.
+  MOE_RETURN_IF_ERROR(Gemm(ctx, d_logits, w_gate, dx, {.trans_b = true}));
+  Tensor x_storage;
+  MOE_ASSIGN_OR_RETURN(TensorView x32, XAsF32(ctx, x, &x_storage));
+  return Gemm(ctx, x32, d_logits, dw_gate,
+              {.trans_a = true, .beta = accumulate_dw ? 1.0f : 0.0f});
+}
+
+#if !MOE_WITH_CUDA
+namespace internal {
+Status RouterTopKCuda(ExecContext&, const float*, const float*, const float*, int64_t, int64_t,
+                      int64_t, bool, int32_t*, float*) {
+  return absl::FailedPreconditionError("RouterForward on CUDA, but this build has no CUDA backend");
+}
+Status RouterLogitsGradientCuda(ExecContext&, const float*, const int32_t*, const float*,
+                                const float*, int64_t, int64_t, int64_t, bool, float*) {
+  return absl::FailedPreconditionError(
+      "RouterBackward on CUDA, but this build has no CUDA backend");
+}
+}  // namespace internal
+#endif
+
+}  // namespace smoe
