@@ -76,12 +76,11 @@ StatusOr<AuxLossValues> AuxLossForwardBackward(ExecContext& ctx, const AuxLossCo
   if (t > 0) {
     MOE_ASSIGN_OR_RETURN(lse, Tensor::Empty({t}, DType::kF32, ctx.device(), ctx.allocator()));
     MOE_ASSIGN_OR_RETURN(max_p, Tensor::Empty({t}, DType::kF32, ctx.device(), ctx.allocator()));
-    MOE_ASSIGN_OR_RETURN(arg_max,
-                         Tensor::Empty({t}, DType::kI32, ctx.device(), ctx.allocator()));
+    MOE_ASSIGN_OR_RETURN(arg_max, Tensor::Empty({t}, DType::kI32, ctx.device(), ctx.allocator()));
     rows = {lse.data<float>(), max_p.data<float>(), arg_max.data<int32_t>()};
-    MOE_RETURN_IF_ERROR(internal::AuxLossSumsCuda(
-        ctx, logits.data<float>(), probs.data<float>(), topk_idx.data<int32_t>(), t, e, k, rows,
-        &counts, &sums.p_sum, &sums.lse_sq_sum, &sums.max_p_sum));
+    MOE_RETURN_IF_ERROR(internal::AuxLossSumsCuda(ctx, logits.data<float>(), probs.data<float>(),
+                                                  topk_idx.data<int32_t>(), t, e, k, rows, &counts,
+                                                  &sums.p_sum, &sums.lse_sq_sum, &sums.max_p_sum));
   }
   MOE_RETURN_IF_ERROR(AllReduceCounts(ctx, group, &counts));
   if (t == 0) return AuxLossValues{};

@@ -46,12 +46,9 @@ struct AuxLossValues {
 // and counts to the host (the values are returned on the host); d_logits is then written by
 // work enqueued on the stream (not yet complete on return).
 // Deterministic: fixed-order reductions on both backends (integer atomics only for the counts).
-[[nodiscard]] StatusOr<AuxLossValues> AuxLossForwardBackward(ExecContext& ctx,
-                                                             const AuxLossConfig& config,
-                                                             const TensorView& logits,
-                                                             const TensorView& probs,
-                                                             const TensorView& topk_idx,
-                                                             Communicator* comm,
-                                                             const TensorView& d_logits);
+[[nodiscard]] StatusOr<AuxLossValues> AuxLossForwardBackward(
+    ExecContext& ctx, const AuxLossConfig& config, const TensorView& logits,
+    const TensorView& probs, const TensorView& topk_idx, Communicator* comm,
+    const TensorView& d_logits);
 
 }  // namespace smoe

@@ -136,13 +136,13 @@ Status AuxLossSumsCuda(ExecContext& ctx, const float* logits, const float* probs
                        std::vector<double>* p_sum, double* lse_sq_sum, double* max_p_sum) {
   const int ei = static_cast<int>(e);
   const int64_t chunks = (t + kRowsPerChunk - 1) / kRowsPerChunk;
-  MOE_ASSIGN_OR_RETURN(Tensor partial, Tensor::Empty({chunks * e}, DType::kI64, ctx.device(),
-                                                     ctx.allocator()));
+  MOE_ASSIGN_OR_RETURN(Tensor partial,
+                       Tensor::Empty({chunks * e}, DType::kI64, ctx.device(), ctx.allocator()));
   // [E] p sums, then the two row sums, as doubles (stored in an i64 tensor: same width).
-  MOE_ASSIGN_OR_RETURN(Tensor sums, Tensor::Empty({e + 2}, DType::kI64, ctx.device(),
-                                                  ctx.allocator()));
-  MOE_ASSIGN_OR_RETURN(Tensor device_counts, Tensor::Empty({e}, DType::kI64, ctx.device(),
-                                                           ctx.allocator()));
+  MOE_ASSIGN_OR_RETURN(Tensor sums,
+                       Tensor::Empty({e + 2}, DType::kI64, ctx.device(), ctx.allocator()));
+  MOE_ASSIGN_OR_RETURN(Tensor device_counts,
+                       Tensor::Empty({e}, DType::kI64, ctx.device(), ctx.allocator()));
   double* partial_p = static_cast<double*>(partial.data());
   double* sums_p = static_cast<double*>(sums.data());
   int64_t* counts_p = device_counts.data<int64_t>();
@@ -156,7 +156,7 @@ Status AuxLossSumsCuda(ExecContext& ctx, const float* logits, const float* probs
                         ctx.stream()>>>(probs, t, ei, partial_p);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("ColumnPartialKernel");
   ColumnFinalKernel<<<column_blocks, kColumnThreads, 0, ctx.stream()>>>(partial_p, chunks, ei,
-                                                                       sums_p);
+                                                                        sums_p);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("ColumnFinalKernel");
   RowSumsKernel<<<1, kSumThreads, 0, ctx.stream()>>>(rows.lse, rows.max_p, t, sums_p + e);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("RowSumsKernel");

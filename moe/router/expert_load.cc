@@ -23,16 +23,15 @@ Status CountExperts(ExecContext& ctx, const TensorView& topk_idx, const TensorVi
   const int64_t n = topk_idx.numel(), e = counts.dim(0);
   if (e < 1) return BadArgument("counts.shape", counts.shape().ToString(), "[E] with E >= 1");
   if (ctx.device().is_cuda()) {
-    return internal::CountExpertsCuda(ctx, topk_idx.data<int32_t>(), n, e,
-                                      counts.data<int64_t>());
+    return internal::CountExpertsCuda(ctx, topk_idx.data<int32_t>(), n, e, counts.data<int64_t>());
   }
   const int32_t* idx = topk_idx.data<int32_t>();
   int64_t* c = counts.data<int64_t>();
   for (int64_t i = 0; i < n; ++i) {
     if (idx[i] < 0 || idx[i] >= e) {
-      return BadArgument(absl::StrCat("topk_idx[", i / topk_idx.dim(1), ", ", i % topk_idx.dim(1),
-                                      "]"),
-                         absl::StrCat(idx[i]), absl::StrCat("an expert in [0, ", e, ")"));
+      return BadArgument(
+          absl::StrCat("topk_idx[", i / topk_idx.dim(1), ", ", i % topk_idx.dim(1), "]"),
+          absl::StrCat(idx[i]), absl::StrCat("an expert in [0, ", e, ")"));
     }
   }
   std::fill(c, c + e, 0);

@@ -26,8 +26,8 @@ Status CheckX(const ExecContext& ctx, const TensorView& x) {
 // x as f32: x itself, or a widened copy in `storage` (from ctx's allocator).
 StatusOr<TensorView> XAsF32(ExecContext& ctx, const TensorView& x, Tensor* storage) {
   if (x.dtype() == DType::kF32) return x;
-  MOE_ASSIGN_OR_RETURN(*storage, Tensor::Empty(x.shape(), DType::kF32, ctx.device(),
-                                               ctx.allocator()));
+  MOE_ASSIGN_OR_RETURN(*storage,
+                       Tensor::Empty(x.shape(), DType::kF32, ctx.device(), ctx.allocator()));
   MOE_RETURN_IF_ERROR(Cast(ctx, x, *storage));
   return storage->view();
 }
@@ -82,10 +82,9 @@ Status RouterForward(ExecContext& ctx, const RouterConfig& config, const TensorV
 }
 
 Status RouterBackward(ExecContext& ctx, const RouterConfig& config, const TensorView& x,
-                      const TensorView& w_gate, const TensorView& probs,
-                      const TensorView& topk_idx, const TensorView& d_topk_gates,
-                      const TensorView& d_logits_extra, const TensorView& dx,
-                      const TensorView& dw_gate, bool accumulate_dw) {
+                      const TensorView& w_gate, const TensorView& probs, const TensorView& topk_idx,
+                      const TensorView& d_topk_gates, const TensorView& d_logits_extra,
+                      const TensorView& dx, const TensorView& dw_gate, bool accumulate_dw) {
   MOE_RETURN_IF_ERROR(ValidateRouterConfig(config));
   MOE_RETURN_IF_ERROR(CheckX(ctx, x));
   const int64_t t = x.dim(0), m = x.dim(1), e = config.num_experts, k = config.top_k;
@@ -115,19 +114,18 @@ Status RouterBackward(ExecContext& ctx, const RouterConfig& config, const Tensor
   const float* extra = has_extra ? d_logits_extra.data<float>() : nullptr;
   if (ctx.device().is_cuda()) {
     MOE_RETURN_IF_ERROR(internal::RouterLogitsGradientCuda(
-        ctx, probs.data<float>(), topk_idx.data<int32_t>(), d_topk_gates.data<float>(), extra, t,
-        e, k, config.renormalize, d_logits.data<float>()));
+        ctx, probs.data<float>(), topk_idx.data<int32_t>(), d_topk_gates.data<float>(), extra, t, e,
+        k, config.renormalize, d_logits.data<float>()));
   } else {
     router_reference::LogitsGradient(probs.data<float>(), topk_idx.data<int32_t>(),
-                                     d_topk_gates.data<float>(), extra, t, e, k,
-                                     config.renormalize, d_logits.data<float>());
+                                     d_topk_gates.data<float>(), extra, t, e, k, config.renormalize,
+                                     d_logits.data<float>());
   }
   // dx [T, M] = d_logits [T, E] w_gate^T; the GEMM rounds a bf16 dx once at the end.
   MOE_RETURN_IF_ERROR(Gemm(ctx, d_logits, w_gate, dx, {.trans_b = true}));
   Tensor x_storage;
   MOE_ASSIGN_OR_RETURN(TensorView x32, XAsF32(ctx, x, &x_storage));
-  return Gemm(ctx, x32, d_logits, dw_gate,
-              {.trans_a = true, .beta = accumulate_dw ? 1.0f : 0.0f});
+  return Gemm(ctx, x32, d_logits, dw_gate, {.trans_a = true, .beta = accumulate_dw ? 1.0f : 0.0f});
 }
 
 #if !MOE_WITH_CUDA

@@ -1,5 +1,6 @@
-// The MoE router (DESIGN.md section 5, step 1): logits = x W_g in fp32, probabilities = softmax over
-// all E experts, top-K selection (optionally biased, for aux-loss-free balancing) and the gates.
+// The MoE router (DESIGN.md section 5, step 1): logits = x W_g in fp32, probabilities = softmax
+// over all E experts, top-K selection (optionally biased, for aux-loss-free balancing) and the
+// gates.
 //
 // Letters: T tokens, M model dim, E experts, K choices per token.
 //
@@ -26,7 +27,9 @@
 //                    gradient, aux_loss.h).
 //   dx             = d_logits w_gate^T, written in x's dtype (overwrite).
 //   dw_gate        = x^T d_logits, f32 (overwrite, or added to dw_gate when accumulate_dw).
-// Non-finite rows give NaN gradients (no masking).
+// Non-finite rows give NaN gradients (no masking). topk_idx must hold valid experts (as written
+// by RouterForward): checked on CPU (InvalidArgument); not checked on CUDA, where checking would
+// need a host sync.
 //
 // All tensors contiguous, on ctx's device. Outputs are caller-allocated and fully overwritten.
 // No host synchronization. Temporaries (the f32 copy of a bf16 x, d_logits) come from ctx's

@@ -191,8 +191,8 @@ inline AuxGradient AuxCoefficients(const AuxLossConfig& config, const AuxSums& s
     const double p_mean = s.p_sum[i] / t;
     lbl += s.f[i] * p_mean;
     p_sq += p_mean * p_mean;
-    out.g[i] = config.lbl_coef * e * s.f[i] / t +
-               config.top1_lbl_coef * e * 2.0 * p_mean / (t * mean_max);
+    out.g[i] =
+        config.lbl_coef * e * s.f[i] / t + config.top1_lbl_coef * e * 2.0 * p_mean / (t * mean_max);
   }
   out.values.lbl = e * lbl;
   out.values.z_loss = s.lse_sq_sum / t;
@@ -253,8 +253,7 @@ AuxLossValues AuxLoss(const AuxLossConfig& config, const S* logits, const S* pro
       }
       for (int64_t c = 0; c < e; ++c) {
         const double dp = grad.g[c] + (c == arg_max[r] ? grad.top1_argmax : 0.0);
-        d_logits[r * e + c] =
-            static_cast<S>(pr[c] * (dp - dot) + grad.z_factor * lse[r] * pr[c]);
+        d_logits[r * e + c] = static_cast<S>(pr[c] * (dp - dot) + grad.z_factor * lse[r] * pr[c]);
       }
     }
   }

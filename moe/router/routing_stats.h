@@ -17,7 +17,7 @@ struct RoutingStats {
   double max_rel_dev = 0;                  // max_i (c_i - mean) / mean, mean = T K / E
   double min_rel_dev = 0;                  // min_i (c_i - mean) / mean (-1 when one is dead)
   int dead_experts = 0;                    // experts with c_i == 0
-  double entropy_mean_p = 0;  // -sum_i p_mean_i ln p_mean_i (nats; 0 ln 0 = 0); ln E is uniform
+  double entropy_mean_p = 0;    // -sum_i p_mean_i ln p_mean_i (nats; 0 ln 0 = 0); ln E is uniform
   int64_t non_finite_rows = 0;  // rows of probs holding a NaN or inf (router.h: such rows are
                                 // routed to experts 0..K-1 and excluded from p_mean)
 };

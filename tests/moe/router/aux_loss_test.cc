@@ -15,13 +15,13 @@
 namespace smoe {
 namespace {
 
-using ::testing::HasSubstr;
 using router_testing::AsDoubles;
 using router_testing::AsInts;
 using router_testing::F32;
 using router_testing::HostTensor;
 using router_testing::I32;
 using router_testing::Normal;
+using ::testing::HasSubstr;
 using testing::StatusIs;
 
 // logits [[0, 0], [ln 3, 0]] -> probs [[.5, .5], [.75, .25]]; both tokens choose expert 0.
@@ -32,9 +32,9 @@ TEST(AuxLossTest, HandWorkedValues) {
   const Tensor idx = I32({2, 1}, {0, 0});
   const Tensor d_logits = HostTensor({2, 2}, DType::kF32);
   const AuxLossConfig config{.lbl_coef = 0.01f, .z_coef = 0.001f, .top1_lbl_coef = 0.1f};
-  MOE_ASSERT_OK_AND_ASSIGN(AuxLossValues v, AuxLossForwardBackward(ExecContext::Cpu(), config,
-                                                                   logits, probs, idx, nullptr,
-                                                                   d_logits));
+  MOE_ASSERT_OK_AND_ASSIGN(
+      AuxLossValues v,
+      AuxLossForwardBackward(ExecContext::Cpu(), config, logits, probs, idx, nullptr, d_logits));
   const double ln2 = std::log(2.0);
   EXPECT_NEAR(v.lbl, 2 * (1.0 * 0.625 + 0.0 * 0.375), 1e-6);  // f = [1, 0], P = [.625, .375]
   EXPECT_NEAR(v.z_loss, (ln2 * ln2 + 4 * ln2 * ln2) / 2, 1e-6);
@@ -42,9 +42,9 @@ TEST(AuxLossTest, HandWorkedValues) {
   EXPECT_NEAR(v.total, 0.01f * v.lbl + 0.001f * v.z_loss + 0.1f * v.top1_lbl, 1e-9);
   // The LBL pushes probability away from the overloaded expert 0.
   const AuxLossConfig lbl_only{.lbl_coef = 1.0f};
-  MOE_ASSERT_OK(AuxLossForwardBackward(ExecContext::Cpu(), lbl_only, logits, probs, idx, nullptr,
-                                       d_logits)
-                    .status());
+  MOE_ASSERT_OK(
+      AuxLossForwardBackward(ExecContext::Cpu(), lbl_only, logits, probs, idx, nullptr, d_logits)
+          .status());
   EXPECT_GT(d_logits.data<float>()[0], 0.0f);
   EXPECT_LT(d_logits.data<float>()[1], 0.0f);
 }
@@ -65,10 +65,10 @@ TEST(AuxLossTest, GradientsMatchFiniteDifferences) {
   std::vector<int64_t> counts(e, 0);
   for (int32_t i : idx) ++counts[i];
   const std::vector<double> f = router_reference::Shares(counts);
-  for (const AuxCase& c : {AuxCase{{.lbl_coef = 1.0f}, "lbl"}, AuxCase{{.z_coef = 1.0f}, "z"},
-                           AuxCase{{.top1_lbl_coef = 1.0f}, "top1"},
-                           AuxCase{{.lbl_coef = 0.5f, .z_coef = 0.25f, .top1_lbl_coef = 2.0f},
-                                   "all"}}) {
+  for (const AuxCase& c :
+       {AuxCase{{.lbl_coef = 1.0f}, "lbl"}, AuxCase{{.z_coef = 1.0f}, "z"},
+        AuxCase{{.top1_lbl_coef = 1.0f}, "top1"},
+        AuxCase{{.lbl_coef = 0.5f, .z_coef = 0.25f, .top1_lbl_coef = 2.0f}, "all"}}) {
     SCOPED_TRACE(c.name);
     auto loss = [&](const std::vector<double>& l) {
       std::vector<double> p(t * e);
@@ -127,7 +127,8 @@ TEST(AuxLossTest, GlobalLblUsesGroupCounts) {
   const Tensor probs = HostTensor({t, e}, DType::kF32);
   MOE_ASSERT_OK(SoftmaxRows(ExecContext::Cpu(), logits, probs));
   const Tensor idx = I32({t, k}, {0, 1, 0, 2, 0, 1, 3, 0, 1, 0, 2, 0, 0, 1});
-  const Tensor d_local = HostTensor({t, e}, DType::kF32), d_global = HostTensor({t, e}, DType::kF32);
+  const Tensor d_local = HostTensor({t, e}, DType::kF32),
+               d_global = HostTensor({t, e}, DType::kF32);
   AuxLossConfig config{.lbl_coef = 0.3f, .z_coef = 0.1f, .top1_lbl_coef = 0.2f};
   MOE_ASSERT_OK_AND_ASSIGN(AuxLossValues local,
                            AuxLossForwardBackward(ExecContext::Cpu(), config, logits, probs, idx,
@@ -139,16 +140,16 @@ TEST(AuxLossTest, GlobalLblUsesGroupCounts) {
   EXPECT_EQ(global.lbl, local.lbl);
   EXPECT_EQ(global.total, local.total);
   EXPECT_TRUE(testing::AllEqual(d_global, d_local));
-  MOE_ASSERT_OK_AND_ASSIGN(AuxLossValues no_comm,
-                           AuxLossForwardBackward(ExecContext::Cpu(), config, logits, probs, idx,
-                                                  nullptr, d_global));
+  MOE_ASSERT_OK_AND_ASSIGN(
+      AuxLossValues no_comm,
+      AuxLossForwardBackward(ExecContext::Cpu(), config, logits, probs, idx, nullptr, d_global));
   EXPECT_EQ(no_comm.lbl, local.lbl);
 
   // Local counts [7, 4, 2, 1]; the other rank adds [0, 3, 6, 5]: global [7, 7, 8, 6] / 28.
   AddingCommunicator comm({0, 3, 6, 5});
-  MOE_ASSERT_OK_AND_ASSIGN(AuxLossValues two_rank,
-                           AuxLossForwardBackward(ExecContext::Cpu(), config, logits, probs, idx,
-                                                  &comm, d_global));
+  MOE_ASSERT_OK_AND_ASSIGN(
+      AuxLossValues two_rank,
+      AuxLossForwardBackward(ExecContext::Cpu(), config, logits, probs, idx, &comm, d_global));
   EXPECT_EQ(comm.calls, 1);
   double expected = 0.0;
   const std::vector<double> f = {7.0 / 28, 7.0 / 28, 8.0 / 28, 6.0 / 28};
@@ -161,18 +162,18 @@ TEST(AuxLossTest, GlobalLblUsesGroupCounts) {
   EXPECT_EQ(two_rank.z_loss, local.z_loss);
   // Without global_lbl the communicator is not used.
   config.global_lbl = false;
-  MOE_ASSERT_OK(AuxLossForwardBackward(ExecContext::Cpu(), config, logits, probs, idx, &comm,
-                                       d_global)
-                    .status());
+  MOE_ASSERT_OK(
+      AuxLossForwardBackward(ExecContext::Cpu(), config, logits, probs, idx, &comm, d_global)
+          .status());
   EXPECT_EQ(comm.calls, 1);
 }
 
 TEST(AuxLossTest, ZeroTokensGiveZeroValues) {
   const Tensor logits = HostTensor({0, 4}, DType::kF32), probs = HostTensor({0, 4}, DType::kF32);
   const Tensor idx = HostTensor({0, 2}, DType::kI32), d = HostTensor({0, 4}, DType::kF32);
-  MOE_ASSERT_OK_AND_ASSIGN(AuxLossValues v,
-                           AuxLossForwardBackward(ExecContext::Cpu(), {.lbl_coef = 1.0f}, logits,
-                                                  probs, idx, nullptr, d));
+  MOE_ASSERT_OK_AND_ASSIGN(
+      AuxLossValues v, AuxLossForwardBackward(ExecContext::Cpu(), {.lbl_coef = 1.0f}, logits, probs,
+                                              idx, nullptr, d));
   EXPECT_EQ(v.total, 0.0);
   EXPECT_EQ(v.lbl, 0.0);
 }
@@ -180,18 +181,20 @@ TEST(AuxLossTest, ZeroTokensGiveZeroValues) {
 TEST(AuxLossTest, BadInputs) {
   const Tensor logits = Normal({3, 4}, 80), probs = Normal({3, 4}, 81);
   const Tensor idx = I32({3, 1}, {0, 1, 2}), d = HostTensor({3, 4}, DType::kF32);
-  EXPECT_THAT(AuxLossForwardBackward(ExecContext::Cpu(), {}, logits, probs,
-                                     HostTensor({3, 5}, DType::kI32), nullptr, d),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_idx.shape: got [3, 5]")));
-  EXPECT_THAT(AuxLossForwardBackward(ExecContext::Cpu(), {}, logits, probs, idx, nullptr,
-                                     HostTensor({3, 3}, DType::kF32)),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("d_logits.shape: got [3, 3]")));
-  EXPECT_THAT(AuxLossForwardBackward(ExecContext::Cpu(), {}, logits, HostTensor({3, 4}, DType::kBF16),
-                                     idx, nullptr, d),
+  EXPECT_THAT(
+      AuxLossForwardBackward(ExecContext::Cpu(), {}, logits, probs, HostTensor({3, 5}, DType::kI32),
+                             nullptr, d),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_idx.shape: got [3, 5]")));
+  EXPECT_THAT(
+      AuxLossForwardBackward(ExecContext::Cpu(), {}, logits, probs, idx, nullptr,
+                             HostTensor({3, 3}, DType::kF32)),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("d_logits.shape: got [3, 3]")));
+  EXPECT_THAT(AuxLossForwardBackward(ExecContext::Cpu(), {}, logits,
+                                     HostTensor({3, 4}, DType::kBF16), idx, nullptr, d),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("probs.dtype: got bf16")));
-  EXPECT_THAT(AuxLossForwardBackward(ExecContext::Cpu(), {.z_coef = NAN}, logits, probs, idx,
-                                     nullptr, d),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("config.z_coef")));
+  EXPECT_THAT(
+      AuxLossForwardBackward(ExecContext::Cpu(), {.z_coef = NAN}, logits, probs, idx, nullptr, d),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("config.z_coef")));
   EXPECT_THAT(AuxLossForwardBackward(ExecContext::Cpu(), {}, logits, probs, I32({3, 1}, {0, 4, 1}),
                                      nullptr, d),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_idx[1, 0]: got 4")));

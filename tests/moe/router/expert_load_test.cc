@@ -14,14 +14,14 @@
 namespace smoe {
 namespace {
 
-using ::testing::DoubleNear;
-using ::testing::ElementsAre;
-using ::testing::HasSubstr;
 using router_testing::AsDoubles;
 using router_testing::F32;
 using router_testing::HostTensor;
 using router_testing::I32;
 using router_testing::Normal;
+using ::testing::DoubleNear;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 using testing::StatusIs;
 
 std::vector<int64_t> Counts(const TensorView& idx, int64_t e) {
@@ -35,9 +35,9 @@ TEST(CountExpertsTest, HandWorkedAndBadIndex) {
   Tensor counts = HostTensor({4}, DType::kI64);
   EXPECT_THAT(CountExperts(ExecContext::Cpu(), I32({2, 2}, {0, 1, -1, 2}), counts),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_idx[1, 0]: got -1")));
-  EXPECT_THAT(CountExperts(ExecContext::Cpu(), I32({2, 2}, {0, 1, 1, 2}),
-                           HostTensor({4}, DType::kI32)),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("counts.dtype: got i32")));
+  EXPECT_THAT(
+      CountExperts(ExecContext::Cpu(), I32({2, 2}, {0, 1, 1, 2}), HostTensor({4}, DType::kI32)),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("counts.dtype: got i32")));
 }
 
 TEST(UpdateExpertBiasTest, HandWorkedStepAndClamp) {
@@ -71,7 +71,8 @@ TEST(UpdateExpertBiasTest, BiasLoopBalancesSkewedRouter) {
   double first_dev = 0.0, last_dev = 0.0;
   for (int step = 0; step < 200; ++step) {
     MOE_ASSERT_OK(RouterForward(ExecContext::Cpu(), config, x, w, bias, logits, probs, idx, gates));
-    MOE_ASSERT_OK_AND_ASSIGN(RoutingStats stats, ComputeRoutingStats(ExecContext::Cpu(), probs, idx));
+    MOE_ASSERT_OK_AND_ASSIGN(RoutingStats stats,
+                             ComputeRoutingStats(ExecContext::Cpu(), probs, idx));
     if (step == 0) first_dev = stats.max_rel_dev;
     last_dev = stats.max_rel_dev;
     MOE_ASSERT_OK(CountExperts(ExecContext::Cpu(), idx, counts));
@@ -86,8 +87,8 @@ TEST(RoutingStatsTest, ConstructedRouting) {
   // Four tokens, four experts, top-1: loads [3, 1, 0, 0], mean 1.
   std::vector<float> p(16, 0.25f);
   const Tensor probs = F32({4, 4}, p);
-  MOE_ASSERT_OK_AND_ASSIGN(RoutingStats s, ComputeRoutingStats(ExecContext::Cpu(), probs,
-                                                               I32({4, 1}, {0, 0, 1, 0})));
+  MOE_ASSERT_OK_AND_ASSIGN(
+      RoutingStats s, ComputeRoutingStats(ExecContext::Cpu(), probs, I32({4, 1}, {0, 0, 1, 0})));
   EXPECT_THAT(s.tokens_per_expert, ElementsAre(3, 1, 0, 0));
   EXPECT_THAT(s.f, ElementsAre(0.75, 0.25, 0.0, 0.0));
   EXPECT_DOUBLE_EQ(s.max_rel_dev, 2.0);

@@ -44,8 +44,8 @@ struct Shape4 {
   int64_t t, m, e, k;
 };
 
-const Shape4 kGrid[] = {{1, 16, 8, 1},  {37, 16, 8, 2},  {37, 32, 96, 1}, {37, 32, 96, 2},
-                        {37, 32, 96, 8}, {256, 64, 96, 8}, {5, 8, 1, 1},   {33, 8, 8, 8}};
+const Shape4 kGrid[] = {{1, 16, 8, 1},   {37, 16, 8, 2},   {37, 32, 96, 1}, {37, 32, 96, 2},
+                        {37, 32, 96, 8}, {256, 64, 96, 8}, {5, 8, 1, 1},    {33, 8, 8, 8}};
 
 TEST(RouterParityTest, ForwardAndBackward) {
   MOE_SKIP_WITHOUT_CUDA();
@@ -64,8 +64,7 @@ TEST(RouterParityTest, ForwardAndBackward) {
                Input("expert_bias", {s.e}, DType::kF32, Grid(3, 8, 16.0f)),
                Input("d_gates", {s.t, s.k}, DType::kF32),
                Input("d_logits_extra", {s.t, s.e}, DType::kF32),
-               Output("logits", {s.t, s.e}, DType::kF32),
-               Output("probs", {s.t, s.e}, DType::kF32),
+               Output("logits", {s.t, s.e}, DType::kF32), Output("probs", {s.t, s.e}, DType::kF32),
                Output("topk_idx", {s.t, s.k}, DType::kI32),
                Output("topk_gates", {s.t, s.k}, DType::kF32),
                Output("dx", {s.t, s.m}, x_dtype,
@@ -73,10 +72,9 @@ TEST(RouterParityTest, ForwardAndBackward) {
                Output("dw_gate", {s.m, s.e}, DType::kF32, grad_tol)},
               [&](ExecContext& ctx, const std::vector<TensorView>& a) {
                 MOE_RETURN_IF_ERROR(RouterForward(ctx, config, a[0], a[1],
-                                                  with_bias ? a[2] : TensorView(), a[5], a[6],
-                                                  a[7], a[8]));
-                return RouterBackward(ctx, config, a[0], a[1], a[6], a[7], a[3], a[4], a[9],
-                                      a[10]);
+                                                  with_bias ? a[2] : TensorView(), a[5], a[6], a[7],
+                                                  a[8]));
+                return RouterBackward(ctx, config, a[0], a[1], a[6], a[7], a[3], a[4], a[9], a[10]);
               }));
         }
       }
@@ -107,8 +105,8 @@ TEST(RouterParityTest, NonFiniteRows) {
 
 TEST(AuxLossParityTest, ValuesAndGradient) {
   MOE_SKIP_WITHOUT_CUDA();
-  const AuxLossConfig config{.lbl_coef = 0.01f, .global_lbl = true, .z_coef = 0.001f,
-                             .top1_lbl_coef = 0.1f};
+  const AuxLossConfig config{
+      .lbl_coef = 0.01f, .global_lbl = true, .z_coef = 0.001f, .top1_lbl_coef = 0.1f};
   for (const Shape4& s : kGrid) {
     SCOPED_TRACE(::testing::PrintToString(std::vector<int64_t>{s.t, s.m, s.e, s.k}));
     const RouterConfig router{static_cast<int>(s.e), static_cast<int>(s.k), false};
@@ -123,13 +121,14 @@ TEST(AuxLossParityTest, ValuesAndGradient) {
           MOE_ASSIGN_OR_RETURN(Tensor probs, Tensor::Empty({s.t, s.e}, DType::kF32, ctx.device()));
           MOE_ASSIGN_OR_RETURN(Tensor idx, Tensor::Empty({s.t, s.k}, DType::kI32, ctx.device()));
           MOE_ASSIGN_OR_RETURN(Tensor gates, Tensor::Empty({s.t, s.k}, DType::kF32, ctx.device()));
-          MOE_RETURN_IF_ERROR(RouterForward(ctx, router, a[0], a[1], TensorView(), logits, probs,
-                                            idx, gates));
+          MOE_RETURN_IF_ERROR(
+              RouterForward(ctx, router, a[0], a[1], TensorView(), logits, probs, idx, gates));
           MOE_ASSIGN_OR_RETURN(AuxLossValues v,
                                AuxLossForwardBackward(ctx, config, logits, probs, idx,
                                                       SingleRankCommunicator(), a[2]));
           const double values[] = {v.lbl, v.z_loss, v.top1_lbl, v.total};
-          for (int i = 0; i < 4; ++i) MOE_RETURN_IF_ERROR(Fill(ctx, a[3].Rows(i, i + 1), values[i]));
+          for (int i = 0; i < 4; ++i)
+            MOE_RETURN_IF_ERROR(Fill(ctx, a[3].Rows(i, i + 1), values[i]));
           return CountExperts(ctx, idx, a[4]);
         }));
   }
@@ -141,12 +140,11 @@ TEST(ExpertLoadParityTest, UpdateExpertBias) {
     auto counts_fill = [e](const TensorView& h) {
       for (int64_t i = 0; i < e; ++i) h.data<int64_t>()[i] = (i * 7919) % 13;
     };
-    EXPECT_TRUE(CheckParity(
-        {Input("counts", {e}, DType::kI64, counts_fill),
-         Output("bias", {e}, DType::kF32, std::nullopt, Grid(8, 16, 16.0f))},
-        [](ExecContext& ctx, const std::vector<TensorView>& a) {
-          return UpdateExpertBias(ctx, a[0], 0.125f, 0.5f, a[1]);
-        }));
+    EXPECT_TRUE(CheckParity({Input("counts", {e}, DType::kI64, counts_fill),
+                             Output("bias", {e}, DType::kF32, std::nullopt, Grid(8, 16, 16.0f))},
+                            [](ExecContext& ctx, const std::vector<TensorView>& a) {
+                              return UpdateExpertBias(ctx, a[0], 0.125f, 0.5f, a[1]);
+                            }));
   }
 }
 
@@ -161,8 +159,8 @@ TEST(RoutingStatsParityTest, SameStatsOnBothDevices) {
   MOE_ASSERT_OK_AND_ASSIGN(Tensor probs, Tensor::Empty({t, e}, DType::kF32, Device::Cuda(0)));
   MOE_ASSERT_OK_AND_ASSIGN(Tensor idx, Tensor::Empty({t, k}, DType::kI32, Device::Cuda(0)));
   MOE_ASSERT_OK_AND_ASSIGN(Tensor gates, Tensor::Empty({t, k}, DType::kF32, Device::Cuda(0)));
-  MOE_ASSERT_OK(RouterForward(*gpu, {96, 2, false}, xd, wd, TensorView(), logits, probs, idx,
-                              gates));
+  MOE_ASSERT_OK(
+      RouterForward(*gpu, {96, 2, false}, xd, wd, TensorView(), logits, probs, idx, gates));
   MOE_ASSERT_OK_AND_ASSIGN(RoutingStats on_gpu, ComputeRoutingStats(*gpu, probs, idx));
   MOE_ASSERT_OK_AND_ASSIGN(Tensor probs_h, CopyTo(*gpu, probs, Device::Cpu()));
   MOE_ASSERT_OK_AND_ASSIGN(Tensor idx_h, CopyTo(*gpu, idx, Device::Cpu()));

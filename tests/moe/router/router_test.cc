@@ -16,14 +16,14 @@
 namespace smoe {
 namespace {
 
-using ::testing::ElementsAre;
-using ::testing::HasSubstr;
 using router_testing::AsDoubles;
 using router_testing::AsInts;
 using router_testing::F32;
 using router_testing::HostTensor;
 using router_testing::I32;
 using router_testing::Normal;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 using testing::StatusIs;
 
 struct Outputs {
@@ -88,10 +88,11 @@ TEST(RouterForwardTest, KEqualsEIsTheFullDescendingOrder) {
   const int64_t t = 5, m = 3, e = 6;
   const Tensor x = Normal({t, m}, 1), w = Normal({m, e}, 2);
   const Outputs out = MakeOutputs(t, e, e);
-  MOE_ASSERT_OK(Forward({static_cast<int>(e), static_cast<int>(e), false}, x, w, TensorView(),
-                        out));
+  MOE_ASSERT_OK(
+      Forward({static_cast<int>(e), static_cast<int>(e), false}, x, w, TensorView(), out));
   for (int64_t r = 0; r < t; ++r) {
-    std::vector<int32_t> row(out.idx.data<int32_t>() + r * e, out.idx.data<int32_t>() + (r + 1) * e);
+    std::vector<int32_t> row(out.idx.data<int32_t>() + r * e,
+                             out.idx.data<int32_t>() + (r + 1) * e);
     std::vector<int32_t> sorted = row;
     std::sort(sorted.begin(), sorted.end());
     std::vector<int32_t> iota(e);
@@ -101,7 +102,8 @@ TEST(RouterForwardTest, KEqualsEIsTheFullDescendingOrder) {
     for (int64_t j = 0; j < e; ++j) {
       gate_sum += out.gates.data<float>()[r * e + j];
       if (j > 0) {
-        EXPECT_GE(out.logits.data<float>()[r * e + row[j - 1]], out.logits.data<float>()[r * e + row[j]]);
+        EXPECT_GE(out.logits.data<float>()[r * e + row[j - 1]],
+                  out.logits.data<float>()[r * e + row[j]]);
       }
     }
     EXPECT_NEAR(gate_sum, 1.0, 1e-6);
@@ -154,7 +156,8 @@ TEST(RouterForwardTest, MatchesDoubleReference) {
   const Tensor x = Normal({t, m}, 10), w = Normal({m, e}, 11, 0.5f), bias = Normal({e}, 12, 0.1f);
   for (bool renormalize : {false, true}) {
     const Outputs out = MakeOutputs(t, e, k);
-    MOE_ASSERT_OK(Forward({static_cast<int>(e), static_cast<int>(k), renormalize}, x, w, bias, out));
+    MOE_ASSERT_OK(
+        Forward({static_cast<int>(e), static_cast<int>(k), renormalize}, x, w, bias, out));
     const std::vector<double> xd = AsDoubles(x), wd = AsDoubles(w), bd = AsDoubles(bias);
     std::vector<double> logits(t * e), probs(t * e), gates(t * k);
     std::vector<int32_t> idx(t * k);
@@ -227,8 +230,8 @@ void CheckRouterGradient(bool renormalize) {
   std::vector<float> wg_f(wg.begin(), wg.end()), wl_f(wl.begin(), wl.end());
   const Tensor d_gates = F32({t, k}, wg_f), extra = F32({t, e}, wl_f);
   const Tensor dx_op = HostTensor({t, m}, DType::kF32), dw_op = HostTensor({m, e}, DType::kF32);
-  MOE_ASSERT_OK(RouterBackward(ExecContext::Cpu(), config, x, w, out.probs, out.idx, d_gates,
-                               extra, dx_op, dw_op));
+  MOE_ASSERT_OK(RouterBackward(ExecContext::Cpu(), config, x, w, out.probs, out.idx, d_gates, extra,
+                               dx_op, dw_op));
   EXPECT_TRUE(testing::AllClose(AsDoubles(dx_op), dx, {1e-5, 1e-5}));
   EXPECT_TRUE(testing::AllClose(AsDoubles(dw_op), dw, {1e-5, 1e-5}));
 }
@@ -303,8 +306,9 @@ TEST(RouterValidationTest, BadConfigAndTensors) {
   EXPECT_THAT(Forward({5, 2, false}, x, w, TensorView(), bad),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_idx.dtype: got f32")));
   bad = MakeOutputs(4, 5, 3);
-  EXPECT_THAT(Forward({5, 2, false}, x, w, TensorView(), bad),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_idx.shape: got [4, 3]")));
+  EXPECT_THAT(
+      Forward({5, 2, false}, x, w, TensorView(), bad),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_idx.shape: got [4, 3]")));
 
   MOE_ASSERT_OK(Forward({5, 2, false}, x, w, TensorView(), out));
   const Tensor d_gates = Normal({4, 2}, 53), dw = HostTensor({3, 5}, DType::kF32);

@@ -29,8 +29,7 @@ inline Tensor I32(Shape shape, const std::vector<int32_t>& values) {
   return t;
 }
 
-inline Tensor Normal(Shape shape, uint64_t seed, float stddev = 1.0f,
-                     DType dtype = DType::kF32) {
+inline Tensor Normal(Shape shape, uint64_t seed, float stddev = 1.0f, DType dtype = DType::kF32) {
   Tensor t = HostTensor(shape, dtype);
   MOE_CHECK_OK(FillNormal(ExecContext::Cpu(), t, seed, 0, 0.0f, stddev));
   return t;
