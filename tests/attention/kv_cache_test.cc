@@ -1,0 +1,89 @@
+#include "attention/kv_cache.h"
+
+#include <cstring>
+#include <tuple>
+
+#include "attention/attention_core.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/attention/test_util.h"
+#include "tests/testing/compare.h"
+#include "tests/testing/status_matchers.h"
+
+namespace smoe {
+namespace {
+
+using ::testing::HasSubstr;
+using attention_test::EmptyCpu;
+using attention_test::RandomCpu;
+using testing::StatusIs;
+using testing::ToDoubles;
+
+// Positions [begin, end) of a [B, S, heads, D] tensor, copied into a new [B, end - begin, ...].
+Tensor Slice(const Tensor& t, int64_t begin, int64_t end) {
+  const int64_t B = t.dim(0), S = t.dim(1), row = t.dim(2) * t.dim(3);
+  Tensor out = EmptyCpu({B, end - begin, t.dim(2), t.dim(3)}, t.dtype());
+  const size_t es = DTypeSize(t.dtype());
+  for (int64_t b = 0; b < B; ++b) {
+    std::memcpy(static_cast<char*>(out.data()) + b * (end - begin) * row * es,
+                static_cast<const char*>(t.data()) + (b * S + begin) * row * es,
+                (end - begin) * row * es);
+  }
+  return out;
+}
+
+class DecodeTest : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {};
+
+TEST_P(DecodeTest, EqualsLastRowOfCausalAttention) {
+  const auto [n_q, n_k, n_v] = GetParam();
+  const int64_t B = 2, S = 11, D = 6;
+  Tensor q = RandomCpu({B, S, n_q, D}, 1), k = RandomCpu({B, S, n_k, D}, 2);
+  Tensor v = RandomCpu({B, S, n_v, D}, 3);
+  Tensor out = EmptyCpu(q.shape()), lse = EmptyCpu({B, n_q, S});
+  MOE_ASSERT_OK(AttentionForward(ExecContext::Cpu(), q, k, v, out, lse));
+
+  MOE_ASSERT_OK_AND_ASSIGN(KvCache cache, KvCache::Create(ExecContext::Cpu(), B, 16, n_k, n_v, D,
+                                                          DType::kF32));
+  // A prompt of 8 tokens, then one token at a time; every step matches its row.
+  MOE_ASSERT_OK(cache.Append(ExecContext::Cpu(), Slice(k, 0, 8), Slice(v, 0, 8)));
+  for (int64_t s = 8; s < S; ++s) {
+    MOE_ASSERT_OK(cache.Append(ExecContext::Cpu(), Slice(k, s, s + 1), Slice(v, s, s + 1)));
+    EXPECT_EQ(cache.length(), s + 1);
+    Tensor q_new = EmptyCpu({B, n_q, D});
+    MOE_ASSERT_OK(Copy(ExecContext::Cpu(), Slice(q, s, s + 1), q_new));
+    Tensor decoded = EmptyCpu({B, n_q, D});
+    MOE_ASSERT_OK(DecodeAttention(ExecContext::Cpu(), q_new, cache, decoded));
+    EXPECT_TRUE(testing::AllClose(ToDoubles(decoded), ToDoubles(Slice(out, s, s + 1)),
+                                  {1e-6, 1e-5}));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Heads, DecodeTest,
+                         ::testing::Values(std::make_tuple(4, 4, 4), std::make_tuple(4, 1, 1),
+                                           std::make_tuple(8, 2, 4), std::make_tuple(6, 3, 2)));
+
+TEST(KvCacheTest, OverflowAndBadShapes) {
+  MOE_ASSERT_OK_AND_ASSIGN(KvCache cache,
+                           KvCache::Create(ExecContext::Cpu(), 1, 4, 1, 2, 8, DType::kF32));
+  Tensor q = RandomCpu({1, 4, 8}, 1), out = EmptyCpu({1, 4, 8});
+  EXPECT_THAT(DecodeAttention(ExecContext::Cpu(), q, cache, out),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.length")));
+  MOE_ASSERT_OK(cache.Append(ExecContext::Cpu(), RandomCpu({1, 3, 1, 8}, 2),
+                             RandomCpu({1, 3, 2, 8}, 3)));
+  EXPECT_THAT(cache.Append(ExecContext::Cpu(), RandomCpu({1, 2, 1, 8}, 2),
+                           RandomCpu({1, 2, 2, 8}, 3)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.capacity: got 4")));
+  EXPECT_EQ(cache.length(), 3);
+  EXPECT_THAT(cache.Append(ExecContext::Cpu(), RandomCpu({1, 1, 1, 8}, 2),
+                           RandomCpu({1, 1, 1, 8}, 3)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("v_new.shape")));
+  Tensor q3 = RandomCpu({1, 3, 8}, 1), out3 = EmptyCpu({1, 3, 8});
+  EXPECT_THAT(DecodeAttention(ExecContext::Cpu(), q3, cache, out3),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("n_v: got 2")));
+  MOE_EXPECT_OK(DecodeAttention(ExecContext::Cpu(), q, cache, out));
+  cache.Clear();
+  EXPECT_EQ(cache.length(), 0);
+}
+
+}  // namespace
+}  // namespace smoe
