@@ -1,0 +1,187 @@
+// CUDA vs CPU parity for the attention kernels: the flash forward/backward on a grid of shapes
+// (T = 1, T not a multiple of the tiles, B > 1, D in {64, 96, 128}, several (n_q, n_k, n_v)),
+// RoPE, QK-norm, SwiGLU, decode over multi-chunk caches, and the whole DiffQKV block.
+// Skips itself without a GPU.
+#include <cmath>
+#include <memory>
+#include <tuple>
+
+#include "attention/attention_core.h"
+#include "attention/aug_q.h"
+#include "attention/diffqkv.h"
+#include "attention/kv_cache.h"
+#include "attention/qk_norm.h"
+#include "attention/rope.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "runtime/tensor/tensor_ops.h"
+#include "tests/testing/parity.h"
+#include "tests/testing/status_matchers.h"
+
+namespace smoe {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::CheckParity;
+using testing::Input;
+using testing::Output;
+using testing::StatusIs;
+using testing::Tolerance;
+
+Tolerance ValueTolerance(DType dtype) {
+  return dtype == DType::kBF16 ? Tolerance{2e-2, 2e-2} : Tolerance{2e-4, 2e-4};
+}
+Tolerance GradTolerance(DType dtype) {
+  return dtype == DType::kBF16 ? Tolerance{4e-2, 3e-2} : Tolerance{5e-4, 5e-4};
+}
+
+std::function<void(const TensorView&)> Normal(uint64_t seed, float stddev, float mean = 0.0f) {
+  return [=](const TensorView& t) {
+    MOE_CHECK_OK(FillNormal(ExecContext::Cpu(), t, seed, 0, mean, stddev));
+  };
+}
+
+// (B, S, D, (n_q, n_k, n_v), dtype)
+using AttentionCase =
+    std::tuple<int64_t, int64_t, int64_t, std::tuple<int64_t, int64_t, int64_t>, DType>;
+class AttentionParityTest : public ::testing::TestWithParam<AttentionCase> {};
+
+TEST_P(AttentionParityTest, ForwardAndBackwardMatchCpu) {
+  MOE_SKIP_WITHOUT_CUDA();
+  const auto [B, S, D, heads, dtype] = GetParam();
+  const auto [n_q, n_k, n_v] = heads;
+  EXPECT_TRUE(CheckParity(
+      {Input("q", {B, S, n_q, D}, dtype), Input("k", {B, S, n_k, D}, dtype),
+       Input("v", {B, S, n_v, D}, dtype), Input("dout", {B, S, n_q, D}, dtype),
+       Output("out", {B, S, n_q, D}, dtype, ValueTolerance(dtype)),
+       Output("lse", {B, n_q, S}, DType::kF32, Tolerance{1e-4, 1e-4}),
+       Output("dq", {B, S, n_q, D}, dtype, GradTolerance(dtype)),
+       Output("dk", {B, S, n_k, D}, dtype, GradTolerance(dtype)),
+       Output("dv", {B, S, n_v, D}, dtype, GradTolerance(dtype))},
+      [](ExecContext& ctx, const std::vector<TensorView>& t) {
+        MOE_RETURN_IF_ERROR(AttentionForward(ctx, t[0], t[1], t[2], t[4], t[5]));
+        return AttentionBackward(ctx, t[0], t[1], t[2], t[4], t[5], t[3], t[6], t[7], t[8]);
+      }));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Grid, AttentionParityTest,
+    ::testing::Combine(::testing::Values(1, 2), ::testing::Values(1, 37, 70),
+                       ::testing::Values(64, 96, 128),
+                       ::testing::Values(std::make_tuple(4, 4, 4), std::make_tuple(4, 1, 2),
+                                         std::make_tuple(6, 2, 3)),
+                       ::testing::Values(DType::kBF16)));
+INSTANTIATE_TEST_SUITE_P(
+    F32, AttentionParityTest,
+    ::testing::Combine(::testing::Values(2), ::testing::Values(33), ::testing::Values(96),
+                       ::testing::Values(std::make_tuple(8, 2, 4)),
+                       ::testing::Values(DType::kF32)));
+
+TEST(AttentionCudaTest, UnsupportedHeadDimIsInvalidArgument) {
+  MOE_SKIP_WITHOUT_CUDA();
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<ExecContext> ctx, ExecContext::Create(Device::Cuda()));
+  MOE_ASSERT_OK_AND_ASSIGN(Tensor q, Tensor::Empty({1, 4, 2, 80}, DType::kBF16, Device::Cuda()));
+  MOE_ASSERT_OK_AND_ASSIGN(Tensor lse, Tensor::Empty({1, 2, 4}, DType::kF32, Device::Cuda()));
+  EXPECT_THAT(AttentionForward(*ctx, q, q, q, q, lse),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("q.head_dim: got 80")));
+}
+
+TEST(ElementwiseParityTest, RopeQkNormSwiGlu) {
+  MOE_SKIP_WITHOUT_CUDA();
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    EXPECT_TRUE(CheckParity({Input("x", {2, 37, 3, 96}, dtype),
+                             Input("dy", {2, 37, 3, 96}, dtype),
+                             Output("y", {2, 37, 3, 96}, dtype, ValueTolerance(dtype)),
+                             Output("dx", {2, 37, 3, 96}, dtype, ValueTolerance(dtype))},
+                            [](ExecContext& ctx, const std::vector<TensorView>& t) {
+                              MOE_RETURN_IF_ERROR(RopeForward(ctx, t[0], t[2], 10000.0, 4000));
+                              return RopeBackward(ctx, t[1], t[3], 10000.0, 4000);
+                            }));
+    EXPECT_TRUE(CheckParity(
+        {Input("x", {3, 37, 2, 64}, dtype), Input("w", {64}, dtype, Normal(5, 0.2f, 1.0f)),
+         Input("dy", {3, 37, 2, 64}, dtype),
+         Output("y", {3, 37, 2, 64}, dtype, ValueTolerance(dtype)),
+         Output("rstd", {3 * 37 * 2}, DType::kF32, Tolerance{1e-4, 1e-4}),
+         Output("dx", {3, 37, 2, 64}, dtype, GradTolerance(dtype)),
+         Output("dw", {64}, dtype, Tolerance{0.5, 2e-2})},
+        [](ExecContext& ctx, const std::vector<TensorView>& t) {
+          MOE_RETURN_IF_ERROR(HeadRmsNormForward(ctx, t[0], t[1], t[3], t[4]));
+          return HeadRmsNormBackward(ctx, t[0], t[1], t[4], t[2], t[5], t[6]);
+        }));
+    EXPECT_TRUE(CheckParity({Input("g", {1001}, dtype), Input("u", {1001}, dtype),
+                             Input("dh", {1001}, dtype),
+                             Output("h", {1001}, dtype, ValueTolerance(dtype)),
+                             Output("dg", {1001}, dtype, ValueTolerance(dtype)),
+                             Output("du", {1001}, dtype, ValueTolerance(dtype))},
+                            [](ExecContext& ctx, const std::vector<TensorView>& t) {
+                              MOE_RETURN_IF_ERROR(SwiGluForward(ctx, t[0], t[1], t[3]));
+                              return SwiGluBackward(ctx, t[0], t[1], t[2], t[4], t[5]);
+                            }));
+  }
+}
+
+// (cache length, D, (n_q, n_k, n_v)): one chunk, a partial chunk, several chunks.
+using DecodeCase = std::tuple<int64_t, int64_t, std::tuple<int64_t, int64_t, int64_t>>;
+class DecodeParityTest : public ::testing::TestWithParam<DecodeCase> {};
+
+TEST_P(DecodeParityTest, MatchesCpu) {
+  MOE_SKIP_WITHOUT_CUDA();
+  const auto [L, D, heads] = GetParam();
+  const auto [n_q, n_k, n_v] = heads;
+  const int64_t B = 3;
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    EXPECT_TRUE(CheckParity({Input("q", {B, n_q, D}, dtype), Input("k", {B, L, n_k, D}, dtype),
+                             Input("v", {B, L, n_v, D}, dtype),
+                             Output("out", {B, n_q, D}, dtype, ValueTolerance(dtype))},
+                            [&](ExecContext& ctx, const std::vector<TensorView>& t) {
+                              MOE_ASSIGN_OR_RETURN(
+                                  KvCache cache,
+                                  KvCache::Create(ctx, B, L + 3, n_k, n_v, D, dtype));
+                              MOE_RETURN_IF_ERROR(cache.Append(ctx, t[1], t[2]));
+                              return DecodeAttention(ctx, t[0], cache, t[3]);
+                            }));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Grid, DecodeParityTest,
+    ::testing::Combine(::testing::Values(1, 200, 1000), ::testing::Values(64, 96, 128),
+                       ::testing::Values(std::make_tuple(16, 2, 8), std::make_tuple(4, 4, 4),
+                                         std::make_tuple(6, 3, 2))));
+
+TEST(DiffQkvParityTest, BlockForwardAndBackward) {
+  MOE_SKIP_WITHOUT_CUDA();
+  const DiffQkvConfig c{48, 4, 1, 2, 64, 32, true, 10000.0};
+  const int64_t B = 2, S = 19, M = c.model_dim, qd = c.n_q * c.head_dim;
+  const float ws = 1.0f / std::sqrt(static_cast<float>(M));
+  const float qs = 1.0f / std::sqrt(static_cast<float>(qd));
+  const DType dt = DType::kF32;
+  const Tolerance tol{1e-3, 1e-3};
+  std::vector<testing::ParityArg> args = {
+      Input("x", {B, S, M}, dt),
+      Input("w_q", {M, qd}, dt, Normal(1, ws)),
+      Input("w_k", {M, c.n_k * c.head_dim}, dt, Normal(2, ws)),
+      Input("w_v", {M, c.n_v * c.head_dim}, dt, Normal(3, ws)),
+      Input("w_o", {qd, M}, dt, Normal(4, qs)),
+      Input("w_gate", {qd, c.d_aug}, dt, Normal(5, qs)),
+      Input("w_up", {qd, c.d_aug}, dt, Normal(6, qs)),
+      Input("w_down", {c.d_aug, qd}, dt, Normal(7, 0.2f)),
+      Input("q_norm", {c.head_dim}, dt, Normal(8, 0.1f, 1.0f)),
+      Input("k_norm", {c.head_dim}, dt, Normal(9, 0.1f, 1.0f)),
+      Input("dy", {B, S, M}, dt),
+      Output("y", {B, S, M}, dt, tol),
+      Output("dx", {B, S, M}, dt, tol)};
+  const char* grad_names[] = {"dw_q", "dw_k", "dw_v", "dw_o", "dw_gate", "dw_up", "dw_down",
+                              "dq_norm", "dk_norm"};
+  for (int i = 0; i < 9; ++i) args.push_back(Output(grad_names[i], args[i + 1].shape, dt, tol));
+  EXPECT_TRUE(CheckParity(args, [&](ExecContext& ctx, const std::vector<TensorView>& t) {
+    const DiffQkvParams p{t[1], t[2], t[3], t[4], {t[5], t[6], t[7]}, t[8], t[9]};
+    const DiffQkvParams g{t[13], t[14], t[15], t[16], {t[17], t[18], t[19]}, t[20], t[21]};
+    DiffQkvSaved saved;
+    MOE_RETURN_IF_ERROR(DiffQkvForward(ctx, c, p, t[0], t[11], &saved));
+    return DiffQkvBackward(ctx, c, p, t[0], saved, t[10], t[12], g);
+  }));
+}
+
+}  // namespace
+}  // namespace smoe
