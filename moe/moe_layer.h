@@ -1,0 +1,96 @@
+// MoELayer: one Sigma-MoE-Tiny MoE layer, Route -> Plan -> Dispatch -> Experts -> Combine, and its
+// backward (DESIGN.md section 5). One API on CPU and CUDA.
+//
+// Parameters (owned by the layer, on its device):
+//   w_gate [M, E] f32 (the router is fp32 whatever the activation dtype),
+//   w1, w3 [E, M, H] and w2 [E, H, M] in the activation dtype (f32 on CPU, bf16 or f32 on GPU).
+// Gradients: f32, same shapes; Backward overwrites them (or accumulates, see Backward).
+//
+// Forward(x [T, M], y [T, M]) writes y = sum_k gate[t, k] * Expert_{e(t, k)}(x[t]) (dropped choices
+// contribute 0) and returns the aux-loss values; the layer keeps what Backward needs until the next
+// Forward, including a view of x (the caller keeps x alive and unchanged until Backward).
+// Backward(dy [T, M], dx [T, M]) writes dx (overwrite) and the parameter gradients. The aux losses'
+// gradient (their coefficients included) is part of it: the training loss is main loss + aux total.
+//
+// Host syncs: one per Forward (the per-expert row offsets for the grouped GEMMs) plus one for the
+// aux-loss values; Stats() syncs.
+#pragma once
+
+#include <memory>
+
+#include "moe/dispatch/permute.h"
+#include "moe/dispatch/routing_plan.h"
+#include "moe/experts/experts.h"
+#include "moe/router/aux_loss.h"
+#include "moe/router/router.h"
+#include "moe/router/routing_stats.h"
+#include "runtime/comm/communicator.h"
+#include "runtime/device/exec_context.h"
+#include "runtime/tensor/tensor.h"
+
+namespace smoe {
+
+struct MoELayerConfig {
+  int64_t model_dim = 0;        // M
+  int64_t ffn_dim = 0;          // H (per expert)
+  int num_experts = 0;          // E
+  int top_k = 1;                // K (may change between steps: SetTopK)
+  bool renormalize = false;     // gates renormalized over the K chosen experts
+  float capacity_factor = 0.0f; // <= 0: dropless
+  DType dtype = DType::kF32;    // activations and expert weights
+  AuxLossConfig aux;
+};
+
+struct MoEParams {
+  Tensor w_gate, w1, w3, w2;
+};
+
+class MoELayer {
+ public:
+  // Validates the config (InvalidArgument naming the field) and allocates parameters and
+  // gradients on `device` (uninitialized: call InitParameters or load them).
+  [[nodiscard]] static StatusOr<std::unique_ptr<MoELayer>> Create(const MoELayerConfig& config,
+                                                                  Device device);
+
+  // Deterministic init from `seed`: w_gate, w1, w3 ~ N(0, 1/M), w2 ~ N(0, 1/H), each from its own
+  // range of one Philox stream, so CPU and GPU initialize identically.
+  [[nodiscard]] Status InitParameters(ExecContext& ctx, uint64_t seed);
+
+  [[nodiscard]] StatusOr<AuxLossValues> Forward(ExecContext& ctx, const TensorView& x,
+                                                const TensorView& y);
+  // accumulate_grads: add into the gradients instead of overwriting them (gradient accumulation).
+  [[nodiscard]] Status Backward(ExecContext& ctx, const TensorView& dy, const TensorView& dx,
+                                bool accumulate_grads = false);
+
+  // Routing statistics of the last Forward (host sync).
+  [[nodiscard]] StatusOr<RoutingStats> Stats(ExecContext& ctx) const;
+  // Rows dropped by capacity in the last Forward.
+  int64_t dropped() const { return plan_.dropped_host; }
+
+  // Progressive sparsification: the next Forward routes to k experts.
+  [[nodiscard]] Status SetTopK(int k);
+  void set_communicator(Communicator* comm) { comm_ = comm; }
+  const MoELayerConfig& config() const { return config_; }
+  Device device() const { return device_; }
+  MoEParams& params() { return params_; }
+  MoEParams& grads() { return grads_; }
+
+ private:
+  MoELayer(const MoELayerConfig& config, Device device) : config_(config), device_(device) {}
+
+  MoELayerConfig config_;
+  Device device_;
+  Communicator* comm_ = nullptr;
+  MoEParams params_;
+  MoEParams grads_;
+  Tensor expert_bias_;  // empty: no aux-loss-free bias
+
+  // Saved by Forward for Backward.
+  bool forward_done_ = false;
+  TensorView x_;
+  Tensor logits_, probs_, topk_idx_, gates_, d_logits_aux_;
+  RoutingPlan plan_;
+  Tensor xs_, h1_, h3_, act_, ys_;
+};
+
+}  // namespace smoe
