@@ -99,13 +99,12 @@ Status AttentionBackward(ExecContext& ctx, const TensorView& q, const TensorView
   }
   if (q.dtype() == DType::kF32) {
     attention_internal::AttentionBackwardCpu(
-        d, q.data<float>(), k.data<float>(), v.data<float>(), out.data<float>(),
-        lse.data<float>(), dout.data<float>(), dq.data<float>(), dk.data<float>(),
-        dv.data<float>());
+        d, q.data<float>(), k.data<float>(), v.data<float>(), out.data<float>(), lse.data<float>(),
+        dout.data<float>(), dq.data<float>(), dk.data<float>(), dv.data<float>());
   } else {
-    attention_internal::AttentionBackwardCpu(
-        d, q.data<BF16>(), k.data<BF16>(), v.data<BF16>(), out.data<BF16>(), lse.data<float>(),
-        dout.data<BF16>(), dq.data<BF16>(), dk.data<BF16>(), dv.data<BF16>());
+    attention_internal::AttentionBackwardCpu(d, q.data<BF16>(), k.data<BF16>(), v.data<BF16>(),
+                                             out.data<BF16>(), lse.data<float>(), dout.data<BF16>(),
+                                             dq.data<BF16>(), dk.data<BF16>(), dv.data<BF16>());
   }
   return absl::OkStatus();
 }

@@ -58,8 +58,8 @@ void AttentionForwardCpu(const AttentionDims& d, const T* q, const T* k, const T
 }
 
 template <typename T, typename L>
-void AttentionBackwardCpu(const AttentionDims& d, const T* q, const T* k, const T* v,
-                          const T* out, const L* lse, const T* dout, T* dq, T* dk, T* dv) {
+void AttentionBackwardCpu(const AttentionDims& d, const T* q, const T* k, const T* v, const T* out,
+                          const L* lse, const T* dout, T* dq, T* dk, T* dv) {
   const int64_t D = d.head_dim;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   // Gradients are summed over query heads that share a K or V head, so accumulate in double.

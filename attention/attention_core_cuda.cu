@@ -23,8 +23,8 @@ using attention_internal::ToFloat;
 using attention_internal::WarpMax;
 using attention_internal::WarpSum;
 
-constexpr int kWarps = 8;   // rows per block, one warp each
-constexpr int kTile = 32;   // rows of the staged tile: one per lane
+constexpr int kWarps = 8;  // rows per block, one warp each
+constexpr int kTile = 32;  // rows of the staged tile: one per lane
 
 struct Dims {
   int64_t batch, seq, n_q, n_k, n_v;
@@ -157,7 +157,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   }
   if (!active) return;
-  for (int j = 0; j < kPer; ++j) dq[Row(d, b, s, d.n_q, i, D) + lane + 32 * j] = FromFloat<T>(acc[j]);
+  for (int j = 0; j < kPer; ++j)
+    dq[Row(d, b, s, d.n_q, i, D) + lane + 32 * j] = FromFloat<T>(acc[j]);
 }
 
 // dK (kValue = false) or dV (kValue = true) for one key row per warp, summed over the query heads
@@ -262,16 +263,17 @@ Status LaunchBackward(ExecContext& ctx, const Dims& d, const void* q_, const voi
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("attention DeltaKernel");
   const unsigned blocks = CeilDiv(d.seq, kWarps);
   const unsigned batch = static_cast<unsigned>(d.batch);
-  DqKernel<T, D><<<dim3(blocks, static_cast<unsigned>(d.n_q), batch), kWarps * 32, 0,
-                   ctx.stream()>>>(d, q, k, v, lse, delta, dout, static_cast<T*>(dq), scale);
+  DqKernel<T, D>
+      <<<dim3(blocks, static_cast<unsigned>(d.n_q), batch), kWarps * 32, 0, ctx.stream()>>>(
+          d, q, k, v, lse, delta, dout, static_cast<T*>(dq), scale);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("attention DqKernel");
-  DkvKernel<T, D, false><<<dim3(blocks, static_cast<unsigned>(d.n_k), batch), kWarps * 32, 0,
-                           ctx.stream()>>>(d, q, k, v, lse, delta, dout, static_cast<T*>(dk),
-                                           scale);
+  DkvKernel<T, D, false>
+      <<<dim3(blocks, static_cast<unsigned>(d.n_k), batch), kWarps * 32, 0, ctx.stream()>>>(
+          d, q, k, v, lse, delta, dout, static_cast<T*>(dk), scale);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("attention DkvKernel<dK>");
-  DkvKernel<T, D, true><<<dim3(blocks, static_cast<unsigned>(d.n_v), batch), kWarps * 32, 0,
-                          ctx.stream()>>>(d, q, k, v, lse, delta, dout, static_cast<T*>(dv),
-                                          scale);
+  DkvKernel<T, D, true>
+      <<<dim3(blocks, static_cast<unsigned>(d.n_v), batch), kWarps * 32, 0, ctx.stream()>>>(
+          d, q, k, v, lse, delta, dout, static_cast<T*>(dv), scale);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("attention DkvKernel<dV>");
   return absl::OkStatus();
 }
@@ -303,8 +305,8 @@ Dims ToDims(const AttentionDims& a) { return Dims{a.batch, a.seq, a.n_q, a.n_k, 
 
 namespace internal {
 
-Status AttentionForwardCuda(ExecContext& ctx, const AttentionDims& dims, DType dtype,
-                            const void* q, const void* k, const void* v, void* out, float* lse) {
+Status AttentionForwardCuda(ExecContext& ctx, const AttentionDims& dims, DType dtype, const void* q,
+                            const void* k, const void* v, void* out, float* lse) {
   return Dispatch(dtype, dims.head_dim, [&](auto tag) {
     using Tag = decltype(tag);
     return LaunchForward<typename Tag::Type, Tag::kHeadDim>(ctx, ToDims(dims), q, k, v, out, lse);

@@ -21,13 +21,12 @@ Status CheckFloating(absl::string_view name, const TensorView& t) {
 }
 
 // Checks q [T, QD] and the weights; returns d_aug.
-StatusOr<int64_t> CheckAugQ(const ExecContext& ctx, const TensorView& q,
-                            const AugQWeights& w, absl::string_view prefix) {
+StatusOr<int64_t> CheckAugQ(const ExecContext& ctx, const TensorView& q, const AugQWeights& w,
+                            absl::string_view prefix) {
   MOE_RETURN_IF_ERROR(CheckFloating("q", q));
   MOE_RETURN_IF_ERROR(CheckArg("q", ctx, q, q.dtype(), {-1, -1}));
   const int64_t qd = q.dim(1);
-  MOE_RETURN_IF_ERROR(
-      CheckArg(absl::StrCat(prefix, "w_gate"), ctx, w.w_gate, q.dtype(), {qd, -1}));
+  MOE_RETURN_IF_ERROR(CheckArg(absl::StrCat(prefix, "w_gate"), ctx, w.w_gate, q.dtype(), {qd, -1}));
   const int64_t d_aug = w.w_gate.dim(1);
   MOE_RETURN_IF_ERROR(CheckArg(absl::StrCat(prefix, "w_up"), ctx, w.w_up, q.dtype(), {qd, d_aug}));
   MOE_RETURN_IF_ERROR(
@@ -128,8 +127,8 @@ namespace internal {
 Status SwiGluForwardCuda(ExecContext&, DType, const void*, const void*, void*, int64_t) {
   return absl::FailedPreconditionError("SwiGLU on CUDA, but this build has no CUDA backend");
 }
-Status SwiGluBackwardCuda(ExecContext&, DType, const void*, const void*, const void*, void*,
-                          void*, int64_t) {
+Status SwiGluBackwardCuda(ExecContext&, DType, const void*, const void*, const void*, void*, void*,
+                          int64_t) {
   return absl::FailedPreconditionError("SwiGLU on CUDA, but this build has no CUDA backend");
 }
 }  // namespace internal

@@ -30,17 +30,16 @@ struct AugQSaved {
 
 [[nodiscard]] Status SwiGluForward(ExecContext& ctx, const TensorView& gate, const TensorView& up,
                                    const TensorView& h);
-[[nodiscard]] Status SwiGluBackward(ExecContext& ctx, const TensorView& gate,
-                                    const TensorView& up, const TensorView& dh,
-                                    const TensorView& dgate, const TensorView& dup);
+[[nodiscard]] Status SwiGluBackward(ExecContext& ctx, const TensorView& gate, const TensorView& up,
+                                    const TensorView& dh, const TensorView& dgate,
+                                    const TensorView& dup);
 
 [[nodiscard]] Status AugQForward(ExecContext& ctx, const TensorView& q, const AugQWeights& weights,
                                  const TensorView& q_aug, AugQSaved* saved);
 // `grads` holds dW_gate, dW_up, dW_down in the shapes of the weights.
-[[nodiscard]] Status AugQBackward(ExecContext& ctx, const TensorView& q,
-                                  const AugQWeights& weights, const AugQSaved& saved,
-                                  const TensorView& dq_aug, const TensorView& dq,
-                                  const AugQWeights& grads);
+[[nodiscard]] Status AugQBackward(ExecContext& ctx, const TensorView& q, const AugQWeights& weights,
+                                  const AugQSaved& saved, const TensorView& dq_aug,
+                                  const TensorView& dq, const AugQWeights& grads);
 
 namespace internal {
 [[nodiscard]] Status SwiGluForwardCuda(ExecContext& ctx, DType dtype, const void* gate,

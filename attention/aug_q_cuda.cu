@@ -56,8 +56,8 @@ Status SwiGluBackwardCuda(ExecContext& ctx, DType dtype, const void* gate, const
         static_cast<const float*>(dh), static_cast<float*>(dgate), static_cast<float*>(dup), n);
   } else {
     SwiGluBackwardKernel<BF16><<<CeilDiv(n, 256), 256, 0, ctx.stream()>>>(
-        static_cast<const BF16*>(gate), static_cast<const BF16*>(up),
-        static_cast<const BF16*>(dh), static_cast<BF16*>(dgate), static_cast<BF16*>(dup), n);
+        static_cast<const BF16*>(gate), static_cast<const BF16*>(up), static_cast<const BF16*>(dh),
+        static_cast<BF16*>(dgate), static_cast<BF16*>(dup), n);
   }
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("SwiGluBackwardKernel");
   return absl::OkStatus();

@@ -15,12 +15,17 @@ __device__ __forceinline__ float ToFloat(BF16 x) { return BF16ToFloat(x); }
 template <typename T>
 __device__ __forceinline__ T FromFloat(float x);
 template <>
-__device__ __forceinline__ float FromFloat<float>(float x) { return x; }
+__device__ __forceinline__ float FromFloat<float>(float x) {
+  return x;
+}
 template <>
-__device__ __forceinline__ BF16 FromFloat<BF16>(float x) { return FloatToBF16(x); }
+__device__ __forceinline__ BF16 FromFloat<BF16>(float x) {
+  return FloatToBF16(x);
+}
 
 __device__ __forceinline__ float WarpMax(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(kFullMask, v, offset));
   return v;
 }
 

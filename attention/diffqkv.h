@@ -25,8 +25,8 @@ struct DiffQkvConfig {
   int64_t n_q = 0;
   int64_t n_k = 0;
   int64_t n_v = 0;
-  int64_t head_dim = 0;   // D
-  int64_t d_aug = 0;      // 0: no augmented Q
+  int64_t head_dim = 0;  // D
+  int64_t d_aug = 0;     // 0: no augmented Q
   bool qk_norm = false;
   double rope_theta = 10000.0;
 };
@@ -43,16 +43,16 @@ struct DiffQkvParams {
 
 // What Forward keeps for Backward.
 struct DiffQkvSaved {
-  Tensor q;        // x W_q            [B, S, n_q, D]
-  Tensor q_aug;    // AugQ(q) (or q)
+  Tensor q;      // x W_q            [B, S, n_q, D]
+  Tensor q_aug;  // AugQ(q) (or q)
   AugQSaved aug;
-  Tensor k, v;     // projections      [B, S, n_k, D], [B, S, n_v, D]
-  Tensor rstd_q;   // [B*S*n_q] f32 (qk_norm)
-  Tensor rstd_k;   // [B*S*n_k] f32 (qk_norm)
-  Tensor q_rope;   // attention inputs [B, S, n_q, D]
-  Tensor k_rope;   //                  [B, S, n_k, D]
-  Tensor o;        // attention output [B, S, n_q, D]
-  Tensor lse;      // [B, n_q, S] f32
+  Tensor k, v;    // projections      [B, S, n_k, D], [B, S, n_v, D]
+  Tensor rstd_q;  // [B*S*n_q] f32 (qk_norm)
+  Tensor rstd_k;  // [B*S*n_k] f32 (qk_norm)
+  Tensor q_rope;  // attention inputs [B, S, n_q, D]
+  Tensor k_rope;  //                  [B, S, n_k, D]
+  Tensor o;       // attention output [B, S, n_q, D]
+  Tensor lse;     // [B, n_q, S] f32
 };
 
 // InvalidArgument naming the field unless the config is usable on `device`.

@@ -114,9 +114,18 @@ Status DecodeAttention(ExecContext& ctx, const TensorView& q, const KvCache& cac
   if (ctx.device().is_cuda() && !CudaSupportsHeadDim(D)) {
     return BadArgument("q.head_dim", absl::StrCat(D), "64, 96 or 128 on CUDA");
   }
-  const internal::DecodeProblem p{B, cache.capacity(), cache.length(), n_q, cache.n_k(),
-                                  cache.n_v(), D, cache.dtype(), q.data(), cache.k().data(),
-                                  cache.v().data(), out.data()};
+  const internal::DecodeProblem p{B,
+                                  cache.capacity(),
+                                  cache.length(),
+                                  n_q,
+                                  cache.n_k(),
+                                  cache.n_v(),
+                                  D,
+                                  cache.dtype(),
+                                  q.data(),
+                                  cache.k().data(),
+                                  cache.v().data(),
+                                  out.data()};
   if (ctx.device().is_cuda()) return internal::DecodeAttentionCuda(ctx, p);
   if (p.dtype == DType::kF32) {
     DecodeCpu<float>(p);
@@ -129,7 +138,8 @@ Status DecodeAttention(ExecContext& ctx, const TensorView& q, const KvCache& cac
 #if !MOE_WITH_CUDA
 namespace internal {
 Status DecodeAttentionCuda(ExecContext&, const DecodeProblem&) {
-  return absl::FailedPreconditionError("DecodeAttention on CUDA, but this build has no CUDA backend");
+  return absl::FailedPreconditionError(
+      "DecodeAttention on CUDA, but this build has no CUDA backend");
 }
 }  // namespace internal
 #endif

@@ -5,8 +5,9 @@
 //                                        sharing the V head, one partial sum per chunk.
 //   4. CombineKernel (query head, b):    sum of the chunk partials in chunk order.
 // K and V are each read once; the scores (n_q floats per position) are small beside them.
-#include <cub/cub.cuh>
 #include <cuda_runtime.h>
+
+#include <cub/cub.cuh>
 
 #include "attention/cuda_common.cuh"
 #include "attention/kv_cache.h"
@@ -79,9 +80,9 @@ __global__ void ValuesKernel(Problem p, const T* v, const float* scores, const f
   extern __shared__ float smem[];
   const int64_t b = blockIdx.z, vh = blockIdx.y, chunk = blockIdx.x;
   const int64_t group = p.n_q / p.n_v, i0 = vh * group;
-  float* v_s = smem;                       // [kValueTile][D]
-  float* p_s = v_s + kValueTile * D;       // [group][kValueTile]
-  float* acc = p_s + group * kValueTile;   // [group][D]
+  float* v_s = smem;                      // [kValueTile][D]
+  float* p_s = v_s + kValueTile * D;      // [group][kValueTile]
+  float* acc = p_s + group * kValueTile;  // [group][D]
   for (int64_t idx = threadIdx.x; idx < group * D; idx += kThreads) acc[idx] = 0.0f;
   const int64_t begin = chunk * kDecodeChunk;
   const int64_t end = min(p.length, begin + kDecodeChunk);
@@ -123,8 +124,8 @@ __global__ void CombineKernel(Problem p, const float* partial, T* out) {
 
 template <typename T, int D>
 Status Launch(ExecContext& ctx, const internal::DecodeProblem& dp) {
-  const Problem p{dp.capacity, dp.length, dp.n_q, dp.n_k, dp.n_v,
-                  (dp.length + kDecodeChunk - 1) / kDecodeChunk};
+  const Problem p{dp.capacity, dp.length, dp.n_q,
+                  dp.n_k,      dp.n_v,    (dp.length + kDecodeChunk - 1) / kDecodeChunk};
   const int64_t rows = dp.batch * dp.n_q;
   const size_t floats = static_cast<size_t>(rows * (dp.length + 2 + p.chunks * D));
   MOE_ASSIGN_OR_RETURN(void* workspace, ctx.Workspace(floats * sizeof(float)));
@@ -136,24 +137,25 @@ Status Launch(ExecContext& ctx, const internal::DecodeProblem& dp) {
   const float scale = 1.0f / sqrtf(static_cast<float>(D));
 
   const size_t q_bytes = static_cast<size_t>(dp.n_q / dp.n_k) * D * sizeof(float);
-  ScoresKernel<T, D><<<dim3(chunks, static_cast<unsigned>(dp.n_k), batch), kThreads, q_bytes,
-                       ctx.stream()>>>(p, static_cast<const T*>(dp.q), static_cast<const T*>(dp.k),
-                                       scores, scale);
+  ScoresKernel<T, D>
+      <<<dim3(chunks, static_cast<unsigned>(dp.n_k), batch), kThreads, q_bytes, ctx.stream()>>>(
+          p, static_cast<const T*>(dp.q), static_cast<const T*>(dp.k), scores, scale);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("decode ScoresKernel");
-  StatsKernel<<<dim3(static_cast<unsigned>(dp.n_q), batch), kThreads, 0, ctx.stream()>>>(
-      p, scores, max, sum);
+  StatsKernel<<<dim3(static_cast<unsigned>(dp.n_q), batch), kThreads, 0, ctx.stream()>>>(p, scores,
+                                                                                         max, sum);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("decode StatsKernel");
   const int64_t group_v = dp.n_q / dp.n_v;
-  const size_t v_bytes = static_cast<size_t>(kValueTile * D + group_v * kValueTile + group_v * D) *
-                         sizeof(float);
+  const size_t v_bytes =
+      static_cast<size_t>(kValueTile * D + group_v * kValueTile + group_v * D) * sizeof(float);
   if (v_bytes > 48 * 1024) {
     MOE_RETURN_IF_ERROR(CudaStatus(
         cudaFuncSetAttribute(ValuesKernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              static_cast<int>(v_bytes)),
         "decode ValuesKernel shared memory"));
   }
-  ValuesKernel<T, D><<<dim3(chunks, static_cast<unsigned>(dp.n_v), batch), kThreads, v_bytes,
-                       ctx.stream()>>>(p, static_cast<const T*>(dp.v), scores, max, sum, partial);
+  ValuesKernel<T, D>
+      <<<dim3(chunks, static_cast<unsigned>(dp.n_v), batch), kThreads, v_bytes, ctx.stream()>>>(
+          p, static_cast<const T*>(dp.v), scores, max, sum, partial);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("decode ValuesKernel");
   CombineKernel<T, D><<<dim3(static_cast<unsigned>(dp.n_q), batch), 128, 0, ctx.stream()>>>(
       p, partial, static_cast<T*>(dp.out));
@@ -164,9 +166,12 @@ Status Launch(ExecContext& ctx, const internal::DecodeProblem& dp) {
 template <typename T>
 Status LaunchForDim(ExecContext& ctx, const internal::DecodeProblem& p) {
   switch (p.head_dim) {
-    case 64: return Launch<T, 64>(ctx, p);
-    case 96: return Launch<T, 96>(ctx, p);
-    case 128: return Launch<T, 128>(ctx, p);
+    case 64:
+      return Launch<T, 64>(ctx, p);
+    case 96:
+      return Launch<T, 96>(ctx, p);
+    case 128:
+      return Launch<T, 128>(ctx, p);
   }
   return absl::InternalError("decode: unsupported head_dim reached the CUDA backend");
 }

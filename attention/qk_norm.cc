@@ -60,14 +60,13 @@ Status HeadRmsNormBackward(ExecContext& ctx, const TensorView& x, const TensorVi
   MOE_RETURN_IF_ERROR(CheckArg("dw", ctx, dw, x.dtype(), w.shape()));
   const int64_t dim = w.dim(0);
   if (ctx.device().is_cuda()) {
-    return internal::HeadRmsNormBackwardCuda(ctx, x.dtype(), x.data(), w.data(),
-                                             rstd.data<float>(), dy.data(), dx.data(), dw.data(),
-                                             rows, dim);
+    return internal::HeadRmsNormBackwardCuda(ctx, x.dtype(), x.data(), w.data(), rstd.data<float>(),
+                                             dy.data(), dx.data(), dw.data(), rows, dim);
   }
   if (x.dtype() == DType::kF32) {
-    attention_internal::HeadRmsNormBackwardCpu(x.data<float>(), w.data<float>(),
-                                               rstd.data<float>(), dy.data<float>(),
-                                               dx.data<float>(), dw.data<float>(), rows, dim);
+    attention_internal::HeadRmsNormBackwardCpu(x.data<float>(), w.data<float>(), rstd.data<float>(),
+                                               dy.data<float>(), dx.data<float>(), dw.data<float>(),
+                                               rows, dim);
   } else {
     attention_internal::HeadRmsNormBackwardCpu(x.data<BF16>(), w.data<BF16>(), rstd.data<float>(),
                                                dy.data<BF16>(), dx.data<BF16>(), dw.data<BF16>(),
@@ -78,8 +77,8 @@ Status HeadRmsNormBackward(ExecContext& ctx, const TensorView& x, const TensorVi
 
 #if !MOE_WITH_CUDA
 namespace internal {
-Status HeadRmsNormForwardCuda(ExecContext&, DType, const void*, const void*, void*, float*,
-                              int64_t, int64_t, double) {
+Status HeadRmsNormForwardCuda(ExecContext&, DType, const void*, const void*, void*, float*, int64_t,
+                              int64_t, double) {
   return absl::FailedPreconditionError("QK-norm on CUDA, but this build has no CUDA backend");
 }
 Status HeadRmsNormBackwardCuda(ExecContext&, DType, const void*, const void*, const float*,

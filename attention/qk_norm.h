@@ -1,7 +1,8 @@
 // Per-head RMSNorm for queries and keys (QK-norm): every row of D elements (one head of one token)
 // is normalized on its own and scaled by a weight [D] shared by all heads of the tensor.
 //
-//   HeadRmsNormForward:  rstd[r] = 1 / sqrt(mean_j x[r, j]^2 + eps);  y[r, j] = x[r, j] rstd[r] w[j]
+//   HeadRmsNormForward:  rstd[r] = 1 / sqrt(mean_j x[r, j]^2 + eps);
+//                        y[r, j] = x[r, j] rstd[r] w[j]
 //   HeadRmsNormBackward: dx = rstd (dy w - xhat mean_j(dy w xhat)), xhat = x rstd;
 //                        dw[j] = sum_r dy[r, j] xhat[r, j]
 // x, y, dy, dx: [..., D] (any rank >= 1; R = numel / D rows), f32 or bf16, all one dtype;
@@ -19,13 +20,12 @@ namespace smoe {
 
 constexpr double kQkNormEps = 1e-6;
 
-[[nodiscard]] Status HeadRmsNormForward(ExecContext& ctx, const TensorView& x,
-                                        const TensorView& w, const TensorView& y,
-                                        const TensorView& rstd, double eps = kQkNormEps);
-[[nodiscard]] Status HeadRmsNormBackward(ExecContext& ctx, const TensorView& x,
-                                         const TensorView& w, const TensorView& rstd,
-                                         const TensorView& dy, const TensorView& dx,
-                                         const TensorView& dw);
+[[nodiscard]] Status HeadRmsNormForward(ExecContext& ctx, const TensorView& x, const TensorView& w,
+                                        const TensorView& y, const TensorView& rstd,
+                                        double eps = kQkNormEps);
+[[nodiscard]] Status HeadRmsNormBackward(ExecContext& ctx, const TensorView& x, const TensorView& w,
+                                         const TensorView& rstd, const TensorView& dy,
+                                         const TensorView& dx, const TensorView& dw);
 
 namespace internal {
 [[nodiscard]] Status HeadRmsNormForwardCuda(ExecContext& ctx, DType dtype, const void* x,

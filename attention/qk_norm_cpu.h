@@ -18,7 +18,8 @@ void HeadRmsNormForwardCpu(const T* x, const T* w, T* y, R* rstd, int64_t rows, 
     for (int64_t j = 0; j < dim; ++j) sum_sq += Load(x[r * dim + j]) * Load(x[r * dim + j]);
     const double inv = 1.0 / std::sqrt(sum_sq / static_cast<double>(dim) + eps);
     rstd[r] = static_cast<R>(inv);
-    for (int64_t j = 0; j < dim; ++j) y[r * dim + j] = Store<T>(Load(x[r * dim + j]) * inv * Load(w[j]));
+    for (int64_t j = 0; j < dim; ++j)
+      y[r * dim + j] = Store<T>(Load(x[r * dim + j]) * inv * Load(w[j]));
   }
 }
 

@@ -1,7 +1,8 @@
 // CUDA backend of qk_norm.h: one warp per row for y and dx; dw by one block per column with a CUB
 // block reduction (fixed order, so deterministic, no atomics).
-#include <cub/cub.cuh>
 #include <cuda_runtime.h>
+
+#include <cub/cub.cuh>
 
 #include "attention/cuda_common.cuh"
 #include "attention/qk_norm.h"
@@ -104,8 +105,8 @@ Status HeadRmsNormForwardCuda(ExecContext& ctx, DType dtype, const void* x, cons
 }
 
 Status HeadRmsNormBackwardCuda(ExecContext& ctx, DType dtype, const void* x, const void* w,
-                               const float* rstd, const void* dy, void* dx, void* dw,
-                               int64_t rows, int64_t dim) {
+                               const float* rstd, const void* dy, void* dx, void* dw, int64_t rows,
+                               int64_t dim) {
   return dtype == DType::kF32 ? Backward<float>(ctx, x, w, rstd, dy, dx, dw, rows, dim)
                               : Backward<BF16>(ctx, x, w, rstd, dy, dx, dw, rows, dim);
 }

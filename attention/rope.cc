@@ -51,8 +51,8 @@ Status RopeBackward(ExecContext& ctx, const TensorView& dy, const TensorView& dx
 
 #if !MOE_WITH_CUDA
 namespace internal {
-Status RopeCuda(ExecContext&, DType, const void*, void*, int64_t, int64_t, int64_t, int64_t,
-                double, int64_t, int) {
+Status RopeCuda(ExecContext&, DType, const void*, void*, int64_t, int64_t, int64_t, int64_t, double,
+                int64_t, int) {
   return absl::FailedPreconditionError("RoPE on CUDA, but this build has no CUDA backend");
 }
 }  // namespace internal

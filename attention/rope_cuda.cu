@@ -45,9 +45,9 @@ Status RopeCuda(ExecContext& ctx, DType dtype, const void* x, void* y, int64_t b
         static_cast<const float*>(x), static_cast<float*>(y), seq, heads, head_dim, theta,
         position_offset, direction, pairs);
   } else {
-    RopeKernel<BF16><<<blocks, 256, 0, ctx.stream()>>>(
-        static_cast<const BF16*>(x), static_cast<BF16*>(y), seq, heads, head_dim, theta,
-        position_offset, direction, pairs);
+    RopeKernel<BF16><<<blocks, 256, 0, ctx.stream()>>>(static_cast<const BF16*>(x),
+                                                       static_cast<BF16*>(y), seq, heads, head_dim,
+                                                       theta, position_offset, direction, pairs);
   }
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("RopeKernel");
   return absl::OkStatus();

@@ -13,10 +13,16 @@ inline double Load(BF16 value) { return BF16ToFloat(value); }
 template <typename T>
 T Store(double value);
 template <>
-inline float Store<float>(double value) { return static_cast<float>(value); }
+inline float Store<float>(double value) {
+  return static_cast<float>(value);
+}
 template <>
-inline double Store<double>(double value) { return value; }
+inline double Store<double>(double value) {
+  return value;
+}
 template <>
-inline BF16 Store<BF16>(double value) { return FloatToBF16(static_cast<float>(value)); }
+inline BF16 Store<BF16>(double value) {
+  return FloatToBF16(static_cast<float>(value));
+}
 
 }  // namespace smoe::attention_internal

@@ -6,8 +6,8 @@
 //   attention_decode:        one new token per sequence over a KV cache of the same heads; on a GPU
 //                            B=4, cache 32768, bf16 (target <= 0.11 ms), with the GB/s of K and V
 //                            cache read; on the CPU a small cache.
-// Usage: attention_bench [--device=cpu|cuda] [--iters=N]. Inputs are random normals. GPU timing uses
-// CUDA events after a warm-up; CPU timing the steady clock.
+// Usage: attention_bench [--device=cpu|cuda] [--iters=N]. Inputs are random normals. GPU timing
+// uses CUDA events after a warm-up; CPU timing the steady clock.
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -74,7 +74,8 @@ double TimeMs(ExecContext& ctx, int iters, Run run) {
   const auto begin = std::chrono::steady_clock::now();
   for (int i = 0; i < iters; ++i) MOE_CHECK_OK(run());
   MOE_CHECK_OK(ctx.Synchronize());
-  const std::chrono::duration<double, std::milli> elapsed = std::chrono::steady_clock::now() - begin;
+  const std::chrono::duration<double, std::milli> elapsed =
+      std::chrono::steady_clock::now() - begin;
   return elapsed.count() / iters;
 }
 
@@ -121,8 +122,10 @@ int Main(int argc, char** argv) {
   std::string device = CudaAvailable() ? "cuda" : "cpu";
   int iters = 0;
   for (int i = 1; i < argc; ++i) {
-    if (std::strncmp(argv[i], "--device=", 9) == 0) device = argv[i] + 9;
-    else if (std::strncmp(argv[i], "--iters=", 8) == 0) iters = std::atoi(argv[i] + 8);
+    if (std::strncmp(argv[i], "--device=", 9) == 0)
+      device = argv[i] + 9;
+    else if (std::strncmp(argv[i], "--iters=", 8) == 0)
+      iters = std::atoi(argv[i] + 8);
     else {
       std::fprintf(stderr, "usage: %s [--device=cpu|cuda] [--iters=N]\n", argv[0]);
       return 2;

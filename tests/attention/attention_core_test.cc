@@ -14,11 +14,11 @@
 namespace smoe {
 namespace {
 
-using ::testing::HasSubstr;
 using attention_test::Concat;
 using attention_test::EmptyCpu;
 using attention_test::RandomCpu;
 using attention_test::WeightedSum;
+using ::testing::HasSubstr;
 using testing::StatusIs;
 using testing::ToDoubles;
 
@@ -95,8 +95,8 @@ TEST(AttentionCoreTest, HandWorked) {
 }
 
 // (n_q, n_k, n_v): MHA, GQA, MQA, DiffQKV with n_k < n_v, and non-nested K and V groups.
-class AttentionHeadsTest
-    : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {};
+class AttentionHeadsTest : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {
+};
 
 TEST_P(AttentionHeadsTest, MatchesRepeatedHeadsAndNaiveReference) {
   const auto [n_q, n_k, n_v] = GetParam();
@@ -117,8 +117,8 @@ TEST_P(AttentionHeadsTest, MatchesRepeatedHeadsAndNaiveReference) {
   MOE_ASSERT_OK(AttentionBackward(Cpu(), q, k, v, out, lse, dout, dq, dk, dv));
   Tensor dq_rep = EmptyCpu(q.shape()), dk_rep = EmptyCpu(k_rep.shape());
   Tensor dv_rep = EmptyCpu(v_rep.shape());
-  MOE_ASSERT_OK(AttentionBackward(Cpu(), q, k_rep, v_rep, out_rep, lse_rep, dout, dq_rep, dk_rep,
-                                  dv_rep));
+  MOE_ASSERT_OK(
+      AttentionBackward(Cpu(), q, k_rep, v_rep, out_rep, lse_rep, dout, dq_rep, dk_rep, dv_rep));
   EXPECT_TRUE(testing::AllClose(dq, dq_rep, {1e-5, 1e-4}));
   EXPECT_TRUE(testing::AllClose(ToDoubles(dk), SumRepeated(dk_rep, n_k), {1e-5, 1e-4}));
   EXPECT_TRUE(testing::AllClose(ToDoubles(dv), SumRepeated(dv_rep, n_v), {1e-5, 1e-4}));
@@ -134,9 +134,9 @@ TEST(AttentionCoreTest, GradientMatchesFiniteDifferences) {
   const int64_t nq = d.batch * d.seq * d.n_q * d.head_dim;
   const int64_t nk = d.batch * d.seq * d.n_k * d.head_dim;
   const int64_t nv = d.batch * d.seq * d.n_v * d.head_dim;
-  const std::vector<double> x = Concat({ToDoubles(RandomCpu({nq}, 11)),
-                                        ToDoubles(RandomCpu({nk}, 12)),
-                                        ToDoubles(RandomCpu({nv}, 13))});
+  const std::vector<double> x =
+      Concat({ToDoubles(RandomCpu({nq}, 11)), ToDoubles(RandomCpu({nk}, 12)),
+              ToDoubles(RandomCpu({nv}, 13))});
   const std::vector<double> w = testing::RandomWeights(nq, 14);
   auto forward = [&](const std::vector<double>& xs, std::vector<double>* out,
                      std::vector<double>* lse) {

@@ -21,8 +21,8 @@
 namespace smoe {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::CheckParity;
+using ::testing::HasSubstr;
 using testing::Input;
 using testing::Output;
 using testing::StatusIs;
@@ -64,18 +64,18 @@ TEST_P(AttentionParityTest, ForwardAndBackwardMatchCpu) {
       }));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Grid, AttentionParityTest,
-    ::testing::Combine(::testing::Values(1, 2), ::testing::Values(1, 37, 70),
-                       ::testing::Values(64, 96, 128),
-                       ::testing::Values(std::make_tuple(4, 4, 4), std::make_tuple(4, 1, 2),
-                                         std::make_tuple(6, 2, 3)),
-                       ::testing::Values(DType::kBF16)));
-INSTANTIATE_TEST_SUITE_P(
-    F32, AttentionParityTest,
-    ::testing::Combine(::testing::Values(2), ::testing::Values(33), ::testing::Values(96),
-                       ::testing::Values(std::make_tuple(8, 2, 4)),
-                       ::testing::Values(DType::kF32)));
+INSTANTIATE_TEST_SUITE_P(Grid, AttentionParityTest,
+                         ::testing::Combine(::testing::Values(1, 2), ::testing::Values(1, 37, 70),
+                                            ::testing::Values(64, 96, 128),
+                                            ::testing::Values(std::make_tuple(4, 4, 4),
+                                                              std::make_tuple(4, 1, 2),
+                                                              std::make_tuple(6, 2, 3)),
+                                            ::testing::Values(DType::kBF16)));
+INSTANTIATE_TEST_SUITE_P(F32, AttentionParityTest,
+                         ::testing::Combine(::testing::Values(2), ::testing::Values(33),
+                                            ::testing::Values(96),
+                                            ::testing::Values(std::make_tuple(8, 2, 4)),
+                                            ::testing::Values(DType::kF32)));
 
 TEST(AttentionCudaTest, UnsupportedHeadDimIsInvalidArgument) {
   MOE_SKIP_WITHOUT_CUDA();
@@ -89,8 +89,7 @@ TEST(AttentionCudaTest, UnsupportedHeadDimIsInvalidArgument) {
 TEST(ElementwiseParityTest, RopeQkNormSwiGlu) {
   MOE_SKIP_WITHOUT_CUDA();
   for (DType dtype : {DType::kF32, DType::kBF16}) {
-    EXPECT_TRUE(CheckParity({Input("x", {2, 37, 3, 96}, dtype),
-                             Input("dy", {2, 37, 3, 96}, dtype),
+    EXPECT_TRUE(CheckParity({Input("x", {2, 37, 3, 96}, dtype), Input("dy", {2, 37, 3, 96}, dtype),
                              Output("y", {2, 37, 3, 96}, dtype, ValueTolerance(dtype)),
                              Output("dx", {2, 37, 3, 96}, dtype, ValueTolerance(dtype))},
                             [](ExecContext& ctx, const std::vector<TensorView>& t) {
@@ -108,15 +107,15 @@ TEST(ElementwiseParityTest, RopeQkNormSwiGlu) {
           MOE_RETURN_IF_ERROR(HeadRmsNormForward(ctx, t[0], t[1], t[3], t[4]));
           return HeadRmsNormBackward(ctx, t[0], t[1], t[4], t[2], t[5], t[6]);
         }));
-    EXPECT_TRUE(CheckParity({Input("g", {1001}, dtype), Input("u", {1001}, dtype),
-                             Input("dh", {1001}, dtype),
-                             Output("h", {1001}, dtype, ValueTolerance(dtype)),
-                             Output("dg", {1001}, dtype, ValueTolerance(dtype)),
-                             Output("du", {1001}, dtype, ValueTolerance(dtype))},
-                            [](ExecContext& ctx, const std::vector<TensorView>& t) {
-                              MOE_RETURN_IF_ERROR(SwiGluForward(ctx, t[0], t[1], t[3]));
-                              return SwiGluBackward(ctx, t[0], t[1], t[2], t[4], t[5]);
-                            }));
+    EXPECT_TRUE(
+        CheckParity({Input("g", {1001}, dtype), Input("u", {1001}, dtype),
+                     Input("dh", {1001}, dtype), Output("h", {1001}, dtype, ValueTolerance(dtype)),
+                     Output("dg", {1001}, dtype, ValueTolerance(dtype)),
+                     Output("du", {1001}, dtype, ValueTolerance(dtype))},
+                    [](ExecContext& ctx, const std::vector<TensorView>& t) {
+                      MOE_RETURN_IF_ERROR(SwiGluForward(ctx, t[0], t[1], t[3]));
+                      return SwiGluBackward(ctx, t[0], t[1], t[2], t[4], t[5]);
+                    }));
   }
 }
 
@@ -130,24 +129,57 @@ TEST_P(DecodeParityTest, MatchesCpu) {
   const auto [n_q, n_k, n_v] = heads;
   const int64_t B = 3;
   for (DType dtype : {DType::kF32, DType::kBF16}) {
-    EXPECT_TRUE(CheckParity({Input("q", {B, n_q, D}, dtype), Input("k", {B, L, n_k, D}, dtype),
-                             Input("v", {B, L, n_v, D}, dtype),
-                             Output("out", {B, n_q, D}, dtype, ValueTolerance(dtype))},
-                            [&](ExecContext& ctx, const std::vector<TensorView>& t) {
-                              MOE_ASSIGN_OR_RETURN(
-                                  KvCache cache,
-                                  KvCache::Create(ctx, B, L + 3, n_k, n_v, D, dtype));
-                              MOE_RETURN_IF_ERROR(cache.Append(ctx, t[1], t[2]));
-                              return DecodeAttention(ctx, t[0], cache, t[3]);
-                            }));
+    EXPECT_TRUE(CheckParity(
+        {Input("q", {B, n_q, D}, dtype), Input("k", {B, L, n_k, D}, dtype),
+         Input("v", {B, L, n_v, D}, dtype),
+         Output("out", {B, n_q, D}, dtype, ValueTolerance(dtype))},
+        [&](ExecContext& ctx, const std::vector<TensorView>& t) {
+          MOE_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(ctx, B, L + 3, n_k, n_v, D, dtype));
+          MOE_RETURN_IF_ERROR(cache.Append(ctx, t[1], t[2]));
+          return DecodeAttention(ctx, t[0], cache, t[3]);
+        }));
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Grid, DecodeParityTest,
-    ::testing::Combine(::testing::Values(1, 200, 1000), ::testing::Values(64, 96, 128),
-                       ::testing::Values(std::make_tuple(16, 2, 8), std::make_tuple(4, 4, 4),
-                                         std::make_tuple(6, 3, 2))));
+INSTANTIATE_TEST_SUITE_P(Grid, DecodeParityTest,
+                         ::testing::Combine(::testing::Values(1, 200, 1000),
+                                            ::testing::Values(64, 96, 128),
+                                            ::testing::Values(std::make_tuple(16, 2, 8),
+                                                              std::make_tuple(4, 4, 4),
+                                                              std::make_tuple(6, 3, 2))));
+
+TEST(DecodeCudaTest, EqualsLastRowOfCausalAttentionOnTheGpu) {
+  MOE_SKIP_WITHOUT_CUDA();
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<ExecContext> ctx, ExecContext::Create(Device::Cuda()));
+  const int64_t B = 2, S = 300, n_q = 16, n_k = 2, n_v = 8, D = 96;
+  auto random = [&](Shape shape, uint64_t seed) {
+    Tensor t = *Tensor::Empty(shape, DType::kF32, Device::Cuda());
+    MOE_CHECK_OK(FillNormal(*ctx, t, seed, 0, 0.0f, 1.0f));
+    return t;
+  };
+  Tensor q = random({B, S, n_q, D}, 1), k = random({B, S, n_k, D}, 2),
+         v = random({B, S, n_v, D}, 3);
+  Tensor out = *Tensor::Empty(q.shape(), DType::kF32, Device::Cuda());
+  Tensor lse = *Tensor::Empty({B, n_q, S}, DType::kF32, Device::Cuda());
+  MOE_ASSERT_OK(AttentionForward(*ctx, q, k, v, out, lse));
+  MOE_ASSERT_OK_AND_ASSIGN(KvCache cache, KvCache::Create(*ctx, B, S, n_k, n_v, D, DType::kF32));
+  MOE_ASSERT_OK(cache.Append(*ctx, k, v));
+  // The last query row of each sequence, gathered into [B, n_q, D].
+  Tensor q_last = *Tensor::Empty({B, n_q, D}, DType::kF32, Device::Cuda());
+  Tensor expected = *Tensor::Empty({B, n_q, D}, DType::kF32, Device::Cuda());
+  for (int64_t b = 0; b < B; ++b) {
+    MOE_ASSERT_OK_AND_ASSIGN(TensorView q_rows, q.view().Reshape({B * S, n_q * D}));
+    MOE_ASSERT_OK_AND_ASSIGN(TensorView o_rows, out.view().Reshape({B * S, n_q * D}));
+    MOE_ASSERT_OK_AND_ASSIGN(TensorView q_dst, q_last.view().Reshape({B, n_q * D}));
+    MOE_ASSERT_OK_AND_ASSIGN(TensorView e_dst, expected.view().Reshape({B, n_q * D}));
+    MOE_ASSERT_OK(Copy(*ctx, q_rows.Rows(b * S + S - 1, b * S + S), q_dst.Rows(b, b + 1)));
+    MOE_ASSERT_OK(Copy(*ctx, o_rows.Rows(b * S + S - 1, b * S + S), e_dst.Rows(b, b + 1)));
+  }
+  Tensor decoded = *Tensor::Empty({B, n_q, D}, DType::kF32, Device::Cuda());
+  MOE_ASSERT_OK(DecodeAttention(*ctx, q_last, cache, decoded));
+  MOE_ASSERT_OK(ctx->Synchronize());
+  EXPECT_TRUE(testing::AllClose(decoded, expected, Tolerance{1e-5, 1e-4}));
+}
 
 TEST(DiffQkvParityTest, BlockForwardAndBackward) {
   MOE_SKIP_WITHOUT_CUDA();
@@ -157,22 +189,21 @@ TEST(DiffQkvParityTest, BlockForwardAndBackward) {
   const float qs = 1.0f / std::sqrt(static_cast<float>(qd));
   const DType dt = DType::kF32;
   const Tolerance tol{1e-3, 1e-3};
-  std::vector<testing::ParityArg> args = {
-      Input("x", {B, S, M}, dt),
-      Input("w_q", {M, qd}, dt, Normal(1, ws)),
-      Input("w_k", {M, c.n_k * c.head_dim}, dt, Normal(2, ws)),
-      Input("w_v", {M, c.n_v * c.head_dim}, dt, Normal(3, ws)),
-      Input("w_o", {qd, M}, dt, Normal(4, qs)),
-      Input("w_gate", {qd, c.d_aug}, dt, Normal(5, qs)),
-      Input("w_up", {qd, c.d_aug}, dt, Normal(6, qs)),
-      Input("w_down", {c.d_aug, qd}, dt, Normal(7, 0.2f)),
-      Input("q_norm", {c.head_dim}, dt, Normal(8, 0.1f, 1.0f)),
-      Input("k_norm", {c.head_dim}, dt, Normal(9, 0.1f, 1.0f)),
-      Input("dy", {B, S, M}, dt),
-      Output("y", {B, S, M}, dt, tol),
-      Output("dx", {B, S, M}, dt, tol)};
-  const char* grad_names[] = {"dw_q", "dw_k", "dw_v", "dw_o", "dw_gate", "dw_up", "dw_down",
-                              "dq_norm", "dk_norm"};
+  std::vector<testing::ParityArg> args = {Input("x", {B, S, M}, dt),
+                                          Input("w_q", {M, qd}, dt, Normal(1, ws)),
+                                          Input("w_k", {M, c.n_k * c.head_dim}, dt, Normal(2, ws)),
+                                          Input("w_v", {M, c.n_v * c.head_dim}, dt, Normal(3, ws)),
+                                          Input("w_o", {qd, M}, dt, Normal(4, qs)),
+                                          Input("w_gate", {qd, c.d_aug}, dt, Normal(5, qs)),
+                                          Input("w_up", {qd, c.d_aug}, dt, Normal(6, qs)),
+                                          Input("w_down", {c.d_aug, qd}, dt, Normal(7, 0.2f)),
+                                          Input("q_norm", {c.head_dim}, dt, Normal(8, 0.1f, 1.0f)),
+                                          Input("k_norm", {c.head_dim}, dt, Normal(9, 0.1f, 1.0f)),
+                                          Input("dy", {B, S, M}, dt),
+                                          Output("y", {B, S, M}, dt, tol),
+                                          Output("dx", {B, S, M}, dt, tol)};
+  const char* grad_names[] = {"dw_q",  "dw_k",    "dw_v",    "dw_o",   "dw_gate",
+                              "dw_up", "dw_down", "dq_norm", "dk_norm"};
   for (int i = 0; i < 9; ++i) args.push_back(Output(grad_names[i], args[i + 1].shape, dt, tol));
   EXPECT_TRUE(CheckParity(args, [&](ExecContext& ctx, const std::vector<TensorView>& t) {
     const DiffQkvParams p{t[1], t[2], t[3], t[4], {t[5], t[6], t[7]}, t[8], t[9]};

@@ -20,11 +20,11 @@
 namespace smoe {
 namespace {
 
-using ::testing::HasSubstr;
 using attention_test::Concat;
 using attention_test::EmptyCpu;
 using attention_test::RandomCpu;
 using attention_test::WeightedSum;
+using ::testing::HasSubstr;
 using testing::StatusIs;
 using testing::ToDoubles;
 
@@ -62,7 +62,8 @@ struct Block {
       tensors.push_back(RandomCpu({c.head_dim}, 108, 0.3f));
       tensors.push_back(RandomCpu({c.head_dim}, 109, 0.3f));
       for (int t = 0; t < 2; ++t) {
-        for (int64_t j = 0; j < c.head_dim; ++j) tensors[tensors.size() - 1 - t].data<float>()[j] += 1.0f;
+        for (int64_t j = 0; j < c.head_dim; ++j)
+          tensors[tensors.size() - 1 - t].data<float>()[j] += 1.0f;
       }
     }
   }

@@ -18,11 +18,11 @@
 namespace smoe {
 namespace {
 
-using ::testing::HasSubstr;
 using attention_test::Concat;
 using attention_test::EmptyCpu;
 using attention_test::RandomCpu;
 using attention_test::WeightedSum;
+using ::testing::HasSubstr;
 using testing::StatusIs;
 using testing::ToDoubles;
 
@@ -115,8 +115,8 @@ TEST(QkNormTest, HandWorked) {
 
 TEST(QkNormTest, GradientMatchesFiniteDifferences) {
   const int64_t rows = 6, dim = 5;
-  const std::vector<double> x = Concat({ToDoubles(RandomCpu({rows, dim}, 7)),
-                                        ToDoubles(RandomCpu({dim}, 8))});
+  const std::vector<double> x =
+      Concat({ToDoubles(RandomCpu({rows, dim}, 7)), ToDoubles(RandomCpu({dim}, 8))});
   const std::vector<double> w = testing::RandomWeights(rows * dim, 9);
   auto forward = [&](const std::vector<double>& xs, std::vector<double>* y,
                      std::vector<double>* rstd) {
@@ -132,9 +132,8 @@ TEST(QkNormTest, GradientMatchesFiniteDifferences) {
   };
   std::vector<double> y, rstd, grad(x.size());
   forward(x, &y, &rstd);
-  attention_internal::HeadRmsNormBackwardCpu(x.data(), x.data() + rows * dim, rstd.data(),
-                                             w.data(), grad.data(), grad.data() + rows * dim,
-                                             rows, dim);
+  attention_internal::HeadRmsNormBackwardCpu(x.data(), x.data() + rows * dim, rstd.data(), w.data(),
+                                             grad.data(), grad.data() + rows * dim, rows, dim);
   EXPECT_TRUE(testing::CheckGradient(loss, x, grad));
 
   // The f32 op agrees with the double reference.
@@ -184,8 +183,8 @@ std::vector<double> AugQReference(const std::vector<double>& x, int64_t rows, in
 
 TEST(AugQTest, SwiGluGradientMatchesFiniteDifferences) {
   const int64_t n = 12;
-  const std::vector<double> x = Concat({ToDoubles(RandomCpu({n}, 1, 2.0f)),
-                                        ToDoubles(RandomCpu({n}, 2))});
+  const std::vector<double> x =
+      Concat({ToDoubles(RandomCpu({n}, 1, 2.0f)), ToDoubles(RandomCpu({n}, 2))});
   const std::vector<double> w = testing::RandomWeights(n, 3);
   auto loss = [&](const std::vector<double>& xs) {
     std::vector<double> h(n);
@@ -205,10 +204,8 @@ TEST(AugQTest, ForwardAndBackwardMatchDoubleReference) {
   Tensor q_aug = EmptyCpu({rows, qd});
   AugQSaved saved;
   MOE_ASSERT_OK(AugQForward(Cpu(), q, {wg, wu, wd}, q_aug, &saved));
-  const std::vector<double> x =
-      Concat({ToDoubles(q), ToDoubles(wg), ToDoubles(wu), ToDoubles(wd)});
-  EXPECT_TRUE(testing::AllClose(ToDoubles(q_aug), AugQReference(x, rows, qd, d_aug),
-                                {1e-5, 1e-5}));
+  const std::vector<double> x = Concat({ToDoubles(q), ToDoubles(wg), ToDoubles(wu), ToDoubles(wd)});
+  EXPECT_TRUE(testing::AllClose(ToDoubles(q_aug), AugQReference(x, rows, qd, d_aug), {1e-5, 1e-5}));
 
   const std::vector<double> w = testing::RandomWeights(rows * qd, 15);
   Tensor dq_aug = attention_test::FromDoubles(w, {rows, qd});

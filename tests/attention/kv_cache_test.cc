@@ -13,9 +13,9 @@
 namespace smoe {
 namespace {
 
-using ::testing::HasSubstr;
 using attention_test::EmptyCpu;
 using attention_test::RandomCpu;
+using ::testing::HasSubstr;
 using testing::StatusIs;
 using testing::ToDoubles;
 
@@ -42,8 +42,8 @@ TEST_P(DecodeTest, EqualsLastRowOfCausalAttention) {
   Tensor out = EmptyCpu(q.shape()), lse = EmptyCpu({B, n_q, S});
   MOE_ASSERT_OK(AttentionForward(ExecContext::Cpu(), q, k, v, out, lse));
 
-  MOE_ASSERT_OK_AND_ASSIGN(KvCache cache, KvCache::Create(ExecContext::Cpu(), B, 16, n_k, n_v, D,
-                                                          DType::kF32));
+  MOE_ASSERT_OK_AND_ASSIGN(KvCache cache,
+                           KvCache::Create(ExecContext::Cpu(), B, 16, n_k, n_v, D, DType::kF32));
   // A prompt of 8 tokens, then one token at a time; every step matches its row.
   MOE_ASSERT_OK(cache.Append(ExecContext::Cpu(), Slice(k, 0, 8), Slice(v, 0, 8)));
   for (int64_t s = 8; s < S; ++s) {
@@ -53,8 +53,8 @@ TEST_P(DecodeTest, EqualsLastRowOfCausalAttention) {
     MOE_ASSERT_OK(Copy(ExecContext::Cpu(), Slice(q, s, s + 1), q_new));
     Tensor decoded = EmptyCpu({B, n_q, D});
     MOE_ASSERT_OK(DecodeAttention(ExecContext::Cpu(), q_new, cache, decoded));
-    EXPECT_TRUE(testing::AllClose(ToDoubles(decoded), ToDoubles(Slice(out, s, s + 1)),
-                                  {1e-6, 1e-5}));
+    EXPECT_TRUE(
+        testing::AllClose(ToDoubles(decoded), ToDoubles(Slice(out, s, s + 1)), {1e-6, 1e-5}));
   }
 }
 
@@ -68,15 +68,15 @@ TEST(KvCacheTest, OverflowAndBadShapes) {
   Tensor q = RandomCpu({1, 4, 8}, 1), out = EmptyCpu({1, 4, 8});
   EXPECT_THAT(DecodeAttention(ExecContext::Cpu(), q, cache, out),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.length")));
-  MOE_ASSERT_OK(cache.Append(ExecContext::Cpu(), RandomCpu({1, 3, 1, 8}, 2),
-                             RandomCpu({1, 3, 2, 8}, 3)));
-  EXPECT_THAT(cache.Append(ExecContext::Cpu(), RandomCpu({1, 2, 1, 8}, 2),
-                           RandomCpu({1, 2, 2, 8}, 3)),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.capacity: got 4")));
+  MOE_ASSERT_OK(
+      cache.Append(ExecContext::Cpu(), RandomCpu({1, 3, 1, 8}, 2), RandomCpu({1, 3, 2, 8}, 3)));
+  EXPECT_THAT(
+      cache.Append(ExecContext::Cpu(), RandomCpu({1, 2, 1, 8}, 2), RandomCpu({1, 2, 2, 8}, 3)),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.capacity: got 4")));
   EXPECT_EQ(cache.length(), 3);
-  EXPECT_THAT(cache.Append(ExecContext::Cpu(), RandomCpu({1, 1, 1, 8}, 2),
-                           RandomCpu({1, 1, 1, 8}, 3)),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("v_new.shape")));
+  EXPECT_THAT(
+      cache.Append(ExecContext::Cpu(), RandomCpu({1, 1, 1, 8}, 2), RandomCpu({1, 1, 1, 8}, 3)),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("v_new.shape")));
   Tensor q3 = RandomCpu({1, 3, 8}, 1), out3 = EmptyCpu({1, 3, 8});
   EXPECT_THAT(DecodeAttention(ExecContext::Cpu(), q3, cache, out3),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("n_v: got 2")));
