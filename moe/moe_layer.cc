@@ -15,12 +15,36 @@ Status CheckPositive(absl::string_view field, int64_t value) {
 
 Status CheckTopK(int k, int num_experts) {
   if (k >= 1 && k <= num_experts) return absl::OkStatus();
-  return BadArgument("top_k", absl::StrCat(k), absl::StrCat("1 <= top_k <= num_experts = ", num_experts));
+  return BadArgument("top_k", absl::StrCat(k),
+                     absl::StrCat("1 <= top_k <= num_experts = ", num_experts));
+}
+
+Status CheckParams(const MoELayerConfig& c, const MoEParamViews& p, Device device) {
+  const int64_t m = c.model_dim, h = c.ffn_dim, e = c.num_experts;
+  MOE_RETURN_IF_ERROR(CheckTensor("params.w_gate", p.w_gate, DType::kF32, device, {m, e}));
+  MOE_RETURN_IF_ERROR(CheckTensor("params.w1", p.w1, c.dtype, device, {e, m, h}));
+  MOE_RETURN_IF_ERROR(CheckTensor("params.w3", p.w3, c.dtype, device, {e, m, h}));
+  return CheckTensor("params.w2", p.w2, c.dtype, device, {e, h, m});
+}
+
+Status CheckGrads(const MoELayerConfig& c, const MoEGradViews& g, Device device) {
+  const int64_t m = c.model_dim, h = c.ffn_dim, e = c.num_experts;
+  MOE_RETURN_IF_ERROR(CheckTensor("grads.w_gate", g.w_gate, DType::kF32, device, {m, e}));
+  MOE_RETURN_IF_ERROR(CheckTensor("grads.w1", g.w1, DType::kF32, device, {e, m, h}));
+  MOE_RETURN_IF_ERROR(CheckTensor("grads.w3", g.w3, DType::kF32, device, {e, m, h}));
+  return CheckTensor("grads.w2", g.w2, DType::kF32, device, {e, h, m});
+}
+
+// x-like activation [T, M] in config.dtype on ctx's device, contiguous.
+Status CheckActivation(absl::string_view name, const MoELayerConfig& c, const ExecContext& ctx,
+                       const TensorView& t, int64_t tokens) {
+  MOE_RETURN_IF_ERROR(CheckTensor(name, t, c.dtype, ctx.device(), {tokens, c.model_dim}));
+  return CheckContiguous(name, t);
 }
 
 }  // namespace
 
-StatusOr<std::unique_ptr<MoELayer>> MoELayer::Create(const MoELayerConfig& config, Device device) {
+Status ValidateMoEConfig(const MoELayerConfig& config) {
   MOE_RETURN_IF_ERROR(CheckPositive("model_dim", config.model_dim));
   MOE_RETURN_IF_ERROR(CheckPositive("ffn_dim", config.ffn_dim));
   MOE_RETURN_IF_ERROR(CheckPositive("num_experts", config.num_experts));
@@ -28,6 +52,103 @@ StatusOr<std::unique_ptr<MoELayer>> MoELayer::Create(const MoELayerConfig& confi
   if (!IsFloating(config.dtype)) {
     return BadArgument("dtype", DTypeName(config.dtype), "f32 or bf16");
   }
+  return absl::OkStatus();
+}
+
+StatusOr<AuxLossValues> MoEForward(ExecContext& ctx, const MoELayerConfig& config,
+                                   const MoEParamViews& params, const TensorView& x,
+                                   const TensorView& y, MoEState* state, Communicator* comm,
+                                   const TensorView& expert_bias) {
+  MOE_RETURN_IF_ERROR(ValidateMoEConfig(config));
+  MOE_RETURN_IF_ERROR(CheckParams(config, params, ctx.device()));
+  MOE_RETURN_IF_ERROR(CheckActivation("x", config, ctx, x, -1));
+  const int64_t t = x.dim(0), m = config.model_dim, h = config.ffn_dim;
+  const int64_t e = config.num_experts, k = config.top_k;
+  MOE_RETURN_IF_ERROR(CheckActivation("y", config, ctx, y, t));
+  const Device device = ctx.device();
+  MoEState& s = *state;
+  s.valid = false;
+
+  // 1. Route: fp32 logits, softmax over all E, top-K; aux losses and their gradient.
+  MOE_ASSIGN_OR_RETURN(s.logits, Tensor::Empty({t, e}, DType::kF32, device));
+  MOE_ASSIGN_OR_RETURN(s.probs, Tensor::Empty({t, e}, DType::kF32, device));
+  MOE_ASSIGN_OR_RETURN(s.d_logits_aux, Tensor::Empty({t, e}, DType::kF32, device));
+  MOE_ASSIGN_OR_RETURN(s.topk_idx, Tensor::Empty({t, k}, DType::kI32, device));
+  MOE_ASSIGN_OR_RETURN(s.gates, Tensor::Empty({t, k}, DType::kF32, device));
+  const RouterConfig router{config.num_experts, config.top_k, config.renormalize};
+  MOE_RETURN_IF_ERROR(RouterForward(ctx, router, x, params.w_gate, expert_bias, s.logits, s.probs,
+                                    s.topk_idx, s.gates));
+  MOE_ASSIGN_OR_RETURN(AuxLossValues aux,
+                       AuxLossForwardBackward(ctx, config.aux, s.logits, s.probs, s.topk_idx,
+                                              comm != nullptr ? comm : SingleRankCommunicator(),
+                                              s.d_logits_aux));
+
+  // 2. Plan (the host sync: offsets for the grouped GEMMs), 3. dispatch.
+  const PlanConfig plan{config.num_experts, config.top_k, config.capacity_factor};
+  MOE_RETURN_IF_ERROR(BuildRoutingPlan(ctx, plan, s.topk_idx, &s.plan));
+  const int64_t rows = s.plan.num_rows();
+  MOE_ASSIGN_OR_RETURN(s.xs, Tensor::Empty({rows, m}, config.dtype, device));
+  MOE_RETURN_IF_ERROR(Permute(ctx, s.plan, x, s.xs));
+
+  // 4. Experts over ragged groups.
+  MOE_ASSIGN_OR_RETURN(s.h1, Tensor::Empty({rows, h}, config.dtype, device));
+  MOE_ASSIGN_OR_RETURN(s.h3, Tensor::Empty({rows, h}, config.dtype, device));
+  MOE_ASSIGN_OR_RETURN(s.act, Tensor::Empty({rows, h}, config.dtype, device));
+  MOE_ASSIGN_OR_RETURN(s.ys, Tensor::Empty({rows, m}, config.dtype, device));
+  MOE_RETURN_IF_ERROR(ExpertsForward(ctx, {params.w1, params.w3, params.w2}, s.xs,
+                                     s.plan.offsets_host, {s.h1, s.h3, s.act}, s.ys));
+
+  // 5. Combine, scaled by the gates.
+  MOE_RETURN_IF_ERROR(Combine(ctx, s.plan, s.ys, s.gates, y));
+  s.x = x;
+  s.top_k = config.top_k;
+  s.valid = true;
+  return aux;
+}
+
+Status MoEBackward(ExecContext& ctx, const MoELayerConfig& config, const MoEParamViews& params,
+                   const MoEState& s, const TensorView& dy, const TensorView& dx,
+                   const MoEGradViews& grads, bool accumulate_grads) {
+  if (!s.valid) return absl::FailedPreconditionError("MoE backward before a successful forward");
+  if (s.top_k != config.top_k) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "MoE backward: top_k is ", config.top_k, " but the forward routed with ", s.top_k));
+  }
+  MOE_RETURN_IF_ERROR(CheckParams(config, params, ctx.device()));
+  MOE_RETURN_IF_ERROR(CheckGrads(config, grads, ctx.device()));
+  const int64_t t = s.x.dim(0), m = config.model_dim, k = config.top_k;
+  MOE_RETURN_IF_ERROR(CheckActivation("dy", config, ctx, dy, t));
+  MOE_RETURN_IF_ERROR(CheckActivation("dx", config, ctx, dx, t));
+  const int64_t rows = s.plan.num_rows();
+  const Device device = ctx.device();
+
+  // Combine backward: gradients into the expert outputs and into the gates.
+  MOE_ASSIGN_OR_RETURN(Tensor dys, Tensor::Empty({rows, m}, config.dtype, device));
+  MOE_ASSIGN_OR_RETURN(Tensor dgates, Tensor::Empty({t, k}, DType::kF32, device));
+  MOE_RETURN_IF_ERROR(CombineBackward(ctx, s.plan, dy, s.ys, s.gates, dys, dgates));
+
+  // Experts backward, then back to token order.
+  MOE_ASSIGN_OR_RETURN(Tensor dxs, Tensor::Empty({rows, m}, config.dtype, device));
+  MOE_RETURN_IF_ERROR(ExpertsBackward(ctx, {params.w1, params.w3, params.w2}, s.xs,
+                                      s.plan.offsets_host, {s.h1, s.h3, s.act}, dys, dxs,
+                                      {grads.w1, grads.w3, grads.w2}, accumulate_grads));
+  MOE_RETURN_IF_ERROR(PermuteBackward(ctx, s.plan, dxs, dx));
+
+  // Router backward: gates and aux losses -> logits -> x and w_gate; dx sums both paths.
+  MOE_ASSIGN_OR_RETURN(Tensor dx_router, Tensor::Empty({t, m}, config.dtype, device));
+  const RouterConfig router{config.num_experts, config.top_k, config.renormalize};
+  MOE_RETURN_IF_ERROR(RouterBackward(ctx, router, s.x, params.w_gate, s.probs, s.topk_idx, dgates,
+                                     s.d_logits_aux, dx_router, grads.w_gate, accumulate_grads));
+  return Axpy(ctx, dx, 1.0f, dx_router, dx);
+}
+
+StatusOr<RoutingStats> MoEStats(ExecContext& ctx, const MoEState& state) {
+  if (!state.valid) return absl::FailedPreconditionError("MoE stats before a successful forward");
+  return ComputeRoutingStats(ctx, state.probs, state.topk_idx);
+}
+
+StatusOr<std::unique_ptr<MoELayer>> MoELayer::Create(const MoELayerConfig& config, Device device) {
+  MOE_RETURN_IF_ERROR(ValidateMoEConfig(config));
   std::unique_ptr<MoELayer> layer(new MoELayer(config, device));
   const int64_t m = config.model_dim, h = config.ffn_dim, e = config.num_experts;
   for (MoEParams* set : {&layer->params_, &layer->grads_}) {
@@ -60,91 +181,25 @@ Status MoELayer::SetTopK(int k) {
   return absl::OkStatus();
 }
 
+MoEParamViews MoELayer::param_views() const {
+  return {params_.w_gate, params_.w1, params_.w3, params_.w2};
+}
+
+MoEGradViews MoELayer::grad_views() const {
+  return {grads_.w_gate, grads_.w1, grads_.w3, grads_.w2};
+}
+
 StatusOr<AuxLossValues> MoELayer::Forward(ExecContext& ctx, const TensorView& x,
                                           const TensorView& y) {
-  const int64_t m = config_.model_dim, h = config_.ffn_dim;
-  const int64_t e = config_.num_experts, k = config_.top_k;
   if (ctx.device() != device_) {
     return BadArgument("ctx.device", ctx.device().ToString(), device_.ToString());
   }
-  MOE_RETURN_IF_ERROR(CheckTensor("x", x, config_.dtype, device_, {-1, m}));
-  MOE_RETURN_IF_ERROR(CheckContiguous("x", x));
-  const int64_t t = x.dim(0);
-  forward_done_ = false;
-  MOE_RETURN_IF_ERROR(CheckTensor("y", y, config_.dtype, device_, {t, m}));
-  MOE_RETURN_IF_ERROR(CheckContiguous("y", y));
-
-  // 1. Route: fp32 logits, softmax over all E, top-K; aux losses and their gradient.
-  MOE_ASSIGN_OR_RETURN(logits_, Tensor::Empty({t, e}, DType::kF32, device_));
-  MOE_ASSIGN_OR_RETURN(probs_, Tensor::Empty({t, e}, DType::kF32, device_));
-  MOE_ASSIGN_OR_RETURN(d_logits_aux_, Tensor::Empty({t, e}, DType::kF32, device_));
-  MOE_ASSIGN_OR_RETURN(topk_idx_, Tensor::Empty({t, k}, DType::kI32, device_));
-  MOE_ASSIGN_OR_RETURN(gates_, Tensor::Empty({t, k}, DType::kF32, device_));
-  const RouterConfig router{config_.num_experts, config_.top_k, config_.renormalize};
-  MOE_RETURN_IF_ERROR(RouterForward(ctx, router, x, params_.w_gate, expert_bias_, logits_, probs_,
-                                    topk_idx_, gates_));
-  MOE_ASSIGN_OR_RETURN(AuxLossValues aux,
-                       AuxLossForwardBackward(ctx, config_.aux, logits_, probs_, topk_idx_, comm_,
-                                              d_logits_aux_));
-
-  // 2. Plan (the host sync: offsets for the grouped GEMMs), 3. dispatch.
-  const PlanConfig plan{config_.num_experts, config_.top_k, config_.capacity_factor};
-  MOE_RETURN_IF_ERROR(BuildRoutingPlan(ctx, plan, topk_idx_, &plan_));
-  const int64_t rows = plan_.num_rows();
-  MOE_ASSIGN_OR_RETURN(xs_, Tensor::Empty({rows, m}, config_.dtype, device_));
-  MOE_RETURN_IF_ERROR(Permute(ctx, plan_, x, xs_));
-
-  // 4. Experts over ragged groups.
-  MOE_ASSIGN_OR_RETURN(h1_, Tensor::Empty({rows, h}, config_.dtype, device_));
-  MOE_ASSIGN_OR_RETURN(h3_, Tensor::Empty({rows, h}, config_.dtype, device_));
-  MOE_ASSIGN_OR_RETURN(act_, Tensor::Empty({rows, h}, config_.dtype, device_));
-  MOE_ASSIGN_OR_RETURN(ys_, Tensor::Empty({rows, m}, config_.dtype, device_));
-  MOE_RETURN_IF_ERROR(ExpertsForward(ctx, {params_.w1, params_.w3, params_.w2}, xs_,
-                                     plan_.offsets_host, {h1_, h3_, act_}, ys_));
-
-  // 5. Combine, scaled by the gates.
-  MOE_RETURN_IF_ERROR(Combine(ctx, plan_, ys_, gates_, y));
-  x_ = x;
-  forward_done_ = true;
-  return aux;
+  return MoEForward(ctx, config_, param_views(), x, y, &state_, comm_);
 }
 
 Status MoELayer::Backward(ExecContext& ctx, const TensorView& dy, const TensorView& dx,
                           bool accumulate_grads) {
-  if (!forward_done_) return absl::FailedPreconditionError("MoELayer::Backward before Forward");
-  const int64_t t = x_.dim(0), m = config_.model_dim, k = config_.top_k;
-  if (topk_idx_.dim(1) != k) {
-    return absl::FailedPreconditionError("MoELayer::Backward: top_k changed since Forward");
-  }
-  MOE_RETURN_IF_ERROR(CheckTensor("dy", dy, config_.dtype, device_, {t, m}));
-  MOE_RETURN_IF_ERROR(CheckContiguous("dy", dy));
-  MOE_RETURN_IF_ERROR(CheckTensor("dx", dx, config_.dtype, device_, {t, m}));
-  MOE_RETURN_IF_ERROR(CheckContiguous("dx", dx));
-  const int64_t rows = plan_.num_rows();
-
-  // Combine backward: gradients into the expert outputs and into the gates.
-  MOE_ASSIGN_OR_RETURN(Tensor dys, Tensor::Empty({rows, m}, config_.dtype, device_));
-  MOE_ASSIGN_OR_RETURN(Tensor dgates, Tensor::Empty({t, k}, DType::kF32, device_));
-  MOE_RETURN_IF_ERROR(CombineBackward(ctx, plan_, dy, ys_, gates_, dys, dgates));
-
-  // Experts backward, then back to token order.
-  MOE_ASSIGN_OR_RETURN(Tensor dxs, Tensor::Empty({rows, m}, config_.dtype, device_));
-  MOE_RETURN_IF_ERROR(ExpertsBackward(ctx, {params_.w1, params_.w3, params_.w2}, xs_,
-                                      plan_.offsets_host, {h1_, h3_, act_}, dys, dxs,
-                                      {grads_.w1, grads_.w3, grads_.w2}, accumulate_grads));
-  MOE_RETURN_IF_ERROR(PermuteBackward(ctx, plan_, dxs, dx));
-
-  // Router backward: gates and aux losses -> logits -> x and w_gate; dx sums both paths.
-  MOE_ASSIGN_OR_RETURN(Tensor dx_router, Tensor::Empty({t, m}, config_.dtype, device_));
-  const RouterConfig router{config_.num_experts, config_.top_k, config_.renormalize};
-  MOE_RETURN_IF_ERROR(RouterBackward(ctx, router, x_, params_.w_gate, probs_, topk_idx_, dgates,
-                                     d_logits_aux_, dx_router, grads_.w_gate, accumulate_grads));
-  return Axpy(ctx, dx, 1.0f, dx_router, dx);
-}
-
-StatusOr<RoutingStats> MoELayer::Stats(ExecContext& ctx) const {
-  if (!forward_done_) return absl::FailedPreconditionError("MoELayer::Stats before Forward");
-  return ComputeRoutingStats(ctx, probs_, topk_idx_);
+  return MoEBackward(ctx, config_, param_views(), state_, dy, dx, grad_views(), accumulate_grads);
 }
 
 }  // namespace smoe

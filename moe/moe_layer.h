@@ -41,14 +41,55 @@ struct MoELayerConfig {
   AuxLossConfig aux;
 };
 
+// Non-owning views of a layer's parameters and of their gradients (the functional API lets a
+// framework such as PyTorch own them).
+struct MoEParamViews {
+  TensorView w_gate;  // [M, E] f32
+  TensorView w1, w3;  // [E, M, H] config.dtype
+  TensorView w2;      // [E, H, M] config.dtype
+};
+struct MoEGradViews {
+  TensorView w_gate, w1, w3, w2;  // f32, shapes as the parameters
+};
+
+// What MoEForward saves for MoEBackward. Owns its tensors; holds a view of x (the caller keeps x
+// alive and unchanged until MoEBackward).
+struct MoEState {
+  bool valid = false;
+  int top_k = 0;
+  TensorView x;
+  Tensor logits, probs, topk_idx, gates, d_logits_aux;
+  RoutingPlan plan;
+  Tensor xs, h1, h3, act, ys;
+};
+
+// Validates a config: InvalidArgument naming the field.
+[[nodiscard]] Status ValidateMoEConfig(const MoELayerConfig& config);
+
+// The layer as functions (see the contract at the top of this file). `expert_bias` [E] f32 or
+// absent (aux-loss-free balancing; selection only). `comm` null means a single rank.
+[[nodiscard]] StatusOr<AuxLossValues> MoEForward(ExecContext& ctx, const MoELayerConfig& config,
+                                                 const MoEParamViews& params, const TensorView& x,
+                                                 const TensorView& y, MoEState* state,
+                                                 Communicator* comm = nullptr,
+                                                 const TensorView& expert_bias = {});
+[[nodiscard]] Status MoEBackward(ExecContext& ctx, const MoELayerConfig& config,
+                                 const MoEParamViews& params, const MoEState& state,
+                                 const TensorView& dy, const TensorView& dx,
+                                 const MoEGradViews& grads, bool accumulate_grads = false);
+// Routing statistics of the forward that filled `state` (host sync).
+[[nodiscard]] StatusOr<RoutingStats> MoEStats(ExecContext& ctx, const MoEState& state);
+
+// Owned parameters (or gradients: all f32) of a layer.
 struct MoEParams {
   Tensor w_gate, w1, w3, w2;
 };
 
+// The layer as an object owning its parameters, gradients and saved state.
 class MoELayer {
  public:
-  // Validates the config (InvalidArgument naming the field) and allocates parameters and
-  // gradients on `device` (uninitialized: call InitParameters or load them).
+  // Validates the config and allocates parameters and gradients on `device` (uninitialized:
+  // call InitParameters or load them).
   [[nodiscard]] static StatusOr<std::unique_ptr<MoELayer>> Create(const MoELayerConfig& config,
                                                                   Device device);
 
@@ -63,9 +104,9 @@ class MoELayer {
                                 bool accumulate_grads = false);
 
   // Routing statistics of the last Forward (host sync).
-  [[nodiscard]] StatusOr<RoutingStats> Stats(ExecContext& ctx) const;
+  [[nodiscard]] StatusOr<RoutingStats> Stats(ExecContext& ctx) const { return MoEStats(ctx, state_); }
   // Rows dropped by capacity in the last Forward.
-  int64_t dropped() const { return plan_.dropped_host; }
+  int64_t dropped() const { return state_.plan.dropped_host; }
 
   // Progressive sparsification: the next Forward routes to k experts.
   [[nodiscard]] Status SetTopK(int k);
@@ -74,6 +115,8 @@ class MoELayer {
   Device device() const { return device_; }
   MoEParams& params() { return params_; }
   MoEParams& grads() { return grads_; }
+  MoEParamViews param_views() const;
+  MoEGradViews grad_views() const;
 
  private:
   MoELayer(const MoELayerConfig& config, Device device) : config_(config), device_(device) {}
@@ -83,14 +126,7 @@ class MoELayer {
   Communicator* comm_ = nullptr;
   MoEParams params_;
   MoEParams grads_;
-  Tensor expert_bias_;  // empty: no aux-loss-free bias
-
-  // Saved by Forward for Backward.
-  bool forward_done_ = false;
-  TensorView x_;
-  Tensor logits_, probs_, topk_idx_, gates_, d_logits_aux_;
-  RoutingPlan plan_;
-  Tensor xs_, h1_, h3_, act_, ys_;
+  MoEState state_;
 };
 
 }  // namespace smoe

@@ -161,7 +161,7 @@ TEST(MoELayerTest, StatisticsCountEveryChoice) {
   Tensor x = *Tensor::Empty({50, 6}, DType::kF32, Device::Cpu());
   Tensor y = *Tensor::Empty({50, 6}, DType::kF32, Device::Cpu());
   MOE_ASSERT_OK(FillNormal(ctx, x, 1, 0, 0.0f, 1.0f));
-  EXPECT_THAT(layer->Stats(ctx), StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("before Forward")));
+  EXPECT_THAT(layer->Stats(ctx), StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("before a successful forward")));
   MOE_ASSERT_OK(layer->Forward(ctx, x, y).status());
   MOE_ASSERT_OK_AND_ASSIGN(RoutingStats stats, layer->Stats(ctx));
   int64_t total = 0;
@@ -190,7 +190,7 @@ TEST(MoELayerTest, BadConfigsAndInputsNameTheField) {
   EXPECT_THAT(layer->Forward(ctx, xb, y),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("x.dtype: got bf16")));
   EXPECT_THAT(layer->Backward(ctx, y, y),
-              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("before Forward")));
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("before a successful forward")));
   EXPECT_THAT(layer->SetTopK(0), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_k")));
 }
 
