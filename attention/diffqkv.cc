@@ -171,4 +171,63 @@ Status DiffQkvBackward(ExecContext& ctx, const DiffQkvConfig& c, const DiffQkvPa
   return Gemm(ctx, dv2, p.w_v, dx2, {.trans_b = true, .beta = 1.0f});
 }
 
+Status DiffQkvPrefillCache(ExecContext& ctx, const DiffQkvSaved& saved, KvCache* cache) {
+  if (cache->length() != 0) {
+    return BadArgument("cache.length", absl::StrCat(cache->length()), "0 (an empty cache)");
+  }
+  return cache->Append(ctx, saved.k_rope, saved.v);
+}
+
+Status DiffQkvDecodeStep(ExecContext& ctx, const DiffQkvConfig& c, const DiffQkvParams& p,
+                         const TensorView& x_new, KvCache* cache, const TensorView& y_new) {
+  MOE_RETURN_IF_ERROR(ValidateDiffQkvConfig(c, ctx.device()));
+  const DType dt = x_new.dtype();
+  MOE_RETURN_IF_ERROR(CheckArg("x_new", x_new, dt, ctx.device(), {-1, 1, c.model_dim}));
+  MOE_RETURN_IF_ERROR(CheckArg("y_new", y_new, dt, ctx.device(), x_new.shape()));
+  MOE_RETURN_IF_ERROR(CheckParams(c, p, dt, ctx.device(), ""));
+  const int64_t B = x_new.dim(0), D = c.head_dim, position = cache->length();
+  if (cache->batch() != B || cache->n_k() != c.n_k || cache->n_v() != c.n_v ||
+      cache->head_dim() != D || cache->dtype() != dt) {
+    return BadArgument("cache",
+                       absl::StrCat("[", cache->batch(), ", ", cache->n_k(), ", ", cache->n_v(),
+                                    ", ", cache->head_dim(), "] ", DTypeName(cache->dtype())),
+                       absl::StrCat("[B, n_k, n_v, D] = [", B, ", ", c.n_k, ", ", c.n_v, ", ", D,
+                                    "] ", DTypeName(dt)));
+  }
+  MOE_ASSIGN_OR_RETURN(const TensorView x2, x_new.Reshape({B, c.model_dim}));
+  MOE_ASSIGN_OR_RETURN(const TensorView y2, y_new.Reshape({B, c.model_dim}));
+
+  MOE_ASSIGN_OR_RETURN(Tensor q, New(ctx, {B, 1, c.n_q, D}, dt));
+  MOE_ASSIGN_OR_RETURN(const TensorView q2, Flat(q));
+  MOE_RETURN_IF_ERROR(Gemm(ctx, x2, p.w_q, q2));
+  Tensor q_aug = q;
+  if (c.d_aug > 0) {
+    AugQSaved aug;
+    MOE_ASSIGN_OR_RETURN(q_aug, New(ctx, {B, 1, c.n_q, D}, dt));
+    MOE_ASSIGN_OR_RETURN(const TensorView qa2, Flat(q_aug));
+    MOE_RETURN_IF_ERROR(AugQForward(ctx, q2, p.aug, qa2, &aug));
+  }
+  MOE_ASSIGN_OR_RETURN(Tensor k, New(ctx, {B, 1, c.n_k, D}, dt));
+  MOE_ASSIGN_OR_RETURN(Tensor v, New(ctx, {B, 1, c.n_v, D}, dt));
+  MOE_ASSIGN_OR_RETURN(const TensorView k2, Flat(k));
+  MOE_ASSIGN_OR_RETURN(const TensorView v2, Flat(v));
+  MOE_RETURN_IF_ERROR(Gemm(ctx, x2, p.w_k, k2));
+  MOE_RETURN_IF_ERROR(Gemm(ctx, x2, p.w_v, v2));
+  if (c.qk_norm) {
+    MOE_ASSIGN_OR_RETURN(Tensor rstd_q, New(ctx, {B * c.n_q}, DType::kF32));
+    MOE_ASSIGN_OR_RETURN(Tensor rstd_k, New(ctx, {B * c.n_k}, DType::kF32));
+    MOE_RETURN_IF_ERROR(HeadRmsNormForward(ctx, q_aug, p.q_norm, q_aug, rstd_q));
+    MOE_RETURN_IF_ERROR(HeadRmsNormForward(ctx, k, p.k_norm, k, rstd_k));
+  }
+  MOE_RETURN_IF_ERROR(RopeForward(ctx, q_aug, q_aug, c.rope_theta, position));
+  MOE_RETURN_IF_ERROR(RopeForward(ctx, k, k, c.rope_theta, position));
+  MOE_RETURN_IF_ERROR(cache->Append(ctx, k, v));
+
+  MOE_ASSIGN_OR_RETURN(const TensorView q_heads, q_aug.view().Reshape({B, c.n_q, D}));
+  MOE_ASSIGN_OR_RETURN(Tensor o, New(ctx, {B, c.n_q * D}, dt));
+  MOE_ASSIGN_OR_RETURN(const TensorView o_heads, o.view().Reshape({B, c.n_q, D}));
+  MOE_RETURN_IF_ERROR(DecodeAttention(ctx, q_heads, *cache, o_heads));
+  return Gemm(ctx, o, p.w_o, y2);
+}
+
 }  // namespace smoe

@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "attention/aug_q.h"
+#include "attention/kv_cache.h"
 #include "runtime/core/status.h"
 #include "runtime/device/exec_context.h"
 #include "runtime/tensor/tensor.h"
@@ -65,5 +66,17 @@ struct DiffQkvSaved {
                                      const DiffQkvParams& params, const TensorView& x,
                                      const DiffQkvSaved& saved, const TensorView& dy,
                                      const TensorView& dx, const DiffQkvParams& grads);
+
+// Inference. Prefill: after DiffQkvForward over a prompt, appends its RoPE'd keys and its values to
+// an empty cache (InvalidArgument "cache.length" otherwise: the prompt's RoPE positions start at
+// 0).
+[[nodiscard]] Status DiffQkvPrefillCache(ExecContext& ctx, const DiffQkvSaved& saved,
+                                         KvCache* cache);
+// One new token per sequence: x_new, y_new [B, 1, M]. The token takes position cache->length(),
+// its key and value are appended to the cache (so the cache must have room), then it attends to
+// every cached position: y_new equals the row of DiffQkvForward over the whole sequence.
+[[nodiscard]] Status DiffQkvDecodeStep(ExecContext& ctx, const DiffQkvConfig& config,
+                                       const DiffQkvParams& params, const TensorView& x_new,
+                                       KvCache* cache, const TensorView& y_new);
 
 }  // namespace smoe

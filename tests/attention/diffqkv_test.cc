@@ -181,6 +181,50 @@ INSTANTIATE_TEST_SUITE_P(Configs, DiffQkvBlockTest,
                                            std::make_tuple(5, true, 4, 1, 2),     // DiffQKV
                                            std::make_tuple(3, false, 6, 2, 3)));  // non-nested
 
+// Positions [begin, end) of x [B, S, M] as a new tensor.
+Tensor Positions(const Tensor& x, int64_t begin, int64_t end) {
+  const int64_t B = x.dim(0), S = x.dim(1), M = x.dim(2);
+  Tensor out = EmptyCpu({B, end - begin, M});
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t s = begin; s < end; ++s) {
+      for (int64_t j = 0; j < M; ++j) {
+        out.data<float>()[(b * (end - begin) + s - begin) * M + j] =
+            x.data<float>()[(b * S + s) * M + j];
+      }
+    }
+  }
+  return out;
+}
+
+TEST_P(DiffQkvBlockTest, PrefillThenDecodeStepsEqualForwardRows) {
+  const auto [d_aug, qk_norm, n_q, n_k, n_v] = GetParam();
+  const DiffQkvConfig config{6, n_q, n_k, n_v, 4, d_aug, qk_norm, 50.0};
+  const int64_t B = 2, S = 7, prompt = 4;
+  Block block(config, B, S);
+  ExecContext& ctx = ExecContext::Cpu();
+  const DiffQkvParams params = block.Params(block.tensors);
+  const Tensor& x = block.tensors[0];
+  Tensor y = EmptyCpu(x.shape());
+  DiffQkvSaved saved;
+  MOE_ASSERT_OK(DiffQkvForward(ctx, config, params, x, y, &saved));
+
+  MOE_ASSERT_OK_AND_ASSIGN(KvCache cache, KvCache::Create(ctx, B, S, n_k, n_v, 4, DType::kF32));
+  Tensor x_prompt = Positions(x, 0, prompt), y_prompt = EmptyCpu(x_prompt.shape());
+  DiffQkvSaved prompt_saved;
+  MOE_ASSERT_OK(DiffQkvForward(ctx, config, params, x_prompt, y_prompt, &prompt_saved));
+  MOE_ASSERT_OK(DiffQkvPrefillCache(ctx, prompt_saved, &cache));
+  EXPECT_THAT(DiffQkvPrefillCache(ctx, prompt_saved, &cache),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.length: got 4")));
+  for (int64_t s = prompt; s < S; ++s) {
+    Tensor y_new = EmptyCpu({B, 1, config.model_dim});
+    MOE_ASSERT_OK(DiffQkvDecodeStep(ctx, config, params, Positions(x, s, s + 1), &cache, y_new));
+    EXPECT_TRUE(testing::AllClose(y_new, Positions(y, s, s + 1), {1e-5, 1e-4})) << "position " << s;
+  }
+  Tensor y_new = EmptyCpu({B, 1, config.model_dim});
+  EXPECT_THAT(DiffQkvDecodeStep(ctx, config, params, Positions(x, 0, 1), &cache, y_new),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.capacity")));
+}
+
 TEST(DiffQkvBlockTest, BadConfig) {
   DiffQkvConfig config{6, 4, 3, 2, 4, 0, false, 1e4};
   EXPECT_THAT(ValidateDiffQkvConfig(config, Device::Cpu()),
