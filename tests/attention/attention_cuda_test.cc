@@ -214,5 +214,57 @@ TEST(DiffQkvParityTest, BlockForwardAndBackward) {
   }));
 }
 
+TEST(DiffQkvCudaTest, DecodeStepsEqualForwardRows) {
+  MOE_SKIP_WITHOUT_CUDA();
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<ExecContext> ctx, ExecContext::Create(Device::Cuda()));
+  const DiffQkvConfig c{64, 16, 2, 8, 96, 48, true, 10000.0};
+  const int64_t B = 2, S = 40, prompt = 37, M = c.model_dim, qd = c.n_q * c.head_dim;
+  uint64_t seed = 1;
+  auto random = [&](Shape shape, float stddev, float mean = 0.0f) {
+    Tensor t = *Tensor::Empty(shape, DType::kF32, Device::Cuda());
+    MOE_CHECK_OK(FillNormal(*ctx, t, seed++, 0, mean, stddev));
+    return t;
+  };
+  const float ws = 1.0f / std::sqrt(float(M)), qs = 1.0f / std::sqrt(float(qd));
+  Tensor w_q = random({M, qd}, ws), w_k = random({M, c.n_k * c.head_dim}, ws);
+  Tensor w_v = random({M, c.n_v * c.head_dim}, ws), w_o = random({qd, M}, qs);
+  Tensor w_gate = random({qd, c.d_aug}, qs), w_up = random({qd, c.d_aug}, qs);
+  Tensor w_down = random({c.d_aug, qd}, 0.2f);
+  Tensor q_norm = random({c.head_dim}, 0.1f, 1.0f), k_norm = random({c.head_dim}, 0.1f, 1.0f);
+  const DiffQkvParams p{w_q, w_k, w_v, w_o, {w_gate, w_up, w_down}, q_norm, k_norm};
+  Tensor x = random({B, S, M}, 1.0f);
+  Tensor y = *Tensor::Empty(x.shape(), DType::kF32, Device::Cuda());
+  DiffQkvSaved saved;
+  MOE_ASSERT_OK(DiffQkvForward(*ctx, c, p, x, y, &saved));
+
+  // Row s of each sequence of a [B, S, M] tensor, as views of rows of [B*S, M].
+  MOE_ASSERT_OK_AND_ASSIGN(TensorView x_rows, x.view().Reshape({B * S, M}));
+  MOE_ASSERT_OK_AND_ASSIGN(TensorView y_rows, y.view().Reshape({B * S, M}));
+  auto gather = [&](const TensorView& rows, int64_t begin, int64_t end) {
+    Tensor out = *Tensor::Empty({B, end - begin, M}, DType::kF32, Device::Cuda());
+    const TensorView flat = *out.view().Reshape({B * (end - begin), M});
+    for (int64_t b = 0; b < B; ++b) {
+      MOE_CHECK_OK(Copy(*ctx, rows.Rows(b * S + begin, b * S + end),
+                        flat.Rows(b * (end - begin), (b + 1) * (end - begin))));
+    }
+    return out;
+  };
+  MOE_ASSERT_OK_AND_ASSIGN(KvCache cache,
+                           KvCache::Create(*ctx, B, S, c.n_k, c.n_v, c.head_dim, DType::kF32));
+  Tensor x_prompt = gather(x_rows, 0, prompt);
+  Tensor y_prompt = *Tensor::Empty(x_prompt.shape(), DType::kF32, Device::Cuda());
+  DiffQkvSaved prompt_saved;
+  MOE_ASSERT_OK(DiffQkvForward(*ctx, c, p, x_prompt, y_prompt, &prompt_saved));
+  MOE_ASSERT_OK(DiffQkvPrefillCache(*ctx, prompt_saved, &cache));
+  for (int64_t s = prompt; s < S; ++s) {
+    Tensor y_new = *Tensor::Empty({B, 1, M}, DType::kF32, Device::Cuda());
+    MOE_ASSERT_OK(DiffQkvDecodeStep(*ctx, c, p, gather(x_rows, s, s + 1), &cache, y_new));
+    Tensor expected = gather(y_rows, s, s + 1);
+    // The comparison reads on a stream of its own: finish ours first.
+    MOE_ASSERT_OK(ctx->Synchronize());
+    EXPECT_TRUE(testing::AllClose(y_new, expected, Tolerance{1e-4, 1e-3})) << "position " << s;
+  }
+}
+
 }  // namespace
 }  // namespace smoe
