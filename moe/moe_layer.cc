@@ -108,7 +108,7 @@ StatusOr<AuxLossValues> MoEForward(ExecContext& ctx, const MoELayerConfig& confi
 
 Status MoEBackward(ExecContext& ctx, const MoELayerConfig& config, const MoEParamViews& params,
                    const MoEState& s, const TensorView& dy, const TensorView& dx,
-                   const MoEGradViews& grads, bool accumulate_grads) {
+                   const MoEGradViews& grads, bool accumulate_grads, float aux_grad_scale) {
   if (!s.valid) return absl::FailedPreconditionError("MoE backward before a successful forward");
   if (s.top_k != config.top_k) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -137,8 +137,16 @@ Status MoEBackward(ExecContext& ctx, const MoELayerConfig& config, const MoEPara
   // Router backward: gates and aux losses -> logits -> x and w_gate; dx sums both paths.
   MOE_ASSIGN_OR_RETURN(Tensor dx_router, Tensor::Empty({t, m}, config.dtype, device));
   const RouterConfig router{config.num_experts, config.top_k, config.renormalize};
+  TensorView d_logits_aux = s.d_logits_aux;
+  Tensor scaled_aux;
+  if (aux_grad_scale != 1.0f) {
+    MOE_ASSIGN_OR_RETURN(scaled_aux, Tensor::Empty(s.d_logits_aux.shape(), DType::kF32, device));
+    MOE_RETURN_IF_ERROR(Fill(ctx, scaled_aux, 0.0));
+    MOE_RETURN_IF_ERROR(Axpy(ctx, scaled_aux, aux_grad_scale, s.d_logits_aux, scaled_aux));
+    d_logits_aux = scaled_aux;
+  }
   MOE_RETURN_IF_ERROR(RouterBackward(ctx, router, s.x, params.w_gate, s.probs, s.topk_idx, dgates,
-                                     s.d_logits_aux, dx_router, grads.w_gate, accumulate_grads));
+                                     d_logits_aux, dx_router, grads.w_gate, accumulate_grads));
   return Axpy(ctx, dx, 1.0f, dx_router, dx);
 }
 

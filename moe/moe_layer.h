@@ -76,7 +76,9 @@ struct MoEState {
 [[nodiscard]] Status MoEBackward(ExecContext& ctx, const MoELayerConfig& config,
                                  const MoEParamViews& params, const MoEState& state,
                                  const TensorView& dy, const TensorView& dx,
-                                 const MoEGradViews& grads, bool accumulate_grads = false);
+                                 const MoEGradViews& grads, bool accumulate_grads = false,
+                                 float aux_grad_scale = 1.0f);
+// (aux_grad_scale multiplies the aux losses' gradient, e.g. 1/N under N-way gradient accumulation.)
 // Routing statistics of the forward that filled `state` (host sync).
 [[nodiscard]] StatusOr<RoutingStats> MoEStats(ExecContext& ctx, const MoEState& state);
 
