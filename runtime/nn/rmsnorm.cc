@@ -1,0 +1,159 @@
+#include "runtime/nn/rmsnorm.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+
+namespace smoe {
+namespace {
+
+double Widen(double v) { return v; }
+double Widen(float v) { return v; }
+double Widen(BF16 v) { return BF16ToFloat(v); }
+void Store(double* p, double v) { *p = v; }
+void Store(float* p, double v) { *p = static_cast<float>(v); }
+void Store(BF16* p, double v) { *p = FloatToBF16(static_cast<float>(v)); }
+
+Status CheckOnContext(absl::string_view name, const ExecContext& ctx, const TensorView& t,
+                      DType dtype, const Shape& shape) {
+  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, ctx.device(), shape));
+  return CheckContiguous(name, t);
+}
+
+Status CheckX(const ExecContext& ctx, const TensorView& x) {
+  if (!IsFloating(x.dtype())) {
+    return BadArgument("x.dtype", DTypeName(x.dtype()), "f32 or bf16");
+  }
+  MOE_RETURN_IF_ERROR(CheckOnContext("x", ctx, x, x.dtype(), {-1, -1}));
+  if (x.dim(1) < 1) return BadArgument("x.shape[1]", absl::StrCat(x.dim(1)), ">= 1");
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+namespace internal {
+
+template <typename X, typename P>
+void RMSNormForwardCpu(const X* x, const P* gain, double eps, int64_t rows, int64_t cols, X* y,
+                       P* rstd) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const X* xr = x + r * cols;
+    double sum_sq = 0.0;
+    for (int64_t c = 0; c < cols; ++c) sum_sq += Widen(xr[c]) * Widen(xr[c]);
+    const double inv = 1.0 / std::sqrt(sum_sq / static_cast<double>(cols) + eps);
+    Store(&rstd[r], inv);
+    for (int64_t c = 0; c < cols; ++c) Store(&y[r * cols + c], Widen(xr[c]) * inv * Widen(gain[c]));
+  }
+}
+
+template <typename X, typename P>
+void RMSNormBackwardCpu(const X* x, const P* gain, const P* rstd, const X* dy, int64_t rows,
+                        int64_t cols, X* dx, P* dgain) {
+  // dgain first: dx may alias dy.
+  for (int64_t c = 0; c < cols; ++c) {
+    double sum = 0.0;
+    for (int64_t r = 0; r < rows; ++r) {
+      sum += Widen(dy[r * cols + c]) * Widen(x[r * cols + c]) * Widen(rstd[r]);
+    }
+    Store(&dgain[c], Widen(dgain[c]) + sum);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const double inv = Widen(rstd[r]);
+    double dot = 0.0;
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t i = r * cols + c;
+      dot += Widen(dy[i]) * Widen(gain[c]) * Widen(x[i]) * inv;
+    }
+    const double mean_dot = dot / static_cast<double>(cols);
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t i = r * cols + c;
+      const double g = Widen(dy[i]) * Widen(gain[c]);
+      Store(&dx[i], inv * (g - Widen(x[i]) * inv * mean_dot));
+    }
+  }
+}
+
+template void RMSNormForwardCpu<float, float>(const float*, const float*, double, int64_t, int64_t,
+                                              float*, float*);
+template void RMSNormForwardCpu<BF16, float>(const BF16*, const float*, double, int64_t, int64_t,
+                                             BF16*, float*);
+template void RMSNormForwardCpu<double, double>(const double*, const double*, double, int64_t,
+                                                int64_t, double*, double*);
+template void RMSNormBackwardCpu<float, float>(const float*, const float*, const float*,
+                                               const float*, int64_t, int64_t, float*, float*);
+template void RMSNormBackwardCpu<BF16, float>(const BF16*, const float*, const float*, const BF16*,
+                                              int64_t, int64_t, BF16*, float*);
+template void RMSNormBackwardCpu<double, double>(const double*, const double*, const double*,
+                                                 const double*, int64_t, int64_t, double*,
+                                                 double*);
+
+}  // namespace internal
+
+Status RMSNormForward(ExecContext& ctx, const TensorView& x, const TensorView& gain, float eps,
+                      const TensorView& y, const TensorView& rstd) {
+  MOE_RETURN_IF_ERROR(CheckX(ctx, x));
+  const int64_t rows = x.dim(0), cols = x.dim(1);
+  MOE_RETURN_IF_ERROR(CheckOnContext("gain", ctx, gain, DType::kF32, {cols}));
+  MOE_RETURN_IF_ERROR(CheckOnContext("y", ctx, y, x.dtype(), {rows, cols}));
+  MOE_RETURN_IF_ERROR(CheckOnContext("rstd", ctx, rstd, DType::kF32, {rows}));
+  if (!std::isfinite(eps) || eps < 0.0f) {
+    return BadArgument("eps", absl::StrCat(eps), "finite and >= 0");
+  }
+  if (rows == 0) return absl::OkStatus();
+  if (ctx.device().is_cuda()) {
+    return internal::RMSNormForwardCuda(ctx, x.dtype(), x.data(), gain.data<float>(), eps, rows,
+                                        cols, y.data(), rstd.data<float>());
+  }
+  if (x.dtype() == DType::kF32) {
+    internal::RMSNormForwardCpu(x.data<float>(), gain.data<float>(), eps, rows, cols,
+                                y.data<float>(), rstd.data<float>());
+  } else {
+    internal::RMSNormForwardCpu(x.data<BF16>(), gain.data<float>(), eps, rows, cols,
+                                y.data<BF16>(), rstd.data<float>());
+  }
+  return absl::OkStatus();
+}
+
+Status RMSNormBackward(ExecContext& ctx, const TensorView& x, const TensorView& gain,
+                       const TensorView& rstd, const TensorView& dy, const TensorView& dx,
+                       const TensorView& dgain) {
+  MOE_RETURN_IF_ERROR(CheckX(ctx, x));
+  const int64_t rows = x.dim(0), cols = x.dim(1);
+  MOE_RETURN_IF_ERROR(CheckOnContext("gain", ctx, gain, DType::kF32, {cols}));
+  MOE_RETURN_IF_ERROR(CheckOnContext("rstd", ctx, rstd, DType::kF32, {rows}));
+  MOE_RETURN_IF_ERROR(CheckOnContext("dy", ctx, dy, x.dtype(), {rows, cols}));
+  MOE_RETURN_IF_ERROR(CheckOnContext("dx", ctx, dx, x.dtype(), {rows, cols}));
+  MOE_RETURN_IF_ERROR(CheckOnContext("dgain", ctx, dgain, DType::kF32, {cols}));
+  if (rows == 0) return absl::OkStatus();
+  if (ctx.device().is_cuda()) {
+    return internal::RMSNormBackwardCuda(ctx, x.dtype(), x.data(), gain.data<float>(),
+                                         rstd.data<float>(), dy.data(), rows, cols, dx.data(),
+                                         dgain.data<float>());
+  }
+  if (x.dtype() == DType::kF32) {
+    internal::RMSNormBackwardCpu(x.data<float>(), gain.data<float>(), rstd.data<float>(),
+                                 dy.data<float>(), rows, cols, dx.data<float>(),
+                                 dgain.data<float>());
+  } else {
+    internal::RMSNormBackwardCpu(x.data<BF16>(), gain.data<float>(), rstd.data<float>(),
+                                 dy.data<BF16>(), rows, cols, dx.data<BF16>(),
+                                 dgain.data<float>());
+  }
+  return absl::OkStatus();
+}
+
+#if !MOE_WITH_CUDA
+namespace internal {
+Status RMSNormForwardCuda(ExecContext&, DType, const void*, const float*, float, int64_t, int64_t,
+                          void*, float*) {
+  return absl::FailedPreconditionError("RMSNormForward on CUDA, but this build has no CUDA backend");
+}
+Status RMSNormBackwardCuda(ExecContext&, DType, const void*, const float*, const float*,
+                           const void*, int64_t, int64_t, void*, float*) {
+  return absl::FailedPreconditionError(
+      "RMSNormBackward on CUDA, but this build has no CUDA backend");
+}
+}  // namespace internal
+#endif
+
+}  // namespace smoe
