@@ -30,6 +30,24 @@ StatusOr<std::unique_ptr<ExecContext>> ExecContext::Create(Device device) {
   return ctx;
 }
 
+StatusOr<std::unique_ptr<ExecContext>> ExecContext::CreateOnStream(Device device,
+                                                                  CudaStream stream) {
+  if (!device.is_cuda()) {
+    return BadArgument("device", device.ToString(), "a CUDA device (CreateOnStream)");
+  }
+  MOE_ASSIGN_OR_RETURN(Allocator * allocator, AllocatorFor(device));
+  std::unique_ptr<ExecContext> ctx(new ExecContext(device, allocator));
+  ctx->stream_ = stream;
+  ctx->owns_stream_ = false;
+#if MOE_WITH_CUDA
+  MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(device.index));
+  MOE_CUBLAS_RETURN_IF_ERROR(cublasCreate(&ctx->cublas_));
+  MOE_CUBLAS_RETURN_IF_ERROR(cublasSetStream(ctx->cublas_, ctx->stream_));
+  MOE_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&ctx->cublas_lt_));
+#endif
+  return ctx;
+}
+
 ExecContext& ExecContext::Cpu() {
   static ExecContext* ctx = new ExecContext(Device::Cpu(), CpuAllocator());
   return *ctx;
@@ -42,7 +60,7 @@ ExecContext::~ExecContext() {
 #if MOE_WITH_CUDA
   if (cublas_lt_ != nullptr) cublasLtDestroy(cublas_lt_);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
-  if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  if (stream_ != nullptr && owns_stream_) cudaStreamDestroy(stream_);
 #endif
 }
 

@@ -27,6 +27,12 @@ class ExecContext {
   // A context for `device`. For CUDA: a new non-blocking stream and cuBLAS/cuBLASLt handles
   // bound to it; FailedPrecondition when the device is not available.
   [[nodiscard]] static StatusOr<std::unique_ptr<ExecContext>> Create(Device device);
+  // A CUDA context that enqueues on an existing `stream` (e.g. PyTorch's current stream) with its
+  // own cuBLAS/cuBLASLt handles; the stream is borrowed, never destroyed. The caller keeps the
+  // stream alive for the context's lifetime. InvalidArgument for a CPU device; FailedPrecondition
+  // when the device is not available.
+  [[nodiscard]] static StatusOr<std::unique_ptr<ExecContext>> CreateOnStream(Device device,
+                                                                             CudaStream stream);
   // A process-wide CPU context (for tests, tools and CPU-only callers).
   static ExecContext& Cpu();
 
@@ -56,6 +62,7 @@ class ExecContext {
   Device device_;
   Allocator* allocator_;
   CudaStream stream_ = nullptr;
+  bool owns_stream_ = true;
   CublasHandle cublas_ = nullptr;
   CublasLtHandle cublas_lt_ = nullptr;
   void* workspace_ = nullptr;
