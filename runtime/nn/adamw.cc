@@ -63,10 +63,9 @@ Status AdamWStep(ExecContext& ctx, const AdamWConfig& config, int64_t step, floa
   const auto bias2 = static_cast<float>(1.0 - std::pow(double{config.beta2}, double(step)));
   const auto decay = static_cast<float>(1.0 - double{config.lr} * config.weight_decay);
   if (ctx.device().is_cuda()) {
-    return internal::AdamWStepCuda(ctx, config, bias1, bias2, decay, grad_scale,
-                                   params.data<float>(), grads.data<float>(), m.data<float>(),
-                                   v.data<float>(), shadow.dtype(),
-                                   has_shadow ? shadow.data() : nullptr, n);
+    return internal::AdamWStepCuda(
+        ctx, config, bias1, bias2, decay, grad_scale, params.data<float>(), grads.data<float>(),
+        m.data<float>(), v.data<float>(), shadow.dtype(), has_shadow ? shadow.data() : nullptr, n);
   }
   float* p = params.data<float>();
   const float* g = grads.data<float>();

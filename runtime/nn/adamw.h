@@ -70,8 +70,7 @@ MOE_HD float AdamWUpdate(float param, float grad, float* m, float* v, float lr, 
                                    void* shadow, int64_t n);
 [[nodiscard]] Status AccumulateSquaredNormCuda(ExecContext& ctx, const float* g, int64_t n,
                                                float* out);
-[[nodiscard]] StatusOr<bool> AllFiniteCuda(ExecContext& ctx, DType dtype, const void* t,
-                                           int64_t n);
+[[nodiscard]] StatusOr<bool> AllFiniteCuda(ExecContext& ctx, DType dtype, const void* t, int64_t n);
 
 }  // namespace internal
 }  // namespace smoe

@@ -88,12 +88,12 @@ Status AdamWStepCuda(ExecContext& ctx, const AdamWConfig& config, float bias1, f
   const unsigned blocks = Blocks(n, kMaxBlocks);
   if (shadow == nullptr || shadow_dtype == DType::kF32) {
     AdamWKernel<<<blocks, kThreads, 0, ctx.stream()>>>(
-        params, grads, m, v, config.lr, config.beta1, config.beta2, config.eps, bias1, bias2,
-        decay, grad_scale, static_cast<float*>(shadow), n);
+        params, grads, m, v, config.lr, config.beta1, config.beta2, config.eps, bias1, bias2, decay,
+        grad_scale, static_cast<float*>(shadow), n);
   } else {
     AdamWKernel<<<blocks, kThreads, 0, ctx.stream()>>>(
-        params, grads, m, v, config.lr, config.beta1, config.beta2, config.eps, bias1, bias2,
-        decay, grad_scale, static_cast<BF16*>(shadow), n);
+        params, grads, m, v, config.lr, config.beta1, config.beta2, config.eps, bias1, bias2, decay,
+        grad_scale, static_cast<BF16*>(shadow), n);
   }
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("AdamWKernel");
   return absl::OkStatus();
@@ -105,8 +105,7 @@ Status AccumulateSquaredNormCuda(ExecContext& ctx, const float* g, int64_t n, fl
   double* partial = static_cast<double*>(workspace);
   SquaredNormPartialKernel<<<blocks, kThreads, 0, ctx.stream()>>>(g, n, partial);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("SquaredNormPartialKernel");
-  SquaredNormFinishKernel<<<1, kThreads, 0, ctx.stream()>>>(partial, static_cast<int>(blocks),
-                                                            out);
+  SquaredNormFinishKernel<<<1, kThreads, 0, ctx.stream()>>>(partial, static_cast<int>(blocks), out);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("SquaredNormFinishKernel");
   return absl::OkStatus();
 }

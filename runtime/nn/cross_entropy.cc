@@ -137,8 +137,7 @@ double CrossEntropyCpu(const L* logits, const int32_t* targets, int64_t tokens, 
 
 template double CrossEntropyCpu<float>(const float*, const int32_t*, int64_t, int64_t, double,
                                        float*);
-template double CrossEntropyCpu<BF16>(const BF16*, const int32_t*, int64_t, int64_t, double,
-                                      BF16*);
+template double CrossEntropyCpu<BF16>(const BF16*, const int32_t*, int64_t, int64_t, double, BF16*);
 template double CrossEntropyCpu<double>(const double*, const int32_t*, int64_t, int64_t, double,
                                         double*);
 

@@ -57,8 +57,7 @@ void EmbeddingBackwardCpu(const int32_t* ids, const S* dout, int64_t tokens, int
 
 template void EmbeddingForwardCpu<float>(const int32_t*, const float*, int64_t, int64_t, float*);
 template void EmbeddingForwardCpu<BF16>(const int32_t*, const BF16*, int64_t, int64_t, BF16*);
-template void EmbeddingForwardCpu<double>(const int32_t*, const double*, int64_t, int64_t,
-                                          double*);
+template void EmbeddingForwardCpu<double>(const int32_t*, const double*, int64_t, int64_t, double*);
 template void EmbeddingBackwardCpu<float, float>(const int32_t*, const float*, int64_t, int64_t,
                                                  float*);
 template void EmbeddingBackwardCpu<BF16, float>(const int32_t*, const BF16*, int64_t, int64_t,

@@ -38,7 +38,8 @@ namespace internal {
 template <typename S>
 void EmbeddingForwardCpu(const int32_t* ids, const S* table, int64_t tokens, int64_t dim, S* out);
 template <typename S, typename G>
-void EmbeddingBackwardCpu(const int32_t* ids, const S* dout, int64_t tokens, int64_t dim, G* dtable);
+void EmbeddingBackwardCpu(const int32_t* ids, const S* dout, int64_t tokens, int64_t dim,
+                          G* dtable);
 
 // Backends, called after validation with T > 0 and M > 0.
 [[nodiscard]] Status EmbeddingForwardCuda(ExecContext& ctx, DType dtype, const int32_t* ids,

@@ -21,7 +21,8 @@ __device__ __forceinline__ float Widen(float v) { return v; }
 __device__ __forceinline__ float Widen(BF16 v) { return BF16ToFloat(v); }
 
 unsigned Blocks(int64_t n) {
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min((n + kThreads - 1) / kThreads, kMaxBlocks)));
+  return static_cast<unsigned>(
+      std::max<int64_t>(1, std::min((n + kThreads - 1) / kThreads, kMaxBlocks)));
 }
 
 template <typename S>
@@ -71,7 +72,8 @@ __global__ void SegmentSumKernel(const uint32_t* sorted_keys, const int32_t* sor
   float* row = dtable + int64_t{key} * dim;
   for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) {
     float sum = 0.0f;
-    for (int64_t j = begin; j < end; ++j) sum += Widen(dout[int64_t{sorted_positions[j]} * dim + c]);
+    for (int64_t j = begin; j < end; ++j)
+      sum += Widen(dout[int64_t{sorted_positions[j]} * dim + c]);
     row[c] += sum;
   }
 }
@@ -106,8 +108,8 @@ Status EmbeddingBackwardCuda(ExecContext& ctx, DType dout_dtype, const int32_t* 
                              const void* dout, int64_t vocab, int64_t tokens, int64_t dim,
                              float* dtable) {
   if (tokens > INT32_MAX || vocab >= INT32_MAX) {
-    return BadArgument("ids.shape[0] / dtable.shape[0]",
-                       absl::StrCat(tokens, " / ", vocab), "below 2^31 on CUDA");
+    return BadArgument("ids.shape[0] / dtable.shape[0]", absl::StrCat(tokens, " / ", vocab),
+                       "below 2^31 on CUDA");
   }
   const int items = static_cast<int>(tokens);
   const int key_bits = KeyBits(vocab);  // enough bits for the sentinel key `vocab` too
@@ -126,22 +128,19 @@ Status EmbeddingBackwardCuda(ExecContext& ctx, DType dout_dtype, const int32_t* 
   void* sort_temp = base + 4 * array_bytes;
 
   SortInputsKernel<<<Blocks(tokens), kThreads, 0, ctx.stream()>>>(ids, vocab, tokens, keys,
-                                                                   positions);
+                                                                  positions);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("SortInputsKernel");
-  MOE_CUDA_RETURN_IF_ERROR(cub::DeviceRadixSort::SortPairs(sort_temp, sort_bytes, keys,
-                                                           sorted_keys, positions,
-                                                           sorted_positions, items, 0, key_bits,
-                                                           ctx.stream()));
+  MOE_CUDA_RETURN_IF_ERROR(cub::DeviceRadixSort::SortPairs(sort_temp, sort_bytes, keys, sorted_keys,
+                                                           positions, sorted_positions, items, 0,
+                                                           key_bits, ctx.stream()));
   const unsigned blocks = static_cast<unsigned>(tokens);
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, (dim + 31) / 32 * 32));
   if (dout_dtype == DType::kF32) {
-    SegmentSumKernel<<<blocks, threads, 0, ctx.stream()>>>(sorted_keys, sorted_positions,
-                                                           static_cast<const float*>(dout), vocab,
-                                                           tokens, dim, dtable);
+    SegmentSumKernel<<<blocks, threads, 0, ctx.stream()>>>(
+        sorted_keys, sorted_positions, static_cast<const float*>(dout), vocab, tokens, dim, dtable);
   } else {
-    SegmentSumKernel<<<blocks, threads, 0, ctx.stream()>>>(sorted_keys, sorted_positions,
-                                                           static_cast<const BF16*>(dout), vocab,
-                                                           tokens, dim, dtable);
+    SegmentSumKernel<<<blocks, threads, 0, ctx.stream()>>>(
+        sorted_keys, sorted_positions, static_cast<const BF16*>(dout), vocab, tokens, dim, dtable);
   }
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("SegmentSumKernel");
   return absl::OkStatus();

@@ -84,8 +84,7 @@ template void RMSNormBackwardCpu<float, float>(const float*, const float*, const
 template void RMSNormBackwardCpu<BF16, float>(const BF16*, const float*, const float*, const BF16*,
                                               int64_t, int64_t, BF16*, float*);
 template void RMSNormBackwardCpu<double, double>(const double*, const double*, const double*,
-                                                 const double*, int64_t, int64_t, double*,
-                                                 double*);
+                                                 const double*, int64_t, int64_t, double*, double*);
 
 }  // namespace internal
 
@@ -108,8 +107,8 @@ Status RMSNormForward(ExecContext& ctx, const TensorView& x, const TensorView& g
     internal::RMSNormForwardCpu(x.data<float>(), gain.data<float>(), eps, rows, cols,
                                 y.data<float>(), rstd.data<float>());
   } else {
-    internal::RMSNormForwardCpu(x.data<BF16>(), gain.data<float>(), eps, rows, cols,
-                                y.data<BF16>(), rstd.data<float>());
+    internal::RMSNormForwardCpu(x.data<BF16>(), gain.data<float>(), eps, rows, cols, y.data<BF16>(),
+                                rstd.data<float>());
   }
   return absl::OkStatus();
 }
@@ -136,8 +135,7 @@ Status RMSNormBackward(ExecContext& ctx, const TensorView& x, const TensorView& 
                                  dgain.data<float>());
   } else {
     internal::RMSNormBackwardCpu(x.data<BF16>(), gain.data<float>(), rstd.data<float>(),
-                                 dy.data<BF16>(), rows, cols, dx.data<BF16>(),
-                                 dgain.data<float>());
+                                 dy.data<BF16>(), rows, cols, dx.data<BF16>(), dgain.data<float>());
   }
   return absl::OkStatus();
 }
@@ -146,7 +144,8 @@ Status RMSNormBackward(ExecContext& ctx, const TensorView& x, const TensorView& 
 namespace internal {
 Status RMSNormForwardCuda(ExecContext&, DType, const void*, const float*, float, int64_t, int64_t,
                           void*, float*) {
-  return absl::FailedPreconditionError("RMSNormForward on CUDA, but this build has no CUDA backend");
+  return absl::FailedPreconditionError(
+      "RMSNormForward on CUDA, but this build has no CUDA backend");
 }
 Status RMSNormBackwardCuda(ExecContext&, DType, const void*, const float*, const float*,
                            const void*, int64_t, int64_t, void*, float*) {

@@ -1,6 +1,7 @@
 // RMSNorm over the rows of x, and its backward.
 //
-//   RMSNormForward:  rstd[r] = 1 / sqrt(mean_j x[r, j]^2 + eps),  y[r, j] = x[r, j] * rstd[r] * gain[j]
+//   RMSNormForward:  rstd[r] = 1 / sqrt(mean_j x[r, j]^2 + eps)
+//                    y[r, j] = x[r, j] * rstd[r] * gain[j]
 //   RMSNormBackward: with xhat = x * rstd and g = dy * gain,
 //                    dx[r, j] = rstd[r] * (g[r, j] - xhat[r, j] * mean_k(g[r, k] * xhat[r, k]))
 //                    dgain[j] += sum_r dy[r, j] * xhat[r, j]
@@ -11,7 +12,7 @@
 // double on CPU; every output is rounded once to its dtype. No host sync.
 // Determinism: fixed reduction orders, no float atomics. dgain on CUDA sums fixed chunks of rows
 // in row order, then the chunks in order (workspace: ceil(R / 128) * C f32). CPU and CUDA agree
-// within fp32 rounding.
+// within fp32 rounding. CUDA takes R <= 65535 * 128 (InvalidArgument beyond).
 #pragma once
 
 #include <cstdint>

@@ -95,6 +95,10 @@ template <typename S>
 Status Backward(ExecContext& ctx, const S* x, const float* gain, const float* rstd, const S* dy,
                 int64_t rows, int64_t cols, S* dx, float* dgain) {
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  if (chunks > 65535) {  // the chunks index gridDim.y
+    return BadArgument("x.shape[0]", absl::StrCat(rows),
+                       absl::StrCat("at most ", 65535 * kRowsPerChunk, " rows on CUDA"));
+  }
   MOE_ASSIGN_OR_RETURN(void* workspace,
                        ctx.Workspace(sizeof(float) * static_cast<size_t>(chunks * cols)));
   float* partial = static_cast<float*>(workspace);
@@ -106,7 +110,7 @@ Status Backward(ExecContext& ctx, const S* x, const float* gain, const float* rs
   DgainFinishKernel<<<col_blocks, kThreads, 0, ctx.stream()>>>(partial, chunks, cols, dgain);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("DgainFinishKernel");
   RMSNormDxKernel<<<RowBlocks(rows), kWarpsPerBlock * 32, 0, ctx.stream()>>>(x, gain, rstd, dy,
-                                                                              rows, cols, dx);
+                                                                             rows, cols, dx);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("RMSNormDxKernel");
   return absl::OkStatus();
 }

@@ -50,8 +50,8 @@ struct DoubleAdamW {
 
 TEST(AdamWTest, SeveralStepsMatchDoubleWithDecayScaleAndBf16Shadow) {
   const int64_t n = 257;
-  const AdamWConfig config{.lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
-                           .weight_decay = 0.1f};
+  const AdamWConfig config{
+      .lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
   Tensor params = Random({n}, DType::kF32, 1);
   Tensor m = Zeros({n}), v = Zeros({n});
   Tensor shadow = Make({n}, DType::kBF16);
@@ -96,8 +96,8 @@ TEST(AdamWTest, F32ShadowCopiesParamsAndZeroLrOnlyMovesMoments) {
   Tensor grads = Random({n}, DType::kF32, 3);
   Tensor m = Zeros({n}), v = Zeros({n});
   Tensor shadow = Make({n}, DType::kF32);
-  MOE_ASSERT_OK(AdamWStep(Cpu(), {.lr = 0.0f, .weight_decay = 0.3f}, 1, 1.0f, params, grads, m, v,
-                          shadow));
+  MOE_ASSERT_OK(
+      AdamWStep(Cpu(), {.lr = 0.0f, .weight_decay = 0.3f}, 1, 1.0f, params, grads, m, v, shadow));
   EXPECT_EQ(ToDoubles(params), before);
   EXPECT_TRUE(testing::AllEqual(shadow, params));
   EXPECT_NE(ToDoubles(m), std::vector<double>(n, 0.0));
@@ -120,9 +120,9 @@ TEST(AdamWTest, BadArguments) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("config.beta1: got 1")));
   EXPECT_THAT(AdamWStep(Cpu(), {.lr = -1.0f}, 1, 1.0f, p, g, m, v, TensorView()),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("config.lr")));
-  EXPECT_THAT(AdamWStep(Cpu(), ok, 1, std::numeric_limits<float>::quiet_NaN(), p, g, m, v,
-                        TensorView()),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("grad_scale")));
+  EXPECT_THAT(
+      AdamWStep(Cpu(), ok, 1, std::numeric_limits<float>::quiet_NaN(), p, g, m, v, TensorView()),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("grad_scale")));
 }
 
 TEST(SquaredNormTest, HandWorkedAndAccumulates) {
@@ -155,12 +155,13 @@ TEST(AllFiniteTest, DetectsNaNAndInf) {
     Tensor t = Random({5, 13}, dtype, 6, 100.0f);
     MOE_ASSERT_OK_AND_ASSIGN(bool finite, AllFinite(Cpu(), t));
     EXPECT_TRUE(finite);
-    for (double bad : {std::numeric_limits<double>::quiet_NaN(),
-                       std::numeric_limits<double>::infinity(),
-                       -std::numeric_limits<double>::infinity()}) {
+    for (double bad :
+         {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity(),
+          -std::numeric_limits<double>::infinity()}) {
       Tensor u = Random({5, 13}, dtype, 6);
-      MOE_ASSERT_OK(Fill(Cpu(), TensorView(static_cast<char*>(u.data()) + 40 * DTypeSize(dtype),
-                                           dtype, {1}, Device::Cpu()),
+      MOE_ASSERT_OK(Fill(Cpu(),
+                         TensorView(static_cast<char*>(u.data()) + 40 * DTypeSize(dtype), dtype,
+                                    {1}, Device::Cpu()),
                          bad));
       MOE_ASSERT_OK_AND_ASSIGN(bool ok, AllFinite(Cpu(), u));
       EXPECT_FALSE(ok) << DTypeName(dtype) << " " << bad;

@@ -126,7 +126,8 @@ TEST(CrossEntropyTest, ScaleMultipliesTheGradientOnly) {
   Tensor logits = Random({tokens, vocab}, DType::kF32, 12);
   Tensor targets = RandomTargets(tokens, vocab, 13);
   Tensor d1 = Make({tokens, vocab}, DType::kF32), d3 = Make({tokens, vocab}, DType::kF32);
-  MOE_ASSERT_OK_AND_ASSIGN(double l1, CrossEntropyForwardBackward(Cpu(), logits, targets, 1.0f, d1));
+  MOE_ASSERT_OK_AND_ASSIGN(double l1,
+                           CrossEntropyForwardBackward(Cpu(), logits, targets, 1.0f, d1));
   MOE_ASSERT_OK_AND_ASSIGN(double l3,
                            CrossEntropyForwardBackward(Cpu(), logits, targets, -0.25f, d3));
   EXPECT_EQ(l1, l3);
@@ -146,9 +147,8 @@ TEST(CrossEntropyTest, AllIgnoredGivesZeroLossAndGradient) {
   Tensor logits = Random({3, 5}, DType::kF32, 14);
   Tensor dlogits = Make({3, 5}, DType::kF32);
   MOE_ASSERT_OK(Fill(Cpu(), dlogits, 7.0));
-  MOE_ASSERT_OK_AND_ASSIGN(double loss, CrossEntropyForwardBackward(Cpu(), logits,
-                                                                     Targets({-1, -1, -1}), 1.0f,
-                                                                     dlogits));
+  MOE_ASSERT_OK_AND_ASSIGN(double loss, CrossEntropyForwardBackward(
+                                            Cpu(), logits, Targets({-1, -1, -1}), 1.0f, dlogits));
   EXPECT_EQ(loss, 0.0);
   EXPECT_EQ(ToDoubles(dlogits), std::vector<double>(15, 0.0));
 }

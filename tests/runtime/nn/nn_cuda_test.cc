@@ -60,12 +60,12 @@ class NnParityTest : public ::testing::TestWithParam<Case> {};
 TEST_P(NnParityTest, EmbeddingForwardIsExact) {
   MOE_SKIP_WITHOUT_CUDA();
   const auto [tokens, vocab, dim, dtype] = GetParam();
-  EXPECT_TRUE(CheckParity({Input("ids", {tokens}, DType::kI32, FillIds(vocab, 3)),
-                           Input("table", {vocab, dim}, dtype),
-                           Output("out", {tokens, dim}, dtype, kExact)},
-                          [](ExecContext& ctx, const std::vector<TensorView>& t) {
-                            return EmbeddingForward(ctx, t[0], t[1], t[2]);
-                          }));
+  EXPECT_TRUE(CheckParity(
+      {Input("ids", {tokens}, DType::kI32, FillIds(vocab, 3)), Input("table", {vocab, dim}, dtype),
+       Output("out", {tokens, dim}, dtype, kExact)},
+      [](ExecContext& ctx, const std::vector<TensorView>& t) {
+        return EmbeddingForward(ctx, t[0], t[1], t[2]);
+      }));
 }
 
 TEST_P(NnParityTest, EmbeddingBackwardAccumulates) {
@@ -97,42 +97,43 @@ TEST_P(NnParityTest, RMSNormBackward) {
   MOE_SKIP_WITHOUT_CUDA();
   const auto [rows, unused, cols, dtype] = GetParam();
   const Tolerance dgain_tol{1e-5 * std::sqrt(double(rows)) * 4, 1e-4};
-  EXPECT_TRUE(CheckParity(
-      {Input("x", {rows, cols}, dtype), Input("gain", {cols}, DType::kF32),
-       Input("rstd", {rows}, DType::kF32, FillUniformWith(6, 0.5f, 1.5f)),
-       Input("dy", {rows, cols}, dtype), Output("dx", {rows, cols}, dtype),
-       Output("dgain", {cols}, DType::kF32, dgain_tol, FillNormalWith(7, 0.0f, 1.0f))},
-      [](ExecContext& ctx, const std::vector<TensorView>& t) {
-        return RMSNormBackward(ctx, t[0], t[1], t[2], t[3], t[4], t[5]);
-      }));
+  EXPECT_TRUE(
+      CheckParity({Input("x", {rows, cols}, dtype), Input("gain", {cols}, DType::kF32),
+                   Input("rstd", {rows}, DType::kF32, FillUniformWith(6, 0.5f, 1.5f)),
+                   Input("dy", {rows, cols}, dtype), Output("dx", {rows, cols}, dtype),
+                   Output("dgain", {cols}, DType::kF32, dgain_tol, FillNormalWith(7, 0.0f, 1.0f))},
+                  [](ExecContext& ctx, const std::vector<TensorView>& t) {
+                    return RMSNormBackward(ctx, t[0], t[1], t[2], t[3], t[4], t[5]);
+                  }));
 }
 
 TEST_P(NnParityTest, CrossEntropyForwardBackward) {
   MOE_SKIP_WITHOUT_CUDA();
   const auto [tokens, vocab, unused, dtype] = GetParam();
   for (int64_t ignore_every : {0, 3}) {
-    EXPECT_TRUE(CheckParity(
-        {Input("logits", {tokens, vocab}, dtype, FillNormalWith(8, 0.0f, 3.0f)),
-         Input("targets", {tokens}, DType::kI32, FillIds(vocab, 9, ignore_every)),
-         Output("dlogits", {tokens, vocab}, dtype), Output("loss", {1}, DType::kF32)},
-        [](ExecContext& ctx, const std::vector<TensorView>& t) {
-          return CrossEntropyForwardBackwardAsync(ctx, t[0], t[1], 0.5f, t[2], t[3]);
-        }))
+    EXPECT_TRUE(
+        CheckParity({Input("logits", {tokens, vocab}, dtype, FillNormalWith(8, 0.0f, 3.0f)),
+                     Input("targets", {tokens}, DType::kI32, FillIds(vocab, 9, ignore_every)),
+                     Output("dlogits", {tokens, vocab}, dtype), Output("loss", {1}, DType::kF32)},
+                    [](ExecContext& ctx, const std::vector<TensorView>& t) {
+                      return CrossEntropyForwardBackwardAsync(ctx, t[0], t[1], 0.5f, t[2], t[3]);
+                    }))
         << "ignore_every " << ignore_every;
-    EXPECT_TRUE(CheckParity(
-        {Input("logits", {tokens, vocab}, dtype, FillNormalWith(10, 0.0f, 3.0f)),
-         Input("targets", {tokens}, DType::kI32, FillIds(vocab, 11, ignore_every)),
-         Output("loss", {1}, DType::kF32)},
-        [](ExecContext& ctx, const std::vector<TensorView>& t) {
-          return CrossEntropyLossAsync(ctx, t[0], t[1], t[2]);
-        }));
+    EXPECT_TRUE(
+        CheckParity({Input("logits", {tokens, vocab}, dtype, FillNormalWith(10, 0.0f, 3.0f)),
+                     Input("targets", {tokens}, DType::kI32, FillIds(vocab, 11, ignore_every)),
+                     Output("loss", {1}, DType::kF32)},
+                    [](ExecContext& ctx, const std::vector<TensorView>& t) {
+                      return CrossEntropyLossAsync(ctx, t[0], t[1], t[2]);
+                    }));
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, NnParityTest,
-    ::testing::Combine(::testing::Values(1, 37, 300), ::testing::Values(33, 256, 1000),
-                       ::testing::Values(1, 64, 257), ::testing::Values(DType::kF32, DType::kBF16)));
+INSTANTIATE_TEST_SUITE_P(Shapes, NnParityTest,
+                         ::testing::Combine(::testing::Values(1, 37, 300),
+                                            ::testing::Values(33, 256, 1000),
+                                            ::testing::Values(1, 64, 257),
+                                            ::testing::Values(DType::kF32, DType::kBF16)));
 
 TEST(NnCudaTest, EmbeddingBackwardIsBitwiseDeterministic) {
   MOE_SKIP_WITHOUT_CUDA();
@@ -180,19 +181,19 @@ class AdamWParityTest : public ::testing::TestWithParam<std::tuple<int64_t, DTyp
 TEST_P(AdamWParityTest, StepMatchesCpu) {
   MOE_SKIP_WITHOUT_CUDA();
   const auto [n, shadow_dtype] = GetParam();
-  const AdamWConfig config{.lr = 3e-3f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f,
-                           .weight_decay = 0.1f};
+  const AdamWConfig config{
+      .lr = 3e-3f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
   // The same fp32 formula with explicit fmaf on both sides: expected to agree to the last bit.
   const Tolerance tight{1e-7, 1e-6};
-  EXPECT_TRUE(CheckParity(
-      {Input("grads", {n}, DType::kF32),
-       Output("params", {n}, DType::kF32, tight, FillNormalWith(16, 0.0f, 1.0f)),
-       Output("m", {n}, DType::kF32, tight, FillNormalWith(17, 0.0f, 0.1f)),
-       Output("v", {n}, DType::kF32, tight, FillUniformWith(18, 0.0f, 0.01f)),
-       Output("shadow", {n}, shadow_dtype)},
-      [&](ExecContext& ctx, const std::vector<TensorView>& t) {
-        return AdamWStep(ctx, config, 7, 0.25f, t[1], t[0], t[2], t[3], t[4]);
-      }));
+  EXPECT_TRUE(
+      CheckParity({Input("grads", {n}, DType::kF32),
+                   Output("params", {n}, DType::kF32, tight, FillNormalWith(16, 0.0f, 1.0f)),
+                   Output("m", {n}, DType::kF32, tight, FillNormalWith(17, 0.0f, 0.1f)),
+                   Output("v", {n}, DType::kF32, tight, FillUniformWith(18, 0.0f, 0.01f)),
+                   Output("shadow", {n}, shadow_dtype)},
+                  [&](ExecContext& ctx, const std::vector<TensorView>& t) {
+                    return AdamWStep(ctx, config, 7, 0.25f, t[1], t[0], t[2], t[3], t[4]);
+                  }));
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, AdamWParityTest,
@@ -217,16 +218,16 @@ TEST(NnCudaTest, AllFiniteMatchesCpu) {
   auto gpu = *ExecContext::Create(Device::Cuda(0));
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     for (int64_t bad_index : {int64_t{-1}, int64_t{0}, int64_t{77776}}) {
-      for (double bad : {std::numeric_limits<double>::quiet_NaN(),
-                         -std::numeric_limits<double>::infinity()}) {
+      for (double bad :
+           {std::numeric_limits<double>::quiet_NaN(), -std::numeric_limits<double>::infinity()}) {
         Tensor host = *Tensor::Empty({77777}, dtype, Device::Cpu());
         MOE_ASSERT_OK(FillNormal(ExecContext::Cpu(), host, 19, 0, 0.0f, 10.0f));
         if (bad_index >= 0) {
-          MOE_ASSERT_OK(Fill(ExecContext::Cpu(),
-                             TensorView(static_cast<char*>(host.data()) +
-                                            bad_index * DTypeSize(dtype),
-                                        dtype, {1}, Device::Cpu()),
-                             bad));
+          MOE_ASSERT_OK(
+              Fill(ExecContext::Cpu(),
+                   TensorView(static_cast<char*>(host.data()) + bad_index * DTypeSize(dtype), dtype,
+                              {1}, Device::Cpu()),
+                   bad));
         }
         Tensor device = *CopyTo(*gpu, host, Device::Cuda(0));
         MOE_ASSERT_OK_AND_ASSIGN(bool cpu_finite, AllFinite(ExecContext::Cpu(), host));
