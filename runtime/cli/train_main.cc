@@ -1,110 +1,145 @@
-// sigma-moe-train. Until the trainer lands (issue 5) this program runs a short smoke test of the
-// runtime on the chosen device and says so: random fills, a GEMM checked against a CPU reference,
-// a softmax, and the allocator's accounting.
-#include <cmath>
+// sigma-moe-train: trains a Sigma-MoE-Tiny-style model (run with --help for the flags).
+#include <csignal>
 #include <cstdio>
-#include <cstring>
 #include <string>
-#include <string_view>
+#include <vector>
 
-#include "runtime/blas/gemm.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "runtime/core/logging.h"
-#include "runtime/device/exec_context.h"
-#include "runtime/nn/softmax.h"
-#include "runtime/tensor/tensor_ops.h"
+#include "runtime/train/config/config.h"
+#include "runtime/train/trainer/trainer.h"
 
 namespace smoe {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: sigma-moe-train [--device=cpu|cuda|cuda:N] [--help]\n"
-    "\n"
-    "Trains a Sigma-MoE-Tiny-style model. The trainer is not built yet (issue 5): this version\n"
-    "runs a runtime smoke test (random fill, GEMM vs. CPU reference, softmax, allocator stats).\n"
-    "Default device: cuda when a GPU is visible, otherwise cpu.\n";
+constexpr char kUsage[] = R"(usage: sigma-moe-train [train] [flags]
+       sigma-moe-train sample [flags] [--prompt=TEXT] [--tokens=N] [--temperature=T]
 
-Status Smoke(Device device) {
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<ExecContext> ctx, ExecContext::Create(device));
-  const int64_t m = 256, n = 192, k = 320;
-  MOE_ASSIGN_OR_RETURN(Tensor a, Tensor::Empty({m, k}, DType::kF32, device));
-  MOE_ASSIGN_OR_RETURN(Tensor b, Tensor::Empty({k, n}, DType::kF32, device));
-  MOE_ASSIGN_OR_RETURN(Tensor c, Tensor::Empty({m, n}, DType::kF32, device));
-  MOE_RETURN_IF_ERROR(FillNormal(*ctx, a, /*seed=*/1, /*offset=*/0, 0.0f, 1.0f));
-  MOE_RETURN_IF_ERROR(FillNormal(*ctx, b, /*seed=*/1, /*offset=*/uint64_t(m * k), 0.0f, 1.0f));
-  MOE_RETURN_IF_ERROR(Gemm(*ctx, a, b, c));
-  MOE_RETURN_IF_ERROR(SoftmaxRows(*ctx, c, c));
+Trains a Sigma-MoE-Tiny-style model: DiffQKV attention and MoE layers of fine-grained SwiGLU
+experts. With no arguments it trains the `tiny` preset on the built-in synthetic corpus, on the
+GPU when one is visible, otherwise on the CPU, checkpointing under checkpoints/tiny and resuming
+from there when run again.
 
-  MOE_ASSIGN_OR_RETURN(Tensor a_host, CopyTo(*ctx, a, Device::Cpu()));
-  MOE_ASSIGN_OR_RETURN(Tensor b_host, CopyTo(*ctx, b, Device::Cpu()));
-  MOE_ASSIGN_OR_RETURN(Tensor c_host, CopyTo(*ctx, c, Device::Cpu()));
-  // Reference: plain loops in double.
-  double max_error = 0.0, max_row_sum_error = 0.0;
-  std::vector<double> row(n);
-  for (int64_t i = 0; i < m; ++i) {
-    double row_max = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) {
-      double sum = 0.0;
-      for (int64_t p = 0; p < k; ++p) {
-        sum += double{a_host.data<float>()[i * k + p]} * b_host.data<float>()[p * n + j];
-      }
-      row[j] = sum;
-      row_max = std::max(row_max, sum);
-    }
-    double total = 0.0;
-    for (int64_t j = 0; j < n; ++j) total += std::exp(row[j] - row_max);
-    double row_sum = 0.0;
-    for (int64_t j = 0; j < n; ++j) {
-      const double expected = std::exp(row[j] - row_max) / total;
-      const double got = c_host.data<float>()[i * n + j];
-      max_error = std::max(max_error, std::abs(got - expected));
-      row_sum += got;
-    }
-    max_row_sum_error = std::max(max_row_sum_error, std::abs(row_sum - 1.0));
+flags:
+  --preset=NAME         a built-in config: %s (default tiny)
+  --config=FILE         a textproto RunConfig file instead of a preset
+  --set PATH=VALUE      override one field, e.g. --set moe.lbl_coef=0.01 --set train.steps=500
+                        (repeatable; paths: model./train./data./checkpoint., moe., attention.)
+  --device=D            shortcut for --set train.device=D (auto, cpu, cuda, cuda:N)
+  --steps=N             shortcut for --set train.steps=N
+  --print_config        print the effective config and exit
+  --dry_run             print parameter counts, FLOPs per token and the memory plan, then exit
+  --metrics=FILE        metrics.jsonl path (default: <checkpoint.dir>/metrics.jsonl)
+  --no_progress         plain log lines even on a terminal
+  --help                this text
+sample flags:
+  --prompt=TEXT  --tokens=N (default 200)  --temperature=T (default 0.8; 0 = greedy)  --seed=N
+
+SIGINT/SIGTERM save a checkpoint and stop; run the same command again to resume.
+)";
+
+std::atomic<bool> g_stop{false};
+
+void OnSignal(int) { g_stop.store(true); }
+
+int Fail(const Status& status) {
+  std::fprintf(stderr, "sigma-moe-train: %s\n", std::string(status.message()).c_str());
+  return absl::IsInvalidArgument(status) || absl::IsNotFound(status) ? 2 : 1;
+}
+
+int Main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  bool sample = false;
+  if (!args.empty() && (args[0] == "sample" || args[0] == "train")) {
+    sample = args[0] == "sample";
+    args.erase(args.begin());
   }
-  const AllocatorStats stats = ctx->allocator()->stats();
-  std::printf("sigma-moe-train: the trainer is not implemented yet (issue 5); ran the runtime "
-              "smoke test instead.\n");
-  std::printf("  device            %s\n", device.ToString().c_str());
-  std::printf("  softmax(A B)      [%lld x %lld] from [%lld x %lld] x [%lld x %lld]\n",
-              (long long)m, (long long)n, (long long)m, (long long)k, (long long)k, (long long)n);
-  std::printf("  max |err| vs fp64 reference  %.3g\n", max_error);
-  std::printf("  max |row sum - 1|            %.3g\n", max_row_sum_error);
-  std::printf("  allocator: %zu bytes in use, peak %zu, %zu system allocations\n",
-              stats.bytes_in_use, stats.peak_bytes_in_use, stats.num_system_allocations);
-  if (!(max_error < 1e-5 && max_row_sum_error < 1e-5)) {
-    return absl::InternalError("smoke test: results differ from the fp64 reference");
+  std::string preset = kDefaultPreset, config_file, metrics, prompt = "\n";
+  std::vector<std::string> overrides;
+  bool print_config = false, dry_run = false, progress = true;
+  int tokens = 200;
+  double temperature = 0.8;
+  uint64_t seed = 1;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&](absl::string_view flag) -> std::string {
+      return a.substr(flag.size() + 1);  // "--flag=" prefix
+    };
+    if (a == "--help" || a == "-h") {
+      std::printf(kUsage, absl::StrJoin(PresetNames(), ", ").c_str());
+      return 0;
+    } else if (absl::StartsWith(a, "--preset=")) {
+      preset = value("--preset");
+    } else if (absl::StartsWith(a, "--config=")) {
+      config_file = value("--config");
+    } else if (a == "--set" && i + 1 < args.size()) {
+      overrides.push_back(args[++i]);
+    } else if (absl::StartsWith(a, "--set=")) {
+      overrides.push_back(value("--set"));
+    } else if (absl::StartsWith(a, "--device=")) {
+      overrides.push_back("train.device=" + value("--device"));
+    } else if (absl::StartsWith(a, "--steps=")) {
+      overrides.push_back("train.steps=" + value("--steps"));
+    } else if (a == "--print_config") {
+      print_config = true;
+    } else if (a == "--dry_run") {
+      dry_run = true;
+    } else if (absl::StartsWith(a, "--metrics=")) {
+      metrics = value("--metrics");
+    } else if (a == "--no_progress") {
+      progress = false;
+    } else if (sample && absl::StartsWith(a, "--prompt=")) {
+      prompt = value("--prompt");
+    } else if (sample && absl::StartsWith(a, "--tokens=") && absl::SimpleAtoi(value("--tokens"), &tokens)) {
+    } else if (sample && absl::StartsWith(a, "--temperature=") &&
+               absl::SimpleAtod(value("--temperature"), &temperature)) {
+    } else if (sample && absl::StartsWith(a, "--seed=") && absl::SimpleAtoi(value("--seed"), &seed)) {
+    } else {
+      std::fprintf(stderr, "sigma-moe-train: unknown or malformed argument '%s' (see --help)\n",
+                   a.c_str());
+      return 2;
+    }
   }
-  std::printf("  OK\n");
-  return absl::OkStatus();
+  StatusOr<proto::RunConfig> config =
+      config_file.empty() ? LoadPreset(preset) : LoadConfigFile(config_file);
+  if (!config.ok()) return Fail(config.status());
+  if (Status s = ApplyOverrides(&*config, overrides); !s.ok()) return Fail(s);
+  if (Status s = ValidateConfig(*config); !s.ok()) return Fail(s);
+  if (print_config) {
+    std::fputs(ConfigToText(*config).c_str(), stdout);
+    return 0;
+  }
+  if (dry_run) {
+    const Status s = DryRun(*config);
+    return s.ok() ? 0 : Fail(s);
+  }
+  if (sample) {
+    StatusOr<std::string> text = Sample(*config, prompt, tokens, temperature, seed);
+    if (!text.ok()) return Fail(text.status());
+    std::printf("%s%s\n", prompt.c_str(), text->c_str());
+    return 0;
+  }
+  std::signal(SIGINT, OnSignal);
+  std::signal(SIGTERM, OnSignal);
+  TrainerOptions options;
+  options.metrics_path = metrics;
+  options.progress_bar = progress;
+  options.stop_requested = &g_stop;
+  StatusOr<TrainSummary> summary = Train(*config, options);
+  if (!summary.ok()) return Fail(summary.status());
+  std::printf("sigma-moe-train: %s at step %lld: train loss %.4f, held-out loss %s, %lld skipped "
+              "steps, %lld rollbacks\n",
+              summary->stopped_early ? "stopped" : "done",
+              static_cast<long long>(summary->steps_done), summary->final_loss,
+              summary->final_eval_loss >= 0 ? absl::StrFormat("%.4f", summary->final_eval_loss).c_str() : "n/a",
+              static_cast<long long>(summary->skipped_steps), static_cast<long long>(summary->rollbacks));
+  return 0;
 }
 
 }  // namespace
 }  // namespace smoe
 
-int main(int argc, char** argv) {
-  std::string device_text = smoe::CudaAvailable() ? "cuda" : "cpu";
-  for (int i = 1; i < argc; ++i) {
-    absl::string_view arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(smoe::kUsage, stdout);
-      return 0;
-    }
-    if (arg.rfind("--device=", 0) == 0) {
-      device_text = std::string(arg.substr(9));
-      continue;
-    }
-    std::fprintf(stderr, "sigma-moe-train: unknown argument '%s'\n\n%s", argv[i], smoe::kUsage);
-    return 2;
-  }
-  smoe::StatusOr<smoe::Device> device = smoe::ParseDevice(device_text);
-  if (!device.ok()) {
-    std::fprintf(stderr, "sigma-moe-train: %s\n", device.status().ToString().c_str());
-    return 2;
-  }
-  smoe::Status status = smoe::Smoke(*device);
-  if (!status.ok()) {
-    std::fprintf(stderr, "sigma-moe-train: %s\n", status.ToString().c_str());
-    return 1;
-  }
-  return 0;
-}
+int main(int argc, char** argv) { return smoe::Main(argc, argv); }

@@ -1,0 +1,412 @@
+#include "runtime/train/model/model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "moe/experts/experts.h"
+#include "runtime/blas/gemm.h"
+#include "runtime/nn/cross_entropy.h"
+#include "runtime/nn/embedding.h"
+#include "runtime/nn/rmsnorm.h"
+#include "runtime/tensor/tensor_ops.h"
+
+namespace smoe {
+
+// Indices into params_ of one block's weights.
+struct Model::Layer {
+  bool moe = true;
+  MoELayerConfig moe_config;  // per layer: top_k follows the progressive schedule
+  int attn_norm = -1, w_q = -1, w_k = -1, w_v = -1, w_o = -1;
+  int aug_gate = -1, aug_up = -1, aug_down = -1, q_norm = -1, k_norm = -1;
+  int ffn_norm = -1, router = -1, w1 = -1, w3 = -1, w2 = -1;
+};
+
+// What one block's forward keeps for its backward.
+struct Model::Activations {
+  Tensor h_in, n1, rstd1, h_mid, n2, rstd2;
+  DiffQkvSaved attn;
+  Tensor dense_h1, dense_h3, dense_act;  // dense SwiGLU layers only
+};
+
+namespace {
+
+// grad (f32) += g (any floating dtype), through an f32 scratch copy when g is bf16.
+Status AccumulateInto(ExecContext& ctx, const TensorView& grad, const TensorView& g) {
+  if (g.dtype() == DType::kF32) return Axpy(ctx, grad, 1.0f, g, grad);
+  MOE_ASSIGN_OR_RETURN(Tensor wide, Tensor::Empty(g.shape(), DType::kF32, g.device()));
+  MOE_RETURN_IF_ERROR(Cast(ctx, g, wide));
+  return Axpy(ctx, grad, 1.0f, wide, grad);
+}
+
+}  // namespace
+
+Model::Model(const ModelSpec& spec, Device device) : spec_(spec), device_(device) {}
+Model::~Model() = default;
+
+Status Model::AddParam(const std::string& name, Shape shape, DType compute_dtype, bool decay) {
+  ModelParam p;
+  p.name = name;
+  p.decay = decay;
+  MOE_ASSIGN_OR_RETURN(p.master, Tensor::Empty(shape, DType::kF32, device_));
+  p.compute = p.master;
+  if (compute_dtype != DType::kF32) {
+    MOE_ASSIGN_OR_RETURN(p.compute, Tensor::Empty(shape, compute_dtype, device_));
+  }
+  MOE_ASSIGN_OR_RETURN(p.grad, Tensor::Empty(shape, DType::kF32, device_));
+  MOE_ASSIGN_OR_RETURN(p.m, Tensor::Empty(shape, DType::kF32, device_));
+  MOE_ASSIGN_OR_RETURN(p.v, Tensor::Empty(shape, DType::kF32, device_));
+  params_.push_back(std::move(p));
+  return absl::OkStatus();
+}
+
+StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device device) {
+  ModelSpec spec = spec_in;
+  spec.attention.model_dim = spec.model_dim;
+  spec.moe.model_dim = spec.model_dim;
+  spec.moe.dtype = spec.dtype;
+  if (spec.vocab_size <= 0) return BadArgument("model.vocab_size", absl::StrCat(spec.vocab_size), "> 0");
+  if (spec.num_layers <= 0) return BadArgument("model.num_layers", absl::StrCat(spec.num_layers), "> 0");
+  if (!IsFloating(spec.dtype)) return BadArgument("dtype", DTypeName(spec.dtype), "f32 or bf16");
+  MOE_RETURN_IF_ERROR(ValidateDiffQkvConfig(spec.attention, device));
+  MOE_RETURN_IF_ERROR(ValidateMoEConfig(spec.moe));
+  for (int layer : spec.dense_layers) {
+    if (layer < 0 || layer >= spec.num_layers) {
+      return BadArgument("moe.dense_layers", absl::StrCat(layer),
+                         absl::StrCat("a layer index in [0, ", spec.num_layers, ")"));
+    }
+    if (spec.dense_ffn_dim <= 0) {
+      return BadArgument("moe.dense_ffn_dim", absl::StrCat(spec.dense_ffn_dim), "> 0 with dense layers");
+    }
+  }
+  std::unique_ptr<Model> model(new Model(spec, device));
+  const DType dt = spec.dtype;
+  const int64_t m = spec.model_dim, v = spec.vocab_size;
+  const DiffQkvConfig& a = spec.attention;
+  const int64_t qd = a.n_q * a.head_dim;
+  Model& md = *model;
+  auto add = [&](const std::string& name, Shape shape, DType dtype, bool decay) -> StatusOr<int> {
+    MOE_RETURN_IF_ERROR(md.AddParam(name, shape, dtype, decay));
+    return static_cast<int>(md.params_.size()) - 1;
+  };
+  MOE_ASSIGN_OR_RETURN(md.embedding_, add("embedding", {v, m}, dt, true));
+  for (int l = 0; l < spec.num_layers; ++l) {
+    Layer layer;
+    const std::string p = absl::StrCat("layers.", l, ".");
+    layer.moe = std::find(spec.dense_layers.begin(), spec.dense_layers.end(), l) ==
+                spec.dense_layers.end();
+    layer.moe_config = spec.moe;
+    MOE_ASSIGN_OR_RETURN(layer.attn_norm, add(p + "attn_norm", {m}, DType::kF32, false));
+    MOE_ASSIGN_OR_RETURN(layer.w_q, add(p + "attn.w_q", {m, qd}, dt, true));
+    MOE_ASSIGN_OR_RETURN(layer.w_k, add(p + "attn.w_k", {m, a.n_k * a.head_dim}, dt, true));
+    MOE_ASSIGN_OR_RETURN(layer.w_v, add(p + "attn.w_v", {m, a.n_v * a.head_dim}, dt, true));
+    MOE_ASSIGN_OR_RETURN(layer.w_o, add(p + "attn.w_o", {qd, m}, dt, true));
+    if (a.d_aug > 0) {
+      MOE_ASSIGN_OR_RETURN(layer.aug_gate, add(p + "attn.aug_gate", {qd, a.d_aug}, dt, true));
+      MOE_ASSIGN_OR_RETURN(layer.aug_up, add(p + "attn.aug_up", {qd, a.d_aug}, dt, true));
+      MOE_ASSIGN_OR_RETURN(layer.aug_down, add(p + "attn.aug_down", {a.d_aug, qd}, dt, true));
+    }
+    if (a.qk_norm) {
+      MOE_ASSIGN_OR_RETURN(layer.q_norm, add(p + "attn.q_norm", {a.head_dim}, dt, false));
+      MOE_ASSIGN_OR_RETURN(layer.k_norm, add(p + "attn.k_norm", {a.head_dim}, dt, false));
+    }
+    MOE_ASSIGN_OR_RETURN(layer.ffn_norm, add(p + "ffn_norm", {m}, DType::kF32, false));
+    if (layer.moe) {
+      const int64_t e = spec.moe.num_experts, h = spec.moe.ffn_dim;
+      MOE_ASSIGN_OR_RETURN(layer.router, add(p + "moe.w_gate", {m, e}, DType::kF32, true));
+      MOE_ASSIGN_OR_RETURN(layer.w1, add(p + "moe.w1", {e, m, h}, dt, true));
+      MOE_ASSIGN_OR_RETURN(layer.w3, add(p + "moe.w3", {e, m, h}, dt, true));
+      MOE_ASSIGN_OR_RETURN(layer.w2, add(p + "moe.w2", {e, h, m}, dt, true));
+    } else {
+      const int64_t h = spec.dense_ffn_dim;
+      MOE_ASSIGN_OR_RETURN(layer.w1, add(p + "ffn.w1", {1, m, h}, dt, true));
+      MOE_ASSIGN_OR_RETURN(layer.w3, add(p + "ffn.w3", {1, m, h}, dt, true));
+      MOE_ASSIGN_OR_RETURN(layer.w2, add(p + "ffn.w2", {1, h, m}, dt, true));
+    }
+    md.layers_.push_back(layer);
+  }
+  MOE_ASSIGN_OR_RETURN(md.final_norm_, add("final_norm", {m}, DType::kF32, false));
+  if (!spec.tie_embeddings) {
+    MOE_ASSIGN_OR_RETURN(md.lm_head_, add("lm_head", {m, v}, dt, true));
+  }
+  md.moe_states_.resize(spec.num_layers);
+  return model;
+}
+
+Status Model::Init(ExecContext& ctx, uint64_t seed) {
+  // Output projections (attention w_o, FFN w2) are scaled down by sqrt(2L) so that the residual
+  // stream's variance does not grow with depth (GPT-2's rule).
+  const float out_std = spec_.init_std / std::sqrt(2.0f * static_cast<float>(spec_.num_layers));
+  uint64_t offset = 0;
+  for (ModelParam& p : params_) {
+    const bool gain = !p.decay;
+    const bool output = absl::EndsWith(p.name, "w_o") || absl::EndsWith(p.name, "w2");
+    if (gain) {
+      MOE_RETURN_IF_ERROR(Fill(ctx, p.master, 1.0));
+    } else {
+      MOE_RETURN_IF_ERROR(
+          FillNormal(ctx, p.master, seed, offset, 0.0f, output ? out_std : spec_.init_std));
+    }
+    offset += static_cast<uint64_t>(p.master.numel());
+    MOE_RETURN_IF_ERROR(Fill(ctx, p.m, 0.0));
+    MOE_RETURN_IF_ERROR(Fill(ctx, p.v, 0.0));
+  }
+  return SyncComputeCopies(ctx);
+}
+
+Status Model::SyncComputeCopies(ExecContext& ctx) {
+  for (ModelParam& p : params_) {
+    if (p.compute.data() != p.master.data()) MOE_RETURN_IF_ERROR(Cast(ctx, p.master, p.compute));
+  }
+  return absl::OkStatus();
+}
+
+Status Model::ZeroGrads(ExecContext& ctx) {
+  for (ModelParam& p : params_) MOE_RETURN_IF_ERROR(Fill(ctx, p.grad, 0.0));
+  return absl::OkStatus();
+}
+
+bool Model::is_moe_layer(int layer) const { return layers_[layer].moe; }
+
+Status Model::SetTopK(int layer, int k) {
+  if (layer < 0 || layer >= spec_.num_layers) {
+    return BadArgument("layer", absl::StrCat(layer), absl::StrCat("[0, ", spec_.num_layers, ")"));
+  }
+  if (k < 1 || k > spec_.moe.num_experts) {
+    return BadArgument("top_k", absl::StrCat(k),
+                       absl::StrCat("1 <= top_k <= num_experts = ", spec_.moe.num_experts));
+  }
+  layers_[layer].moe_config.top_k = k;
+  return absl::OkStatus();
+}
+
+int Model::TopK(int layer) const { return layers_[layer].moe_config.top_k; }
+
+DiffQkvParams Model::AttentionParams(const Layer& L) {
+  auto view = [&](int index) { return index < 0 ? TensorView() : P(index).compute.view(); };
+  return DiffQkvParams{view(L.w_q), view(L.w_k), view(L.w_v), view(L.w_o),
+                       AugQWeights{view(L.aug_gate), view(L.aug_up), view(L.aug_down)},
+                       view(L.q_norm), view(L.k_norm)};
+}
+
+StatusOr<DiffQkvParams> Model::StageAttentionGrads(const Layer& L,
+                                                   std::vector<std::pair<int, Tensor>>* staged) {
+  auto stage = [&](int index) -> StatusOr<TensorView> {
+    if (index < 0) return TensorView();
+    MOE_ASSIGN_OR_RETURN(Tensor g, Tensor::Empty(P(index).compute.shape(),
+                                                 P(index).compute.dtype(), device_));
+    staged->emplace_back(index, g);
+    return g.view();
+  };
+  DiffQkvParams grads;
+  MOE_ASSIGN_OR_RETURN(grads.w_q, stage(L.w_q));
+  MOE_ASSIGN_OR_RETURN(grads.w_k, stage(L.w_k));
+  MOE_ASSIGN_OR_RETURN(grads.w_v, stage(L.w_v));
+  MOE_ASSIGN_OR_RETURN(grads.w_o, stage(L.w_o));
+  MOE_ASSIGN_OR_RETURN(grads.aug.w_gate, stage(L.aug_gate));
+  MOE_ASSIGN_OR_RETURN(grads.aug.w_up, stage(L.aug_up));
+  MOE_ASSIGN_OR_RETURN(grads.aug.w_down, stage(L.aug_down));
+  MOE_ASSIGN_OR_RETURN(grads.q_norm, stage(L.q_norm));
+  MOE_ASSIGN_OR_RETURN(grads.k_norm, stage(L.k_norm));
+  return grads;
+}
+
+StatusOr<ModelLoss> Model::ForwardBackward(ExecContext& ctx, const TensorView& ids,
+                                           const TensorView& targets, int64_t batch,
+                                           int64_t seq_len, float grad_scale) {
+  ModelLoss out;
+  MOE_ASSIGN_OR_RETURN(out.loss, Run(ctx, ids, targets, batch, seq_len, /*backward=*/true,
+                                     grad_scale, &out.aux_total, nullptr));
+  return out;
+}
+
+StatusOr<double> Model::Loss(ExecContext& ctx, const TensorView& ids, const TensorView& targets,
+                             int64_t batch, int64_t seq_len) {
+  double aux = 0.0;
+  return Run(ctx, ids, targets, batch, seq_len, /*backward=*/false, 1.0f, &aux, nullptr);
+}
+
+StatusOr<Tensor> Model::LastLogits(ExecContext& ctx, const TensorView& ids, int64_t batch,
+                                   int64_t seq_len) {
+  double aux = 0.0;
+  Tensor logits;
+  MOE_RETURN_IF_ERROR(
+      Run(ctx, ids, TensorView(), batch, seq_len, false, 1.0f, &aux, &logits).status());
+  MOE_ASSIGN_OR_RETURN(Tensor host, CopyTo(ctx, logits, Device::Cpu()));
+  MOE_ASSIGN_OR_RETURN(Tensor last, Tensor::Empty({batch, spec_.vocab_size}, DType::kF32, Device::Cpu()));
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* row = host.data<float>() + ((b + 1) * seq_len - 1) * spec_.vocab_size;
+    std::copy(row, row + spec_.vocab_size, last.data<float>() + b * spec_.vocab_size);
+  }
+  return last;
+}
+
+StatusOr<double> Model::Run(ExecContext& ctx, const TensorView& ids, const TensorView& targets,
+                            int64_t batch, int64_t seq_len, bool backward, float grad_scale,
+                            double* aux_total, Tensor* logits_out) {
+  const int64_t t = batch * seq_len, m = spec_.model_dim, v = spec_.vocab_size;
+  const DType dt = spec_.dtype;
+  const Device dev = device_;
+  MOE_RETURN_IF_ERROR(CheckTensor("ids", ids, DType::kI32, dev, {t}));
+  if (logits_out == nullptr) MOE_RETURN_IF_ERROR(CheckTensor("targets", targets, DType::kI32, dev, {t}));
+  const Shape tokens{t, m};
+  const Shape bsm{batch, seq_len, m};
+  auto empty = [&](Shape shape, DType dtype) { return Tensor::Empty(shape, dtype, dev); };
+  auto as_bsm = [&](const Tensor& x) { return TensorView(x.data(), x.dtype(), bsm, dev); };
+
+  MOE_ASSIGN_OR_RETURN(Tensor h, empty(tokens, dt));
+  MOE_RETURN_IF_ERROR(EmbeddingForward(ctx, ids, P(embedding_).compute, h));
+  std::vector<Activations> acts(layers_.size());
+  *aux_total = 0.0;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    Layer& L = layers_[l];
+    Activations& s = acts[l];
+    s.h_in = h;
+    MOE_ASSIGN_OR_RETURN(s.n1, empty(tokens, dt));
+    MOE_ASSIGN_OR_RETURN(s.rstd1, empty({t}, DType::kF32));
+    MOE_RETURN_IF_ERROR(RMSNormForward(ctx, s.h_in, P(L.attn_norm).compute, spec_.norm_eps, s.n1, s.rstd1));
+    MOE_ASSIGN_OR_RETURN(Tensor attn_out, empty(tokens, dt));
+    MOE_RETURN_IF_ERROR(DiffQkvForward(ctx, spec_.attention, AttentionParams(L), as_bsm(s.n1),
+                                       as_bsm(attn_out), &s.attn));
+    MOE_ASSIGN_OR_RETURN(s.h_mid, empty(tokens, dt));
+    MOE_RETURN_IF_ERROR(Axpy(ctx, s.h_in, 1.0f, attn_out, s.h_mid));
+    MOE_ASSIGN_OR_RETURN(s.n2, empty(tokens, dt));
+    MOE_ASSIGN_OR_RETURN(s.rstd2, empty({t}, DType::kF32));
+    MOE_RETURN_IF_ERROR(RMSNormForward(ctx, s.h_mid, P(L.ffn_norm).compute, spec_.norm_eps, s.n2, s.rstd2));
+    MOE_ASSIGN_OR_RETURN(Tensor ffn_out, empty(tokens, dt));
+    if (L.moe) {
+      const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute, P(L.w2).compute};
+      MOE_ASSIGN_OR_RETURN(AuxLossValues aux,
+                           MoEForward(ctx, L.moe_config, views, s.n2, ffn_out, &moe_states_[l]));
+      *aux_total += aux.total;
+    } else {
+      const int64_t hd = spec_.dense_ffn_dim;
+      MOE_ASSIGN_OR_RETURN(s.dense_h1, empty({t, hd}, dt));
+      MOE_ASSIGN_OR_RETURN(s.dense_h3, empty({t, hd}, dt));
+      MOE_ASSIGN_OR_RETURN(s.dense_act, empty({t, hd}, dt));
+      const int64_t offsets[2] = {0, t};
+      MOE_RETURN_IF_ERROR(ExpertsForward(ctx, {P(L.w1).compute, P(L.w3).compute, P(L.w2).compute},
+                                         s.n2, offsets, {s.dense_h1, s.dense_h3, s.dense_act},
+                                         ffn_out));
+    }
+    MOE_ASSIGN_OR_RETURN(h, empty(tokens, dt));
+    MOE_RETURN_IF_ERROR(Axpy(ctx, s.h_mid, 1.0f, ffn_out, h));
+  }
+  MOE_ASSIGN_OR_RETURN(Tensor nf, empty(tokens, dt));
+  MOE_ASSIGN_OR_RETURN(Tensor rstdf, empty({t}, DType::kF32));
+  MOE_RETURN_IF_ERROR(RMSNormForward(ctx, h, P(final_norm_).compute, spec_.norm_eps, nf, rstdf));
+  // LM head in fp32 output: logits = nf E^T (tied) or nf W_head.
+  const bool tied = spec_.tie_embeddings;
+  const Tensor& head = tied ? P(embedding_).compute : P(lm_head_).compute;
+  MOE_ASSIGN_OR_RETURN(Tensor logits, empty({t, v}, DType::kF32));
+  MOE_RETURN_IF_ERROR(Gemm(ctx, nf, head, logits, {false, tied}));
+  if (logits_out != nullptr) {
+    *logits_out = logits;
+    return 0.0;
+  }
+  if (!backward) return CrossEntropyLoss(ctx, logits, targets);
+
+  MOE_ASSIGN_OR_RETURN(Tensor dlogits, empty({t, v}, DType::kF32));
+  MOE_ASSIGN_OR_RETURN(double loss, CrossEntropyForwardBackward(ctx, logits, targets, grad_scale, dlogits));
+  Tensor dlogits_c = dlogits;
+  if (dt != DType::kF32) {
+    MOE_ASSIGN_OR_RETURN(dlogits_c, empty({t, v}, dt));
+    MOE_RETURN_IF_ERROR(Cast(ctx, dlogits, dlogits_c));
+  }
+  MOE_ASSIGN_OR_RETURN(Tensor dnf, empty(tokens, dt));
+  MOE_RETURN_IF_ERROR(Gemm(ctx, dlogits_c, head, dnf, {false, !tied}));
+  if (tied) {
+    MOE_RETURN_IF_ERROR(Gemm(ctx, dlogits_c, nf, P(embedding_).grad, {true, false, 1.0f, 1.0f}));
+  } else {
+    MOE_RETURN_IF_ERROR(Gemm(ctx, nf, dlogits_c, P(lm_head_).grad, {true, false, 1.0f, 1.0f}));
+  }
+  MOE_ASSIGN_OR_RETURN(Tensor dh, empty(tokens, dt));
+  MOE_RETURN_IF_ERROR(RMSNormBackward(ctx, h, P(final_norm_).compute, rstdf, dnf, dh, P(final_norm_).grad));
+  for (int l = static_cast<int>(layers_.size()) - 1; l >= 0; --l) {
+    Layer& L = layers_[l];
+    Activations& s = acts[l];
+    // h_out = h_mid + FFN(norm(h_mid))
+    MOE_ASSIGN_OR_RETURN(Tensor dn2, empty(tokens, dt));
+    if (L.moe) {
+      const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute, P(L.w2).compute};
+      const MoEGradViews grads{P(L.router).grad, P(L.w1).grad, P(L.w3).grad, P(L.w2).grad};
+      MOE_RETURN_IF_ERROR(MoEBackward(ctx, L.moe_config, views, moe_states_[l], dh, dn2, grads,
+                                      /*accumulate_grads=*/true, grad_scale));
+    } else {
+      const int64_t offsets[2] = {0, t};
+      MOE_RETURN_IF_ERROR(ExpertsBackward(
+          ctx, {P(L.w1).compute, P(L.w3).compute, P(L.w2).compute}, s.n2, offsets,
+          {s.dense_h1, s.dense_h3, s.dense_act}, dh, dn2, {P(L.w1).grad, P(L.w3).grad, P(L.w2).grad},
+          /*accumulate=*/true));
+    }
+    MOE_ASSIGN_OR_RETURN(Tensor dh_mid, empty(tokens, dt));
+    MOE_RETURN_IF_ERROR(RMSNormBackward(ctx, s.h_mid, P(L.ffn_norm).compute, s.rstd2, dn2, dh_mid,
+                                        P(L.ffn_norm).grad));
+    MOE_RETURN_IF_ERROR(Axpy(ctx, dh_mid, 1.0f, dh, dh_mid));
+    // h_mid = h_in + Attention(norm(h_in)); the block overwrites its gradients: stage them.
+    MOE_ASSIGN_OR_RETURN(Tensor dn1, empty(tokens, dt));
+    std::vector<std::pair<int, Tensor>> staged;
+    MOE_ASSIGN_OR_RETURN(DiffQkvParams grads, StageAttentionGrads(L, &staged));
+    MOE_RETURN_IF_ERROR(DiffQkvBackward(ctx, spec_.attention, AttentionParams(L), as_bsm(s.n1),
+                                        s.attn, as_bsm(dh_mid), as_bsm(dn1), grads));
+    for (auto& [index, g] : staged) MOE_RETURN_IF_ERROR(AccumulateInto(ctx, P(index).grad, g));
+    MOE_ASSIGN_OR_RETURN(Tensor dh_in, empty(tokens, dt));
+    MOE_RETURN_IF_ERROR(RMSNormBackward(ctx, s.h_in, P(L.attn_norm).compute, s.rstd1, dn1, dh_in,
+                                        P(L.attn_norm).grad));
+    MOE_RETURN_IF_ERROR(Axpy(ctx, dh_in, 1.0f, dh_mid, dh_in));
+    dh = dh_in;
+  }
+  MOE_RETURN_IF_ERROR(EmbeddingBackward(ctx, ids, dh, P(embedding_).grad));
+  return loss;
+}
+
+StatusOr<std::vector<RoutingStats>> Model::MoEStats(ExecContext& ctx) const {
+  std::vector<RoutingStats> stats(layers_.size());
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (!layers_[l].moe) continue;
+    MOE_ASSIGN_OR_RETURN(stats[l], smoe::MoEStats(ctx, moe_states_[l]));
+  }
+  return stats;
+}
+
+int64_t Model::NumParameters() const {
+  int64_t total = 0;
+  for (const ModelParam& p : params_) total += p.master.numel();
+  return total;
+}
+
+int64_t Model::NumActivatedParameters() const {
+  int64_t total = NumParameters();
+  for (const Layer& L : layers_) {
+    if (!L.moe) continue;
+    const int64_t e = L.moe_config.num_experts, k = L.moe_config.top_k;
+    const int64_t per_expert = P(L.w1).master.numel() / e * 3;
+    total -= (e - k) * per_expert;
+  }
+  return total;
+}
+
+double Model::FlopsPerToken(int64_t seq_len) const {
+  // 2 FLOPs per multiply-add, x3 for forward + backward (input and weight gradients).
+  const DiffQkvConfig& a = spec_.attention;
+  double matmul_params = static_cast<double>(spec_.vocab_size) * spec_.model_dim;  // LM head
+  double attention_scores = 0.0;
+  for (const Layer& L : layers_) {
+    for (int index : {L.w_q, L.w_k, L.w_v, L.w_o, L.aug_gate, L.aug_up, L.aug_down}) {
+      if (index >= 0) matmul_params += static_cast<double>(P(index).master.numel());
+    }
+    if (L.moe) {
+      const int64_t e = L.moe_config.num_experts;
+      matmul_params += static_cast<double>(P(L.router).master.numel());
+      matmul_params += static_cast<double>(P(L.w1).master.numel()) / e * 3 * L.moe_config.top_k;
+    } else {
+      matmul_params += 3.0 * static_cast<double>(P(L.w1).master.numel());
+    }
+    // q.k and p.v over the causal half of the sequence on average: 2 * 2 * n_q * D * S / 2.
+    attention_scores += 2.0 * a.n_q * a.head_dim * static_cast<double>(seq_len);
+  }
+  return 3.0 * (2.0 * matmul_params + attention_scores);
+}
+
+}  // namespace smoe

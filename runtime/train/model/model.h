@@ -1,0 +1,122 @@
+// The language model that sigma-moe-train trains (DESIGN.md section 8):
+//   embedding -> L x [RMSNorm, DiffQKV attention, residual, RMSNorm, MoE (or dense SwiGLU), residual]
+//   -> RMSNorm -> LM head (tied to the embedding or not) -> cross-entropy (fp32) + the layers' aux losses.
+// Hand-written backward through the whole model.
+//
+// Parameters: each has an fp32 master copy (what AdamW updates), a compute copy in the model's
+// dtype (the same tensor when that is f32), an f32 gradient and AdamW moments. RMSNorm gains and the
+// router stay f32 in every dtype. Gradients accumulate: ZeroGrads, then any number of
+// ForwardBackward calls (gradient accumulation), then the optimizer.
+// Token ids and targets are device tensors [B * S] i32 (B sequences of S tokens).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "attention/diffqkv.h"
+#include "attention/kv_cache.h"
+#include "moe/moe_layer.h"
+#include "runtime/core/status.h"
+#include "runtime/device/exec_context.h"
+#include "runtime/tensor/tensor.h"
+
+namespace smoe {
+
+struct ModelSpec {
+  int64_t vocab_size = 256;
+  int64_t num_layers = 1;
+  int64_t model_dim = 128;
+  bool tie_embeddings = true;
+  float norm_eps = 1e-6f;
+  float init_std = 0.02f;
+  DType dtype = DType::kF32;        // compute dtype (activations, compute copies)
+  DiffQkvConfig attention;          // model_dim filled from model_dim
+  MoELayerConfig moe;               // model_dim, dtype filled from the above
+  std::vector<int> dense_layers;    // layers with a dense SwiGLU FFN instead of MoE
+  int64_t dense_ffn_dim = 0;
+};
+
+struct ModelParam {
+  std::string name;
+  Tensor master;   // f32
+  Tensor compute;  // model dtype (aliases master when that is f32), or f32 for gains/router
+  Tensor grad;     // f32
+  Tensor m, v;     // AdamW moments, f32
+  bool decay = true;  // weight decay on matrices only
+};
+
+struct ModelLoss {
+  double loss = 0.0;      // mean cross-entropy over the tokens
+  double aux_total = 0.0; // sum over layers of the aux losses' weighted total
+};
+
+class Model {
+ public:
+  [[nodiscard]] static StatusOr<std::unique_ptr<Model>> Create(const ModelSpec& spec, Device device);
+  ~Model();
+
+  // Deterministic from the seed (Philox); master and compute copies and moments initialized.
+  [[nodiscard]] Status Init(ExecContext& ctx, uint64_t seed);
+  // Compute copies from masters (after loading masters from a checkpoint or an optimizer step).
+  [[nodiscard]] Status SyncComputeCopies(ExecContext& ctx);
+  [[nodiscard]] Status ZeroGrads(ExecContext& ctx);
+
+  // Progressive sparsification: routes layer `layer` to k experts from the next forward on.
+  [[nodiscard]] Status SetTopK(int layer, int k);
+  int TopK(int layer) const;
+
+  // Forward and backward over one micro-batch; gradients (of loss * grad_scale, aux included)
+  // are added to the f32 grads. Two host syncs per MoE layer (offsets, aux values) and one for
+  // the loss.
+  [[nodiscard]] StatusOr<ModelLoss> ForwardBackward(ExecContext& ctx, const TensorView& ids,
+                                                    const TensorView& targets, int64_t batch,
+                                                    int64_t seq_len, float grad_scale);
+  // Forward only: the mean cross-entropy (evaluation).
+  [[nodiscard]] StatusOr<double> Loss(ExecContext& ctx, const TensorView& ids,
+                                      const TensorView& targets, int64_t batch, int64_t seq_len);
+  // Logits [B, V] f32 (on the host) of the last position of each sequence, for sampling.
+  [[nodiscard]] StatusOr<Tensor> LastLogits(ExecContext& ctx, const TensorView& ids, int64_t batch,
+                                            int64_t seq_len);
+
+  // Routing statistics of every MoE layer's last forward (host sync); empty entries for dense layers.
+  [[nodiscard]] StatusOr<std::vector<RoutingStats>> MoEStats(ExecContext& ctx) const;
+
+  std::vector<ModelParam>& params() { return params_; }
+  const ModelSpec& spec() const { return spec_; }
+  Device device() const { return device_; }
+  bool is_moe_layer(int layer) const;
+  int64_t NumParameters() const;
+  // Parameters a token touches: all but the unrouted experts (top-k of E per MoE layer).
+  int64_t NumActivatedParameters() const;
+  // Forward + backward FLOPs per token (matrix products: attention projections and scores,
+  // router, experts at the current top-k, LM head), for MFU.
+  double FlopsPerToken(int64_t seq_len) const;
+
+ private:
+  struct Layer;
+  struct Activations;
+  Model(const ModelSpec& spec, Device device);
+  [[nodiscard]] Status AddParam(const std::string& name, Shape shape, DType compute_dtype,
+                                bool decay);
+  ModelParam& P(int index) { return params_[index]; }
+  const ModelParam& P(int index) const { return params_[index]; }
+  DiffQkvParams AttentionParams(const Layer& layer);
+  // Fresh tensors (in the compute dtype) for the attention block's gradients, which it overwrites;
+  // `staged` pairs each with its parameter index, to be added into the f32 grads.
+  [[nodiscard]] StatusOr<DiffQkvParams> StageAttentionGrads(
+      const Layer& layer, std::vector<std::pair<int, Tensor>>* staged);
+  [[nodiscard]] StatusOr<double> Run(ExecContext& ctx, const TensorView& ids,
+                                     const TensorView& targets, int64_t batch, int64_t seq_len,
+                                     bool backward, float grad_scale, double* aux_total,
+                                     Tensor* last_logits);
+
+  ModelSpec spec_;
+  Device device_;
+  std::vector<ModelParam> params_;
+  std::vector<Layer> layers_;
+  std::vector<MoEState> moe_states_;
+  int embedding_ = -1, final_norm_ = -1, lm_head_ = -1;
+};
+
+}  // namespace smoe
