@@ -86,6 +86,9 @@ class _MoEFunction(torch.autograd.Function):
         return (*out, None, None)
 
 
+# torch.compile: dynamo cannot trace into the extension, so the layer is an explicit graph break
+# (compiled code runs around it; the autograd.Function still provides the backward).
+@torch.compiler.disable
 def moe_forward(x: torch.Tensor, w_gate: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor,
                 w2: torch.Tensor, config: "_C.MoEConfig"):
     """Functional form: (y [T, M], aux_total, state, aux_values) for contiguous x [T, M].

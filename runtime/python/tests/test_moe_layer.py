@@ -190,3 +190,23 @@ def test_cuda_runs_on_torch_current_stream():
         y.sum().backward()
     torch.cuda.current_stream().wait_stream(side)
     torch.testing.assert_close(y, expected)
+
+
+def test_torch_compile_runs_the_layer_as_a_graph_break():
+    layer = MoE(M, H, E, top_k=2, lbl_coef=0.05)
+    proj = torch.nn.Linear(M, M)
+    x = torch.randn(T, M)
+
+    def step(x):
+        return (layer(proj(x)) * 2).sum() + layer.aux_loss
+
+    expected = step(x)
+    expected.backward()
+    grads = [p.grad.clone() for p in (proj.weight, layer.w1)]
+    proj.zero_grad(), layer.zero_grad()
+    # aot_eager: dynamo and AOTAutograd as in the default backend, without compiling kernels.
+    got = torch.compile(step, backend="aot_eager")(x)
+    got.backward()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for g, p in zip(grads, (proj.weight, layer.w1)):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-5)
