@@ -2,22 +2,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "attention/attention_core_cpu.h"
+#include "attention/validate.h"
 
 namespace smoe {
 namespace {
 
-Status CheckFloating(absl::string_view name, const TensorView& t) {
-  if (t.dtype() != DType::kF32 && t.dtype() != DType::kBF16) {
-    return BadArgument(absl::StrCat(name, ".dtype"), DTypeName(t.dtype()), "f32 or bf16");
-  }
-  return absl::OkStatus();
-}
-
-Status CheckArg(absl::string_view name, const ExecContext& ctx, const TensorView& t, DType dtype,
-                const Shape& shape) {
-  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, ctx.device(), shape));
-  return CheckContiguous(name, t);
-}
+using attention_internal::CheckArg;
+using attention_internal::CheckFloating;
 
 // Reads the dims from q [B, S, n_q, D], k [B, S, n_k, D], v [B, S, n_v, D] and checks them all.
 StatusOr<AttentionDims> ValidateQkv(const ExecContext& ctx, const TensorView& q,

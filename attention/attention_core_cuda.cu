@@ -10,18 +10,18 @@
 #include <cmath>
 
 #include "attention/attention_core.h"
-#include "attention/cuda_common.cuh"
 #include "runtime/device/cuda_error.h"
+#include "runtime/device/cuda_utils.cuh"
 
 namespace smoe {
 namespace {
 
-using attention_internal::CeilDiv;
-using attention_internal::FromFloat;
-using attention_internal::kFullMask;
-using attention_internal::ToFloat;
-using attention_internal::WarpMax;
-using attention_internal::WarpSum;
+using cuda_utils::CeilDiv;
+using cuda_utils::FromFloat;
+using cuda_utils::kFullMask;
+using cuda_utils::ToFloat;
+using cuda_utils::WarpMax;
+using cuda_utils::WarpSum;
 
 constexpr int kWarps = 8;  // rows per block, one warp each
 constexpr int kTile = 32;  // rows of the staged tile: one per lane

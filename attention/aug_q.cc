@@ -1,24 +1,15 @@
 #include "attention/aug_q.h"
 
 #include "absl/strings/str_cat.h"
-#include "attention/aug_q_cpu.h"
+#include "attention/validate.h"
 #include "runtime/blas/gemm.h"
+#include "runtime/nn/swiglu.h"
 
 namespace smoe {
 namespace {
 
-Status CheckArg(absl::string_view name, const ExecContext& ctx, const TensorView& t, DType dtype,
-                const Shape& shape) {
-  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, ctx.device(), shape));
-  return CheckContiguous(name, t);
-}
-
-Status CheckFloating(absl::string_view name, const TensorView& t) {
-  if (t.dtype() != DType::kF32 && t.dtype() != DType::kBF16) {
-    return BadArgument(absl::StrCat(name, ".dtype"), DTypeName(t.dtype()), "f32 or bf16");
-  }
-  return absl::OkStatus();
-}
+using attention_internal::CheckArg;
+using attention_internal::CheckFloating;
 
 // Checks q [T, QD] and the weights; returns d_aug.
 StatusOr<int64_t> CheckAugQ(const ExecContext& ctx, const TensorView& q, const AugQWeights& w,
@@ -40,49 +31,6 @@ StatusOr<Tensor> Like(ExecContext& ctx, Shape shape, DType dtype) {
 
 }  // namespace
 
-Status SwiGluForward(ExecContext& ctx, const TensorView& gate, const TensorView& up,
-                     const TensorView& h) {
-  MOE_RETURN_IF_ERROR(CheckFloating("gate", gate));
-  MOE_RETURN_IF_ERROR(CheckArg("gate", ctx, gate, gate.dtype(), gate.shape()));
-  MOE_RETURN_IF_ERROR(CheckArg("up", ctx, up, gate.dtype(), gate.shape()));
-  MOE_RETURN_IF_ERROR(CheckArg("h", ctx, h, gate.dtype(), gate.shape()));
-  const int64_t n = gate.numel();
-  if (n == 0) return absl::OkStatus();
-  if (ctx.device().is_cuda()) {
-    return internal::SwiGluForwardCuda(ctx, gate.dtype(), gate.data(), up.data(), h.data(), n);
-  }
-  if (gate.dtype() == DType::kF32) {
-    attention_internal::SwiGluForwardCpu(gate.data<float>(), up.data<float>(), h.data<float>(), n);
-  } else {
-    attention_internal::SwiGluForwardCpu(gate.data<BF16>(), up.data<BF16>(), h.data<BF16>(), n);
-  }
-  return absl::OkStatus();
-}
-
-Status SwiGluBackward(ExecContext& ctx, const TensorView& gate, const TensorView& up,
-                      const TensorView& dh, const TensorView& dgate, const TensorView& dup) {
-  MOE_RETURN_IF_ERROR(CheckFloating("gate", gate));
-  MOE_RETURN_IF_ERROR(CheckArg("gate", ctx, gate, gate.dtype(), gate.shape()));
-  MOE_RETURN_IF_ERROR(CheckArg("up", ctx, up, gate.dtype(), gate.shape()));
-  MOE_RETURN_IF_ERROR(CheckArg("dh", ctx, dh, gate.dtype(), gate.shape()));
-  MOE_RETURN_IF_ERROR(CheckArg("dgate", ctx, dgate, gate.dtype(), gate.shape()));
-  MOE_RETURN_IF_ERROR(CheckArg("dup", ctx, dup, gate.dtype(), gate.shape()));
-  const int64_t n = gate.numel();
-  if (n == 0) return absl::OkStatus();
-  if (ctx.device().is_cuda()) {
-    return internal::SwiGluBackwardCuda(ctx, gate.dtype(), gate.data(), up.data(), dh.data(),
-                                        dgate.data(), dup.data(), n);
-  }
-  if (gate.dtype() == DType::kF32) {
-    attention_internal::SwiGluBackwardCpu(gate.data<float>(), up.data<float>(), dh.data<float>(),
-                                          dgate.data<float>(), dup.data<float>(), n);
-  } else {
-    attention_internal::SwiGluBackwardCpu(gate.data<BF16>(), up.data<BF16>(), dh.data<BF16>(),
-                                          dgate.data<BF16>(), dup.data<BF16>(), n);
-  }
-  return absl::OkStatus();
-}
-
 Status AugQForward(ExecContext& ctx, const TensorView& q, const AugQWeights& weights,
                    const TensorView& q_aug, AugQSaved* saved) {
   MOE_ASSIGN_OR_RETURN(const int64_t d_aug, CheckAugQ(ctx, q, weights, ""));
@@ -93,7 +41,7 @@ Status AugQForward(ExecContext& ctx, const TensorView& q, const AugQWeights& wei
   MOE_ASSIGN_OR_RETURN(saved->h, Like(ctx, {rows, d_aug}, q.dtype()));
   MOE_RETURN_IF_ERROR(Gemm(ctx, q, weights.w_gate, saved->gate));
   MOE_RETURN_IF_ERROR(Gemm(ctx, q, weights.w_up, saved->up));
-  MOE_RETURN_IF_ERROR(SwiGluForward(ctx, saved->gate, saved->up, saved->h));
+  MOE_RETURN_IF_ERROR(SwiGLU(ctx, saved->gate, saved->up, saved->h));
   return Gemm(ctx, saved->h, weights.w_down, q_aug);
 }
 
@@ -115,23 +63,11 @@ Status AugQBackward(ExecContext& ctx, const TensorView& q, const AugQWeights& we
   MOE_ASSIGN_OR_RETURN(Tensor dup, Like(ctx, {rows, d_aug}, q.dtype()));
   MOE_RETURN_IF_ERROR(Gemm(ctx, saved.h, dq_aug, grads.w_down, {.trans_a = true}));
   MOE_RETURN_IF_ERROR(Gemm(ctx, dq_aug, weights.w_down, dh, {.trans_b = true}));
-  MOE_RETURN_IF_ERROR(SwiGluBackward(ctx, saved.gate, saved.up, dh, dgate, dup));
+  MOE_RETURN_IF_ERROR(SwiGLUBackward(ctx, saved.gate, saved.up, dh, dgate, dup));
   MOE_RETURN_IF_ERROR(Gemm(ctx, q, dgate, grads.w_gate, {.trans_a = true}));
   MOE_RETURN_IF_ERROR(Gemm(ctx, q, dup, grads.w_up, {.trans_a = true}));
   MOE_RETURN_IF_ERROR(Gemm(ctx, dgate, weights.w_gate, dq, {.trans_b = true}));
   return Gemm(ctx, dup, weights.w_up, dq, {.trans_b = true, .beta = 1.0f});
 }
-
-#if !MOE_WITH_CUDA
-namespace internal {
-Status SwiGluForwardCuda(ExecContext&, DType, const void*, const void*, void*, int64_t) {
-  return absl::FailedPreconditionError("SwiGLU on CUDA, but this build has no CUDA backend");
-}
-Status SwiGluBackwardCuda(ExecContext&, DType, const void*, const void*, const void*, void*, void*,
-                          int64_t) {
-  return absl::FailedPreconditionError("SwiGLU on CUDA, but this build has no CUDA backend");
-}
-}  // namespace internal
-#endif
 
 }  // namespace smoe

@@ -1,9 +1,8 @@
 // Augmented Q (Sigma's AugQ): a SwiGLU MLP applied to the query projection,
 //   q' = W_down (silu(q W_gate) * (q W_up)),
-// with W_gate, W_up [n_q*D, d_aug] and W_down [d_aug, n_q*D]; the projections go through Gemm.
+// with W_gate, W_up [n_q*D, d_aug] and W_down [d_aug, n_q*D]; the projections go through Gemm and
+// the gate is runtime/nn/swiglu.h (SwiGLU(gate, up), fp32 math).
 //
-//   SwiGluForward:  h = silu(gate) * up                       gate, up, h [R, C]
-//   SwiGluBackward: dgate = dh * up * silu'(gate), dup = dh * silu(gate)
 //   AugQForward:    q_aug [T, n_q*D] from q [T, n_q*D]; keeps gate, up, h [T, d_aug] in `saved`.
 //   AugQBackward:   dq [T, n_q*D] and the weight gradients (all overwritten) from dq_aug.
 // All tensors one dtype, f32 or bf16 (Gemm accumulates in fp32), contiguous, on ctx's device.
@@ -28,12 +27,6 @@ struct AugQSaved {
   Tensor h;     // silu(gate) * up
 };
 
-[[nodiscard]] Status SwiGluForward(ExecContext& ctx, const TensorView& gate, const TensorView& up,
-                                   const TensorView& h);
-[[nodiscard]] Status SwiGluBackward(ExecContext& ctx, const TensorView& gate, const TensorView& up,
-                                    const TensorView& dh, const TensorView& dgate,
-                                    const TensorView& dup);
-
 [[nodiscard]] Status AugQForward(ExecContext& ctx, const TensorView& q, const AugQWeights& weights,
                                  const TensorView& q_aug, AugQSaved* saved);
 // `grads` holds dW_gate, dW_up, dW_down in the shapes of the weights.
@@ -41,11 +34,4 @@ struct AugQSaved {
                                   const AugQSaved& saved, const TensorView& dq_aug,
                                   const TensorView& dq, const AugQWeights& grads);
 
-namespace internal {
-[[nodiscard]] Status SwiGluForwardCuda(ExecContext& ctx, DType dtype, const void* gate,
-                                       const void* up, void* h, int64_t n);
-[[nodiscard]] Status SwiGluBackwardCuda(ExecContext& ctx, DType dtype, const void* gate,
-                                        const void* up, const void* dh, void* dgate, void* dup,
-                                        int64_t n);
-}  // namespace internal
 }  // namespace smoe

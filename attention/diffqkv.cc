@@ -4,34 +4,31 @@
 #include "attention/attention_core.h"
 #include "attention/qk_norm.h"
 #include "attention/rope.h"
+#include "attention/validate.h"
 #include "runtime/blas/gemm.h"
 
 namespace smoe {
 namespace {
 
-Status CheckArg(absl::string_view name, const TensorView& t, DType dtype, Device device,
-                const Shape& shape) {
-  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, device, shape));
-  return CheckContiguous(name, t);
-}
+using attention_internal::CheckArg;
 
 // Checks every parameter (or gradient, with prefix "d") that the config uses.
-Status CheckParams(const DiffQkvConfig& c, const DiffQkvParams& p, DType dtype, Device device,
-                   absl::string_view prefix) {
+Status CheckParams(const ExecContext& ctx, const DiffQkvConfig& c, const DiffQkvParams& p,
+                   DType dtype, absl::string_view prefix) {
   const int64_t M = c.model_dim, qd = c.n_q * c.head_dim;
   auto name = [&](absl::string_view field) { return absl::StrCat(prefix, field); };
-  MOE_RETURN_IF_ERROR(CheckArg(name("w_q"), p.w_q, dtype, device, {M, qd}));
-  MOE_RETURN_IF_ERROR(CheckArg(name("w_k"), p.w_k, dtype, device, {M, c.n_k * c.head_dim}));
-  MOE_RETURN_IF_ERROR(CheckArg(name("w_v"), p.w_v, dtype, device, {M, c.n_v * c.head_dim}));
-  MOE_RETURN_IF_ERROR(CheckArg(name("w_o"), p.w_o, dtype, device, {qd, M}));
+  MOE_RETURN_IF_ERROR(CheckArg(name("w_q"), ctx, p.w_q, dtype, {M, qd}));
+  MOE_RETURN_IF_ERROR(CheckArg(name("w_k"), ctx, p.w_k, dtype, {M, c.n_k * c.head_dim}));
+  MOE_RETURN_IF_ERROR(CheckArg(name("w_v"), ctx, p.w_v, dtype, {M, c.n_v * c.head_dim}));
+  MOE_RETURN_IF_ERROR(CheckArg(name("w_o"), ctx, p.w_o, dtype, {qd, M}));
   if (c.d_aug > 0) {
-    MOE_RETURN_IF_ERROR(CheckArg(name("w_gate"), p.aug.w_gate, dtype, device, {qd, c.d_aug}));
-    MOE_RETURN_IF_ERROR(CheckArg(name("w_up"), p.aug.w_up, dtype, device, {qd, c.d_aug}));
-    MOE_RETURN_IF_ERROR(CheckArg(name("w_down"), p.aug.w_down, dtype, device, {c.d_aug, qd}));
+    MOE_RETURN_IF_ERROR(CheckArg(name("w_gate"), ctx, p.aug.w_gate, dtype, {qd, c.d_aug}));
+    MOE_RETURN_IF_ERROR(CheckArg(name("w_up"), ctx, p.aug.w_up, dtype, {qd, c.d_aug}));
+    MOE_RETURN_IF_ERROR(CheckArg(name("w_down"), ctx, p.aug.w_down, dtype, {c.d_aug, qd}));
   }
   if (c.qk_norm) {
-    MOE_RETURN_IF_ERROR(CheckArg(name("q_norm"), p.q_norm, dtype, device, {c.head_dim}));
-    MOE_RETURN_IF_ERROR(CheckArg(name("k_norm"), p.k_norm, dtype, device, {c.head_dim}));
+    MOE_RETURN_IF_ERROR(CheckArg(name("q_norm"), ctx, p.q_norm, dtype, {c.head_dim}));
+    MOE_RETURN_IF_ERROR(CheckArg(name("k_norm"), ctx, p.k_norm, dtype, {c.head_dim}));
   }
   return absl::OkStatus();
 }
@@ -64,13 +61,11 @@ Status ValidateDiffQkvConfig(const DiffQkvConfig& c, Device device) {
 Status DiffQkvForward(ExecContext& ctx, const DiffQkvConfig& c, const DiffQkvParams& p,
                       const TensorView& x, const TensorView& y, DiffQkvSaved* saved) {
   MOE_RETURN_IF_ERROR(ValidateDiffQkvConfig(c, ctx.device()));
-  if (x.dtype() != DType::kF32 && x.dtype() != DType::kBF16) {
-    return BadArgument("x.dtype", DTypeName(x.dtype()), "f32 or bf16");
-  }
+  MOE_RETURN_IF_ERROR(attention_internal::CheckFloating("x", x));
   const DType dt = x.dtype();
-  MOE_RETURN_IF_ERROR(CheckArg("x", x, dt, ctx.device(), {-1, -1, c.model_dim}));
-  MOE_RETURN_IF_ERROR(CheckArg("y", y, dt, ctx.device(), x.shape()));
-  MOE_RETURN_IF_ERROR(CheckParams(c, p, dt, ctx.device(), ""));
+  MOE_RETURN_IF_ERROR(CheckArg("x", ctx, x, dt, {-1, -1, c.model_dim}));
+  MOE_RETURN_IF_ERROR(CheckArg("y", ctx, y, dt, x.shape()));
+  MOE_RETURN_IF_ERROR(CheckParams(ctx, c, p, dt, ""));
   const int64_t B = x.dim(0), S = x.dim(1), T = B * S, D = c.head_dim;
   DiffQkvSaved& s = *saved;
   MOE_ASSIGN_OR_RETURN(const TensorView x2, x.Reshape({T, c.model_dim}));
@@ -119,13 +114,13 @@ Status DiffQkvBackward(ExecContext& ctx, const DiffQkvConfig& c, const DiffQkvPa
                        const TensorView& dx, const DiffQkvParams& g) {
   MOE_RETURN_IF_ERROR(ValidateDiffQkvConfig(c, ctx.device()));
   const DType dt = x.dtype();
-  MOE_RETURN_IF_ERROR(CheckArg("x", x, dt, ctx.device(), {-1, -1, c.model_dim}));
-  MOE_RETURN_IF_ERROR(CheckArg("dy", dy, dt, ctx.device(), x.shape()));
-  MOE_RETURN_IF_ERROR(CheckArg("dx", dx, dt, ctx.device(), x.shape()));
-  MOE_RETURN_IF_ERROR(CheckParams(c, p, dt, ctx.device(), ""));
-  MOE_RETURN_IF_ERROR(CheckParams(c, g, dt, ctx.device(), "d"));
+  MOE_RETURN_IF_ERROR(CheckArg("x", ctx, x, dt, {-1, -1, c.model_dim}));
+  MOE_RETURN_IF_ERROR(CheckArg("dy", ctx, dy, dt, x.shape()));
+  MOE_RETURN_IF_ERROR(CheckArg("dx", ctx, dx, dt, x.shape()));
+  MOE_RETURN_IF_ERROR(CheckParams(ctx, c, p, dt, ""));
+  MOE_RETURN_IF_ERROR(CheckParams(ctx, c, g, dt, "d"));
   const int64_t B = x.dim(0), S = x.dim(1), T = B * S, D = c.head_dim;
-  MOE_RETURN_IF_ERROR(CheckArg("saved.o", s.o, dt, ctx.device(), {B, S, c.n_q, D}));
+  MOE_RETURN_IF_ERROR(CheckArg("saved.o", ctx, s.o, dt, {B, S, c.n_q, D}));
   MOE_ASSIGN_OR_RETURN(const TensorView x2, x.Reshape({T, c.model_dim}));
   MOE_ASSIGN_OR_RETURN(const TensorView dy2, dy.Reshape({T, c.model_dim}));
   MOE_ASSIGN_OR_RETURN(const TensorView dx2, dx.Reshape({T, c.model_dim}));
@@ -182,9 +177,9 @@ Status DiffQkvDecodeStep(ExecContext& ctx, const DiffQkvConfig& c, const DiffQkv
                          const TensorView& x_new, KvCache* cache, const TensorView& y_new) {
   MOE_RETURN_IF_ERROR(ValidateDiffQkvConfig(c, ctx.device()));
   const DType dt = x_new.dtype();
-  MOE_RETURN_IF_ERROR(CheckArg("x_new", x_new, dt, ctx.device(), {-1, 1, c.model_dim}));
-  MOE_RETURN_IF_ERROR(CheckArg("y_new", y_new, dt, ctx.device(), x_new.shape()));
-  MOE_RETURN_IF_ERROR(CheckParams(c, p, dt, ctx.device(), ""));
+  MOE_RETURN_IF_ERROR(CheckArg("x_new", ctx, x_new, dt, {-1, 1, c.model_dim}));
+  MOE_RETURN_IF_ERROR(CheckArg("y_new", ctx, y_new, dt, x_new.shape()));
+  MOE_RETURN_IF_ERROR(CheckParams(ctx, c, p, dt, ""));
   const int64_t B = x_new.dim(0), D = c.head_dim, position = cache->length();
   if (cache->batch() != B || cache->n_k() != c.n_k || cache->n_v() != c.n_v ||
       cache->head_dim() != D || cache->dtype() != dt) {

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "attention/attention_core.h"
 #include "attention/scalar.h"
+#include "attention/validate.h"
 #include "runtime/tensor/tensor_ops.h"
 
 namespace smoe {
@@ -101,11 +102,9 @@ Status KvCache::Append(ExecContext& ctx, const TensorView& k_new, const TensorVi
 Status DecodeAttention(ExecContext& ctx, const TensorView& q, const KvCache& cache,
                        const TensorView& out) {
   const int64_t B = cache.batch(), D = cache.head_dim();
-  MOE_RETURN_IF_ERROR(CheckTensor("q", q, cache.dtype(), ctx.device(), {B, -1, D}));
-  MOE_RETURN_IF_ERROR(CheckContiguous("q", q));
+  MOE_RETURN_IF_ERROR(attention_internal::CheckArg("q", ctx, q, cache.dtype(), {B, -1, D}));
   const int64_t n_q = q.dim(1);
-  MOE_RETURN_IF_ERROR(CheckTensor("out", out, cache.dtype(), ctx.device(), {B, n_q, D}));
-  MOE_RETURN_IF_ERROR(CheckContiguous("out", out));
+  MOE_RETURN_IF_ERROR(attention_internal::CheckArg("out", ctx, out, cache.dtype(), {B, n_q, D}));
   if (cache.k().device() != ctx.device()) {
     return BadArgument("cache.device", cache.k().device().ToString(), ctx.device().ToString());
   }

@@ -9,16 +9,16 @@
 
 #include <cub/cub.cuh>
 
-#include "attention/cuda_common.cuh"
 #include "attention/kv_cache.h"
 #include "runtime/device/cuda_error.h"
+#include "runtime/device/cuda_utils.cuh"
 
 namespace smoe {
 namespace {
 
-using attention_internal::CeilDiv;
-using attention_internal::FromFloat;
-using attention_internal::ToFloat;
+using cuda_utils::CeilDiv;
+using cuda_utils::FromFloat;
+using cuda_utils::ToFloat;
 
 constexpr int kThreads = 256;
 constexpr int kValueTile = 32;

@@ -2,21 +2,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "attention/qk_norm_cpu.h"
+#include "attention/validate.h"
 
 namespace smoe {
 namespace {
 
-Status CheckArg(absl::string_view name, const ExecContext& ctx, const TensorView& t, DType dtype,
-                const Shape& shape) {
-  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, ctx.device(), shape));
-  return CheckContiguous(name, t);
-}
+using attention_internal::CheckArg;
 
 // Checks x [..., D] and w [D]; returns the row count.
 StatusOr<int64_t> CheckInput(const ExecContext& ctx, const TensorView& x, const TensorView& w) {
-  if (x.dtype() != DType::kF32 && x.dtype() != DType::kBF16) {
-    return BadArgument("x.dtype", DTypeName(x.dtype()), "f32 or bf16");
-  }
+  MOE_RETURN_IF_ERROR(attention_internal::CheckFloating("x", x));
   if (x.rank() < 1 || x.dim(x.rank() - 1) < 1) {
     return BadArgument("x.shape", x.shape().ToString(), "[..., D] with D >= 1");
   }

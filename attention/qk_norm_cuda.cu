@@ -4,17 +4,17 @@
 
 #include <cub/cub.cuh>
 
-#include "attention/cuda_common.cuh"
 #include "attention/qk_norm.h"
 #include "runtime/device/cuda_error.h"
+#include "runtime/device/cuda_utils.cuh"
 
 namespace smoe {
 namespace {
 
-using attention_internal::CeilDiv;
-using attention_internal::FromFloat;
-using attention_internal::ToFloat;
-using attention_internal::WarpSum;
+using cuda_utils::CeilDiv;
+using cuda_utils::FromFloat;
+using cuda_utils::ToFloat;
+using cuda_utils::WarpSum;
 
 constexpr int kWarps = 8;
 constexpr int kColumnThreads = 256;

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "attention/rope_cpu.h"
+#include "attention/validate.h"
 
 namespace smoe {
 namespace {
@@ -9,13 +10,9 @@ namespace {
 Status Rope(ExecContext& ctx, const TensorView& x, const TensorView& y, double theta,
             int64_t position_offset, int direction, absl::string_view x_name,
             absl::string_view y_name) {
-  if (x.dtype() != DType::kF32 && x.dtype() != DType::kBF16) {
-    return BadArgument(absl::StrCat(x_name, ".dtype"), DTypeName(x.dtype()), "f32 or bf16");
-  }
-  MOE_RETURN_IF_ERROR(CheckTensor(x_name, x, x.dtype(), ctx.device(), {-1, -1, -1, -1}));
-  MOE_RETURN_IF_ERROR(CheckContiguous(x_name, x));
-  MOE_RETURN_IF_ERROR(CheckTensor(y_name, y, x.dtype(), ctx.device(), x.shape()));
-  MOE_RETURN_IF_ERROR(CheckContiguous(y_name, y));
+  MOE_RETURN_IF_ERROR(attention_internal::CheckFloating(x_name, x));
+  MOE_RETURN_IF_ERROR(attention_internal::CheckArg(x_name, ctx, x, x.dtype(), {-1, -1, -1, -1}));
+  MOE_RETURN_IF_ERROR(attention_internal::CheckArg(y_name, ctx, y, x.dtype(), x.shape()));
   const int64_t D = x.dim(3);
   if (D % 2 != 0) return BadArgument(absl::StrCat(x_name, ".head_dim"), absl::StrCat(D), "even");
   if (!(theta > 0.0)) return BadArgument("theta", absl::StrCat(theta), "> 0");

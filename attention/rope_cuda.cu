@@ -1,16 +1,16 @@
 // CUDA backend of rope.h: one thread per rotated pair.
 #include <cuda_runtime.h>
 
-#include "attention/cuda_common.cuh"
 #include "attention/rope.h"
 #include "runtime/device/cuda_error.h"
+#include "runtime/device/cuda_utils.cuh"
 
 namespace smoe {
 namespace {
 
-using attention_internal::CeilDiv;
-using attention_internal::FromFloat;
-using attention_internal::ToFloat;
+using cuda_utils::CeilDiv;
+using cuda_utils::FromFloat;
+using cuda_utils::ToFloat;
 
 template <typename T>
 __global__ void RopeKernel(const T* x, T* y, int64_t seq, int64_t heads, int64_t head_dim,

@@ -6,13 +6,18 @@
 #include <cstdint>
 #include <cub/cub.cuh>
 #include <initializer_list>
+#include <type_traits>
 
 #include "moe/dispatch/permute.h"
 #include "runtime/core/bf16.h"
 #include "runtime/device/cuda_error.h"
+#include "runtime/device/cuda_utils.cuh"
 
 namespace smoe {
 namespace {
+
+using cuda_utils::FromFloat;
+using cuda_utils::ToFloat;
 
 constexpr int kThreads = 128;
 
@@ -20,19 +25,6 @@ template <typename T, int kVec>
 struct alignas(sizeof(T) * kVec) Pack {
   T v[kVec];
 };
-
-__device__ __forceinline__ float ToFloat(float v) { return v; }
-__device__ __forceinline__ float ToFloat(BF16 v) { return BF16ToFloat(v); }
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ BF16 FromFloat<BF16>(float v) {
-  return FloatToBF16(v);
-}
 
 // Block r copies row row_token[r] of x.
 template <typename T, int kVec>
@@ -44,49 +36,28 @@ __global__ void PermuteKernel(const int32_t* row_token, const T* x, T* xs, int64
   for (int64_t c = threadIdx.x; c < m / kVec; c += blockDim.x) dst[c] = src[c];
 }
 
-// Block t gathers the rows of its kept choices.
+// Block t sums the rows of its kept choices, each weighted by its gate (by 1 where gates is null:
+// PermuteBackward).
 template <typename T, int kVec>
-__global__ void PermuteBackwardKernel(const int32_t* slots, const T* dxs, T* dx, int64_t k_count,
-                                      int64_t m) {
+__global__ void GatherSumKernel(const int32_t* slots, const T* rows, const float* gates, T* out,
+                                int64_t k_count, int64_t m) {
   using P = Pack<T, kVec>;
   const int64_t t = blockIdx.x;
-  P* dst = reinterpret_cast<P*>(dx + t * m);
+  P* dst = reinterpret_cast<P*>(out + t * m);
   for (int64_t c = threadIdx.x; c < m / kVec; c += blockDim.x) {
     float acc[kVec] = {};
     for (int64_t k = 0; k < k_count; ++k) {
       const int64_t row = slots[t * k_count + k];
       if (row < 0) continue;
-      const P v = reinterpret_cast<const P*>(dxs + row * m)[c];
-#pragma unroll
-      for (int j = 0; j < kVec; ++j) acc[j] += ToFloat(v.v[j]);
-    }
-    P out;
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) out.v[j] = FromFloat<T>(acc[j]);
-    dst[c] = out;
-  }
-}
-
-template <typename T, int kVec>
-__global__ void CombineKernel(const int32_t* slots, const T* ys, const float* gates, T* y,
-                              int64_t k_count, int64_t m) {
-  using P = Pack<T, kVec>;
-  const int64_t t = blockIdx.x;
-  P* dst = reinterpret_cast<P*>(y + t * m);
-  for (int64_t c = threadIdx.x; c < m / kVec; c += blockDim.x) {
-    float acc[kVec] = {};
-    for (int64_t k = 0; k < k_count; ++k) {
-      const int64_t row = slots[t * k_count + k];
-      if (row < 0) continue;
-      const float gate = gates[t * k_count + k];
-      const P v = reinterpret_cast<const P*>(ys + row * m)[c];
+      const float gate = gates != nullptr ? gates[t * k_count + k] : 1.0f;
+      const P v = reinterpret_cast<const P*>(rows + row * m)[c];
 #pragma unroll
       for (int j = 0; j < kVec; ++j) acc[j] += gate * ToFloat(v.v[j]);
     }
-    P out;
+    P sum;
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) out.v[j] = FromFloat<T>(acc[j]);
-    dst[c] = out;
+    for (int j = 0; j < kVec; ++j) sum.v[j] = FromFloat<T>(acc[j]);
+    dst[c] = sum;
   }
 }
 
@@ -128,68 +99,44 @@ __global__ void CombineBackwardKernel(const int32_t* slots, const T* dy, const T
   }
 }
 
-// 16-byte packs when every row starts 16-byte aligned.
-template <typename T>
-bool UsePacks(int64_t m, std::initializer_list<const void*> pointers) {
+// Calls launch(std::integral_constant<int, kVec>{}) with kVec = 16-byte packs when m and every
+// row start allow it (16-byte aligned), else with kVec = 1.
+template <typename T, typename Launch>
+void WithPackWidth(int64_t m, std::initializer_list<const void*> pointers, Launch&& launch) {
   constexpr int kVec = 16 / sizeof(T);
-  if (m % kVec != 0) return false;
-  for (const void* p : pointers) {
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  bool packs = m % kVec == 0;
+  for (const void* p : pointers) packs = packs && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  if (packs) {
+    launch(std::integral_constant<int, kVec>{});
+  } else {
+    launch(std::integral_constant<int, 1>{});
   }
-  return true;
 }
 
 template <typename T>
 Status PermuteTyped(ExecContext& ctx, const RoutingPlan& plan, const TensorView& x,
                     const TensorView& xs) {
-  constexpr int kVec = 16 / sizeof(T);
   const int64_t m = x.dim(1);
-  const unsigned blocks = static_cast<unsigned>(plan.num_rows());
-  const int32_t* row_token = plan.row_token.data<int32_t>();
-  if (UsePacks<T>(m, {x.data(), xs.data()})) {
-    PermuteKernel<T, kVec><<<blocks, kThreads, 0, ctx.stream()>>>(row_token, x.data<T>(),
-                                                                  xs.data<T>(), m);
-  } else {
-    PermuteKernel<T, 1><<<blocks, kThreads, 0, ctx.stream()>>>(row_token, x.data<T>(),
-                                                               xs.data<T>(), m);
-  }
+  WithPackWidth<T>(m, {x.data(), xs.data()}, [&](auto vec) {
+    PermuteKernel<T, decltype(vec)::value>
+        <<<static_cast<unsigned>(plan.num_rows()), kThreads, 0, ctx.stream()>>>(
+            plan.row_token.data<int32_t>(), x.data<T>(), xs.data<T>(), m);
+  });
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("PermuteKernel");
   return absl::OkStatus();
 }
 
+// y [T, M] = sum over kept k of gates[t, k] (1 if gates is null) * rows[slots[t, k]].
 template <typename T>
-Status PermuteBackwardTyped(ExecContext& ctx, const RoutingPlan& plan, const TensorView& dxs,
-                            const TensorView& dx) {
-  constexpr int kVec = 16 / sizeof(T);
-  const int64_t m = dx.dim(1);
-  const unsigned blocks = static_cast<unsigned>(plan.num_tokens);
-  const int32_t* slots = plan.slots.data<int32_t>();
-  if (UsePacks<T>(m, {dxs.data(), dx.data()})) {
-    PermuteBackwardKernel<T, kVec><<<blocks, kThreads, 0, ctx.stream()>>>(
-        slots, dxs.data<T>(), dx.data<T>(), plan.top_k, m);
-  } else {
-    PermuteBackwardKernel<T, 1><<<blocks, kThreads, 0, ctx.stream()>>>(
-        slots, dxs.data<T>(), dx.data<T>(), plan.top_k, m);
-  }
-  MOE_CUDA_RETURN_IF_LAUNCH_ERROR("PermuteBackwardKernel");
-  return absl::OkStatus();
-}
-
-template <typename T>
-Status CombineTyped(ExecContext& ctx, const RoutingPlan& plan, const TensorView& ys,
-                    const TensorView& gates, const TensorView& y) {
-  constexpr int kVec = 16 / sizeof(T);
+Status GatherSumTyped(ExecContext& ctx, const RoutingPlan& plan, const TensorView& rows,
+                      const float* gates, const TensorView& y) {
   const int64_t m = y.dim(1);
-  const unsigned blocks = static_cast<unsigned>(plan.num_tokens);
-  const int32_t* slots = plan.slots.data<int32_t>();
-  if (UsePacks<T>(m, {ys.data(), y.data()})) {
-    CombineKernel<T, kVec><<<blocks, kThreads, 0, ctx.stream()>>>(
-        slots, ys.data<T>(), gates.data<float>(), y.data<T>(), plan.top_k, m);
-  } else {
-    CombineKernel<T, 1><<<blocks, kThreads, 0, ctx.stream()>>>(
-        slots, ys.data<T>(), gates.data<float>(), y.data<T>(), plan.top_k, m);
-  }
-  MOE_CUDA_RETURN_IF_LAUNCH_ERROR("CombineKernel");
+  WithPackWidth<T>(m, {rows.data(), y.data()}, [&](auto vec) {
+    GatherSumKernel<T, decltype(vec)::value>
+        <<<static_cast<unsigned>(plan.num_tokens), kThreads, 0, ctx.stream()>>>(
+            plan.slots.data<int32_t>(), rows.data<T>(), gates, y.data<T>(), plan.top_k, m);
+  });
+  MOE_CUDA_RETURN_IF_LAUNCH_ERROR("GatherSumKernel");
   return absl::OkStatus();
 }
 
@@ -197,19 +144,13 @@ template <typename T>
 Status CombineBackwardTyped(ExecContext& ctx, const RoutingPlan& plan, const TensorView& dy,
                             const TensorView& ys, const TensorView& gates, const TensorView& dys,
                             const TensorView& dgates) {
-  constexpr int kVec = 16 / sizeof(T);
   const int64_t m = dy.dim(1);
-  const unsigned blocks = static_cast<unsigned>(plan.num_tokens);
-  const int32_t* slots = plan.slots.data<int32_t>();
-  if (UsePacks<T>(m, {dy.data(), ys.data(), dys.data()})) {
-    CombineBackwardKernel<T, kVec><<<blocks, kThreads, 0, ctx.stream()>>>(
-        slots, dy.data<T>(), ys.data<T>(), gates.data<float>(), dys.data<T>(),
-        dgates.data<float>(), plan.top_k, m);
-  } else {
-    CombineBackwardKernel<T, 1><<<blocks, kThreads, 0, ctx.stream()>>>(
-        slots, dy.data<T>(), ys.data<T>(), gates.data<float>(), dys.data<T>(),
-        dgates.data<float>(), plan.top_k, m);
-  }
+  WithPackWidth<T>(m, {dy.data(), ys.data(), dys.data()}, [&](auto vec) {
+    CombineBackwardKernel<T, decltype(vec)::value>
+        <<<static_cast<unsigned>(plan.num_tokens), kThreads, 0, ctx.stream()>>>(
+            plan.slots.data<int32_t>(), dy.data<T>(), ys.data<T>(), gates.data<float>(),
+            dys.data<T>(), dgates.data<float>(), plan.top_k, m);
+  });
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("CombineBackwardKernel");
   return absl::OkStatus();
 }
@@ -226,14 +167,14 @@ Status PermuteCuda(ExecContext& ctx, const RoutingPlan& plan, const TensorView& 
 
 Status PermuteBackwardCuda(ExecContext& ctx, const RoutingPlan& plan, const TensorView& dxs,
                            const TensorView& dx) {
-  return dx.dtype() == DType::kF32 ? PermuteBackwardTyped<float>(ctx, plan, dxs, dx)
-                                   : PermuteBackwardTyped<BF16>(ctx, plan, dxs, dx);
+  return dx.dtype() == DType::kF32 ? GatherSumTyped<float>(ctx, plan, dxs, nullptr, dx)
+                                   : GatherSumTyped<BF16>(ctx, plan, dxs, nullptr, dx);
 }
 
 Status CombineCuda(ExecContext& ctx, const RoutingPlan& plan, const TensorView& ys,
                    const TensorView& gates, const TensorView& y) {
-  return y.dtype() == DType::kF32 ? CombineTyped<float>(ctx, plan, ys, gates, y)
-                                  : CombineTyped<BF16>(ctx, plan, ys, gates, y);
+  return y.dtype() == DType::kF32 ? GatherSumTyped<float>(ctx, plan, ys, gates.data<float>(), y)
+                                  : GatherSumTyped<BF16>(ctx, plan, ys, gates.data<float>(), y);
 }
 
 Status CombineBackwardCuda(ExecContext& ctx, const RoutingPlan& plan, const TensorView& dy,

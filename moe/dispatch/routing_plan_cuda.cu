@@ -14,14 +14,15 @@
 #include "absl/strings/str_cat.h"
 #include "moe/dispatch/routing_plan.h"
 #include "runtime/device/cuda_error.h"
+#include "runtime/device/cuda_utils.cuh"
 
 namespace smoe {
 namespace {
 
+using cuda_utils::CeilDiv;
+
 constexpr int kThreads = 256;
 constexpr unsigned long long kNoError = ~0ull;
-
-unsigned BlocksFor(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 // Keys are expert ids, with E standing for an out-of-range id, so the sort needs the bits of E.
 int KeyBits(int64_t num_experts) {
@@ -151,13 +152,13 @@ Status BuildRoutingPlanCuda(ExecContext& ctx, const int32_t* topk_idx, int64_t c
   MOE_CUDA_RETURN_IF_ERROR(
       cudaMemsetAsync(raw_counts, 0, e_count * sizeof(int32_t), stream));
   MOE_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(error, 0xff, sizeof(unsigned long long), stream));
-  HistogramKernel<<<BlocksFor(n), kThreads, 0, stream>>>(topk_idx, t_count, k_count, e_count,
+  HistogramKernel<<<CeilDiv(n, kThreads), kThreads, 0, stream>>>(topk_idx, t_count, k_count, e_count,
                                                          raw_counts, keys, priorities, error);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("HistogramKernel");
   MOE_CUDA_RETURN_IF_ERROR(cub::DeviceScan::ExclusiveSum(temp, scan_raw_bytes, raw_counts,
                                                          raw_starts, static_cast<int>(e_count),
                                                          stream));
-  KeptKernel<<<BlocksFor(e_count + 1), kThreads, 0, stream>>>(
+  KeptKernel<<<CeilDiv(e_count + 1, kThreads), kThreads, 0, stream>>>(
       raw_counts, e_count, capacity, plan->counts.data<int32_t>(), kept);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("KeptKernel");
   MOE_CUDA_RETURN_IF_ERROR(cub::DeviceScan::ExclusiveSum(
@@ -165,7 +166,7 @@ Status BuildRoutingPlanCuda(ExecContext& ctx, const int32_t* topk_idx, int64_t c
   MOE_CUDA_RETURN_IF_ERROR(cub::DeviceRadixSort::SortPairs(temp, sort_bytes, keys, sorted_keys,
                                                            priorities, sorted_priorities,
                                                            num_items, 0, key_bits, stream));
-  SlotsKernel<<<BlocksFor(n), kThreads, 0, stream>>>(
+  SlotsKernel<<<CeilDiv(n, kThreads), kThreads, 0, stream>>>(
       sorted_keys, sorted_priorities, raw_starts, offsets, t_count, k_count, e_count, capacity,
       plan->slots.data<int32_t>(), plan->row_token.data<int32_t>(),
       plan->row_choice.data<int32_t>());

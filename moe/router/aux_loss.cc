@@ -11,11 +11,7 @@
 namespace smoe {
 namespace {
 
-Status CheckArg(absl::string_view name, const ExecContext& ctx, const TensorView& t, DType dtype,
-                const Shape& shape) {
-  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, ctx.device(), shape));
-  return CheckContiguous(name, t);
-}
+using internal::CheckRouterArg;
 
 Status CheckCoef(absl::string_view name, float value) {
   if (std::isfinite(value)) return absl::OkStatus();
@@ -39,17 +35,17 @@ StatusOr<AuxLossValues> AuxLossForwardBackward(ExecContext& ctx, const AuxLossCo
   MOE_RETURN_IF_ERROR(CheckCoef("config.lbl_coef", config.lbl_coef));
   MOE_RETURN_IF_ERROR(CheckCoef("config.z_coef", config.z_coef));
   MOE_RETURN_IF_ERROR(CheckCoef("config.top1_lbl_coef", config.top1_lbl_coef));
-  MOE_RETURN_IF_ERROR(CheckArg("logits", ctx, logits, DType::kF32, {-1, -1}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("logits", ctx, logits, DType::kF32, {-1, -1}));
   const int64_t t = logits.dim(0), e = logits.dim(1);
   if (e < 1) return BadArgument("logits.shape", logits.shape().ToString(), "[T, E] with E >= 1");
-  MOE_RETURN_IF_ERROR(CheckArg("probs", ctx, probs, DType::kF32, {t, e}));
-  MOE_RETURN_IF_ERROR(CheckArg("topk_idx", ctx, topk_idx, DType::kI32, {t, -1}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("probs", ctx, probs, DType::kF32, {t, e}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("topk_idx", ctx, topk_idx, DType::kI32, {t, -1}));
   const int64_t k = topk_idx.dim(1);
   if (k < 1 || k > e) {
     return BadArgument("topk_idx.shape", topk_idx.shape().ToString(),
                        absl::StrCat("[T, K] with 1 <= K <= E = ", e));
   }
-  MOE_RETURN_IF_ERROR(CheckArg("d_logits", ctx, d_logits, DType::kF32, {t, e}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("d_logits", ctx, d_logits, DType::kF32, {t, e}));
 
   // Counts are all-reduced by every rank whenever global_lbl, also with T == 0, so that the
   // group's collectives stay matched.

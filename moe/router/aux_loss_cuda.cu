@@ -8,20 +8,21 @@
 
 #include "moe/router/router_internal.h"
 #include "runtime/device/cuda_error.h"
+#include "runtime/device/cuda_utils.cuh"
 #include "runtime/tensor/tensor.h"
 
 namespace smoe {
 namespace {
 
+using cuda_utils::CeilDiv;
+using cuda_utils::kFullMask;
+using cuda_utils::WarpMax;
+using cuda_utils::WarpSum;
+
 constexpr int kWarpsPerBlock = 8;
-constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kColumnThreads = 128;
 constexpr int kRowsPerChunk = 256;
 constexpr int kSumThreads = 256;
-
-unsigned RowBlocks(int64_t rows) {
-  return static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-}
 
 // Per row: logsumexp of the logits, max of probs and its arg max (ties: lower index).
 __global__ void AuxRowKernel(const float* logits, const float* probs, int64_t rows, int e,
@@ -33,12 +34,10 @@ __global__ void AuxRowKernel(const float* logits, const float* probs, int64_t ro
   const float* pr = probs + row * e;
   float m = -INFINITY;
   for (int c = lane; c < e; c += 32) m = fmaxf(m, lr[c]);
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    m = fmaxf(m, __shfl_xor_sync(kFullMask, m, offset));
-  }
+  m = WarpMax(m);
   float sum = 0.0f;
   for (int c = lane; c < e; c += 32) sum += expf(lr[c] - m);
-  for (int offset = 16; offset > 0; offset >>= 1) sum += __shfl_xor_sync(kFullMask, sum, offset);
+  sum = WarpSum(sum);
   float best_p = -INFINITY;
   int best_i = -1;
   for (int c = lane; c < e; c += 32) {
@@ -118,7 +117,7 @@ __global__ void AuxGradientKernel(const float* probs, const float* lse, const in
   const int arg = arg_max[row];
   float dot = 0.0f;
   for (int c = lane; c < e; c += 32) dot += (g[c] + (c == arg ? top1_argmax : 0.0f)) * pr[c];
-  for (int offset = 16; offset > 0; offset >>= 1) dot += __shfl_xor_sync(kFullMask, dot, offset);
+  dot = WarpSum(dot);
   const float zl = z_factor * lse[row];
   for (int c = lane; c < e; c += 32) {
     const float dp = g[c] + (c == arg ? top1_argmax : 0.0f);
@@ -148,10 +147,10 @@ Status AuxLossSumsCuda(ExecContext& ctx, const float* logits, const float* probs
   int64_t* counts_p = device_counts.data<int64_t>();
 
   MOE_RETURN_IF_ERROR(CountExpertsCuda(ctx, topk_idx, t * k, e, counts_p));
-  AuxRowKernel<<<RowBlocks(t), kWarpsPerBlock * 32, 0, ctx.stream()>>>(
+  AuxRowKernel<<<CeilDiv(t, kWarpsPerBlock), kWarpsPerBlock * 32, 0, ctx.stream()>>>(
       logits, probs, t, ei, rows.lse, rows.max_p, rows.arg_max);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("AuxRowKernel");
-  const unsigned column_blocks = static_cast<unsigned>((e + kColumnThreads - 1) / kColumnThreads);
+  const unsigned column_blocks = CeilDiv(e, kColumnThreads);
   ColumnPartialKernel<<<dim3(column_blocks, static_cast<unsigned>(chunks)), kColumnThreads, 0,
                         ctx.stream()>>>(probs, t, ei, partial_p);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("ColumnPartialKernel");
@@ -183,7 +182,7 @@ Status AuxLossGradientCuda(ExecContext& ctx, const float* probs, const AuxRowBuf
   // From pageable memory the copy has staged host_g before it returns, so host_g may die here.
   MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(device_g.data(), host_g.data(), e * sizeof(float),
                                            cudaMemcpyHostToDevice, ctx.stream()));
-  AuxGradientKernel<<<RowBlocks(t), kWarpsPerBlock * 32, 0, ctx.stream()>>>(
+  AuxGradientKernel<<<CeilDiv(t, kWarpsPerBlock), kWarpsPerBlock * 32, 0, ctx.stream()>>>(
       probs, rows.lse, rows.arg_max, device_g.data<float>(), t, static_cast<int>(e),
       static_cast<float>(top1_argmax), static_cast<float>(z_factor), d_logits);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("AuxGradientKernel");

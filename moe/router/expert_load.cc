@@ -7,19 +7,12 @@
 #include "moe/router/router_internal.h"
 
 namespace smoe {
-namespace {
 
-Status CheckArg(absl::string_view name, const ExecContext& ctx, const TensorView& t, DType dtype,
-                const Shape& shape) {
-  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, ctx.device(), shape));
-  return CheckContiguous(name, t);
-}
-
-}  // namespace
+using internal::CheckRouterArg;
 
 Status CountExperts(ExecContext& ctx, const TensorView& topk_idx, const TensorView& counts) {
-  MOE_RETURN_IF_ERROR(CheckArg("topk_idx", ctx, topk_idx, DType::kI32, {-1, -1}));
-  MOE_RETURN_IF_ERROR(CheckArg("counts", ctx, counts, DType::kI64, {-1}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("topk_idx", ctx, topk_idx, DType::kI32, {-1, -1}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("counts", ctx, counts, DType::kI64, {-1}));
   const int64_t n = topk_idx.numel(), e = counts.dim(0);
   if (e < 1) return BadArgument("counts.shape", counts.shape().ToString(), "[E] with E >= 1");
   if (ctx.device().is_cuda()) {
@@ -41,10 +34,10 @@ Status CountExperts(ExecContext& ctx, const TensorView& topk_idx, const TensorVi
 
 Status UpdateExpertBias(ExecContext& ctx, const TensorView& counts, float rate, float bound,
                         const TensorView& bias) {
-  MOE_RETURN_IF_ERROR(CheckArg("counts", ctx, counts, DType::kI64, {-1}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("counts", ctx, counts, DType::kI64, {-1}));
   const int64_t e = counts.dim(0);
   if (e < 1) return BadArgument("counts.shape", counts.shape().ToString(), "[E] with E >= 1");
-  MOE_RETURN_IF_ERROR(CheckArg("bias", ctx, bias, DType::kF32, {e}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("bias", ctx, bias, DType::kF32, {e}));
   if (!std::isfinite(rate) || rate < 0) {
     return BadArgument("rate", absl::StrCat(rate), "finite and >= 0");
   }

@@ -10,15 +10,11 @@
 namespace smoe {
 namespace {
 
-Status CheckArg(absl::string_view name, const ExecContext& ctx, const TensorView& t, DType dtype,
-                const Shape& shape) {
-  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, ctx.device(), shape));
-  return CheckContiguous(name, t);
-}
+using internal::CheckRouterArg;
 
 Status CheckX(const ExecContext& ctx, const TensorView& x) {
   if (!IsFloating(x.dtype())) return BadArgument("x.dtype", DTypeName(x.dtype()), "f32 or bf16");
-  MOE_RETURN_IF_ERROR(CheckArg("x", ctx, x, x.dtype(), {-1, -1}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("x", ctx, x, x.dtype(), {-1, -1}));
   if (x.dim(1) < 1) return BadArgument("x.shape", x.shape().ToString(), "[T, M] with M >= 1");
   return absl::OkStatus();
 }
@@ -56,13 +52,14 @@ Status RouterForward(ExecContext& ctx, const RouterConfig& config, const TensorV
   MOE_RETURN_IF_ERROR(ValidateRouterConfig(config));
   MOE_RETURN_IF_ERROR(CheckX(ctx, x));
   const int64_t t = x.dim(0), m = x.dim(1), e = config.num_experts, k = config.top_k;
-  MOE_RETURN_IF_ERROR(CheckArg("w_gate", ctx, w_gate, DType::kF32, {m, e}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("w_gate", ctx, w_gate, DType::kF32, {m, e}));
   const bool has_bias = !IsAbsent(expert_bias);
-  if (has_bias) MOE_RETURN_IF_ERROR(CheckArg("expert_bias", ctx, expert_bias, DType::kF32, {e}));
-  MOE_RETURN_IF_ERROR(CheckArg("logits", ctx, logits, DType::kF32, {t, e}));
-  MOE_RETURN_IF_ERROR(CheckArg("probs", ctx, probs, DType::kF32, {t, e}));
-  MOE_RETURN_IF_ERROR(CheckArg("topk_idx", ctx, topk_idx, DType::kI32, {t, k}));
-  MOE_RETURN_IF_ERROR(CheckArg("topk_gates", ctx, topk_gates, DType::kF32, {t, k}));
+  if (has_bias)
+    MOE_RETURN_IF_ERROR(CheckRouterArg("expert_bias", ctx, expert_bias, DType::kF32, {e}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("logits", ctx, logits, DType::kF32, {t, e}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("probs", ctx, probs, DType::kF32, {t, e}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("topk_idx", ctx, topk_idx, DType::kI32, {t, k}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("topk_gates", ctx, topk_gates, DType::kF32, {t, k}));
   if (t == 0) return absl::OkStatus();
 
   Tensor x_storage;
@@ -88,16 +85,16 @@ Status RouterBackward(ExecContext& ctx, const RouterConfig& config, const Tensor
   MOE_RETURN_IF_ERROR(ValidateRouterConfig(config));
   MOE_RETURN_IF_ERROR(CheckX(ctx, x));
   const int64_t t = x.dim(0), m = x.dim(1), e = config.num_experts, k = config.top_k;
-  MOE_RETURN_IF_ERROR(CheckArg("w_gate", ctx, w_gate, DType::kF32, {m, e}));
-  MOE_RETURN_IF_ERROR(CheckArg("probs", ctx, probs, DType::kF32, {t, e}));
-  MOE_RETURN_IF_ERROR(CheckArg("topk_idx", ctx, topk_idx, DType::kI32, {t, k}));
-  MOE_RETURN_IF_ERROR(CheckArg("d_topk_gates", ctx, d_topk_gates, DType::kF32, {t, k}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("w_gate", ctx, w_gate, DType::kF32, {m, e}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("probs", ctx, probs, DType::kF32, {t, e}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("topk_idx", ctx, topk_idx, DType::kI32, {t, k}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("d_topk_gates", ctx, d_topk_gates, DType::kF32, {t, k}));
   const bool has_extra = !IsAbsent(d_logits_extra) && t > 0;
   if (has_extra) {
-    MOE_RETURN_IF_ERROR(CheckArg("d_logits_extra", ctx, d_logits_extra, DType::kF32, {t, e}));
+    MOE_RETURN_IF_ERROR(CheckRouterArg("d_logits_extra", ctx, d_logits_extra, DType::kF32, {t, e}));
   }
-  MOE_RETURN_IF_ERROR(CheckArg("dx", ctx, dx, x.dtype(), {t, m}));
-  MOE_RETURN_IF_ERROR(CheckArg("dw_gate", ctx, dw_gate, DType::kF32, {m, e}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("dx", ctx, dx, x.dtype(), {t, m}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("dw_gate", ctx, dw_gate, DType::kF32, {m, e}));
   if (t == 0) return accumulate_dw ? absl::OkStatus() : Fill(ctx, dw_gate, 0.0);
   if (ctx.device().is_cpu()) {
     const int32_t* idx = topk_idx.data<int32_t>();

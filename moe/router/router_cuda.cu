@@ -6,16 +6,15 @@
 
 #include "moe/router/router_internal.h"
 #include "runtime/device/cuda_error.h"
+#include "runtime/device/cuda_utils.cuh"
 
 namespace smoe {
 namespace {
 
-constexpr int kWarpsPerBlock = 8;
-constexpr unsigned kFullMask = 0xffffffffu;
+using cuda_utils::CeilDiv;
+using cuda_utils::kFullMask;
 
-unsigned RowBlocks(int64_t rows) {
-  return static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-}
+constexpr int kWarpsPerBlock = 8;
 
 // Higher score first, then lower index: a strict total order on (score, index) for finite scores.
 __device__ __forceinline__ bool RanksAbove(float sa, int a, float sb, int b) {
@@ -149,7 +148,7 @@ namespace internal {
 Status RouterTopKCuda(ExecContext& ctx, const float* logits, const float* bias, const float* probs,
                       int64_t t, int64_t e, int64_t k, bool renormalize, int32_t* topk_idx,
                       float* topk_gates) {
-  TopKGatesKernel<<<RowBlocks(t), kWarpsPerBlock * 32, 0, ctx.stream()>>>(
+  TopKGatesKernel<<<CeilDiv(t, kWarpsPerBlock), kWarpsPerBlock * 32, 0, ctx.stream()>>>(
       logits, bias, probs, t, static_cast<int>(e), static_cast<int>(k), renormalize, topk_idx,
       topk_gates);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("TopKGatesKernel");
@@ -159,7 +158,7 @@ Status RouterTopKCuda(ExecContext& ctx, const float* logits, const float* bias, 
 Status RouterLogitsGradientCuda(ExecContext& ctx, const float* probs, const int32_t* topk_idx,
                                 const float* d_topk_gates, const float* d_logits_extra, int64_t t,
                                 int64_t e, int64_t k, bool renormalize, float* d_logits) {
-  LogitsGradientKernel<<<RowBlocks(t), kWarpsPerBlock * 32, 0, ctx.stream()>>>(
+  LogitsGradientKernel<<<CeilDiv(t, kWarpsPerBlock), kWarpsPerBlock * 32, 0, ctx.stream()>>>(
       probs, topk_idx, d_topk_gates, d_logits_extra, t, static_cast<int>(e), static_cast<int>(k),
       renormalize, d_logits);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("LogitsGradientKernel");
@@ -171,8 +170,8 @@ Status CountExpertsCuda(ExecContext& ctx, const int32_t* idx, int64_t n, int64_t
   MOE_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(counts, 0, e * sizeof(int64_t), ctx.stream()));
   if (n == 0) return absl::OkStatus();
   constexpr int kThreads = 256;
-  const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, 4096);
-  CountKernel<<<static_cast<unsigned>(blocks), kThreads, 0, ctx.stream()>>>(idx, n, e, counts);
+  const unsigned blocks = std::min(CeilDiv(n, kThreads), 4096u);
+  CountKernel<<<blocks, kThreads, 0, ctx.stream()>>>(idx, n, e, counts);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("CountKernel");
   return absl::OkStatus();
 }

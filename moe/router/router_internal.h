@@ -1,5 +1,6 @@
-// CUDA launchers of moe/router, called after validation with raw device pointers on ctx.stream().
-// Without the CUDA backend they return FailedPrecondition (stubs in the .cc files).
+// Internals of moe/router: the argument check of its ops, and the CUDA launchers, called after
+// validation with raw device pointers on ctx.stream(). Without the CUDA backend the launchers
+// return FailedPrecondition (stubs in the .cc files).
 #pragma once
 
 #include <cstdint>
@@ -7,8 +8,16 @@
 
 #include "runtime/core/status.h"
 #include "runtime/device/exec_context.h"
+#include "runtime/tensor/tensor.h"
 
 namespace smoe::internal {
+
+// t has `dtype` and `shape` (-1: any extent), lives on ctx's device and is contiguous.
+inline Status CheckRouterArg(absl::string_view name, const ExecContext& ctx, const TensorView& t,
+                             DType dtype, const Shape& shape) {
+  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, ctx.device(), shape));
+  return CheckContiguous(name, t);
+}
 
 // topk_idx and topk_gates from logits, probs and an optional bias (nullptr), router.h semantics.
 [[nodiscard]] Status RouterTopKCuda(ExecContext& ctx, const float* logits, const float* bias,

@@ -5,18 +5,17 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "moe/router/router_internal.h"
 #include "runtime/tensor/tensor_ops.h"
 
 namespace smoe {
 
 StatusOr<RoutingStats> ComputeRoutingStats(ExecContext& ctx, const TensorView& probs,
                                            const TensorView& topk_idx) {
-  MOE_RETURN_IF_ERROR(CheckTensor("probs", probs, DType::kF32, ctx.device(), {-1, -1}));
-  MOE_RETURN_IF_ERROR(CheckContiguous("probs", probs));
+  MOE_RETURN_IF_ERROR(internal::CheckRouterArg("probs", ctx, probs, DType::kF32, {-1, -1}));
   const int64_t t = probs.dim(0), e = probs.dim(1);
   if (e < 1) return BadArgument("probs.shape", probs.shape().ToString(), "[T, E] with E >= 1");
-  MOE_RETURN_IF_ERROR(CheckTensor("topk_idx", topk_idx, DType::kI32, ctx.device(), {t, -1}));
-  MOE_RETURN_IF_ERROR(CheckContiguous("topk_idx", topk_idx));
+  MOE_RETURN_IF_ERROR(internal::CheckRouterArg("topk_idx", ctx, topk_idx, DType::kI32, {t, -1}));
   const int64_t k = topk_idx.dim(1);
 
   // Logging path: the host copies (a sync on CUDA) keep this one readable implementation.

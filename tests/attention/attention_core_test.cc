@@ -15,14 +15,13 @@ namespace smoe {
 namespace {
 
 using attention_test::Concat;
+using attention_test::Cpu;
 using attention_test::EmptyCpu;
 using attention_test::RandomCpu;
 using attention_test::WeightedSum;
 using ::testing::HasSubstr;
 using testing::StatusIs;
 using testing::ToDoubles;
-
-ExecContext& Cpu() { return ExecContext::Cpu(); }
 
 // [B, S, n_k, D] -> [B, S, n_q, D] with head i = head map(i): the explicit repetition that the
 // kernels avoid.

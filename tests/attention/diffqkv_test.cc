@@ -6,12 +6,12 @@
 #include <tuple>
 
 #include "attention/attention_core_cpu.h"
-#include "attention/aug_q_cpu.h"
 #include "attention/qk_norm.h"
 #include "attention/qk_norm_cpu.h"
 #include "attention/rope_cpu.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "runtime/nn/swiglu.h"
 #include "tests/attention/test_util.h"
 #include "tests/testing/compare.h"
 #include "tests/testing/gradcheck.h"
@@ -23,6 +23,7 @@ namespace {
 using attention_test::Concat;
 using attention_test::EmptyCpu;
 using attention_test::RandomCpu;
+using attention_test::Slice;
 using attention_test::WeightedSum;
 using ::testing::HasSubstr;
 using testing::StatusIs;
@@ -120,7 +121,7 @@ struct Block {
       std::vector<double> g = MatMul(q.data(), wg, T, qd, c.d_aug);
       std::vector<double> u = MatMul(q.data(), wu, T, qd, c.d_aug);
       std::vector<double> h(g.size());
-      attention_internal::SwiGluForwardCpu(g.data(), u.data(), h.data(), T * c.d_aug);
+      for (size_t j = 0; j < h.size(); ++j) h[j] = internal::SwiGLUValue(g[j], u[j]);
       q = MatMul(h.data(), wd, T, c.d_aug, qd);
     }
     std::vector<double> k = MatMul(x, w_k, T, M, c.n_k * D);
@@ -181,21 +182,6 @@ INSTANTIATE_TEST_SUITE_P(Configs, DiffQkvBlockTest,
                                            std::make_tuple(5, true, 4, 1, 2),     // DiffQKV
                                            std::make_tuple(3, false, 6, 2, 3)));  // non-nested
 
-// Positions [begin, end) of x [B, S, M] as a new tensor.
-Tensor Positions(const Tensor& x, int64_t begin, int64_t end) {
-  const int64_t B = x.dim(0), S = x.dim(1), M = x.dim(2);
-  Tensor out = EmptyCpu({B, end - begin, M});
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t s = begin; s < end; ++s) {
-      for (int64_t j = 0; j < M; ++j) {
-        out.data<float>()[(b * (end - begin) + s - begin) * M + j] =
-            x.data<float>()[(b * S + s) * M + j];
-      }
-    }
-  }
-  return out;
-}
-
 TEST_P(DiffQkvBlockTest, PrefillThenDecodeStepsEqualForwardRows) {
   const auto [d_aug, qk_norm, n_q, n_k, n_v] = GetParam();
   const DiffQkvConfig config{6, n_q, n_k, n_v, 4, d_aug, qk_norm, 50.0};
@@ -209,7 +195,7 @@ TEST_P(DiffQkvBlockTest, PrefillThenDecodeStepsEqualForwardRows) {
   MOE_ASSERT_OK(DiffQkvForward(ctx, config, params, x, y, &saved));
 
   MOE_ASSERT_OK_AND_ASSIGN(KvCache cache, KvCache::Create(ctx, B, S, n_k, n_v, 4, DType::kF32));
-  Tensor x_prompt = Positions(x, 0, prompt), y_prompt = EmptyCpu(x_prompt.shape());
+  Tensor x_prompt = Slice(x, 0, prompt), y_prompt = EmptyCpu(x_prompt.shape());
   DiffQkvSaved prompt_saved;
   MOE_ASSERT_OK(DiffQkvForward(ctx, config, params, x_prompt, y_prompt, &prompt_saved));
   MOE_ASSERT_OK(DiffQkvPrefillCache(ctx, prompt_saved, &cache));
@@ -217,11 +203,11 @@ TEST_P(DiffQkvBlockTest, PrefillThenDecodeStepsEqualForwardRows) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.length: got 4")));
   for (int64_t s = prompt; s < S; ++s) {
     Tensor y_new = EmptyCpu({B, 1, config.model_dim});
-    MOE_ASSERT_OK(DiffQkvDecodeStep(ctx, config, params, Positions(x, s, s + 1), &cache, y_new));
-    EXPECT_TRUE(testing::AllClose(y_new, Positions(y, s, s + 1), {1e-5, 1e-4})) << "position " << s;
+    MOE_ASSERT_OK(DiffQkvDecodeStep(ctx, config, params, Slice(x, s, s + 1), &cache, y_new));
+    EXPECT_TRUE(testing::AllClose(y_new, Slice(y, s, s + 1), {1e-5, 1e-4})) << "position " << s;
   }
   Tensor y_new = EmptyCpu({B, 1, config.model_dim});
-  EXPECT_THAT(DiffQkvDecodeStep(ctx, config, params, Positions(x, 0, 1), &cache, y_new),
+  EXPECT_THAT(DiffQkvDecodeStep(ctx, config, params, Slice(x, 0, 1), &cache, y_new),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.capacity")));
 }
 

@@ -3,13 +3,13 @@
 #include <cmath>
 
 #include "attention/aug_q.h"
-#include "attention/aug_q_cpu.h"
 #include "attention/qk_norm.h"
 #include "attention/qk_norm_cpu.h"
 #include "attention/rope.h"
 #include "attention/rope_cpu.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "runtime/nn/swiglu.h"
 #include "tests/attention/test_util.h"
 #include "tests/testing/compare.h"
 #include "tests/testing/gradcheck.h"
@@ -19,14 +19,13 @@ namespace smoe {
 namespace {
 
 using attention_test::Concat;
+using attention_test::Cpu;
 using attention_test::EmptyCpu;
 using attention_test::RandomCpu;
 using attention_test::WeightedSum;
 using ::testing::HasSubstr;
 using testing::StatusIs;
 using testing::ToDoubles;
-
-ExecContext& Cpu() { return ExecContext::Cpu(); }
 
 TEST(RopeTest, PositionZeroIsIdentityAndPairsKeepTheirNorm) {
   const int64_t B = 2, S = 5, H = 3, D = 8;
@@ -171,7 +170,7 @@ std::vector<double> AugQReference(const std::vector<double>& x, int64_t rows, in
       }
     }
   }
-  attention_internal::SwiGluForwardCpu(g.data(), u.data(), h.data(), rows * d_aug);
+  for (int64_t i = 0; i < rows * d_aug; ++i) h[i] = internal::SwiGLUValue(g[i], u[i]);
   std::vector<double> out(rows * qd, 0.0);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t j = 0; j < qd; ++j) {
@@ -179,22 +178,6 @@ std::vector<double> AugQReference(const std::vector<double>& x, int64_t rows, in
     }
   }
   return out;
-}
-
-TEST(AugQTest, SwiGluGradientMatchesFiniteDifferences) {
-  const int64_t n = 12;
-  const std::vector<double> x =
-      Concat({ToDoubles(RandomCpu({n}, 1, 2.0f)), ToDoubles(RandomCpu({n}, 2))});
-  const std::vector<double> w = testing::RandomWeights(n, 3);
-  auto loss = [&](const std::vector<double>& xs) {
-    std::vector<double> h(n);
-    attention_internal::SwiGluForwardCpu(xs.data(), xs.data() + n, h.data(), n);
-    return WeightedSum(w, h);
-  };
-  std::vector<double> grad(2 * n);
-  attention_internal::SwiGluBackwardCpu(x.data(), x.data() + n, w.data(), grad.data(),
-                                        grad.data() + n, n);
-  EXPECT_TRUE(testing::CheckGradient(loss, x, grad));
 }
 
 TEST(AugQTest, ForwardAndBackwardMatchDoubleReference) {

@@ -1,6 +1,5 @@
 #include "attention/kv_cache.h"
 
-#include <cstring>
 #include <tuple>
 
 #include "attention/attention_core.h"
@@ -15,22 +14,10 @@ namespace {
 
 using attention_test::EmptyCpu;
 using attention_test::RandomCpu;
+using attention_test::Slice;
 using ::testing::HasSubstr;
 using testing::StatusIs;
 using testing::ToDoubles;
-
-// Positions [begin, end) of a [B, S, heads, D] tensor, copied into a new [B, end - begin, ...].
-Tensor Slice(const Tensor& t, int64_t begin, int64_t end) {
-  const int64_t B = t.dim(0), S = t.dim(1), row = t.dim(2) * t.dim(3);
-  Tensor out = EmptyCpu({B, end - begin, t.dim(2), t.dim(3)}, t.dtype());
-  const size_t es = DTypeSize(t.dtype());
-  for (int64_t b = 0; b < B; ++b) {
-    std::memcpy(static_cast<char*>(out.data()) + b * (end - begin) * row * es,
-                static_cast<const char*>(t.data()) + (b * S + begin) * row * es,
-                (end - begin) * row * es);
-  }
-  return out;
-}
 
 class DecodeTest : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {};
 

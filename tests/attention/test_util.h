@@ -1,13 +1,17 @@
 // Helpers shared by the attention tests.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "runtime/tensor/tensor.h"
 #include "runtime/tensor/tensor_ops.h"
 
 namespace smoe::attention_test {
+
+inline ExecContext& Cpu() { return ExecContext::Cpu(); }
 
 // A CPU tensor of normals (Philox, seeded), never zeros.
 inline Tensor RandomCpu(Shape shape, uint64_t seed, float stddev = 1.0f,
@@ -26,6 +30,21 @@ inline Tensor FromDoubles(const std::vector<double>& values, Shape shape) {
   MOE_CHECK_EQ(static_cast<int64_t>(values.size()), t.numel());
   for (size_t i = 0; i < values.size(); ++i) t.data<float>()[i] = static_cast<float>(values[i]);
   return t;
+}
+
+// Positions [begin, end) of a [B, S, ...] CPU tensor, copied into a new [B, end - begin, ...].
+inline Tensor Slice(const Tensor& t, int64_t begin, int64_t end) {
+  Shape shape = t.shape();
+  shape[1] = end - begin;
+  Tensor out = EmptyCpu(shape, t.dtype());
+  const int64_t B = t.dim(0), S = t.dim(1);
+  const size_t position_bytes = t.numel() / std::max<int64_t>(1, B * S) * DTypeSize(t.dtype());
+  for (int64_t b = 0; b < B; ++b) {
+    std::memcpy(static_cast<char*>(out.data()) + b * (end - begin) * position_bytes,
+                static_cast<const char*>(t.data()) + (b * S + begin) * position_bytes,
+                (end - begin) * position_bytes);
+  }
+  return out;
 }
 
 // Concatenation of vectors (gradient checks run over several inputs at once).
