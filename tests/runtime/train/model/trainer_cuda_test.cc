@@ -17,12 +17,10 @@ std::vector<double> LossCurve(const std::string& device, const std::string& dtyp
   proto::RunConfig config = *LoadPreset("tiny");
   const std::string metrics = ::testing::TempDir() + "/metrics_" + device + "_" + dtype + ".jsonl";
   std::remove(metrics.c_str());
-  for (const std::string& set :
-       {std::string("train.steps=50"), "train.eval_interval=0", "train.device=" + device,
-        "train.dtype=" + dtype, std::string("checkpoint.dir=\"\""), "checkpoint.interval=0",
-        "checkpoint.resume=false"}) {
-    MOE_CHECK_OK(ApplyOverride(&config, set));
-  }
+  const std::vector<std::string> overrides = {
+      "train.steps=50", "train.eval_interval=0", "train.device=" + device, "train.dtype=" + dtype,
+      "checkpoint.dir=\"\"", "checkpoint.interval=0", "checkpoint.resume=false"};
+  MOE_CHECK_OK(ApplyOverrides(&config, overrides));
   TrainerOptions options;
   options.metrics_path = metrics;
   options.progress_bar = false;
