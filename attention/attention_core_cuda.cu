@@ -35,6 +35,29 @@ __device__ __forceinline__ int64_t Row(const Dims& d, int64_t b, int64_t s, int6
   return ((b * d.seq + s) * heads + head) * D;
 }
 
+// dst[0, D) = row s of one head of x [B, S, heads, D] as fp32, read by the lanes of one warp;
+// zeros for an inactive row (past the sequence).
+template <typename T, int D>
+__device__ __forceinline__ void LoadRow(const Dims& d, const T* x, int64_t b, int64_t s,
+                                        int64_t heads, int64_t head, bool active, int lane,
+                                        float* dst) {
+  for (int j = lane; j < D; j += 32) {
+    dst[j] = active ? ToFloat(x[Row(d, b, s, heads, head, D) + j]) : 0.0f;
+  }
+}
+
+// Rows [t0, t0 + kTile) of one head of x [B, S, heads, D] into dst as fp32, row tt at
+// dst + tt * stride, read by the whole block; zeros past the sequence.
+template <typename T, int D>
+__device__ __forceinline__ void StageTile(const Dims& d, const T* x, int64_t b, int64_t t0,
+                                          int64_t heads, int64_t head, int stride, float* dst) {
+  for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
+    const int tt = idx / D, j = idx % D;
+    const int64_t t = t0 + tt;
+    dst[tt * stride + j] = t < d.seq ? ToFloat(x[Row(d, b, t, heads, head, D) + j]) : 0.0f;
+  }
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32)
     ForwardKernel(Dims d, const T* q, const T* k, const T* v, T* out, float* lse, float scale) {
@@ -49,21 +72,14 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int64_t row0 = int64_t{blockIdx.x} * kWarps;
   const int64_t s = row0 + warp;
   const bool active = s < d.seq;
-  for (int j = lane; j < D; j += 32) {
-    q_s[warp][j] = active ? ToFloat(q[Row(d, b, s, d.n_q, i, D) + j]) : 0.0f;
-  }
+  LoadRow<T, D>(d, q, b, s, d.n_q, i, active, lane, q_s[warp]);
   float m = -INFINITY, l = 0.0f, acc[kPer];
   for (int j = 0; j < kPer; ++j) acc[j] = 0.0f;
   const int64_t last = min(d.seq - 1, row0 + kWarps - 1);
   for (int64_t t0 = 0; t0 <= last; t0 += kTile) {
     __syncthreads();
-    for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
-      const int tt = idx / D, j = idx % D;
-      const int64_t t = t0 + tt;
-      const bool in = t < d.seq;
-      k_s[tt * kStride + j] = in ? ToFloat(k[Row(d, b, t, d.n_k, kh, D) + j]) : 0.0f;
-      v_s[tt * D + j] = in ? ToFloat(v[Row(d, b, t, d.n_v, vh, D) + j]) : 0.0f;
-    }
+    StageTile<T, D>(d, k, b, t0, d.n_k, kh, kStride, k_s);
+    StageTile<T, D>(d, v, b, t0, d.n_v, vh, D, v_s);
     __syncthreads();
     const int64_t t = t0 + lane;
     float score = -INFINITY;
@@ -120,10 +136,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int64_t row0 = int64_t{blockIdx.x} * kWarps;
   const int64_t s = row0 + warp;
   const bool active = s < d.seq;
-  for (int j = lane; j < D; j += 32) {
-    q_s[warp][j] = active ? ToFloat(q[Row(d, b, s, d.n_q, i, D) + j]) : 0.0f;
-    do_s[warp][j] = active ? ToFloat(dout[Row(d, b, s, d.n_q, i, D) + j]) : 0.0f;
-  }
+  LoadRow<T, D>(d, q, b, s, d.n_q, i, active, lane, q_s[warp]);
+  LoadRow<T, D>(d, dout, b, s, d.n_q, i, active, lane, do_s[warp]);
   const int64_t stat = (b * d.n_q + i) * d.seq + s;
   const float row_lse = active ? lse[stat] : 0.0f;
   const float row_delta = active ? delta[stat] : 0.0f;
@@ -132,13 +146,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int64_t last = min(d.seq - 1, row0 + kWarps - 1);
   for (int64_t t0 = 0; t0 <= last; t0 += kTile) {
     __syncthreads();
-    for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
-      const int tt = idx / D, j = idx % D;
-      const int64_t t = t0 + tt;
-      const bool in = t < d.seq;
-      k_s[tt * kStride + j] = in ? ToFloat(k[Row(d, b, t, d.n_k, kh, D) + j]) : 0.0f;
-      v_s[tt * kStride + j] = in ? ToFloat(v[Row(d, b, t, d.n_v, vh, D) + j]) : 0.0f;
-    }
+    StageTile<T, D>(d, k, b, t0, d.n_k, kh, kStride, k_s);
+    StageTile<T, D>(d, v, b, t0, d.n_v, vh, kStride, v_s);
     __syncthreads();
     const int64_t t = t0 + lane;
     float ds = 0.0f;
@@ -187,19 +196,12 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int64_t i = head * group; i < (head + 1) * group; ++i) {
     const int64_t kh = i * d.n_k / d.n_q, vh = i * d.n_v / d.n_q;
     __syncthreads();
-    for (int j = lane; j < D; j += 32) {
-      k_row[warp][j] = active ? ToFloat(k[Row(d, b, t, d.n_k, kh, D) + j]) : 0.0f;
-      v_row[warp][j] = active ? ToFloat(v[Row(d, b, t, d.n_v, vh, D) + j]) : 0.0f;
-    }
+    LoadRow<T, D>(d, k, b, t, d.n_k, kh, active, lane, k_row[warp]);
+    LoadRow<T, D>(d, v, b, t, d.n_v, vh, active, lane, v_row[warp]);
     for (int64_t s0 = row0; s0 < d.seq; s0 += kTile) {
       __syncthreads();
-      for (int idx = threadIdx.x; idx < kTile * D; idx += blockDim.x) {
-        const int ss = idx / D, j = idx % D;
-        const int64_t s = s0 + ss;
-        const bool in = s < d.seq;
-        q_s[ss * kStride + j] = in ? ToFloat(q[Row(d, b, s, d.n_q, i, D) + j]) : 0.0f;
-        do_s[ss * kStride + j] = in ? ToFloat(dout[Row(d, b, s, d.n_q, i, D) + j]) : 0.0f;
-      }
+      StageTile<T, D>(d, q, b, s0, d.n_q, i, kStride, q_s);
+      StageTile<T, D>(d, dout, b, s0, d.n_q, i, kStride, do_s);
       if (threadIdx.x < kTile) {
         const int64_t s = s0 + threadIdx.x;
         const bool in = s < d.seq;
