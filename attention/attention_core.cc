@@ -1,6 +1,7 @@
 #include "attention/attention_core.h"
 
 #include "absl/strings/str_cat.h"
+#include "attention/attention_core_blas.h"
 #include "attention/attention_core_cpu.h"
 #include "attention/validate.h"
 
@@ -61,9 +62,9 @@ Status AttentionForward(ExecContext& ctx, const TensorView& q, const TensorView&
     return internal::AttentionForwardCuda(ctx, d, q.dtype(), q.data(), k.data(), v.data(),
                                           out.data(), lse.data<float>());
   }
-  if (q.dtype() == DType::kF32) {
-    attention_internal::AttentionForwardCpu(d, q.data<float>(), k.data<float>(), v.data<float>(),
-                                            out.data<float>(), lse.data<float>());
+  if (q.dtype() == DType::kF32) {  // the BLAS fast path; bf16 runs the reference loops
+    attention_internal::AttentionForwardBlas(d, q.data<float>(), k.data<float>(), v.data<float>(),
+                                             out.data<float>(), lse.data<float>());
   } else {
     attention_internal::AttentionForwardCpu(d, q.data<BF16>(), k.data<BF16>(), v.data<BF16>(),
                                             out.data<BF16>(), lse.data<float>());
@@ -89,7 +90,7 @@ Status AttentionBackward(ExecContext& ctx, const TensorView& q, const TensorView
                                            dk.data(), dv.data());
   }
   if (q.dtype() == DType::kF32) {
-    attention_internal::AttentionBackwardCpu(
+    attention_internal::AttentionBackwardBlas(
         d, q.data<float>(), k.data<float>(), v.data<float>(), out.data<float>(), lse.data<float>(),
         dout.data<float>(), dq.data<float>(), dk.data<float>(), dv.data<float>());
   } else {
