@@ -20,56 +20,6 @@ size_t RoundUp(size_t bytes) {
   return (bytes + kAllocationAlignment - 1) / kAllocationAlignment * kAllocationAlignment;
 }
 
-class HostAllocator final : public Allocator {
- public:
-  Device device() const override { return Device::Cpu(); }
-
-  StatusOr<void*> Allocate(size_t bytes) override {
-    if (bytes == 0) return nullptr;
-    const size_t rounded = RoundUp(bytes);
-    void* ptr = std::aligned_alloc(kAllocationAlignment, rounded);
-    if (ptr == nullptr) {
-      return absl::ResourceExhaustedError(absl::StrCat("host allocation of ", bytes, " bytes"));
-    }
-    std::lock_guard<std::mutex> lock(mutex_);
-    sizes_[ptr] = rounded;
-    stats_.bytes_in_use += rounded;
-    stats_.bytes_reserved += rounded;
-    stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
-    ++stats_.num_allocations;
-    ++stats_.num_system_allocations;
-    return ptr;
-  }
-
-  void Free(void* ptr) override {
-    if (ptr == nullptr) return;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto it = sizes_.find(ptr);
-      MOE_CHECK(it != sizes_.end()) << "freeing a pointer this allocator did not return";
-      stats_.bytes_in_use -= it->second;
-      stats_.bytes_reserved -= it->second;
-      sizes_.erase(it);
-    }
-    std::free(ptr);
-  }
-
-  AllocatorStats stats() const override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return stats_;
-  }
-
-  void ResetPeak() override {
-    std::lock_guard<std::mutex> lock(mutex_);
-    stats_.peak_bytes_in_use = stats_.bytes_in_use;
-  }
-
- private:
-  mutable std::mutex mutex_;
-  std::unordered_map<void*, size_t> sizes_;
-  AllocatorStats stats_;
-};
-
 }  // namespace
 
 CachingAllocator::CachingAllocator(Device device, SystemAllocator system)
@@ -148,7 +98,19 @@ void CachingAllocator::EmptyCacheLocked() {
 }
 
 Allocator* CpuAllocator() {
-  static HostAllocator* allocator = new HostAllocator();
+  // Cached like device memory: a training step allocates the same activation sizes every time,
+  // and fresh large host blocks would cost an mmap, page faults and an munmap each.
+  static CachingAllocator* allocator = new CachingAllocator(
+      Device::Cpu(),
+      SystemAllocator{[](size_t bytes) -> StatusOr<void*> {
+                        void* ptr = std::aligned_alloc(kAllocationAlignment, bytes);
+                        if (ptr == nullptr) {
+                          return absl::ResourceExhaustedError(
+                              absl::StrCat("host allocation of ", bytes, " bytes"));
+                        }
+                        return ptr;
+                      },
+                      [](void* ptr) { std::free(ptr); }});
   return allocator;
 }
 

@@ -1,4 +1,5 @@
-// Allocators: aligned host memory, and a caching allocator so that no step calls cudaMalloc.
+// Allocators: a caching allocator over aligned host memory or cudaMalloc, so that a training step
+// makes no system allocation after the first.
 //
 // Contract shared by every Allocator:
 //   Allocate(0) returns nullptr and OK. Allocate never returns memory that is in use.
@@ -74,7 +75,7 @@ class CachingAllocator final : public Allocator {
   AllocatorStats stats_;
 };
 
-// Aligned host memory; statistics are tracked, nothing is cached.
+// Aligned host memory through a CachingAllocator (sizes a training step repeats are reused).
 Allocator* CpuAllocator();
 // The caching allocator of CUDA device `index` (FailedPrecondition without CUDA or the device).
 [[nodiscard]] StatusOr<Allocator*> CudaAllocator(int index);

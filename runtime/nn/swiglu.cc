@@ -32,7 +32,7 @@ void SwiGLUCpu(const TensorView& h1, const TensorView& h3, const TensorView& act
   const S* a = static_cast<const S*>(h1.data());
   const S* b = static_cast<const S*>(h3.data());
   S* out = static_cast<S*>(act.data());
-  for (int64_t i = 0; i < h1.numel(); ++i) {
+  for (int64_t i = 0, n = h1.numel(); i < n; ++i) {
     Store(out, i, internal::SwiGLUValue(Load(a, i), Load(b, i)));
   }
 }
@@ -45,7 +45,7 @@ void SwiGLUBackwardCpu(const TensorView& h1, const TensorView& h3, const TensorV
   const S* g = static_cast<const S*>(dact.data());
   S* da = static_cast<S*>(dh1.data());
   S* db = static_cast<S*>(dh3.data());
-  for (int64_t i = 0; i < h1.numel(); ++i) {
+  for (int64_t i = 0, n = h1.numel(); i < n; ++i) {
     float d1, d3;
     internal::SwiGLUGrad(Load(a, i), Load(b, i), Load(g, i), &d1, &d3);
     Store(da, i, d1);

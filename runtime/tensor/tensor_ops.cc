@@ -1,5 +1,6 @@
 #include "runtime/tensor/tensor_ops.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -34,18 +35,19 @@ Status NoCuda(absl::string_view op) {
 template <typename T>
 void FillHost(const TensorView& dst, T value) {
   T* out = static_cast<T*>(dst.data());
-  for (int64_t i = 0; i < dst.numel(); ++i) out[i] = value;
+  std::fill(out, out + dst.numel(), value);
 }
 
 // Writes f(i) (a float) to every element of a floating dst.
 template <typename F>
 void GenerateHost(const TensorView& dst, F f) {
+  const int64_t n = dst.numel();
   if (dst.dtype() == DType::kF32) {
     float* out = dst.data<float>();
-    for (int64_t i = 0; i < dst.numel(); ++i) out[i] = f(i);
+    for (int64_t i = 0; i < n; ++i) out[i] = f(i);
   } else {
     BF16* out = dst.data<BF16>();
-    for (int64_t i = 0; i < dst.numel(); ++i) out[i] = FloatToBF16(f(i));
+    for (int64_t i = 0; i < n; ++i) out[i] = FloatToBF16(f(i));
   }
 }
 
@@ -140,7 +142,7 @@ Status Cast(ExecContext& ctx, const TensorView& src, const TensorView& dst) {
   } else {
     const BF16* in = src.data<BF16>();
     float* out = dst.data<float>();
-    for (int64_t i = 0; i < src.numel(); ++i) out[i] = BF16ToFloat(in[i]);
+    for (int64_t i = 0, n = src.numel(); i < n; ++i) out[i] = BF16ToFloat(in[i]);
   }
   return absl::OkStatus();
 }
@@ -159,12 +161,12 @@ Status Axpy(ExecContext& ctx, const TensorView& a, float alpha, const TensorView
     const float* pa = a.data<float>();
     const float* pb = b.data<float>();
     float* po = out.data<float>();
-    for (int64_t i = 0; i < a.numel(); ++i) po[i] = fmaf(alpha, pb[i], pa[i]);
+    for (int64_t i = 0, n = a.numel(); i < n; ++i) po[i] = fmaf(alpha, pb[i], pa[i]);
   } else {
     const BF16* pa = a.data<BF16>();
     const BF16* pb = b.data<BF16>();
     BF16* po = out.data<BF16>();
-    for (int64_t i = 0; i < a.numel(); ++i) {
+    for (int64_t i = 0, n = a.numel(); i < n; ++i) {
       po[i] = FloatToBF16(fmaf(alpha, BF16ToFloat(pb[i]), BF16ToFloat(pa[i])));
     }
   }

@@ -192,23 +192,18 @@ DiffQkvParams Model::AttentionParams(const Layer& L) {
 
 StatusOr<DiffQkvParams> Model::StageAttentionGrads(const Layer& L,
                                                    std::vector<std::pair<int, Tensor>>* staged) {
-  auto stage = [&](int index) -> StatusOr<TensorView> {
-    if (index < 0) return TensorView();
+  DiffQkvParams grads;
+  const std::pair<int, TensorView*> slots[] = {
+      {L.w_q, &grads.w_q},           {L.w_k, &grads.w_k},         {L.w_v, &grads.w_v},
+      {L.w_o, &grads.w_o},           {L.aug_gate, &grads.aug.w_gate}, {L.aug_up, &grads.aug.w_up},
+      {L.aug_down, &grads.aug.w_down}, {L.q_norm, &grads.q_norm}, {L.k_norm, &grads.k_norm}};
+  for (const auto& [index, view] : slots) {
+    if (index < 0) continue;
     MOE_ASSIGN_OR_RETURN(Tensor g, Tensor::Empty(P(index).compute.shape(),
                                                  P(index).compute.dtype(), device_));
-    staged->emplace_back(index, g);
-    return g.view();
-  };
-  DiffQkvParams grads;
-  MOE_ASSIGN_OR_RETURN(grads.w_q, stage(L.w_q));
-  MOE_ASSIGN_OR_RETURN(grads.w_k, stage(L.w_k));
-  MOE_ASSIGN_OR_RETURN(grads.w_v, stage(L.w_v));
-  MOE_ASSIGN_OR_RETURN(grads.w_o, stage(L.w_o));
-  MOE_ASSIGN_OR_RETURN(grads.aug.w_gate, stage(L.aug_gate));
-  MOE_ASSIGN_OR_RETURN(grads.aug.w_up, stage(L.aug_up));
-  MOE_ASSIGN_OR_RETURN(grads.aug.w_down, stage(L.aug_down));
-  MOE_ASSIGN_OR_RETURN(grads.q_norm, stage(L.q_norm));
-  MOE_ASSIGN_OR_RETURN(grads.k_norm, stage(L.k_norm));
+    *view = g.view();
+    staged->emplace_back(index, std::move(g));
+  }
   return grads;
 }
 
