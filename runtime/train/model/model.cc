@@ -237,6 +237,138 @@ StatusOr<Tensor> Model::LastLogits(ExecContext& ctx, const TensorView& ids, int6
   return last;
 }
 
+StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache* cache,
+                                      const MoELayerConfig& moe_config, MoEState* moe_state,
+                                      const Tensor& h_in, int64_t batch, int64_t seq_len,
+                                      Activations* s, double* aux_total) {
+  const Layer& L = layers_[l];
+  const int64_t t = batch * seq_len, m = spec_.model_dim;
+  const DType dt = spec_.dtype;
+  const Device dev = device_;
+  const Shape tokens{t, m};
+  const Shape bsm{batch, seq_len, m};
+  auto empty = [&](Shape shape, DType dtype) { return Tensor::Empty(shape, dtype, dev); };
+  auto as_bsm = [&](const Tensor& x) { return TensorView(x.data(), x.dtype(), bsm, dev); };
+
+  s->h_in = h_in;
+  MOE_ASSIGN_OR_RETURN(s->n1, empty(tokens, dt));
+  MOE_ASSIGN_OR_RETURN(s->rstd1, empty({t}, DType::kF32));
+  MOE_RETURN_IF_ERROR(RMSNormForward(ctx, s->h_in, P(L.attn_norm).compute, spec_.norm_eps, s->n1, s->rstd1));
+  MOE_ASSIGN_OR_RETURN(Tensor attn_out, empty(tokens, dt));
+  if (pass == Pass::kDecode) {
+    MOE_RETURN_IF_ERROR(DiffQkvDecodeStep(ctx, spec_.attention, AttentionParams(L), as_bsm(s->n1),
+                                          cache, as_bsm(attn_out)));
+  } else {
+    MOE_RETURN_IF_ERROR(DiffQkvForward(ctx, spec_.attention, AttentionParams(L), as_bsm(s->n1),
+                                       as_bsm(attn_out), &s->attn));
+    if (pass == Pass::kPrefill) MOE_RETURN_IF_ERROR(DiffQkvPrefillCache(ctx, s->attn, cache));
+  }
+  MOE_ASSIGN_OR_RETURN(s->h_mid, empty(tokens, dt));
+  MOE_RETURN_IF_ERROR(Axpy(ctx, s->h_in, 1.0f, attn_out, s->h_mid));
+  MOE_ASSIGN_OR_RETURN(s->n2, empty(tokens, dt));
+  MOE_ASSIGN_OR_RETURN(s->rstd2, empty({t}, DType::kF32));
+  MOE_RETURN_IF_ERROR(RMSNormForward(ctx, s->h_mid, P(L.ffn_norm).compute, spec_.norm_eps, s->n2, s->rstd2));
+  MOE_ASSIGN_OR_RETURN(Tensor ffn_out, empty(tokens, dt));
+  if (L.moe) {
+    const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute, P(L.w2).compute};
+    MOE_ASSIGN_OR_RETURN(AuxLossValues aux,
+                         MoEForward(ctx, moe_config, views, s->n2, ffn_out, moe_state));
+    *aux_total += aux.total;
+  } else {
+    const int64_t hd = spec_.dense_ffn_dim;
+    MOE_ASSIGN_OR_RETURN(s->dense_h1, empty({t, hd}, dt));
+    MOE_ASSIGN_OR_RETURN(s->dense_h3, empty({t, hd}, dt));
+    MOE_ASSIGN_OR_RETURN(s->dense_act, empty({t, hd}, dt));
+    const int64_t offsets[2] = {0, t};
+    MOE_RETURN_IF_ERROR(ExpertsForward(ctx, {P(L.w1).compute, P(L.w3).compute, P(L.w2).compute},
+                                       s->n2, offsets, {s->dense_h1, s->dense_h3, s->dense_act},
+                                       ffn_out));
+  }
+  MOE_ASSIGN_OR_RETURN(Tensor h_out, empty(tokens, dt));
+  MOE_RETURN_IF_ERROR(Axpy(ctx, s->h_mid, 1.0f, ffn_out, h_out));
+  return h_out;
+}
+
+StatusOr<Tensor> Model::Head(ExecContext& ctx, const Tensor& h, Tensor* nf, Tensor* rstd) {
+  const int64_t t = h.dim(0);
+  MOE_ASSIGN_OR_RETURN(*nf, Tensor::Empty({t, spec_.model_dim}, spec_.dtype, device_));
+  MOE_ASSIGN_OR_RETURN(*rstd, Tensor::Empty({t}, DType::kF32, device_));
+  MOE_RETURN_IF_ERROR(RMSNormForward(ctx, h, P(final_norm_).compute, spec_.norm_eps, *nf, *rstd));
+  // LM head in fp32 output: logits = nf E^T (tied) or nf W_head.
+  const bool tied = spec_.tie_embeddings;
+  const Tensor& head = tied ? P(embedding_).compute : P(lm_head_).compute;
+  MOE_ASSIGN_OR_RETURN(Tensor logits, Tensor::Empty({t, spec_.vocab_size}, DType::kF32, device_));
+  MOE_RETURN_IF_ERROR(Gemm(ctx, *nf, head, logits, {false, tied}));
+  return logits;
+}
+
+StatusOr<Tensor> Model::Prefill(ExecContext& ctx, const TensorView& ids, int64_t batch,
+                                int64_t seq_len, int64_t capacity, DecodeState* state) {
+  if (batch <= 0) return BadArgument("batch", absl::StrCat(batch), "> 0");
+  if (seq_len <= 0) return BadArgument("seq_len", absl::StrCat(seq_len), "> 0");
+  if (capacity < seq_len) {
+    return BadArgument("capacity", absl::StrCat(capacity), absl::StrCat(">= seq_len = ", seq_len));
+  }
+  MOE_RETURN_IF_ERROR(CheckTensor("ids", ids, DType::kI32, device_, {batch * seq_len}));
+  const DiffQkvConfig& a = spec_.attention;
+  const bool reuse = state->caches.size() == layers_.size() && state->batch() == batch &&
+                     state->capacity() == capacity;
+  if (reuse) {
+    for (KvCache& cache : state->caches) cache.Clear();
+  } else {
+    state->caches.clear();
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      MOE_ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(ctx, batch, capacity, a.n_k, a.n_v,
+                                                          a.head_dim, spec_.dtype));
+      state->caches.push_back(std::move(cache));
+    }
+  }
+  return InferenceForward(ctx, ids, batch, seq_len, Pass::kPrefill, state);
+}
+
+StatusOr<Tensor> Model::DecodeStep(ExecContext& ctx, const TensorView& ids, DecodeState* state) {
+  const int64_t batch = state->batch();
+  if (state->caches.size() != layers_.size() || batch <= 0) {
+    return BadArgument("state", absl::StrCat(state->caches.size(), " caches of batch ", batch),
+                       absl::StrCat(layers_.size(), " caches filled by Prefill"));
+  }
+  if (state->length() >= state->capacity()) {
+    return BadArgument("state.length", absl::StrCat(state->length()),
+                       absl::StrCat("< capacity = ", state->capacity(), " (the caches are full)"));
+  }
+  MOE_RETURN_IF_ERROR(CheckTensor("ids", ids, DType::kI32, device_, {batch}));
+  return InferenceForward(ctx, ids, batch, 1, Pass::kDecode, state);
+}
+
+StatusOr<Tensor> Model::InferenceForward(ExecContext& ctx, const TensorView& ids, int64_t batch,
+                                         int64_t seq_len, Pass pass, DecodeState* state) {
+  const int64_t t = batch * seq_len;
+  MOE_ASSIGN_OR_RETURN(Tensor h, Tensor::Empty({t, spec_.model_dim}, spec_.dtype, device_));
+  MOE_RETURN_IF_ERROR(EmbeddingForward(ctx, ids, P(embedding_).compute, h));
+  double aux = 0.0;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    MoELayerConfig moe_config = layers_[l].moe_config;
+    moe_config.capacity_factor = 0.0f;
+    // Scratch: the training state (moe_states_, read by MoEStats) is left as it was.
+    MoEState moe_state;
+    Activations s;
+    MOE_ASSIGN_OR_RETURN(h, BlockForward(ctx, static_cast<int>(l), pass, &state->caches[l],
+                                         moe_config, &moe_state, h, batch, seq_len, &s, &aux));
+  }
+  // Only the last position of each sequence is needed: the final norm and head act per row.
+  Tensor last = h;
+  if (seq_len > 1) {
+    MOE_ASSIGN_OR_RETURN(last, Tensor::Empty({batch, spec_.model_dim}, spec_.dtype, device_));
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t row = (b + 1) * seq_len - 1;
+      MOE_RETURN_IF_ERROR(Copy(ctx, h.view().Rows(row, row + 1), last.view().Rows(b, b + 1)));
+    }
+  }
+  Tensor nf, rstd;
+  MOE_ASSIGN_OR_RETURN(Tensor logits, Head(ctx, last, &nf, &rstd));
+  return CopyTo(ctx, logits, Device::Cpu());
+}
+
 StatusOr<double> Model::Run(ExecContext& ctx, const TensorView& ids, const TensorView& targets,
                             int64_t batch, int64_t seq_len, bool backward, float grad_scale,
                             double* aux_total, Tensor* logits_out) {
@@ -255,47 +387,14 @@ StatusOr<double> Model::Run(ExecContext& ctx, const TensorView& ids, const Tenso
   std::vector<Activations> acts(layers_.size());
   *aux_total = 0.0;
   for (size_t l = 0; l < layers_.size(); ++l) {
-    Layer& L = layers_[l];
-    Activations& s = acts[l];
-    s.h_in = h;
-    MOE_ASSIGN_OR_RETURN(s.n1, empty(tokens, dt));
-    MOE_ASSIGN_OR_RETURN(s.rstd1, empty({t}, DType::kF32));
-    MOE_RETURN_IF_ERROR(RMSNormForward(ctx, s.h_in, P(L.attn_norm).compute, spec_.norm_eps, s.n1, s.rstd1));
-    MOE_ASSIGN_OR_RETURN(Tensor attn_out, empty(tokens, dt));
-    MOE_RETURN_IF_ERROR(DiffQkvForward(ctx, spec_.attention, AttentionParams(L), as_bsm(s.n1),
-                                       as_bsm(attn_out), &s.attn));
-    MOE_ASSIGN_OR_RETURN(s.h_mid, empty(tokens, dt));
-    MOE_RETURN_IF_ERROR(Axpy(ctx, s.h_in, 1.0f, attn_out, s.h_mid));
-    MOE_ASSIGN_OR_RETURN(s.n2, empty(tokens, dt));
-    MOE_ASSIGN_OR_RETURN(s.rstd2, empty({t}, DType::kF32));
-    MOE_RETURN_IF_ERROR(RMSNormForward(ctx, s.h_mid, P(L.ffn_norm).compute, spec_.norm_eps, s.n2, s.rstd2));
-    MOE_ASSIGN_OR_RETURN(Tensor ffn_out, empty(tokens, dt));
-    if (L.moe) {
-      const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute, P(L.w2).compute};
-      MOE_ASSIGN_OR_RETURN(AuxLossValues aux,
-                           MoEForward(ctx, L.moe_config, views, s.n2, ffn_out, &moe_states_[l]));
-      *aux_total += aux.total;
-    } else {
-      const int64_t hd = spec_.dense_ffn_dim;
-      MOE_ASSIGN_OR_RETURN(s.dense_h1, empty({t, hd}, dt));
-      MOE_ASSIGN_OR_RETURN(s.dense_h3, empty({t, hd}, dt));
-      MOE_ASSIGN_OR_RETURN(s.dense_act, empty({t, hd}, dt));
-      const int64_t offsets[2] = {0, t};
-      MOE_RETURN_IF_ERROR(ExpertsForward(ctx, {P(L.w1).compute, P(L.w3).compute, P(L.w2).compute},
-                                         s.n2, offsets, {s.dense_h1, s.dense_h3, s.dense_act},
-                                         ffn_out));
-    }
-    MOE_ASSIGN_OR_RETURN(h, empty(tokens, dt));
-    MOE_RETURN_IF_ERROR(Axpy(ctx, s.h_mid, 1.0f, ffn_out, h));
+    MOE_ASSIGN_OR_RETURN(h, BlockForward(ctx, static_cast<int>(l), Pass::kFull, nullptr,
+                                         layers_[l].moe_config, &moe_states_[l], h, batch, seq_len,
+                                         &acts[l], aux_total));
   }
-  MOE_ASSIGN_OR_RETURN(Tensor nf, empty(tokens, dt));
-  MOE_ASSIGN_OR_RETURN(Tensor rstdf, empty({t}, DType::kF32));
-  MOE_RETURN_IF_ERROR(RMSNormForward(ctx, h, P(final_norm_).compute, spec_.norm_eps, nf, rstdf));
-  // LM head in fp32 output: logits = nf E^T (tied) or nf W_head.
+  Tensor nf, rstdf;
+  MOE_ASSIGN_OR_RETURN(Tensor logits, Head(ctx, h, &nf, &rstdf));
   const bool tied = spec_.tie_embeddings;
   const Tensor& head = tied ? P(embedding_).compute : P(lm_head_).compute;
-  MOE_ASSIGN_OR_RETURN(Tensor logits, empty({t, v}, DType::kF32));
-  MOE_RETURN_IF_ERROR(Gemm(ctx, nf, head, logits, {false, tied}));
   if (logits_out != nullptr) {
     *logits_out = logits;
     return 0.0;

@@ -46,6 +46,15 @@ struct ModelParam {
   bool decay = true;  // weight decay on matrices only
 };
 
+// Incremental decoding state (Model::Prefill, Model::DecodeStep): one KV cache per layer holding
+// the keys and values of B sequences of equal length.
+struct DecodeState {
+  std::vector<KvCache> caches;  // one per layer
+  int64_t batch() const { return caches.empty() ? 0 : caches.front().batch(); }
+  int64_t length() const { return caches.empty() ? 0 : caches.front().length(); }
+  int64_t capacity() const { return caches.empty() ? 0 : caches.front().capacity(); }
+};
+
 struct ModelLoss {
   double loss = 0.0;      // mean cross-entropy over the tokens
   double aux_total = 0.0; // sum over layers of the aux losses' weighted total
@@ -79,6 +88,23 @@ class Model {
   [[nodiscard]] StatusOr<Tensor> LastLogits(ExecContext& ctx, const TensorView& ids, int64_t batch,
                                             int64_t seq_len);
 
+  // Incremental decoding (inference: no gradients; the model's routing statistics are untouched).
+  // Prefill runs the forward over ids [B * S] i32 on the model's device (B sequences of S >= 1
+  // tokens, RoPE positions 0..S-1), (re)sets `state` to one KV cache per layer of `capacity` >= S
+  // positions holding them (caches of the same B and capacity are reused), and returns the last
+  // position's logits [B, V] f32 on the host.
+  // DecodeStep feeds one more token per sequence, ids [B] i32 on the device, at position
+  // state->length() (InvalidArgument "state.length" when the caches are full, or "state" when
+  // Prefill has not filled it for B sequences) and returns its logits [B, V] f32 on the host.
+  // Both give what LastLogits gives over the whole sequences so far (up to rounding: the attention
+  // paths differ), except that MoE layers route dropless here (capacity_factor is ignored: at
+  // inference a token's output must not depend on the other tokens of the batch). Top-k is each
+  // layer's current one (SetTopK). Host syncs: two per MoE layer and the logits' copy.
+  [[nodiscard]] StatusOr<Tensor> Prefill(ExecContext& ctx, const TensorView& ids, int64_t batch,
+                                         int64_t seq_len, int64_t capacity, DecodeState* state);
+  [[nodiscard]] StatusOr<Tensor> DecodeStep(ExecContext& ctx, const TensorView& ids,
+                                            DecodeState* state);
+
   // Routing statistics of every MoE layer's last forward (host sync); empty entries for dense layers.
   [[nodiscard]] StatusOr<std::vector<RoutingStats>> MoEStats(ExecContext& ctx) const;
 
@@ -106,6 +132,23 @@ class Model {
   // `staged` pairs each with its parameter index, to be added into the f32 grads.
   [[nodiscard]] StatusOr<DiffQkvParams> StageAttentionGrads(
       const Layer& layer, std::vector<std::pair<int, Tensor>>* staged);
+  // How a block's attention runs: over whole sequences (kFull, training and evaluation), the same
+  // then storing its keys and values into an empty cache (kPrefill), or one new token per sequence
+  // against the cache (kDecode, seq_len 1).
+  enum class Pass { kFull, kPrefill, kDecode };
+  // Block `l`'s forward over h_in [B * S, M]; `s` receives what its backward needs, the MoE layer
+  // runs with `moe_config` into `moe_state` and its aux total is added to *aux_total. Returns h_out.
+  [[nodiscard]] StatusOr<Tensor> BlockForward(ExecContext& ctx, int l, Pass pass, KvCache* cache,
+                                              const MoELayerConfig& moe_config, MoEState* moe_state,
+                                              const Tensor& h_in, int64_t batch, int64_t seq_len,
+                                              Activations* s, double* aux_total);
+  // Final RMSNorm (into *nf, *rstd) and LM head: logits [T, V] f32 of h [T, M].
+  [[nodiscard]] StatusOr<Tensor> Head(ExecContext& ctx, const Tensor& h, Tensor* nf, Tensor* rstd);
+  // Embedding -> blocks (kPrefill or kDecode with their caches) -> the last position's logits on
+  // the host.
+  [[nodiscard]] StatusOr<Tensor> InferenceForward(ExecContext& ctx, const TensorView& ids,
+                                                  int64_t batch, int64_t seq_len, Pass pass,
+                                                  DecodeState* state);
   [[nodiscard]] StatusOr<double> Run(ExecContext& ctx, const TensorView& ids,
                                      const TensorView& targets, int64_t batch, int64_t seq_len,
                                      bool backward, float grad_scale, double* aux_total,

@@ -511,16 +511,9 @@ StatusOr<std::string> Sample(const proto::RunConfig& config, const std::string& 
   MOE_RETURN_IF_ERROR(model->SyncComputeCopies(*ctx));
   std::vector<int32_t> tokens(prompt.begin(), prompt.end());
   if (tokens.empty()) tokens.push_back('\n');
-  std::string out;
-  const int64_t window = config.train().seq_len();
-  for (int i = 0; i < num_tokens; ++i) {
-    const int64_t n = std::min<int64_t>(window, static_cast<int64_t>(tokens.size()));
-    MOE_ASSIGN_OR_RETURN(Tensor ids, Tensor::Empty({n}, DType::kI32, device));
-    std::vector<int32_t> context(tokens.end() - n, tokens.end());
-    MOE_RETURN_IF_ERROR(Upload(*ctx, context, ids));
-    MOE_ASSIGN_OR_RETURN(Tensor logits, model->LastLogits(*ctx, ids, 1, n));
+  const int64_t v = config.model().vocab_size();
+  auto next_token = [&](const Tensor& logits, int i) {
     const float* row = logits.data<float>();
-    const int64_t v = config.model().vocab_size();
     int next = 0;
     if (temperature <= 0) {
       for (int j = 1; j < v; ++j) next = row[j] > row[next] ? j : next;
@@ -533,8 +526,31 @@ StatusOr<std::string> Sample(const proto::RunConfig& config, const std::string& 
       double u = PhiloxUniform(seed, i) * sum;
       for (next = 0; next + 1 < v && u >= p[next]; ++next) u -= p[next];
     }
+    return next;
+  };
+  // The caches hold at most train.seq_len positions, so RoPE never sees a position the model was
+  // not trained on. When they are full, the last half of the text is prefilled again.
+  const int64_t window = config.train().seq_len();
+  const int64_t keep = std::max<int64_t>(1, window / 2);
+  DecodeState state;
+  int64_t prefill = std::min<int64_t>(window, static_cast<int64_t>(tokens.size()));
+  std::string out;
+  for (int i = 0; i < num_tokens; ++i) {
+    Tensor logits;
+    if (prefill > 0) {
+      MOE_ASSIGN_OR_RETURN(Tensor ids, Tensor::Empty({prefill}, DType::kI32, device));
+      MOE_RETURN_IF_ERROR(Upload(*ctx, std::vector<int32_t>(tokens.end() - prefill, tokens.end()), ids));
+      MOE_ASSIGN_OR_RETURN(logits, model->Prefill(*ctx, ids, 1, prefill, window, &state));
+      prefill = 0;
+    } else {
+      MOE_ASSIGN_OR_RETURN(Tensor ids, Tensor::Empty({1}, DType::kI32, device));
+      MOE_RETURN_IF_ERROR(Upload(*ctx, {tokens.back()}, ids));
+      MOE_ASSIGN_OR_RETURN(logits, model->DecodeStep(*ctx, ids, &state));
+    }
+    const int next = next_token(logits, i);
     tokens.push_back(next);
     out.push_back(static_cast<char>(next));
+    if (state.length() >= window) prefill = std::min<int64_t>(keep, static_cast<int64_t>(tokens.size()));
   }
   return out;
 }

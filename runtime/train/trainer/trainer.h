@@ -50,7 +50,9 @@ double LearningRateAt(const proto::TrainConfig& train, int64_t step);
 [[nodiscard]] Status DryRun(const proto::RunConfig& config);
 
 // Generates `num_tokens` bytes after `prompt` from the newest checkpoint under checkpoint.dir
-// (temperature 0: greedy).
+// (temperature 0: greedy). Incremental: the prompt (its last train.seq_len bytes) is prefilled into
+// per-layer KV caches of train.seq_len positions, then each new byte is one decode step; when the
+// caches are full, the last train.seq_len / 2 bytes of the text are prefilled again.
 [[nodiscard]] StatusOr<std::string> Sample(const proto::RunConfig& config, const std::string& prompt,
                                            int num_tokens, double temperature, uint64_t seed);
 

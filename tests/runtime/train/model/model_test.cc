@@ -1,12 +1,18 @@
 // The model's hand-written backward against finite differences of its own forward, the LR
-// schedule, and a short training run whose loss must fall.
+// schedule, a short training run whose loss must fall, incremental decoding (Prefill + DecodeStep
+// with KV caches) against full forwards, and `sample` from a checkpoint of a short run.
 #include "runtime/train/model/model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "runtime/core/philox.h"
 #include "runtime/tensor/tensor_ops.h"
+#include "runtime/train/checkpoint/checkpoint.h"
 #include "runtime/train/config/config.h"
 #include "runtime/train/trainer/trainer.h"
 #include "tests/testing/compare.h"
@@ -121,6 +127,186 @@ TEST(TrainerTest, ShortRunLossFalls) {
   EXPECT_GT(summary.final_eval_loss, 0.0);
   EXPECT_LT(summary.final_eval_loss, 3.7);  // from ln(256) = 5.55; the byte unigram is 3.8
   EXPECT_LT(summary.final_loss, 3.7);
+}
+
+// Ids [n] i32 on the host (the model is on the CPU).
+Tensor Ids(const std::vector<int32_t>& values) {
+  Tensor t = *Tensor::Empty({static_cast<int64_t>(values.size())}, DType::kI32, Device::Cpu());
+  std::copy(values.begin(), values.end(), t.data<int32_t>());
+  return t;
+}
+
+// The first `len` tokens of each of the B sequences, concatenated ([B * len]).
+std::vector<int32_t> Prefixes(const std::vector<std::vector<int32_t>>& seqs, int64_t len) {
+  std::vector<int32_t> out;
+  for (const auto& s : seqs) out.insert(out.end(), s.begin(), s.begin() + len);
+  return out;
+}
+
+struct DecodeCase {
+  std::vector<int> dense_layers;
+  bool tied;
+};
+
+class ModelDecodeTest : public ::testing::TestWithParam<DecodeCase> {};
+
+// Prefill of a 3-token prompt and 6 decode steps, B = 2: each step's logits equal the last
+// position's logits of a full forward over the sequences so far. Routing is sparse and differs
+// per layer (top-1 and top-2 of 3 experts), so the decode path must use each layer's top-k.
+TEST_P(ModelDecodeTest, PrefillAndDecodeMatchFullForward) {
+  ExecContext& ctx = ExecContext::Cpu();
+  ModelSpec spec = SmallSpec(GetParam().tied, GetParam().dense_layers);
+  spec.init_std = 0.5f;
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Model> model, Model::Create(spec, Device::Cpu()));
+  MOE_ASSERT_OK(model->Init(ctx, 11));
+  MOE_ASSERT_OK(model->SetTopK(0, 1));
+  MOE_ASSERT_OK(model->SetTopK(1, 2));
+  const int64_t batch = 2, prompt = 3, steps = 6, total = prompt + steps;
+  std::vector<std::vector<int32_t>> seqs(batch);
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t i = 0; i < total; ++i) {
+      seqs[b].push_back(static_cast<int32_t>(PhiloxBits(3 + b, i) % spec.vocab_size));
+    }
+  }
+  DecodeState state;
+  MOE_ASSERT_OK_AND_ASSIGN(Tensor logits,
+                           model->Prefill(ctx, Ids(Prefixes(seqs, prompt)), batch, prompt, total, &state));
+  EXPECT_EQ(state.caches.size(), 2u);
+  EXPECT_EQ(state.length(), prompt);
+  std::vector<double> previous;
+  for (int64_t len = prompt; len <= total; ++len) {
+    if (len > prompt) {
+      std::vector<int32_t> step_ids;
+      for (int64_t b = 0; b < batch; ++b) step_ids.push_back(seqs[b][len - 1]);
+      MOE_ASSERT_OK_AND_ASSIGN(logits, model->DecodeStep(ctx, Ids(step_ids), &state));
+      EXPECT_EQ(state.length(), len);
+    }
+    ASSERT_EQ(logits.shape(), Shape({batch, spec.vocab_size}));
+    MOE_ASSERT_OK_AND_ASSIGN(Tensor full,
+                             model->LastLogits(ctx, Ids(Prefixes(seqs, len)), batch, len));
+    EXPECT_TRUE(testing::AllClose(logits, full, {1e-5, 1e-4})) << "length " << len;
+    // The two sequences and consecutive steps really differ (nothing trivially constant).
+    const std::vector<double> now = testing::ToDoubles(logits);
+    double across = 0.0, between = 0.0;
+    for (int64_t j = 0; j < spec.vocab_size; ++j) {
+      across = std::max(across, std::abs(now[j] - now[spec.vocab_size + j]));
+      if (!previous.empty()) between = std::max(between, std::abs(now[j] - previous[j]));
+    }
+    EXPECT_GT(across, 1e-2);
+    if (!previous.empty()) {
+      EXPECT_GT(between, 1e-2);
+    }
+    previous = now;
+  }
+  // The caches are full now.
+  EXPECT_THAT(model->DecodeStep(ctx, Ids({1, 2}), &state),
+              testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                ::testing::HasSubstr("state.length: got 9")));
+  // A second Prefill reuses the caches from position 0: the same logits as the first time.
+  MOE_ASSERT_OK_AND_ASSIGN(Tensor again,
+                           model->Prefill(ctx, Ids(Prefixes(seqs, prompt)), batch, prompt, total, &state));
+  MOE_ASSERT_OK_AND_ASSIGN(Tensor full, model->LastLogits(ctx, Ids(Prefixes(seqs, prompt)), batch, prompt));
+  EXPECT_TRUE(testing::AllClose(again, full, {1e-5, 1e-4}));
+  EXPECT_EQ(state.length(), prompt);
+}
+
+INSTANTIATE_TEST_SUITE_P(MoEAndDense, ModelDecodeTest,
+                         ::testing::Values(DecodeCase{{}, true}, DecodeCase{{1}, false},
+                                           DecodeCase{{0}, true}));
+
+TEST(ModelDecodeTest, BadArguments) {
+  ExecContext& ctx = ExecContext::Cpu();
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Model> model,
+                           Model::Create(SmallSpec(true, {}), Device::Cpu()));
+  MOE_ASSERT_OK(model->Init(ctx, 1));
+  DecodeState state;
+  EXPECT_THAT(model->DecodeStep(ctx, Ids({1}), &state),
+              testing::StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("state:")));
+  EXPECT_THAT(model->Prefill(ctx, Ids({1, 2, 3, 4}), 1, 4, 3, &state),
+              testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                ::testing::HasSubstr("capacity: got 3")));
+  EXPECT_THAT(model->Prefill(ctx, Ids({1, 2, 3}), 1, 4, 8, &state),
+              testing::StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("ids")));
+  MOE_ASSERT_OK(model->Prefill(ctx, Ids({1, 2, 3, 4}), 2, 2, 4, &state).status());
+  EXPECT_THAT(model->DecodeStep(ctx, Ids({1}), &state),
+              testing::StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("ids")));
+}
+
+// Train a tiny model briefly with checkpoints, then sample from the checkpoint: greedy output
+// equals a reference that runs a full forward (LastLogits) for every token over the same context
+// windows (train.seq_len = 16, refilled with the last 8 tokens when full), and 40 tokens after a
+// 5-byte prompt slide the window several times. A large init (0.5) keeps the short run's greedy
+// text varied (not one repeated byte), so any difference in the contexts shows in it.
+TEST(TrainerTest, SampleFromCheckpointMatchesFullForwards) {
+  const std::string dir = ::testing::TempDir() + "/sample_checkpoint";
+  std::filesystem::remove_all(dir);
+  proto::RunConfig config = *LoadPreset("tiny");
+  for (const std::string& set :
+       {std::string("model.num_layers=2"), std::string("model.model_dim=32"),
+        std::string("attention.n_q=2"), std::string("attention.n_k=1"),
+        std::string("attention.n_v=2"), std::string("attention.head_dim=16"),
+        std::string("attention.d_aug=32"), std::string("moe.num_experts=4"),
+        std::string("moe.ffn_dim=16"), std::string("moe.top_k=2"),
+        std::string("moe.topk_schedule=[]"), std::string("model.init_std=0.5"),
+        std::string("train.batch_size=4"),
+        std::string("train.seq_len=16"), std::string("train.steps=30"),
+        std::string("train.warmup_steps=5"), std::string("train.lr=3e-3"),
+        std::string("train.eval_interval=0"), std::string("train.device=cpu"),
+        std::string("data.synthetic_size=100000"), "checkpoint.dir=\"" + dir + "\"",
+        std::string("checkpoint.interval=30"), std::string("checkpoint.resume=false")}) {
+    MOE_ASSERT_OK(ApplyOverride(&config, set));
+  }
+  TrainerOptions options;
+  options.progress_bar = false;
+  MOE_ASSERT_OK_AND_ASSIGN(TrainSummary summary, Train(config, options));
+  ASSERT_EQ(summary.steps_done, 30);
+
+  const std::string prompt = "the q";
+  const int num_tokens = 40;
+  MOE_ASSERT_OK_AND_ASSIGN(std::string greedy, Sample(config, prompt, num_tokens, 0.0, 1));
+  ASSERT_EQ(greedy.size(), static_cast<size_t>(num_tokens));
+
+  // The reference: the checkpoint's weights, a full forward per token.
+  ExecContext& ctx = ExecContext::Cpu();
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Model> model,
+                           Model::Create(SpecFromConfig(config, DType::kF32), Device::Cpu()));
+  MOE_ASSERT_OK_AND_ASSIGN(LoadedCheckpoint latest, LoadLatestCheckpoint(dir));
+  std::vector<NamedTensor> tensors;
+  for (ModelParam& p : model->params()) tensors.push_back({p.name, p.master});
+  MOE_ASSERT_OK(RestoreTensors(ctx, latest, tensors));
+  MOE_ASSERT_OK(model->SyncComputeCopies(ctx));
+  const int64_t window = 16, keep = 8;
+  std::vector<int32_t> tokens(prompt.begin(), prompt.end());
+  size_t start = 0;
+  std::string expected;
+  int slides = 0;
+  for (int i = 0; i < num_tokens; ++i) {
+    const std::vector<int32_t> context(tokens.begin() + start, tokens.end());
+    const int64_t n = static_cast<int64_t>(context.size());
+    MOE_ASSERT_OK_AND_ASSIGN(Tensor logits, model->LastLogits(ctx, Ids(context), 1, n));
+    const float* row = logits.data<float>();
+    const int next = static_cast<int>(std::max_element(row, row + 256) - row);
+    tokens.push_back(next);
+    expected.push_back(static_cast<char>(next));
+    if (n >= window) {
+      start = tokens.size() - keep;
+      ++slides;
+    }
+  }
+  EXPECT_GE(slides, 3);
+  EXPECT_EQ(greedy, expected);
+
+  // Temperature sampling: deterministic per seed, and not the greedy text.
+  MOE_ASSERT_OK_AND_ASSIGN(std::string hot1, Sample(config, prompt, num_tokens, 1.0, 7));
+  MOE_ASSERT_OK_AND_ASSIGN(std::string hot2, Sample(config, prompt, num_tokens, 1.0, 7));
+  EXPECT_EQ(hot1.size(), static_cast<size_t>(num_tokens));
+  EXPECT_EQ(hot1, hot2);
+  EXPECT_NE(hot1, greedy);
+  // A prompt longer than the window: its last 16 bytes are the first context.
+  MOE_ASSERT_OK_AND_ASSIGN(std::string long_prompt,
+                           Sample(config, std::string(40, 'a') + prompt, 3, 0.0, 1));
+  EXPECT_EQ(long_prompt.size(), 3u);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
