@@ -5,7 +5,7 @@
 # The CUDA toolkit is not installed here: the build uses it when nvcc is on the PATH.
 set -euo pipefail
 
-debs=(cmake ninja-build ccache g++ pkg-config python3-dev
+debs=(cmake ninja-build ccache g++ pkg-config python3-dev python3-pip
       libabsl-dev libprotobuf-dev protobuf-compiler libgtest-dev libgmock-dev libbenchmark-dev
       libopenblas-dev libopenmpi-dev openmpi-bin pybind11-dev)
 missing=()
@@ -26,6 +26,8 @@ for m in numpy pytest torch; do
   "$python" -c "import $m" 2>/dev/null || pymissing+=("$m")
 done
 if ((${#pymissing[@]})); then
-  echo "install-deps: pip installing ${pymissing[*]} (torch is large; this happens once)"
-  "$python" -m pip install -q --disable-pip-version-check "${pymissing[@]}"
+  echo "install-deps: pip installing ${pymissing[*]} into $("$python" -c 'import sys; print(sys.executable)') (torch is large; this happens once)"
+  # Debian's own interpreter refuses pip installs (PEP 668) unless told otherwise.
+  "$python" -m pip install -q --disable-pip-version-check "${pymissing[@]}" 2>/dev/null ||
+    "$python" -m pip install -q --disable-pip-version-check --break-system-packages "${pymissing[@]}"
 fi
