@@ -82,15 +82,16 @@ Status Forward(ExecContext& ctx, const void* x, const void* w, void* y, float* r
 template <typename T>
 Status Backward(ExecContext& ctx, const void* x, const void* w, const float* rstd, const void* dy,
                 void* dx, void* dw, int64_t rows, int64_t dim) {
+  // dw first: dx may alias dy, and dw must read dy before dx overwrites it.
+  NormWeightGradKernel<T><<<static_cast<unsigned>(dim), kColumnThreads, 0, ctx.stream()>>>(
+      static_cast<const T*>(x), rstd, static_cast<const T*>(dy), static_cast<T*>(dw), rows, dim);
+  MOE_CUDA_RETURN_IF_LAUNCH_ERROR("NormWeightGradKernel");
   if (rows > 0) {
     NormBackwardKernel<T><<<CeilDiv(rows, kWarps), kWarps * 32, 0, ctx.stream()>>>(
         static_cast<const T*>(x), static_cast<const T*>(w), rstd, static_cast<const T*>(dy),
         static_cast<T*>(dx), rows, dim);
     MOE_CUDA_RETURN_IF_LAUNCH_ERROR("NormBackwardKernel");
   }
-  NormWeightGradKernel<T><<<static_cast<unsigned>(dim), kColumnThreads, 0, ctx.stream()>>>(
-      static_cast<const T*>(x), rstd, static_cast<const T*>(dy), static_cast<T*>(dw), rows, dim);
-  MOE_CUDA_RETURN_IF_LAUNCH_ERROR("NormWeightGradKernel");
   return absl::OkStatus();
 }
 

@@ -107,6 +107,17 @@ TEST(ElementwiseParityTest, RopeQkNorm) {
           MOE_RETURN_IF_ERROR(HeadRmsNormForward(ctx, t[0], t[1], t[3], t[4]));
           return HeadRmsNormBackward(ctx, t[0], t[1], t[4], t[2], t[5], t[6]);
         }));
+    // dx aliasing dy (allowed by the contract): dw must still be computed from the original dy.
+    EXPECT_TRUE(CheckParity(
+        {Input("x", {3, 37, 2, 64}, dtype), Input("w", {64}, dtype, Normal(5, 0.2f, 1.0f)),
+         Input("rstd", {3 * 37 * 2}, DType::kF32, Normal(6, 0.1f, 1.0f)),
+         Input("dy", {3, 37, 2, 64}, dtype),
+         Output("dx", {3, 37, 2, 64}, dtype, GradTolerance(dtype)),
+         Output("dw", {64}, dtype, Tolerance{0.5, 2e-2})},
+        [](ExecContext& ctx, const std::vector<TensorView>& t) {
+          MOE_RETURN_IF_ERROR(Copy(ctx, t[3], t[4]));
+          return HeadRmsNormBackward(ctx, t[0], t[1], t[2], t[4], t[4], t[5]);
+        }));
   }
 }
 
