@@ -137,6 +137,12 @@ Status Launch(ExecContext& ctx, const internal::DecodeProblem& dp) {
   const float scale = 1.0f / sqrtf(static_cast<float>(D));
 
   const size_t q_bytes = static_cast<size_t>(dp.n_q / dp.n_k) * D * sizeof(float);
+  if (q_bytes > 48 * 1024) {  // n_q / n_k > 96 at D = 128
+    MOE_RETURN_IF_ERROR(CudaStatus(
+        cudaFuncSetAttribute(ScoresKernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(q_bytes)),
+        "decode ScoresKernel shared memory"));
+  }
   ScoresKernel<T, D>
       <<<dim3(chunks, static_cast<unsigned>(dp.n_k), batch), kThreads, q_bytes, ctx.stream()>>>(
           p, static_cast<const T*>(dp.q), static_cast<const T*>(dp.k), scores, scale);

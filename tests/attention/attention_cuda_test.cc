@@ -149,6 +149,10 @@ INSTANTIATE_TEST_SUITE_P(Grid, DecodeParityTest,
                                             ::testing::Values(std::make_tuple(16, 2, 8),
                                                               std::make_tuple(4, 4, 4),
                                                               std::make_tuple(6, 3, 2))));
+// 128 query heads on one K/V head: both the scores' and the values' shared memory exceed 48 KB.
+INSTANTIATE_TEST_SUITE_P(WideGroup, DecodeParityTest,
+                         ::testing::Combine(::testing::Values(300), ::testing::Values(128),
+                                            ::testing::Values(std::make_tuple(128, 1, 1))));
 
 TEST(DecodeCudaTest, EqualsLastRowOfCausalAttentionOnTheGpu) {
   MOE_SKIP_WITHOUT_CUDA();
