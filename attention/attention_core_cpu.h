@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "attention/attention_core.h"
-#include "attention/scalar.h"
+#include "runtime/core/scalar.h"
 
 namespace smoe::attention_internal {
 
@@ -21,7 +21,7 @@ inline int64_t RowOffset(const AttentionDims& d, int64_t b, int64_t s, int64_t h
 template <typename T>
 double Dot(const T* a, const T* b, int64_t n) {
   double sum = 0.0;
-  for (int64_t j = 0; j < n; ++j) sum += Load(a[j]) * Load(b[j]);
+  for (int64_t j = 0; j < n; ++j) sum += Widen(a[j]) * Widen(b[j]);
   return sum;
 }
 
@@ -47,10 +47,10 @@ void AttentionForwardCpu(const AttentionDims& d, const T* q, const T* k, const T
           const double p = std::exp(scores[t] - max);
           sum += p;
           const T* vt = v + RowOffset(d, b, t, d.n_v, vh);
-          for (int64_t j = 0; j < D; ++j) acc[j] += p * Load(vt[j]);
+          for (int64_t j = 0; j < D; ++j) acc[j] += p * Widen(vt[j]);
         }
         T* os = out + RowOffset(d, b, s, d.n_q, i);
-        for (int64_t j = 0; j < D; ++j) os[j] = Store<T>(acc[j] / sum);
+        for (int64_t j = 0; j < D; ++j) os[j] = Narrow<T>(acc[j] / sum);
         lse[(b * d.n_q + i) * d.seq + s] = static_cast<L>(max + std::log(sum));
       }
     }
@@ -79,17 +79,17 @@ void AttentionBackwardCpu(const AttentionDims& d, const T* q, const T* k, const 
           const double dp = Dot(dout + qo, v + vo, D);
           const double ds = p * (dp - delta) * scale;
           for (int64_t j = 0; j < D; ++j) {
-            gv[vo + j] += p * Load(dout[qo + j]);
-            gq[qo + j] += ds * Load(k[ko + j]);
-            gk[ko + j] += ds * Load(q[qo + j]);
+            gv[vo + j] += p * Widen(dout[qo + j]);
+            gq[qo + j] += ds * Widen(k[ko + j]);
+            gk[ko + j] += ds * Widen(q[qo + j]);
           }
         }
       }
     }
   }
-  for (size_t j = 0; j < gq.size(); ++j) dq[j] = Store<T>(gq[j]);
-  for (size_t j = 0; j < gk.size(); ++j) dk[j] = Store<T>(gk[j]);
-  for (size_t j = 0; j < gv.size(); ++j) dv[j] = Store<T>(gv[j]);
+  for (size_t j = 0; j < gq.size(); ++j) dq[j] = Narrow<T>(gq[j]);
+  for (size_t j = 0; j < gk.size(); ++j) dk[j] = Narrow<T>(gk[j]);
+  for (size_t j = 0; j < gv.size(); ++j) dv[j] = Narrow<T>(gv[j]);
 }
 
 }  // namespace smoe::attention_internal

@@ -6,15 +6,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "attention/attention_core.h"
-#include "attention/scalar.h"
 #include "attention/validate.h"
+#include "runtime/core/scalar.h"
 #include "runtime/tensor/tensor_ops.h"
 
 namespace smoe {
 namespace {
-
-using attention_internal::Load;
-using attention_internal::Store;
 
 // Rows [begin, begin + count) of sequence b in a [B, L, heads, D] tensor, as a contiguous view.
 TensorView Positions(const TensorView& t, int64_t b, int64_t begin, int64_t count) {
@@ -41,7 +38,7 @@ void DecodeCpu(const internal::DecodeProblem& p) {
       for (int64_t t = 0; t < p.length; ++t) {
         const T* kt = k + ((b * p.capacity + t) * p.n_k + kh) * D;
         double dot = 0.0;
-        for (int64_t j = 0; j < D; ++j) dot += Load(qi[j]) * Load(kt[j]);
+        for (int64_t j = 0; j < D; ++j) dot += Widen(qi[j]) * Widen(kt[j]);
         scores[t] = dot * scale;
         max = std::max(max, scores[t]);
       }
@@ -51,9 +48,9 @@ void DecodeCpu(const internal::DecodeProblem& p) {
         const double w = std::exp(scores[t] - max);
         sum += w;
         const T* vt = v + ((b * p.capacity + t) * p.n_v + vh) * D;
-        for (int64_t j = 0; j < D; ++j) acc[j] += w * Load(vt[j]);
+        for (int64_t j = 0; j < D; ++j) acc[j] += w * Widen(vt[j]);
       }
-      for (int64_t j = 0; j < D; ++j) out[(b * p.n_q + i) * D + j] = Store<T>(acc[j] / sum);
+      for (int64_t j = 0; j < D; ++j) out[(b * p.n_q + i) * D + j] = Narrow<T>(acc[j] / sum);
     }
   }
 }

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "attention/scalar.h"
+#include "runtime/core/scalar.h"
 
 namespace smoe::attention_internal {
 
@@ -15,11 +15,11 @@ void HeadRmsNormForwardCpu(const T* x, const T* w, T* y, R* rstd, int64_t rows, 
                            double eps) {
   for (int64_t r = 0; r < rows; ++r) {
     double sum_sq = 0.0;
-    for (int64_t j = 0; j < dim; ++j) sum_sq += Load(x[r * dim + j]) * Load(x[r * dim + j]);
+    for (int64_t j = 0; j < dim; ++j) sum_sq += Widen(x[r * dim + j]) * Widen(x[r * dim + j]);
     const double inv = 1.0 / std::sqrt(sum_sq / static_cast<double>(dim) + eps);
     rstd[r] = static_cast<R>(inv);
     for (int64_t j = 0; j < dim; ++j)
-      y[r * dim + j] = Store<T>(Load(x[r * dim + j]) * inv * Load(w[j]));
+      y[r * dim + j] = Narrow<T>(Widen(x[r * dim + j]) * inv * Widen(w[j]));
   }
 }
 
@@ -31,17 +31,17 @@ void HeadRmsNormBackwardCpu(const T* x, const T* w, const R* rstd, const T* dy, 
     const double inv = rstd[r];
     double mean = 0.0;  // mean_j(dy w xhat)
     for (int64_t j = 0; j < dim; ++j) {
-      const double xhat = Load(x[r * dim + j]) * inv;
-      mean += Load(dy[r * dim + j]) * Load(w[j]) * xhat;
-      gw[j] += Load(dy[r * dim + j]) * xhat;
+      const double xhat = Widen(x[r * dim + j]) * inv;
+      mean += Widen(dy[r * dim + j]) * Widen(w[j]) * xhat;
+      gw[j] += Widen(dy[r * dim + j]) * xhat;
     }
     mean /= static_cast<double>(dim);
     for (int64_t j = 0; j < dim; ++j) {
-      const double xhat = Load(x[r * dim + j]) * inv;
-      dx[r * dim + j] = Store<T>(inv * (Load(dy[r * dim + j]) * Load(w[j]) - xhat * mean));
+      const double xhat = Widen(x[r * dim + j]) * inv;
+      dx[r * dim + j] = Narrow<T>(inv * (Widen(dy[r * dim + j]) * Widen(w[j]) - xhat * mean));
     }
   }
-  for (int64_t j = 0; j < dim; ++j) dw[j] = Store<T>(gw[j]);
+  for (int64_t j = 0; j < dim; ++j) dw[j] = Narrow<T>(gw[j]);
 }
 
 }  // namespace smoe::attention_internal

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "attention/scalar.h"
+#include "runtime/core/scalar.h"
 
 namespace smoe::attention_internal {
 
@@ -22,9 +22,9 @@ void RopeCpu(const T* x, T* y, int64_t batch, int64_t seq, int64_t heads, int64_
           const double angle =
               direction * position * std::pow(theta, -2.0 * j / static_cast<double>(head_dim));
           const double c = std::cos(angle), sn = std::sin(angle);
-          const double x1 = Load(x[base + j]), x2 = Load(x[base + j + half]);
-          y[base + j] = Store<T>(x1 * c - x2 * sn);
-          y[base + j + half] = Store<T>(x1 * sn + x2 * c);
+          const double x1 = Widen(x[base + j]), x2 = Widen(x[base + j + half]);
+          y[base + j] = Narrow<T>(x1 * c - x2 * sn);
+          y[base + j + half] = Narrow<T>(x1 * sn + x2 * c);
         }
       }
     }

@@ -7,27 +7,9 @@
 #include <cstdint>
 
 #include "runtime/core/bf16.h"
+#include "runtime/core/scalar.h"
 
 namespace smoe::reference {
-
-inline double Widen(float v) { return v; }
-inline double Widen(double v) { return v; }
-inline double Widen(BF16 v) { return BF16ToFloat(v); }
-
-template <typename T>
-T Narrow(double v);
-template <>
-inline float Narrow<float>(double v) {
-  return static_cast<float>(v);
-}
-template <>
-inline double Narrow<double>(double v) {
-  return v;
-}
-template <>
-inline BF16 Narrow<BF16>(double v) {
-  return FloatToBF16(static_cast<float>(v));
-}
 
 // xs[r] = x[row_token[r]], r < rows.
 template <typename T>

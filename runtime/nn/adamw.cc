@@ -7,19 +7,6 @@
 namespace smoe {
 namespace {
 
-Status CheckLike(absl::string_view name, const ExecContext& ctx, const TensorView& t, DType dtype,
-                 const Shape& shape) {
-  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, ctx.device(), shape));
-  return CheckContiguous(name, t);
-}
-
-Status CheckFloatingOnContext(absl::string_view name, const ExecContext& ctx, const TensorView& t) {
-  if (!IsFloating(t.dtype())) {
-    return BadArgument(absl::StrCat(name, ".dtype"), DTypeName(t.dtype()), "f32 or bf16");
-  }
-  return CheckLike(name, ctx, t, t.dtype(), t.shape());
-}
-
 bool Absent(const TensorView& t) { return t.data() == nullptr && t.rank() == 0; }
 
 Status CheckNonNegative(absl::string_view name, float value) {
@@ -39,14 +26,18 @@ Status CheckBeta(absl::string_view name, float value) {
 Status AdamWStep(ExecContext& ctx, const AdamWConfig& config, int64_t step, float grad_scale,
                  const TensorView& params, const TensorView& grads, const TensorView& m,
                  const TensorView& v, const TensorView& shadow) {
-  MOE_RETURN_IF_ERROR(CheckLike("params", ctx, params, DType::kF32, params.shape()));
-  MOE_RETURN_IF_ERROR(CheckLike("grads", ctx, grads, DType::kF32, params.shape()));
-  MOE_RETURN_IF_ERROR(CheckLike("m", ctx, m, DType::kF32, params.shape()));
-  MOE_RETURN_IF_ERROR(CheckLike("v", ctx, v, DType::kF32, params.shape()));
+  MOE_RETURN_IF_ERROR(
+      CheckContiguousTensor("params", params, DType::kF32, ctx.device(), params.shape()));
+  MOE_RETURN_IF_ERROR(
+      CheckContiguousTensor("grads", grads, DType::kF32, ctx.device(), params.shape()));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("m", m, DType::kF32, ctx.device(), params.shape()));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("v", v, DType::kF32, ctx.device(), params.shape()));
   const bool has_shadow = !Absent(shadow);
   if (has_shadow) {
-    MOE_RETURN_IF_ERROR(CheckFloatingOnContext("shadow", ctx, shadow));
-    MOE_RETURN_IF_ERROR(CheckLike("shadow", ctx, shadow, shadow.dtype(), params.shape()));
+    MOE_RETURN_IF_ERROR(CheckFloatingDType("shadow", shadow));
+    MOE_RETURN_IF_ERROR(CheckOnDevice("shadow", shadow, ctx.device()));
+    MOE_RETURN_IF_ERROR(
+        CheckContiguousTensor("shadow", shadow, shadow.dtype(), ctx.device(), params.shape()));
   }
   if (step < 1) return BadArgument("step", absl::StrCat(step), ">= 1");
   MOE_RETURN_IF_ERROR(CheckNonNegative("config.lr", config.lr));
@@ -86,8 +77,8 @@ Status AdamWStep(ExecContext& ctx, const AdamWConfig& config, int64_t step, floa
 }
 
 Status AccumulateSquaredNorm(ExecContext& ctx, const TensorView& g, const TensorView& out) {
-  MOE_RETURN_IF_ERROR(CheckLike("g", ctx, g, DType::kF32, g.shape()));
-  MOE_RETURN_IF_ERROR(CheckLike("out", ctx, out, DType::kF32, {1}));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("g", g, DType::kF32, ctx.device(), g.shape()));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("out", out, DType::kF32, ctx.device(), {1}));
   const int64_t n = g.numel();
   if (n == 0) return absl::OkStatus();
   if (ctx.device().is_cuda()) {
@@ -102,7 +93,8 @@ Status AccumulateSquaredNorm(ExecContext& ctx, const TensorView& g, const Tensor
 }
 
 StatusOr<bool> AllFinite(ExecContext& ctx, const TensorView& t) {
-  MOE_RETURN_IF_ERROR(CheckFloatingOnContext("t", ctx, t));
+  MOE_RETURN_IF_ERROR(CheckFloatingDType("t", t));
+  MOE_RETURN_IF_ERROR(CheckOnDevice("t", t, ctx.device()));
   const int64_t n = t.numel();
   if (n == 0) return true;
   if (ctx.device().is_cuda()) return internal::AllFiniteCuda(ctx, t.dtype(), t.data(), n);

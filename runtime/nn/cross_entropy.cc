@@ -6,34 +6,24 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/core/scalar.h"
 #include "runtime/tensor/tensor_ops.h"
 
 namespace smoe {
 namespace {
-
-double Widen(double v) { return v; }
-double Widen(float v) { return v; }
-double Widen(BF16 v) { return BF16ToFloat(v); }
-void Store(double* p, double v) { *p = v; }
-void Store(float* p, double v) { *p = static_cast<float>(v); }
-void Store(BF16* p, double v) { *p = FloatToBF16(static_cast<float>(v)); }
-
-Status CheckOnContext(absl::string_view name, const ExecContext& ctx, const TensorView& t,
-                      DType dtype, const Shape& shape) {
-  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, ctx.device(), shape));
-  return CheckContiguous(name, t);
-}
 
 // Validates everything but dlogits and loss.
 Status CheckInputs(const ExecContext& ctx, const TensorView& logits, const TensorView& targets) {
   if (!IsFloating(logits.dtype())) {
     return BadArgument("logits.dtype", DTypeName(logits.dtype()), "f32 or bf16");
   }
-  MOE_RETURN_IF_ERROR(CheckOnContext("logits", ctx, logits, logits.dtype(), {-1, -1}));
+  MOE_RETURN_IF_ERROR(
+      CheckContiguousTensor("logits", logits, logits.dtype(), ctx.device(), {-1, -1}));
   if (logits.dim(1) < 1) {
     return BadArgument("logits.shape[1]", absl::StrCat(logits.dim(1)), ">= 1 (the vocabulary)");
   }
-  MOE_RETURN_IF_ERROR(CheckOnContext("targets", ctx, targets, DType::kI32, {logits.dim(0)}));
+  MOE_RETURN_IF_ERROR(
+      CheckContiguousTensor("targets", targets, DType::kI32, ctx.device(), {logits.dim(0)}));
   if (ctx.device().is_cuda()) return absl::OkStatus();  // a documented precondition there
   const int32_t* p = targets.data<int32_t>();
   const int64_t vocab = logits.dim(1);
@@ -69,10 +59,11 @@ StatusOr<double> Run(ExecContext& ctx, const TensorView& logits, const TensorVie
   MOE_RETURN_IF_ERROR(CheckInputs(ctx, logits, targets));
   MOE_RETURN_IF_ERROR(CheckScale(scale));
   if (dlogits != nullptr) {
-    MOE_RETURN_IF_ERROR(
-        CheckOnContext("dlogits", ctx, *dlogits, logits.dtype(), {logits.dim(0), logits.dim(1)}));
+    MOE_RETURN_IF_ERROR(CheckContiguousTensor("dlogits", *dlogits, logits.dtype(), ctx.device(),
+                                              {logits.dim(0), logits.dim(1)}));
   }
-  if (loss != nullptr) MOE_RETURN_IF_ERROR(CheckOnContext("loss", ctx, *loss, DType::kF32, {1}));
+  if (loss != nullptr)
+    MOE_RETURN_IF_ERROR(CheckContiguousTensor("loss", *loss, DType::kF32, ctx.device(), {1}));
   if (ctx.device().is_cuda()) {
     MOE_CHECK(loss != nullptr);
     if (logits.dim(0) == 0) {

@@ -1,26 +1,10 @@
 #include "runtime/nn/embedding.h"
 
 #include "absl/strings/str_cat.h"
+#include "runtime/core/scalar.h"
 
 namespace smoe {
 namespace {
-
-double Widen(double v) { return v; }
-double Widen(float v) { return v; }
-double Widen(BF16 v) { return BF16ToFloat(v); }
-
-Status CheckOnContext(absl::string_view name, const ExecContext& ctx, const TensorView& t,
-                      const Shape& shape, DType dtype) {
-  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, ctx.device(), shape));
-  return CheckContiguous(name, t);
-}
-
-Status CheckFloating(absl::string_view name, const TensorView& t) {
-  if (!IsFloating(t.dtype())) {
-    return BadArgument(absl::StrCat(name, ".dtype"), DTypeName(t.dtype()), "f32 or bf16");
-  }
-  return absl::OkStatus();
-}
 
 // The CPU backend reads ids on the host, so it can name the first bad one.
 Status CheckIdsInRange(const TensorView& ids, int64_t vocab) {
@@ -69,11 +53,12 @@ template void EmbeddingBackwardCpu<double, double>(const int32_t*, const double*
 
 Status EmbeddingForward(ExecContext& ctx, const TensorView& ids, const TensorView& table,
                         const TensorView& out) {
-  MOE_RETURN_IF_ERROR(CheckOnContext("ids", ctx, ids, {-1}, DType::kI32));
-  MOE_RETURN_IF_ERROR(CheckFloating("table", table));
-  MOE_RETURN_IF_ERROR(CheckOnContext("table", ctx, table, {-1, -1}, table.dtype()));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("ids", ids, DType::kI32, ctx.device(), {-1}));
+  MOE_RETURN_IF_ERROR(CheckFloatingDType("table", table));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("table", table, table.dtype(), ctx.device(), {-1, -1}));
   const int64_t tokens = ids.dim(0), vocab = table.dim(0), dim = table.dim(1);
-  MOE_RETURN_IF_ERROR(CheckOnContext("out", ctx, out, {tokens, dim}, table.dtype()));
+  MOE_RETURN_IF_ERROR(
+      CheckContiguousTensor("out", out, table.dtype(), ctx.device(), {tokens, dim}));
   if (tokens == 0 || dim == 0) return absl::OkStatus();
   if (ctx.device().is_cuda()) {
     return internal::EmbeddingForwardCuda(ctx, table.dtype(), ids.data<int32_t>(), table.data(),
@@ -92,11 +77,12 @@ Status EmbeddingForward(ExecContext& ctx, const TensorView& ids, const TensorVie
 
 Status EmbeddingBackward(ExecContext& ctx, const TensorView& ids, const TensorView& dout,
                          const TensorView& dtable) {
-  MOE_RETURN_IF_ERROR(CheckOnContext("ids", ctx, ids, {-1}, DType::kI32));
-  MOE_RETURN_IF_ERROR(CheckOnContext("dtable", ctx, dtable, {-1, -1}, DType::kF32));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("ids", ids, DType::kI32, ctx.device(), {-1}));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("dtable", dtable, DType::kF32, ctx.device(), {-1, -1}));
   const int64_t tokens = ids.dim(0), vocab = dtable.dim(0), dim = dtable.dim(1);
-  MOE_RETURN_IF_ERROR(CheckFloating("dout", dout));
-  MOE_RETURN_IF_ERROR(CheckOnContext("dout", ctx, dout, {tokens, dim}, dout.dtype()));
+  MOE_RETURN_IF_ERROR(CheckFloatingDType("dout", dout));
+  MOE_RETURN_IF_ERROR(
+      CheckContiguousTensor("dout", dout, dout.dtype(), ctx.device(), {tokens, dim}));
   if (tokens == 0 || dim == 0) return absl::OkStatus();
   if (ctx.device().is_cuda()) {
     return internal::EmbeddingBackwardCuda(ctx, dout.dtype(), ids.data<int32_t>(), dout.data(),

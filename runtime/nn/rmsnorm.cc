@@ -3,28 +3,16 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/core/scalar.h"
 
 namespace smoe {
 namespace {
-
-double Widen(double v) { return v; }
-double Widen(float v) { return v; }
-double Widen(BF16 v) { return BF16ToFloat(v); }
-void Store(double* p, double v) { *p = v; }
-void Store(float* p, double v) { *p = static_cast<float>(v); }
-void Store(BF16* p, double v) { *p = FloatToBF16(static_cast<float>(v)); }
-
-Status CheckOnContext(absl::string_view name, const ExecContext& ctx, const TensorView& t,
-                      DType dtype, const Shape& shape) {
-  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, ctx.device(), shape));
-  return CheckContiguous(name, t);
-}
 
 Status CheckX(const ExecContext& ctx, const TensorView& x) {
   if (!IsFloating(x.dtype())) {
     return BadArgument("x.dtype", DTypeName(x.dtype()), "f32 or bf16");
   }
-  MOE_RETURN_IF_ERROR(CheckOnContext("x", ctx, x, x.dtype(), {-1, -1}));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("x", x, x.dtype(), ctx.device(), {-1, -1}));
   if (x.dim(1) < 1) return BadArgument("x.shape[1]", absl::StrCat(x.dim(1)), ">= 1");
   return absl::OkStatus();
 }
@@ -92,9 +80,9 @@ Status RMSNormForward(ExecContext& ctx, const TensorView& x, const TensorView& g
                       const TensorView& y, const TensorView& rstd) {
   MOE_RETURN_IF_ERROR(CheckX(ctx, x));
   const int64_t rows = x.dim(0), cols = x.dim(1);
-  MOE_RETURN_IF_ERROR(CheckOnContext("gain", ctx, gain, DType::kF32, {cols}));
-  MOE_RETURN_IF_ERROR(CheckOnContext("y", ctx, y, x.dtype(), {rows, cols}));
-  MOE_RETURN_IF_ERROR(CheckOnContext("rstd", ctx, rstd, DType::kF32, {rows}));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("gain", gain, DType::kF32, ctx.device(), {cols}));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("y", y, x.dtype(), ctx.device(), {rows, cols}));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("rstd", rstd, DType::kF32, ctx.device(), {rows}));
   if (!std::isfinite(eps) || eps < 0.0f) {
     return BadArgument("eps", absl::StrCat(eps), "finite and >= 0");
   }
@@ -118,11 +106,11 @@ Status RMSNormBackward(ExecContext& ctx, const TensorView& x, const TensorView& 
                        const TensorView& dgain) {
   MOE_RETURN_IF_ERROR(CheckX(ctx, x));
   const int64_t rows = x.dim(0), cols = x.dim(1);
-  MOE_RETURN_IF_ERROR(CheckOnContext("gain", ctx, gain, DType::kF32, {cols}));
-  MOE_RETURN_IF_ERROR(CheckOnContext("rstd", ctx, rstd, DType::kF32, {rows}));
-  MOE_RETURN_IF_ERROR(CheckOnContext("dy", ctx, dy, x.dtype(), {rows, cols}));
-  MOE_RETURN_IF_ERROR(CheckOnContext("dx", ctx, dx, x.dtype(), {rows, cols}));
-  MOE_RETURN_IF_ERROR(CheckOnContext("dgain", ctx, dgain, DType::kF32, {cols}));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("gain", gain, DType::kF32, ctx.device(), {cols}));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("rstd", rstd, DType::kF32, ctx.device(), {rows}));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("dy", dy, x.dtype(), ctx.device(), {rows, cols}));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("dx", dx, x.dtype(), ctx.device(), {rows, cols}));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("dgain", dgain, DType::kF32, ctx.device(), {cols}));
   if (rows == 0) return absl::OkStatus();
   if (ctx.device().is_cuda()) {
     return internal::RMSNormBackwardCuda(ctx, x.dtype(), x.data(), gain.data<float>(),

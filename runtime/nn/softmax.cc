@@ -6,17 +6,12 @@
 namespace smoe {
 namespace {
 
-Status CheckRows(absl::string_view name, const ExecContext& ctx, const TensorView& t,
-                 const Shape& shape) {
-  MOE_RETURN_IF_ERROR(CheckTensor(name, t, DType::kF32, ctx.device(), shape));
-  return CheckContiguous(name, t);
-}
-
 }  // namespace
 
 Status SoftmaxRows(ExecContext& ctx, const TensorView& x, const TensorView& y) {
-  MOE_RETURN_IF_ERROR(CheckRows("x", ctx, x, {-1, -1}));
-  MOE_RETURN_IF_ERROR(CheckRows("y", ctx, y, {x.dim(0), x.dim(1)}));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("x", x, DType::kF32, ctx.device(), {-1, -1}));
+  MOE_RETURN_IF_ERROR(
+      CheckContiguousTensor("y", y, DType::kF32, ctx.device(), {x.dim(0), x.dim(1)}));
   const int64_t rows = x.dim(0), cols = x.dim(1);
   if (rows == 0 || cols == 0) return absl::OkStatus();
   if (ctx.device().is_cuda()) {
@@ -50,9 +45,11 @@ Status SoftmaxRows(ExecContext& ctx, const TensorView& x, const TensorView& y) {
 
 Status SoftmaxRowsBackward(ExecContext& ctx, const TensorView& y, const TensorView& dy,
                            const TensorView& dx) {
-  MOE_RETURN_IF_ERROR(CheckRows("y", ctx, y, {-1, -1}));
-  MOE_RETURN_IF_ERROR(CheckRows("dy", ctx, dy, {y.dim(0), y.dim(1)}));
-  MOE_RETURN_IF_ERROR(CheckRows("dx", ctx, dx, {y.dim(0), y.dim(1)}));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("y", y, DType::kF32, ctx.device(), {-1, -1}));
+  MOE_RETURN_IF_ERROR(
+      CheckContiguousTensor("dy", dy, DType::kF32, ctx.device(), {y.dim(0), y.dim(1)}));
+  MOE_RETURN_IF_ERROR(
+      CheckContiguousTensor("dx", dx, DType::kF32, ctx.device(), {y.dim(0), y.dim(1)}));
   const int64_t rows = y.dim(0), cols = y.dim(1);
   if (rows == 0 || cols == 0) return absl::OkStatus();
   if (ctx.device().is_cuda()) {

@@ -5,23 +5,6 @@
 namespace smoe {
 namespace {
 
-Status CheckFloatingOnContext(absl::string_view name, const ExecContext& ctx, const TensorView& t) {
-  if (!IsFloating(t.dtype())) {
-    return BadArgument(absl::StrCat(name, ".dtype"), DTypeName(t.dtype()), "f32 or bf16");
-  }
-  if (t.device() != ctx.device()) {
-    return BadArgument(absl::StrCat(name, ".device"), t.device().ToString(),
-                       absl::StrCat(ctx.device().ToString(), " (the context's device)"));
-  }
-  return CheckContiguous(name, t);
-}
-
-// `t` must look like `like` (the first argument): same dtype, device and shape, contiguous.
-Status CheckLike(absl::string_view name, const TensorView& t, const TensorView& like) {
-  MOE_RETURN_IF_ERROR(CheckTensor(name, t, like.dtype(), like.device(), like.shape()));
-  return CheckContiguous(name, t);
-}
-
 float Load(const float* p, int64_t i) { return p[i]; }
 float Load(const BF16* p, int64_t i) { return BF16ToFloat(p[i]); }
 void Store(float* p, int64_t i, float v) { p[i] = v; }
@@ -56,9 +39,10 @@ void SwiGLUBackwardCpu(const TensorView& h1, const TensorView& h3, const TensorV
 }  // namespace
 
 Status SwiGLU(ExecContext& ctx, const TensorView& h1, const TensorView& h3, const TensorView& act) {
-  MOE_RETURN_IF_ERROR(CheckFloatingOnContext("h1", ctx, h1));
-  MOE_RETURN_IF_ERROR(CheckLike("h3", h3, h1));
-  MOE_RETURN_IF_ERROR(CheckLike("act", act, h1));
+  MOE_RETURN_IF_ERROR(CheckFloatingDType("h1", h1));
+  MOE_RETURN_IF_ERROR(CheckOnDevice("h1", h1, ctx.device()));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("h3", h3, h1.dtype(), h1.device(), h1.shape()));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("act", act, h1.dtype(), h1.device(), h1.shape()));
   if (h1.numel() == 0) return absl::OkStatus();
   if (ctx.device().is_cuda()) {
     return internal::SwiGLUCuda(ctx, h1.dtype(), h1.data(), h3.data(), act.data(), h1.numel());
@@ -73,11 +57,12 @@ Status SwiGLU(ExecContext& ctx, const TensorView& h1, const TensorView& h3, cons
 
 Status SwiGLUBackward(ExecContext& ctx, const TensorView& h1, const TensorView& h3,
                       const TensorView& dact, const TensorView& dh1, const TensorView& dh3) {
-  MOE_RETURN_IF_ERROR(CheckFloatingOnContext("h1", ctx, h1));
-  MOE_RETURN_IF_ERROR(CheckLike("h3", h3, h1));
-  MOE_RETURN_IF_ERROR(CheckLike("dact", dact, h1));
-  MOE_RETURN_IF_ERROR(CheckLike("dh1", dh1, h1));
-  MOE_RETURN_IF_ERROR(CheckLike("dh3", dh3, h1));
+  MOE_RETURN_IF_ERROR(CheckFloatingDType("h1", h1));
+  MOE_RETURN_IF_ERROR(CheckOnDevice("h1", h1, ctx.device()));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("h3", h3, h1.dtype(), h1.device(), h1.shape()));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("dact", dact, h1.dtype(), h1.device(), h1.shape()));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("dh1", dh1, h1.dtype(), h1.device(), h1.shape()));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("dh3", dh3, h1.dtype(), h1.device(), h1.shape()));
   if (h1.numel() == 0) return absl::OkStatus();
   if (dh1.data() == dh3.data()) {
     return BadArgument("dh3.data", "the same buffer as dh1", "distinct outputs");

@@ -90,4 +90,23 @@ Status CheckContiguous(absl::string_view name, const TensorView& t) {
                      "contiguous row-major strides");
 }
 
+Status CheckContiguousTensor(absl::string_view name, const TensorView& t, DType dtype,
+                             Device device, const Shape& shape) {
+  MOE_RETURN_IF_ERROR(CheckTensor(name, t, dtype, device, shape));
+  return CheckContiguous(name, t);
+}
+
+Status CheckFloatingDType(absl::string_view name, const TensorView& t) {
+  if (IsFloating(t.dtype())) return absl::OkStatus();
+  return BadArgument(absl::StrCat(name, ".dtype"), DTypeName(t.dtype()), "f32 or bf16");
+}
+
+Status CheckOnDevice(absl::string_view name, const TensorView& t, Device ctx_device) {
+  if (t.device() != ctx_device) {
+    return BadArgument(absl::StrCat(name, ".device"), t.device().ToString(),
+                       absl::StrCat(ctx_device.ToString(), " (the context's device)"));
+  }
+  return CheckContiguous(name, t);
+}
+
 }  // namespace smoe

@@ -101,5 +101,13 @@ class Tensor {
                                  Device device, const Shape& shape);
 // InvalidArgument unless `t` is contiguous.
 [[nodiscard]] Status CheckContiguous(absl::string_view name, const TensorView& t);
+// CheckTensor, then CheckContiguous: the usual check of an op's tensor argument.
+[[nodiscard]] Status CheckContiguousTensor(absl::string_view name, const TensorView& t, DType dtype,
+                                           Device device, const Shape& shape);
+// InvalidArgument ("<name>.dtype: got i32, expected f32 or bf16") unless `t` is floating.
+[[nodiscard]] Status CheckFloatingDType(absl::string_view name, const TensorView& t);
+// InvalidArgument unless `t` is on `ctx_device` (an op's ExecContext device, named so in the
+// message) and contiguous; for ops that take any dtype and shape.
+[[nodiscard]] Status CheckOnDevice(absl::string_view name, const TensorView& t, Device ctx_device);
 
 }  // namespace smoe

@@ -15,19 +15,6 @@
 namespace smoe {
 namespace {
 
-Status CheckOnContext(absl::string_view name, const ExecContext& ctx, const TensorView& t) {
-  if (t.device() != ctx.device()) {
-    return BadArgument(absl::StrCat(name, ".device"), t.device().ToString(),
-                       absl::StrCat(ctx.device().ToString(), " (the context's device)"));
-  }
-  return CheckContiguous(name, t);
-}
-
-Status CheckFloating(absl::string_view name, const TensorView& t) {
-  if (IsFloating(t.dtype())) return absl::OkStatus();
-  return BadArgument(absl::StrCat(name, ".dtype"), DTypeName(t.dtype()), "f32 or bf16");
-}
-
 Status NoCuda(absl::string_view op) {
   return absl::FailedPreconditionError(absl::StrCat(op, " on a CUDA tensor, but this build has no CUDA backend"));
 }
@@ -89,7 +76,7 @@ StatusOr<Tensor> CopyTo(ExecContext& ctx, const TensorView& src, Device device) 
 }
 
 Status Fill(ExecContext& ctx, const TensorView& dst, double value) {
-  MOE_RETURN_IF_ERROR(CheckOnContext("dst", ctx, dst));
+  MOE_RETURN_IF_ERROR(CheckOnDevice("dst", dst, ctx.device()));
   if (dst.device().is_cuda()) return internal::FillCuda(ctx, dst, value);
   switch (dst.dtype()) {
     case DType::kF32: FillHost(dst, static_cast<float>(value)); break;
@@ -102,8 +89,8 @@ Status Fill(ExecContext& ctx, const TensorView& dst, double value) {
 
 Status FillUniform(ExecContext& ctx, const TensorView& dst, uint64_t seed, uint64_t offset,
                    float low, float high) {
-  MOE_RETURN_IF_ERROR(CheckOnContext("dst", ctx, dst));
-  MOE_RETURN_IF_ERROR(CheckFloating("dst", dst));
+  MOE_RETURN_IF_ERROR(CheckOnDevice("dst", dst, ctx.device()));
+  MOE_RETURN_IF_ERROR(CheckFloatingDType("dst", dst));
   if (dst.device().is_cuda()) {
     return internal::FillRandomCuda(ctx, dst, internal::RandomKind::kUniform, seed, offset, low,
                                     high);
@@ -115,8 +102,8 @@ Status FillUniform(ExecContext& ctx, const TensorView& dst, uint64_t seed, uint6
 
 Status FillNormal(ExecContext& ctx, const TensorView& dst, uint64_t seed, uint64_t offset,
                   float mean, float stddev) {
-  MOE_RETURN_IF_ERROR(CheckOnContext("dst", ctx, dst));
-  MOE_RETURN_IF_ERROR(CheckFloating("dst", dst));
+  MOE_RETURN_IF_ERROR(CheckOnDevice("dst", dst, ctx.device()));
+  MOE_RETURN_IF_ERROR(CheckFloatingDType("dst", dst));
   if (dst.device().is_cuda()) {
     return internal::FillRandomCuda(ctx, dst, internal::RandomKind::kNormal, seed, offset, mean,
                                     stddev);
@@ -126,15 +113,15 @@ Status FillNormal(ExecContext& ctx, const TensorView& dst, uint64_t seed, uint64
 }
 
 Status Cast(ExecContext& ctx, const TensorView& src, const TensorView& dst) {
-  MOE_RETURN_IF_ERROR(CheckOnContext("src", ctx, src));
-  MOE_RETURN_IF_ERROR(CheckOnContext("dst", ctx, dst));
+  MOE_RETURN_IF_ERROR(CheckOnDevice("src", src, ctx.device()));
+  MOE_RETURN_IF_ERROR(CheckOnDevice("dst", dst, ctx.device()));
   if (src.numel() != dst.numel()) {
     return BadArgument("dst.shape", dst.shape().ToString(),
                        absl::StrCat(src.numel(), " elements like src ", src.shape().ToString()));
   }
   if (src.dtype() == dst.dtype()) return Copy(ctx, src, dst);
-  MOE_RETURN_IF_ERROR(CheckFloating("src", src));
-  MOE_RETURN_IF_ERROR(CheckFloating("dst", dst));
+  MOE_RETURN_IF_ERROR(CheckFloatingDType("src", src));
+  MOE_RETURN_IF_ERROR(CheckFloatingDType("dst", dst));
   if (src.device().is_cuda()) return internal::CastCuda(ctx, src, dst);
   if (src.dtype() == DType::kF32) {
     const float* in = src.data<float>();
@@ -149,10 +136,10 @@ Status Cast(ExecContext& ctx, const TensorView& src, const TensorView& dst) {
 
 Status Axpy(ExecContext& ctx, const TensorView& a, float alpha, const TensorView& b,
             const TensorView& out) {
-  MOE_RETURN_IF_ERROR(CheckOnContext("a", ctx, a));
-  MOE_RETURN_IF_ERROR(CheckFloating("a", a));
-  MOE_RETURN_IF_ERROR(CheckOnContext("b", ctx, b));
-  MOE_RETURN_IF_ERROR(CheckOnContext("out", ctx, out));
+  MOE_RETURN_IF_ERROR(CheckOnDevice("a", a, ctx.device()));
+  MOE_RETURN_IF_ERROR(CheckFloatingDType("a", a));
+  MOE_RETURN_IF_ERROR(CheckOnDevice("b", b, ctx.device()));
+  MOE_RETURN_IF_ERROR(CheckOnDevice("out", out, ctx.device()));
   MOE_RETURN_IF_ERROR(CheckTensor("b", b, a.dtype(), a.device(), a.shape()));
   MOE_RETURN_IF_ERROR(CheckTensor("out", out, a.dtype(), a.device(), a.shape()));
   if (a.numel() == 0) return absl::OkStatus();

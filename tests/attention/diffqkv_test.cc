@@ -16,16 +16,17 @@
 #include "tests/testing/compare.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/tensors.h"
 
 namespace smoe {
 namespace {
 
 using attention_test::Concat;
-using attention_test::EmptyCpu;
-using attention_test::RandomCpu;
 using attention_test::Slice;
 using attention_test::WeightedSum;
 using ::testing::HasSubstr;
+using testing::HostTensor;
+using testing::RandomNormal;
 using testing::StatusIs;
 using testing::ToDoubles;
 
@@ -49,19 +50,19 @@ struct Block {
   Block(DiffQkvConfig config, int64_t batch, int64_t seq) : c(config), B(batch), S(seq) {
     const int64_t M = c.model_dim, qd = c.n_q * c.head_dim;
     const float ws = 1.0f / std::sqrt(static_cast<float>(M));
-    tensors.push_back(RandomCpu({B, S, M}, 100));
-    tensors.push_back(RandomCpu({M, qd}, 101, ws));
-    tensors.push_back(RandomCpu({M, c.n_k * c.head_dim}, 102, ws));
-    tensors.push_back(RandomCpu({M, c.n_v * c.head_dim}, 103, ws));
-    tensors.push_back(RandomCpu({qd, M}, 104, ws));
+    tensors.push_back(RandomNormal({B, S, M}, 100));
+    tensors.push_back(RandomNormal({M, qd}, 101, ws));
+    tensors.push_back(RandomNormal({M, c.n_k * c.head_dim}, 102, ws));
+    tensors.push_back(RandomNormal({M, c.n_v * c.head_dim}, 103, ws));
+    tensors.push_back(RandomNormal({qd, M}, 104, ws));
     if (c.d_aug > 0) {
-      tensors.push_back(RandomCpu({qd, c.d_aug}, 105, 0.5f));
-      tensors.push_back(RandomCpu({qd, c.d_aug}, 106, 0.5f));
-      tensors.push_back(RandomCpu({c.d_aug, qd}, 107, 0.5f));
+      tensors.push_back(RandomNormal({qd, c.d_aug}, 105, 0.5f));
+      tensors.push_back(RandomNormal({qd, c.d_aug}, 106, 0.5f));
+      tensors.push_back(RandomNormal({c.d_aug, qd}, 107, 0.5f));
     }
     if (c.qk_norm) {
-      tensors.push_back(RandomCpu({c.head_dim}, 108, 0.3f));
-      tensors.push_back(RandomCpu({c.head_dim}, 109, 0.3f));
+      tensors.push_back(RandomNormal({c.head_dim}, 108, 0.3f));
+      tensors.push_back(RandomNormal({c.head_dim}, 109, 0.3f));
       for (int t = 0; t < 2; ++t) {
         for (int64_t j = 0; j < c.head_dim; ++j)
           tensors[tensors.size() - 1 - t].data<float>()[j] += 1.0f;
@@ -86,7 +87,7 @@ struct Block {
 
   std::vector<Tensor> EmptyLike() const {
     std::vector<Tensor> out;
-    for (const Tensor& t : tensors) out.push_back(EmptyCpu(t.shape()));
+    for (const Tensor& t : tensors) out.push_back(HostTensor(t.shape()));
     return out;
   }
 
@@ -155,7 +156,7 @@ TEST_P(DiffQkvBlockTest, ForwardAndGradientsMatchFp64Reference) {
   Block block(config, 2, 3);
   ExecContext& ctx = ExecContext::Cpu();
   const TensorView x = block.tensors[0];
-  Tensor y = EmptyCpu(x.shape());
+  Tensor y = HostTensor(x.shape());
   DiffQkvSaved saved;
   const DiffQkvParams params = block.Params(block.tensors);
   MOE_ASSERT_OK(DiffQkvForward(ctx, config, params, x, y, &saved));
@@ -163,7 +164,7 @@ TEST_P(DiffQkvBlockTest, ForwardAndGradientsMatchFp64Reference) {
   EXPECT_TRUE(testing::AllClose(ToDoubles(y), block.Reference(all), {1e-5, 1e-4}));
 
   const std::vector<double> w = testing::RandomWeights(y.numel(), 7);
-  Tensor dy = attention_test::FromDoubles(w, y.shape());
+  Tensor dy = testing::FromDoubles(w, y.shape());
   std::vector<Tensor> grads = block.EmptyLike();
   MOE_ASSERT_OK(DiffQkvBackward(ctx, config, params, x, saved, dy, grads[0], block.Params(grads)));
   std::vector<double> analytic;
@@ -190,23 +191,23 @@ TEST_P(DiffQkvBlockTest, PrefillThenDecodeStepsEqualForwardRows) {
   ExecContext& ctx = ExecContext::Cpu();
   const DiffQkvParams params = block.Params(block.tensors);
   const Tensor& x = block.tensors[0];
-  Tensor y = EmptyCpu(x.shape());
+  Tensor y = HostTensor(x.shape());
   DiffQkvSaved saved;
   MOE_ASSERT_OK(DiffQkvForward(ctx, config, params, x, y, &saved));
 
   MOE_ASSERT_OK_AND_ASSIGN(KvCache cache, KvCache::Create(ctx, B, S, n_k, n_v, 4, DType::kF32));
-  Tensor x_prompt = Slice(x, 0, prompt), y_prompt = EmptyCpu(x_prompt.shape());
+  Tensor x_prompt = Slice(x, 0, prompt), y_prompt = HostTensor(x_prompt.shape());
   DiffQkvSaved prompt_saved;
   MOE_ASSERT_OK(DiffQkvForward(ctx, config, params, x_prompt, y_prompt, &prompt_saved));
   MOE_ASSERT_OK(DiffQkvPrefillCache(ctx, prompt_saved, &cache));
   EXPECT_THAT(DiffQkvPrefillCache(ctx, prompt_saved, &cache),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.length: got 4")));
   for (int64_t s = prompt; s < S; ++s) {
-    Tensor y_new = EmptyCpu({B, 1, config.model_dim});
+    Tensor y_new = HostTensor({B, 1, config.model_dim});
     MOE_ASSERT_OK(DiffQkvDecodeStep(ctx, config, params, Slice(x, s, s + 1), &cache, y_new));
     EXPECT_TRUE(testing::AllClose(y_new, Slice(y, s, s + 1), {1e-5, 1e-4})) << "position " << s;
   }
-  Tensor y_new = EmptyCpu({B, 1, config.model_dim});
+  Tensor y_new = HostTensor({B, 1, config.model_dim});
   EXPECT_THAT(DiffQkvDecodeStep(ctx, config, params, Slice(x, 0, 1), &cache, y_new),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.capacity")));
 }
@@ -227,8 +228,8 @@ TEST(DiffQkvBlockTest, BadConfig) {
   config.head_dim = 4;
   Block block(config, 1, 2);
   std::vector<Tensor> bad = block.tensors;
-  bad[2] = RandomCpu({6, 4}, 1);  // w_k for one K head instead of two
-  Tensor y = EmptyCpu(block.tensors[0].shape());
+  bad[2] = RandomNormal({6, 4}, 1);  // w_k for one K head instead of two
+  Tensor y = HostTensor(block.tensors[0].shape());
   DiffQkvSaved saved;
   EXPECT_THAT(DiffQkvForward(ExecContext::Cpu(), config, block.Params(bad), bad[0], y, &saved),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("w_k.shape: got [6, 4]")));

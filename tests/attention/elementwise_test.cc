@@ -14,22 +14,23 @@
 #include "tests/testing/compare.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/tensors.h"
 
 namespace smoe {
 namespace {
 
 using attention_test::Concat;
-using attention_test::Cpu;
-using attention_test::EmptyCpu;
-using attention_test::RandomCpu;
 using attention_test::WeightedSum;
+using testing::Cpu;
 using ::testing::HasSubstr;
+using testing::HostTensor;
+using testing::RandomNormal;
 using testing::StatusIs;
 using testing::ToDoubles;
 
 TEST(RopeTest, PositionZeroIsIdentityAndPairsKeepTheirNorm) {
   const int64_t B = 2, S = 5, H = 3, D = 8;
-  Tensor x = RandomCpu({B, S, H, D}, 1), y = EmptyCpu({B, S, H, D});
+  Tensor x = RandomNormal({B, S, H, D}, 1), y = HostTensor({B, S, H, D});
   MOE_ASSERT_OK(RopeForward(Cpu(), x, y, 10000.0));
   const float* xs = x.data<float>();
   const float* ys = y.data<float>();
@@ -49,7 +50,7 @@ TEST(RopeTest, PositionZeroIsIdentityAndPairsKeepTheirNorm) {
     }
   }
   // j = 0 rotates by exactly s radians: (1, 0) at position 2 -> (cos 2, sin 2).
-  Tensor e = EmptyCpu({1, 3, 1, 2});
+  Tensor e = HostTensor({1, 3, 1, 2});
   MOE_ASSERT_OK(Fill(Cpu(), e, 0.0));
   e.data<float>()[4] = 1.0f;
   MOE_ASSERT_OK(RopeForward(Cpu(), e, e, 10000.0));
@@ -59,9 +60,9 @@ TEST(RopeTest, PositionZeroIsIdentityAndPairsKeepTheirNorm) {
 
 TEST(RopeTest, ScoresDependOnRelativePositionOnly) {
   const int64_t D = 16;
-  Tensor q = RandomCpu({1, 1, 1, D}, 2), k = RandomCpu({1, 1, 1, D}, 3);
+  Tensor q = RandomNormal({1, 1, 1, D}, 2), k = RandomNormal({1, 1, 1, D}, 3);
   auto score = [&](int64_t s, int64_t t) {
-    Tensor qr = EmptyCpu(q.shape()), kr = EmptyCpu(k.shape());
+    Tensor qr = HostTensor(q.shape()), kr = HostTensor(k.shape());
     MOE_CHECK_OK(RopeForward(Cpu(), q, qr, 500.0, s));
     MOE_CHECK_OK(RopeForward(Cpu(), k, kr, 500.0, t));
     double dot = 0.0;
@@ -74,7 +75,7 @@ TEST(RopeTest, ScoresDependOnRelativePositionOnly) {
 
 TEST(RopeTest, BackwardInvertsForwardAndMatchesFiniteDifferences) {
   const int64_t B = 1, S = 4, H = 2, D = 6;
-  Tensor x = RandomCpu({B, S, H, D}, 4), y = EmptyCpu(x.shape()), z = EmptyCpu(x.shape());
+  Tensor x = RandomNormal({B, S, H, D}, 4), y = HostTensor(x.shape()), z = HostTensor(x.shape());
   MOE_ASSERT_OK(RopeForward(Cpu(), x, y, 100.0, 3));
   MOE_ASSERT_OK(RopeBackward(Cpu(), y, z, 100.0, 3));
   EXPECT_TRUE(testing::AllClose(z, x, {1e-6, 1e-5}));
@@ -92,10 +93,10 @@ TEST(RopeTest, BackwardInvertsForwardAndMatchesFiniteDifferences) {
 }
 
 TEST(RopeTest, BadArguments) {
-  Tensor x = RandomCpu({1, 2, 1, 5}, 1), y = EmptyCpu({1, 2, 1, 5});
+  Tensor x = RandomNormal({1, 2, 1, 5}, 1), y = HostTensor({1, 2, 1, 5});
   EXPECT_THAT(RopeForward(Cpu(), x, y, 1e4),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("x.head_dim: got 5")));
-  Tensor x2 = RandomCpu({1, 2, 1, 4}, 1), y2 = EmptyCpu({1, 2, 2, 4});
+  Tensor x2 = RandomNormal({1, 2, 1, 4}, 1), y2 = HostTensor({1, 2, 2, 4});
   EXPECT_THAT(RopeForward(Cpu(), x2, y2, 1e4),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("y.shape")));
   EXPECT_THAT(RopeForward(Cpu(), x2, x2, -1.0),
@@ -103,9 +104,9 @@ TEST(RopeTest, BadArguments) {
 }
 
 TEST(QkNormTest, HandWorked) {
-  Tensor x = attention_test::FromDoubles({3.0, 4.0}, {1, 2});
-  Tensor w = attention_test::FromDoubles({1.0, 2.0}, {2});
-  Tensor y = EmptyCpu({1, 2}), rstd = EmptyCpu({1});
+  Tensor x = testing::FromDoubles({3.0, 4.0}, {1, 2});
+  Tensor w = testing::FromDoubles({1.0, 2.0}, {2});
+  Tensor y = HostTensor({1, 2}), rstd = HostTensor({1});
   MOE_ASSERT_OK(HeadRmsNormForward(Cpu(), x, w, y, rstd, 1e-12));
   const double inv = 1.0 / std::sqrt(12.5);
   EXPECT_TRUE(testing::AllClose(ToDoubles(y), {3.0 * inv, 8.0 * inv}, {1e-6, 1e-6}));
@@ -115,7 +116,7 @@ TEST(QkNormTest, HandWorked) {
 TEST(QkNormTest, GradientMatchesFiniteDifferences) {
   const int64_t rows = 6, dim = 5;
   const std::vector<double> x =
-      Concat({ToDoubles(RandomCpu({rows, dim}, 7)), ToDoubles(RandomCpu({dim}, 8))});
+      Concat({ToDoubles(RandomNormal({rows, dim}, 7)), ToDoubles(RandomNormal({dim}, 8))});
   const std::vector<double> w = testing::RandomWeights(rows * dim, 9);
   auto forward = [&](const std::vector<double>& xs, std::vector<double>* y,
                      std::vector<double>* rstd) {
@@ -136,11 +137,11 @@ TEST(QkNormTest, GradientMatchesFiniteDifferences) {
   EXPECT_TRUE(testing::CheckGradient(loss, x, grad));
 
   // The f32 op agrees with the double reference.
-  Tensor xt = attention_test::FromDoubles({x.begin(), x.begin() + rows * dim}, {rows, dim});
-  Tensor wt = attention_test::FromDoubles({x.begin() + rows * dim, x.end()}, {dim});
-  Tensor dy = attention_test::FromDoubles(w, {rows, dim});
-  Tensor yt = EmptyCpu({rows, dim}), rt = EmptyCpu({rows}), dx = EmptyCpu({rows, dim});
-  Tensor dw = EmptyCpu({dim});
+  Tensor xt = testing::FromDoubles({x.begin(), x.begin() + rows * dim}, {rows, dim});
+  Tensor wt = testing::FromDoubles({x.begin() + rows * dim, x.end()}, {dim});
+  Tensor dy = testing::FromDoubles(w, {rows, dim});
+  Tensor yt = HostTensor({rows, dim}), rt = HostTensor({rows}), dx = HostTensor({rows, dim});
+  Tensor dw = HostTensor({dim});
   MOE_ASSERT_OK(HeadRmsNormForward(Cpu(), xt, wt, yt, rt));
   MOE_ASSERT_OK(HeadRmsNormBackward(Cpu(), xt, wt, rt, dy, dx, dw));
   EXPECT_TRUE(testing::AllClose(ToDoubles(yt), y, {1e-5, 1e-5}));
@@ -148,8 +149,8 @@ TEST(QkNormTest, GradientMatchesFiniteDifferences) {
 }
 
 TEST(QkNormTest, BadArguments) {
-  Tensor x = RandomCpu({2, 3, 4}, 1), w = RandomCpu({3}, 2);
-  Tensor y = EmptyCpu({2, 3, 4}), rstd = EmptyCpu({6});
+  Tensor x = RandomNormal({2, 3, 4}, 1), w = RandomNormal({3}, 2);
+  Tensor y = HostTensor({2, 3, 4}), rstd = HostTensor({6});
   EXPECT_THAT(HeadRmsNormForward(Cpu(), x, w, y, rstd),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("w.shape: got [3]")));
 }
@@ -182,18 +183,18 @@ std::vector<double> AugQReference(const std::vector<double>& x, int64_t rows, in
 
 TEST(AugQTest, ForwardAndBackwardMatchDoubleReference) {
   const int64_t rows = 5, qd = 6, d_aug = 4;
-  Tensor q = RandomCpu({rows, qd}, 11), wg = RandomCpu({qd, d_aug}, 12, 0.5f);
-  Tensor wu = RandomCpu({qd, d_aug}, 13, 0.5f), wd = RandomCpu({d_aug, qd}, 14, 0.5f);
-  Tensor q_aug = EmptyCpu({rows, qd});
+  Tensor q = RandomNormal({rows, qd}, 11), wg = RandomNormal({qd, d_aug}, 12, 0.5f);
+  Tensor wu = RandomNormal({qd, d_aug}, 13, 0.5f), wd = RandomNormal({d_aug, qd}, 14, 0.5f);
+  Tensor q_aug = HostTensor({rows, qd});
   AugQSaved saved;
   MOE_ASSERT_OK(AugQForward(Cpu(), q, {wg, wu, wd}, q_aug, &saved));
   const std::vector<double> x = Concat({ToDoubles(q), ToDoubles(wg), ToDoubles(wu), ToDoubles(wd)});
   EXPECT_TRUE(testing::AllClose(ToDoubles(q_aug), AugQReference(x, rows, qd, d_aug), {1e-5, 1e-5}));
 
   const std::vector<double> w = testing::RandomWeights(rows * qd, 15);
-  Tensor dq_aug = attention_test::FromDoubles(w, {rows, qd});
-  Tensor dq = EmptyCpu({rows, qd}), dwg = EmptyCpu(wg.shape()), dwu = EmptyCpu(wu.shape());
-  Tensor dwd = EmptyCpu(wd.shape());
+  Tensor dq_aug = testing::FromDoubles(w, {rows, qd});
+  Tensor dq = HostTensor({rows, qd}), dwg = HostTensor(wg.shape()), dwu = HostTensor(wu.shape());
+  Tensor dwd = HostTensor(wd.shape());
   MOE_ASSERT_OK(AugQBackward(Cpu(), q, {wg, wu, wd}, saved, dq_aug, dq, {dwg, dwu, dwd}));
   auto loss = [&](const std::vector<double>& xs) {
     return WeightedSum(w, AugQReference(xs, rows, qd, d_aug));
@@ -205,8 +206,8 @@ TEST(AugQTest, ForwardAndBackwardMatchDoubleReference) {
 }
 
 TEST(AugQTest, BadArguments) {
-  Tensor q = RandomCpu({5, 6}, 1), wg = RandomCpu({6, 4}, 2), wu = RandomCpu({6, 3}, 3);
-  Tensor wd = RandomCpu({4, 6}, 4), q_aug = EmptyCpu({5, 6});
+  Tensor q = RandomNormal({5, 6}, 1), wg = RandomNormal({6, 4}, 2), wu = RandomNormal({6, 3}, 3);
+  Tensor wd = RandomNormal({4, 6}, 4), q_aug = HostTensor({5, 6});
   AugQSaved saved;
   EXPECT_THAT(AugQForward(Cpu(), q, {wg, wu, wd}, q_aug, &saved),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("w_up.shape: got [6, 3]")));

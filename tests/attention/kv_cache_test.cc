@@ -8,14 +8,15 @@
 #include "tests/attention/test_util.h"
 #include "tests/testing/compare.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/tensors.h"
 
 namespace smoe {
 namespace {
 
-using attention_test::EmptyCpu;
-using attention_test::RandomCpu;
 using attention_test::Slice;
 using ::testing::HasSubstr;
+using testing::HostTensor;
+using testing::RandomNormal;
 using testing::StatusIs;
 using testing::ToDoubles;
 
@@ -24,9 +25,9 @@ class DecodeTest : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, 
 TEST_P(DecodeTest, EqualsLastRowOfCausalAttention) {
   const auto [n_q, n_k, n_v] = GetParam();
   const int64_t B = 2, S = 11, D = 6;
-  Tensor q = RandomCpu({B, S, n_q, D}, 1), k = RandomCpu({B, S, n_k, D}, 2);
-  Tensor v = RandomCpu({B, S, n_v, D}, 3);
-  Tensor out = EmptyCpu(q.shape()), lse = EmptyCpu({B, n_q, S});
+  Tensor q = RandomNormal({B, S, n_q, D}, 1), k = RandomNormal({B, S, n_k, D}, 2);
+  Tensor v = RandomNormal({B, S, n_v, D}, 3);
+  Tensor out = HostTensor(q.shape()), lse = HostTensor({B, n_q, S});
   MOE_ASSERT_OK(AttentionForward(ExecContext::Cpu(), q, k, v, out, lse));
 
   MOE_ASSERT_OK_AND_ASSIGN(KvCache cache,
@@ -36,9 +37,9 @@ TEST_P(DecodeTest, EqualsLastRowOfCausalAttention) {
   for (int64_t s = 8; s < S; ++s) {
     MOE_ASSERT_OK(cache.Append(ExecContext::Cpu(), Slice(k, s, s + 1), Slice(v, s, s + 1)));
     EXPECT_EQ(cache.length(), s + 1);
-    Tensor q_new = EmptyCpu({B, n_q, D});
+    Tensor q_new = HostTensor({B, n_q, D});
     MOE_ASSERT_OK(Copy(ExecContext::Cpu(), Slice(q, s, s + 1), q_new));
-    Tensor decoded = EmptyCpu({B, n_q, D});
+    Tensor decoded = HostTensor({B, n_q, D});
     MOE_ASSERT_OK(DecodeAttention(ExecContext::Cpu(), q_new, cache, decoded));
     EXPECT_TRUE(
         testing::AllClose(ToDoubles(decoded), ToDoubles(Slice(out, s, s + 1)), {1e-6, 1e-5}));
@@ -52,19 +53,19 @@ INSTANTIATE_TEST_SUITE_P(Heads, DecodeTest,
 TEST(KvCacheTest, OverflowAndBadShapes) {
   MOE_ASSERT_OK_AND_ASSIGN(KvCache cache,
                            KvCache::Create(ExecContext::Cpu(), 1, 4, 1, 2, 8, DType::kF32));
-  Tensor q = RandomCpu({1, 4, 8}, 1), out = EmptyCpu({1, 4, 8});
+  Tensor q = RandomNormal({1, 4, 8}, 1), out = HostTensor({1, 4, 8});
   EXPECT_THAT(DecodeAttention(ExecContext::Cpu(), q, cache, out),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.length")));
-  MOE_ASSERT_OK(
-      cache.Append(ExecContext::Cpu(), RandomCpu({1, 3, 1, 8}, 2), RandomCpu({1, 3, 2, 8}, 3)));
-  EXPECT_THAT(
-      cache.Append(ExecContext::Cpu(), RandomCpu({1, 2, 1, 8}, 2), RandomCpu({1, 2, 2, 8}, 3)),
-      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.capacity: got 4")));
+  MOE_ASSERT_OK(cache.Append(ExecContext::Cpu(), RandomNormal({1, 3, 1, 8}, 2),
+                             RandomNormal({1, 3, 2, 8}, 3)));
+  EXPECT_THAT(cache.Append(ExecContext::Cpu(), RandomNormal({1, 2, 1, 8}, 2),
+                           RandomNormal({1, 2, 2, 8}, 3)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.capacity: got 4")));
   EXPECT_EQ(cache.length(), 3);
-  EXPECT_THAT(
-      cache.Append(ExecContext::Cpu(), RandomCpu({1, 1, 1, 8}, 2), RandomCpu({1, 1, 1, 8}, 3)),
-      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("v_new.shape")));
-  Tensor q3 = RandomCpu({1, 3, 8}, 1), out3 = EmptyCpu({1, 3, 8});
+  EXPECT_THAT(cache.Append(ExecContext::Cpu(), RandomNormal({1, 1, 1, 8}, 2),
+                           RandomNormal({1, 1, 1, 8}, 3)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("v_new.shape")));
+  Tensor q3 = RandomNormal({1, 3, 8}, 1), out3 = HostTensor({1, 3, 8});
   EXPECT_THAT(DecodeAttention(ExecContext::Cpu(), q3, cache, out3),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("n_v: got 2")));
   MOE_EXPECT_OK(DecodeAttention(ExecContext::Cpu(), q, cache, out));

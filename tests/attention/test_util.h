@@ -8,35 +8,15 @@
 
 #include "runtime/tensor/tensor.h"
 #include "runtime/tensor/tensor_ops.h"
+#include "tests/testing/tensors.h"
 
 namespace smoe::attention_test {
-
-inline ExecContext& Cpu() { return ExecContext::Cpu(); }
-
-// A CPU tensor of normals (Philox, seeded), never zeros.
-inline Tensor RandomCpu(Shape shape, uint64_t seed, float stddev = 1.0f,
-                        DType dtype = DType::kF32) {
-  Tensor t = *Tensor::Empty(shape, dtype, Device::Cpu());
-  MOE_CHECK_OK(FillNormal(ExecContext::Cpu(), t, seed, 0, 0.0f, stddev));
-  return t;
-}
-
-inline Tensor EmptyCpu(Shape shape, DType dtype = DType::kF32) {
-  return *Tensor::Empty(shape, dtype, Device::Cpu());
-}
-
-inline Tensor FromDoubles(const std::vector<double>& values, Shape shape) {
-  Tensor t = EmptyCpu(shape);
-  MOE_CHECK_EQ(static_cast<int64_t>(values.size()), t.numel());
-  for (size_t i = 0; i < values.size(); ++i) t.data<float>()[i] = static_cast<float>(values[i]);
-  return t;
-}
 
 // Positions [begin, end) of a [B, S, ...] CPU tensor, copied into a new [B, end - begin, ...].
 inline Tensor Slice(const Tensor& t, int64_t begin, int64_t end) {
   Shape shape = t.shape();
   shape[1] = end - begin;
-  Tensor out = EmptyCpu(shape, t.dtype());
+  Tensor out = testing::HostTensor(shape, t.dtype());
   const int64_t B = t.dim(0), S = t.dim(1);
   const size_t position_bytes = t.numel() / std::max<int64_t>(1, B * S) * DTypeSize(t.dtype());
   for (int64_t b = 0; b < B; ++b) {

@@ -12,32 +12,18 @@
 #include "tests/testing/compare.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/tensors.h"
 
 namespace smoe {
 namespace {
 
+using testing::Cpu;
+using testing::FromDoubles;
 using ::testing::HasSubstr;
+using testing::HostTensor;
+using testing::RandomNormal;
 using testing::StatusIs;
 using testing::ToDoubles;
-
-ExecContext& Cpu() { return ExecContext::Cpu(); }
-
-Tensor Make(Shape shape, DType dtype) { return *Tensor::Empty(shape, dtype, Device::Cpu()); }
-
-Tensor Normal(Shape shape, DType dtype, uint64_t seed, float stddev) {
-  Tensor t = Make(shape, dtype);
-  MOE_CHECK_OK(FillNormal(Cpu(), t, seed, 0, 0.0f, stddev));
-  return t;
-}
-
-Tensor FromDoubles(const std::vector<double>& values, Shape shape, DType dtype) {
-  Tensor f = Make(shape, DType::kF32);
-  for (size_t i = 0; i < values.size(); ++i) f.data<float>()[i] = static_cast<float>(values[i]);
-  if (dtype == DType::kF32) return f;
-  Tensor t = Make(shape, dtype);
-  MOE_CHECK_OK(Cast(Cpu(), f, t));
-  return t;
-}
 
 // One expert problem on the CPU: random inputs, outputs poisoned with NaN.
 struct Problem {
@@ -59,12 +45,12 @@ Problem MakeProblem(int64_t m, int64_t h, std::vector<int64_t> offsets, DType dt
   p.rows = offsets.back();
   p.offsets = std::move(offsets);
   p.dtype = dtype;
-  p.xs = Normal({p.rows, m}, dtype, seed, 1.0f);
-  p.w1 = Normal({p.experts, m, h}, dtype, seed + 1, 1.0f / std::sqrt(float(m)));
-  p.w3 = Normal({p.experts, m, h}, dtype, seed + 2, 1.0f / std::sqrt(float(m)));
-  p.w2 = Normal({p.experts, h, m}, dtype, seed + 3, 1.0f / std::sqrt(float(h)));
-  for (Tensor* t : {&p.h1, &p.h3, &p.act}) *t = Make({p.rows, h}, dtype);
-  p.ys = Make({p.rows, m}, dtype);
+  p.xs = RandomNormal({p.rows, m}, dtype, seed, 1.0f);
+  p.w1 = RandomNormal({p.experts, m, h}, dtype, seed + 1, 1.0f / std::sqrt(float(m)));
+  p.w3 = RandomNormal({p.experts, m, h}, dtype, seed + 2, 1.0f / std::sqrt(float(m)));
+  p.w2 = RandomNormal({p.experts, h, m}, dtype, seed + 3, 1.0f / std::sqrt(float(h)));
+  for (Tensor* t : {&p.h1, &p.h3, &p.act}) *t = HostTensor({p.rows, h}, dtype);
+  p.ys = HostTensor({p.rows, m}, dtype);
   for (Tensor* t : {&p.h1, &p.h3, &p.act, &p.ys}) {
     MOE_CHECK_OK(Fill(Cpu(), *t, std::numeric_limits<double>::quiet_NaN()));
   }
@@ -86,8 +72,9 @@ struct Grads {
 };
 
 Grads MakeGrads(const Problem& p, double fill = std::numeric_limits<double>::quiet_NaN()) {
-  Grads g{Make({p.rows, p.m}, p.dtype), Make({p.experts, p.m, p.h}, DType::kF32),
-          Make({p.experts, p.m, p.h}, DType::kF32), Make({p.experts, p.h, p.m}, DType::kF32)};
+  Grads g{HostTensor({p.rows, p.m}, p.dtype), HostTensor({p.experts, p.m, p.h}, DType::kF32),
+          HostTensor({p.experts, p.m, p.h}, DType::kF32),
+          HostTensor({p.experts, p.h, p.m}, DType::kF32)};
   for (Tensor* t : {&g.dxs, &g.dw1, &g.dw3, &g.dw2}) MOE_CHECK_OK(Fill(Cpu(), *t, fill));
   return g;
 }
@@ -224,10 +211,10 @@ TEST(ExpertsTest, DoubleReferenceBackwardMatchesFiniteDifferences) {
   // trustworthy oracle for the larger shape and bf16 comparisons below.
   const int64_t m = 3, h = 4;
   const std::vector<int64_t> offsets = {0, 2, 2, 5};
-  std::vector<double> xs = ToDoubles(Normal({5, m}, DType::kF32, 21, 1.0f));
-  std::vector<double> w1 = ToDoubles(Normal({3, m, h}, DType::kF32, 22, 0.7f));
-  std::vector<double> w3 = ToDoubles(Normal({3, m, h}, DType::kF32, 23, 0.7f));
-  std::vector<double> w2 = ToDoubles(Normal({3, h, m}, DType::kF32, 24, 0.7f));
+  std::vector<double> xs = ToDoubles(RandomNormal({5, m}, DType::kF32, 21, 1.0f));
+  std::vector<double> w1 = ToDoubles(RandomNormal({3, m, h}, DType::kF32, 22, 0.7f));
+  std::vector<double> w3 = ToDoubles(RandomNormal({3, m, h}, DType::kF32, 23, 0.7f));
+  std::vector<double> w2 = ToDoubles(RandomNormal({3, h, m}, DType::kF32, 24, 0.7f));
   const std::vector<double> dys = testing::RandomWeights(5 * m, 25);
   const auto g = testing::ExpertsReferenceBackward<double>(xs, w1, w3, w2, offsets, m, h, dys);
   auto over = [&](std::vector<double>& target) {
@@ -262,7 +249,7 @@ TEST(ExpertsTest, BackwardMatchesReferenceOnEveryOffsetCase) {
   for (const auto& offsets : OffsetCases()) {
     Problem p = MakeProblem(8, 12, offsets, DType::kF32, 31);
     MOE_ASSERT_OK(ExpertsForward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), p.ys));
-    Tensor dys = Normal({p.rows, p.m}, DType::kF32, 32, 1.0f);
+    Tensor dys = RandomNormal({p.rows, p.m}, DType::kF32, 32, 1.0f);
     Grads g = MakeGrads(p);
     MOE_ASSERT_OK(
         ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs, g.view()));
@@ -274,7 +261,7 @@ TEST(ExpertsTest, BackwardMatchesReferenceOnEveryOffsetCase) {
 TEST(ExpertsTest, BackwardBF16ByTolerance) {
   Problem p = MakeProblem(16, 24, {0, 5, 5, 20, 33}, DType::kBF16, 41);
   MOE_ASSERT_OK(ExpertsForward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), p.ys));
-  Tensor dys = Normal({p.rows, p.m}, DType::kBF16, 42, 1.0f);
+  Tensor dys = RandomNormal({p.rows, p.m}, DType::kBF16, 42, 1.0f);
   Grads g = MakeGrads(p);
   MOE_ASSERT_OK(
       ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs, g.view()));
@@ -296,14 +283,14 @@ TEST(ExpertsTest, BackwardBF16ByTolerance) {
 TEST(ExpertsTest, AccumulateAddsToExistingGradients) {
   Problem p = MakeProblem(6, 10, {0, 4, 4, 9}, DType::kF32, 51);
   MOE_ASSERT_OK(ExpertsForward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), p.ys));
-  Tensor dys = Normal({p.rows, p.m}, DType::kF32, 52, 1.0f);
+  Tensor dys = RandomNormal({p.rows, p.m}, DType::kF32, 52, 1.0f);
   Grads fresh = MakeGrads(p);
   MOE_ASSERT_OK(ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, fresh.dxs,
                                 fresh.view()));
   Grads acc = MakeGrads(p);
-  acc.dw1 = Normal({3, 6, 10}, DType::kF32, 53, 1.0f);
-  acc.dw3 = Normal({3, 6, 10}, DType::kF32, 54, 1.0f);
-  acc.dw2 = Normal({3, 10, 6}, DType::kF32, 55, 1.0f);
+  acc.dw1 = RandomNormal({3, 6, 10}, DType::kF32, 53, 1.0f);
+  acc.dw3 = RandomNormal({3, 6, 10}, DType::kF32, 54, 1.0f);
+  acc.dw2 = RandomNormal({3, 10, 6}, DType::kF32, 55, 1.0f);
   const std::vector<double> before1 = ToDoubles(acc.dw1), before3 = ToDoubles(acc.dw3),
                             before2 = ToDoubles(acc.dw2);
   MOE_ASSERT_OK(ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, acc.dxs,
@@ -331,7 +318,7 @@ TEST(ExpertsTest, AccumulateAddsToExistingGradients) {
 TEST(ExpertsTest, NoRowsGiveZeroGradientsOrKeepAccumulated) {
   Problem p = MakeProblem(4, 6, {0, 0, 0}, DType::kF32);
   MOE_ASSERT_OK(ExpertsForward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), p.ys));
-  Tensor dys = Make({0, 4}, DType::kF32);
+  Tensor dys = HostTensor({0, 4}, DType::kF32);
   Grads g = MakeGrads(p);  // NaN
   MOE_ASSERT_OK(
       ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs, g.view()));
@@ -350,7 +337,7 @@ TEST(ExpertsTest, DeterministicAndAliasingAllowed) {
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     Problem p = MakeProblem(8, 12, {0, 3, 3, 9}, dtype, 61);
     MOE_ASSERT_OK(ExpertsForward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), p.ys));
-    Tensor dys = Normal({p.rows, p.m}, dtype, 62, 1.0f);
+    Tensor dys = RandomNormal({p.rows, p.m}, dtype, 62, 1.0f);
     Grads g = MakeGrads(p);
     MOE_ASSERT_OK(
         ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, g.dxs, g.view()));
@@ -385,13 +372,13 @@ TEST(ExpertsTest, BadArgumentsNameTheField) {
   auto invalid = [](const char* text) {
     return StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(text));
   };
-  Tensor w3_bad = Make({2, 6, 4}, DType::kF32);
-  Tensor w2_bf16 = Make({2, 6, 4}, DType::kBF16);
-  Tensor w1_int = Make({2, 4, 6}, DType::kI32);
-  Tensor w1_2d = Make({4, 6}, DType::kF32);
-  Tensor xs_bad = Make({5, 3}, DType::kF32);
-  Tensor act_bad = Make({5, 7}, DType::kF32);
-  Tensor ys_bf16 = Make({5, 4}, DType::kBF16);
+  Tensor w3_bad = HostTensor({2, 6, 4}, DType::kF32);
+  Tensor w2_bf16 = HostTensor({2, 6, 4}, DType::kBF16);
+  Tensor w1_int = HostTensor({2, 4, 6}, DType::kI32);
+  Tensor w1_2d = HostTensor({4, 6}, DType::kF32);
+  Tensor xs_bad = HostTensor({5, 3}, DType::kF32);
+  Tensor act_bad = HostTensor({5, 7}, DType::kF32);
+  Tensor ys_bf16 = HostTensor({5, 4}, DType::kBF16);
   EXPECT_THAT(fwd({p.w1, w3_bad, p.w2}, p.xs, p.offsets, s, p.ys),
               invalid("w.w3.shape: got [2, 6, 4], expected [2, 4, 6]"));
   EXPECT_THAT(fwd({p.w1, p.w3, w2_bf16}, p.xs, p.offsets, s, p.ys),
@@ -410,10 +397,10 @@ TEST(ExpertsTest, BadArgumentsNameTheField) {
   EXPECT_THAT(fwd(p.weights(), p.xs, p.offsets, s, ys_bf16), invalid("ys.dtype: got bf16"));
 
   Grads g = MakeGrads(p);
-  Tensor dys = Normal({5, 4}, DType::kF32, 5, 1.0f);
-  Tensor dw1_bf16 = Make({2, 4, 6}, DType::kBF16);
-  Tensor dw2_bad = Make({2, 4, 6}, DType::kF32);
-  Tensor dys_bad = Make({4, 4}, DType::kF32);
+  Tensor dys = RandomNormal({5, 4}, DType::kF32, 5, 1.0f);
+  Tensor dw1_bf16 = HostTensor({2, 4, 6}, DType::kBF16);
+  Tensor dw2_bad = HostTensor({2, 4, 6}, DType::kF32);
+  Tensor dys_bad = HostTensor({4, 4}, DType::kF32);
   EXPECT_THAT(
       ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, s, dys, g.dxs, {dw1_bf16, g.dw3, g.dw2}),
       invalid("grads.dw1.dtype: got bf16, expected f32"));
@@ -434,8 +421,9 @@ TEST(ExpertsTest, BadArgumentsNameTheField) {
 TEST(ExpertsTest, InitIsDeterministicLayoutIndependentAndScaled) {
   const int64_t e = 4, m = 32, h = 48;
   auto make = [&](int64_t experts, DType dtype) {
-    return std::vector<Tensor>{Make({experts, m, h}, dtype), Make({experts, m, h}, dtype),
-                               Make({experts, h, m}, dtype)};
+    return std::vector<Tensor>{HostTensor({experts, m, h}, dtype),
+                               HostTensor({experts, m, h}, dtype),
+                               HostTensor({experts, h, m}, dtype)};
   };
   const ExpertInit init{
       .seed = 77, .offset = 1000, .first_expert = 0, .std_in = 0.5f, .std_out = 0.125f};

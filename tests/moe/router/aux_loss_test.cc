@@ -7,29 +7,29 @@
 #include "moe/router/router.h"
 #include "moe/router/router_reference.h"
 #include "runtime/nn/softmax.h"
-#include "tests/moe/router/router_test_util.h"
 #include "tests/testing/compare.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/tensors.h"
 
 namespace smoe {
 namespace {
 
-using router_testing::AsDoubles;
-using router_testing::AsInts;
-using router_testing::F32;
-using router_testing::HostTensor;
-using router_testing::I32;
-using router_testing::Normal;
+using testing::FromFloats;
+using testing::FromInts;
 using ::testing::HasSubstr;
+using testing::HostTensor;
+using testing::RandomNormal;
 using testing::StatusIs;
+using testing::ToDoubles;
+using testing::ToInts;
 
 // logits [[0, 0], [ln 3, 0]] -> probs [[.5, .5], [.75, .25]]; both tokens choose expert 0.
 TEST(AuxLossTest, HandWorkedValues) {
-  const Tensor logits = F32({2, 2}, {0, 0, static_cast<float>(std::log(3.0)), 0});
+  const Tensor logits = FromFloats({0, 0, static_cast<float>(std::log(3.0)), 0}, {2, 2});
   const Tensor probs = HostTensor({2, 2}, DType::kF32);
   MOE_ASSERT_OK(SoftmaxRows(ExecContext::Cpu(), logits, probs));
-  const Tensor idx = I32({2, 1}, {0, 0});
+  const Tensor idx = FromInts({0, 0}, {2, 1});
   const Tensor d_logits = HostTensor({2, 2}, DType::kF32);
   const AuxLossConfig config{.lbl_coef = 0.01f, .z_coef = 0.001f, .top1_lbl_coef = 0.1f};
   MOE_ASSERT_OK_AND_ASSIGN(
@@ -56,8 +56,8 @@ struct AuxCase {
 
 TEST(AuxLossTest, GradientsMatchFiniteDifferences) {
   const int64_t t = 9, e = 6, k = 2;
-  const Tensor logits = Normal({t, e}, 60, 1.5f);
-  std::vector<double> ld = AsDoubles(logits);
+  const Tensor logits = RandomNormal({t, e}, 60, 1.5f);
+  std::vector<double> ld = ToDoubles(logits);
   std::vector<double> probs(t * e);
   router_reference::Softmax(ld.data(), t, e, probs.data());
   std::vector<int32_t> idx(t * k);
@@ -86,14 +86,14 @@ TEST(AuxLossTest, GradientsMatchFiniteDifferences) {
     const Tensor d_op = HostTensor({t, e}, DType::kF32);
     MOE_ASSERT_OK_AND_ASSIGN(AuxLossValues v,
                              AuxLossForwardBackward(ExecContext::Cpu(), c.config, logits, probs_f,
-                                                    I32({t, k}, idx), nullptr, d_op));
+                                                    FromInts(idx, {t, k}), nullptr, d_op));
     const AuxLossValues ref =
         router_reference::AuxLoss<double>(c.config, ld.data(), probs.data(), t, e, f, nullptr);
     EXPECT_NEAR(v.total, ref.total, 1e-5 * std::abs(ref.total));
     EXPECT_NEAR(v.lbl, ref.lbl, 1e-5);
     EXPECT_NEAR(v.z_loss, ref.z_loss, 1e-5 * ref.z_loss);
     EXPECT_NEAR(v.top1_lbl, ref.top1_lbl, 1e-5);
-    EXPECT_TRUE(testing::AllClose(AsDoubles(d_op), d_logits, {1e-7, 1e-5}));
+    EXPECT_TRUE(testing::AllClose(ToDoubles(d_op), d_logits, {1e-7, 1e-5}));
   }
 }
 
@@ -123,10 +123,10 @@ class AddingCommunicator final : public Communicator {
 
 TEST(AuxLossTest, GlobalLblUsesGroupCounts) {
   const int64_t t = 7, e = 4, k = 2;
-  const Tensor logits = Normal({t, e}, 70);
+  const Tensor logits = RandomNormal({t, e}, 70);
   const Tensor probs = HostTensor({t, e}, DType::kF32);
   MOE_ASSERT_OK(SoftmaxRows(ExecContext::Cpu(), logits, probs));
-  const Tensor idx = I32({t, k}, {0, 1, 0, 2, 0, 1, 3, 0, 1, 0, 2, 0, 0, 1});
+  const Tensor idx = FromInts({0, 1, 0, 2, 0, 1, 3, 0, 1, 0, 2, 0, 0, 1}, {t, k});
   const Tensor d_local = HostTensor({t, e}, DType::kF32),
                d_global = HostTensor({t, e}, DType::kF32);
   AuxLossConfig config{.lbl_coef = 0.3f, .z_coef = 0.1f, .top1_lbl_coef = 0.2f};
@@ -179,8 +179,8 @@ TEST(AuxLossTest, ZeroTokensGiveZeroValues) {
 }
 
 TEST(AuxLossTest, BadInputs) {
-  const Tensor logits = Normal({3, 4}, 80), probs = Normal({3, 4}, 81);
-  const Tensor idx = I32({3, 1}, {0, 1, 2}), d = HostTensor({3, 4}, DType::kF32);
+  const Tensor logits = RandomNormal({3, 4}, 80), probs = RandomNormal({3, 4}, 81);
+  const Tensor idx = FromInts({0, 1, 2}, {3, 1}), d = HostTensor({3, 4}, DType::kF32);
   EXPECT_THAT(
       AuxLossForwardBackward(ExecContext::Cpu(), {}, logits, probs, HostTensor({3, 5}, DType::kI32),
                              nullptr, d),
@@ -195,8 +195,8 @@ TEST(AuxLossTest, BadInputs) {
   EXPECT_THAT(
       AuxLossForwardBackward(ExecContext::Cpu(), {.z_coef = NAN}, logits, probs, idx, nullptr, d),
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("config.z_coef")));
-  EXPECT_THAT(AuxLossForwardBackward(ExecContext::Cpu(), {}, logits, probs, I32({3, 1}, {0, 4, 1}),
-                                     nullptr, d),
+  EXPECT_THAT(AuxLossForwardBackward(ExecContext::Cpu(), {}, logits, probs,
+                                     FromInts({0, 4, 1}, {3, 1}), nullptr, d),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_idx[1, 0]: got 4")));
 }
 

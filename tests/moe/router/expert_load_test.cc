@@ -7,22 +7,22 @@
 #include "gtest/gtest.h"
 #include "moe/router/router.h"
 #include "moe/router/routing_stats.h"
-#include "tests/moe/router/router_test_util.h"
 #include "tests/testing/compare.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/tensors.h"
 
 namespace smoe {
 namespace {
 
-using router_testing::AsDoubles;
-using router_testing::F32;
-using router_testing::HostTensor;
-using router_testing::I32;
-using router_testing::Normal;
 using ::testing::DoubleNear;
 using ::testing::ElementsAre;
+using testing::FromFloats;
+using testing::FromInts;
 using ::testing::HasSubstr;
+using testing::HostTensor;
+using testing::RandomNormal;
 using testing::StatusIs;
+using testing::ToDoubles;
 
 std::vector<int64_t> Counts(const TensorView& idx, int64_t e) {
   Tensor counts = HostTensor({e}, DType::kI64);
@@ -31,13 +31,13 @@ std::vector<int64_t> Counts(const TensorView& idx, int64_t e) {
 }
 
 TEST(CountExpertsTest, HandWorkedAndBadIndex) {
-  EXPECT_THAT(Counts(I32({3, 2}, {0, 3, 3, 1, 0, 3}), 5), ElementsAre(2, 1, 0, 3, 0));
+  EXPECT_THAT(Counts(FromInts({0, 3, 3, 1, 0, 3}, {3, 2}), 5), ElementsAre(2, 1, 0, 3, 0));
   Tensor counts = HostTensor({4}, DType::kI64);
-  EXPECT_THAT(CountExperts(ExecContext::Cpu(), I32({2, 2}, {0, 1, -1, 2}), counts),
+  EXPECT_THAT(CountExperts(ExecContext::Cpu(), FromInts({0, 1, -1, 2}, {2, 2}), counts),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_idx[1, 0]: got -1")));
-  EXPECT_THAT(
-      CountExperts(ExecContext::Cpu(), I32({2, 2}, {0, 1, 1, 2}), HostTensor({4}, DType::kI32)),
-      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("counts.dtype: got i32")));
+  EXPECT_THAT(CountExperts(ExecContext::Cpu(), FromInts({0, 1, 1, 2}, {2, 2}),
+                           HostTensor({4}, DType::kI32)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("counts.dtype: got i32")));
 }
 
 TEST(UpdateExpertBiasTest, HandWorkedStepAndClamp) {
@@ -45,25 +45,25 @@ TEST(UpdateExpertBiasTest, HandWorkedStepAndClamp) {
   Tensor counts = HostTensor({4}, DType::kI64);
   const int64_t loads[] = {4, 0, 2, 2};
   std::copy(loads, loads + 4, counts.data<int64_t>());
-  const Tensor bias = F32({4}, {0.0f, 0.95f, 0.3f, -1.5f});
+  const Tensor bias = FromFloats({0.0f, 0.95f, 0.3f, -1.5f}, {4});
   MOE_ASSERT_OK(UpdateExpertBias(ExecContext::Cpu(), counts, 0.1f, 1.0f, bias));
-  EXPECT_THAT(AsDoubles(bias), ElementsAre(DoubleNear(-0.1, 1e-7), DoubleNear(1.0, 1e-7),
+  EXPECT_THAT(ToDoubles(bias), ElementsAre(DoubleNear(-0.1, 1e-7), DoubleNear(1.0, 1e-7),
                                            DoubleNear(0.3, 1e-7), DoubleNear(-1.0, 1e-7)));
   EXPECT_THAT(UpdateExpertBias(ExecContext::Cpu(), counts, -0.1f, 1.0f, bias),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rate: got -0.1")));
-  EXPECT_THAT(UpdateExpertBias(ExecContext::Cpu(), counts, 0.1f, 1.0f, F32({3}, {0, 0, 0})),
+  EXPECT_THAT(UpdateExpertBias(ExecContext::Cpu(), counts, 0.1f, 1.0f, FromFloats({0, 0, 0}, {3})),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("bias.shape: got [3]")));
 }
 
 // The bias loop balances a router whose logits strongly prefer the high experts.
 TEST(UpdateExpertBiasTest, BiasLoopBalancesSkewedRouter) {
   const int64_t t = 512, m = 8, e = 8, k = 1;
-  const Tensor x = Normal({t, m}, 90);
-  Tensor w = Normal({m, e}, 91, 0.3f);
+  const Tensor x = RandomNormal({t, m}, 90);
+  Tensor w = RandomNormal({m, e}, 91, 0.3f);
   const RouterConfig config{static_cast<int>(e), static_cast<int>(k), false};
   const Tensor logits = HostTensor({t, e}, DType::kF32), probs = HostTensor({t, e}, DType::kF32);
   const Tensor idx = HostTensor({t, k}, DType::kI32), gates = HostTensor({t, k}, DType::kF32);
-  const Tensor bias = F32({e}, std::vector<float>(e, 0.0f));
+  const Tensor bias = FromFloats(std::vector<float>(e, 0.0f), {e});
   // Skew through an extra constant input column: x[:, 0] -> +0.4 e on expert e.
   for (int64_t r = 0; r < t; ++r) x.data<float>()[r * m] = 1.0f;
   for (int64_t c = 0; c < e; ++c) w.data<float>()[c] = 0.4f * c;
@@ -80,15 +80,15 @@ TEST(UpdateExpertBiasTest, BiasLoopBalancesSkewedRouter) {
   }
   EXPECT_GT(first_dev, 2.0);
   EXPECT_LT(last_dev, 0.5);
-  for (double b : AsDoubles(bias)) EXPECT_LE(std::abs(b), 4.0);
+  for (double b : ToDoubles(bias)) EXPECT_LE(std::abs(b), 4.0);
 }
 
 TEST(RoutingStatsTest, ConstructedRouting) {
   // Four tokens, four experts, top-1: loads [3, 1, 0, 0], mean 1.
   std::vector<float> p(16, 0.25f);
-  const Tensor probs = F32({4, 4}, p);
-  MOE_ASSERT_OK_AND_ASSIGN(
-      RoutingStats s, ComputeRoutingStats(ExecContext::Cpu(), probs, I32({4, 1}, {0, 0, 1, 0})));
+  const Tensor probs = FromFloats(p, {4, 4});
+  MOE_ASSERT_OK_AND_ASSIGN(RoutingStats s, ComputeRoutingStats(ExecContext::Cpu(), probs,
+                                                               FromInts({0, 0, 1, 0}, {4, 1})));
   EXPECT_THAT(s.tokens_per_expert, ElementsAre(3, 1, 0, 0));
   EXPECT_THAT(s.f, ElementsAre(0.75, 0.25, 0.0, 0.0));
   EXPECT_DOUBLE_EQ(s.max_rel_dev, 2.0);
@@ -99,9 +99,10 @@ TEST(RoutingStatsTest, ConstructedRouting) {
 
   // Top-2 over two tokens, uneven probs and a NaN row excluded from p_mean.
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  const Tensor probs2 = F32({3, 2}, {0.5f, 0.5f, nan, nan, 1.0f, 0.0f});
-  MOE_ASSERT_OK_AND_ASSIGN(RoutingStats s2, ComputeRoutingStats(ExecContext::Cpu(), probs2,
-                                                                I32({3, 2}, {0, 1, 0, 1, 1, 0})));
+  const Tensor probs2 = FromFloats({0.5f, 0.5f, nan, nan, 1.0f, 0.0f}, {3, 2});
+  MOE_ASSERT_OK_AND_ASSIGN(
+      RoutingStats s2,
+      ComputeRoutingStats(ExecContext::Cpu(), probs2, FromInts({0, 1, 0, 1, 1, 0}, {3, 2})));
   EXPECT_THAT(s2.tokens_per_expert, ElementsAre(3, 3));
   EXPECT_EQ(s2.max_rel_dev, 0.0);
   EXPECT_EQ(s2.min_rel_dev, 0.0);
@@ -112,9 +113,9 @@ TEST(RoutingStatsTest, ConstructedRouting) {
 }
 
 TEST(RoutingStatsTest, NonFiniteRouterInputIsCounted) {
-  Tensor x = Normal({5, 3}, 95);
+  Tensor x = RandomNormal({5, 3}, 95);
   x.data<float>()[2 * 3] = std::numeric_limits<float>::infinity();
-  const Tensor w = Normal({3, 6}, 96);
+  const Tensor w = RandomNormal({3, 6}, 96);
   const Tensor logits = HostTensor({5, 6}, DType::kF32), probs = HostTensor({5, 6}, DType::kF32);
   const Tensor idx = HostTensor({5, 2}, DType::kI32), gates = HostTensor({5, 2}, DType::kF32);
   MOE_ASSERT_OK(RouterForward(ExecContext::Cpu(), {6, 2, false}, x, w, TensorView(), logits, probs,
@@ -129,8 +130,8 @@ TEST(RoutingStatsTest, NonFiniteRouterInputIsCounted) {
 }
 
 TEST(RoutingStatsTest, BadIndex) {
-  const Tensor probs = F32({1, 2}, {0.5f, 0.5f});
-  EXPECT_THAT(ComputeRoutingStats(ExecContext::Cpu(), probs, I32({1, 1}, {2})),
+  const Tensor probs = FromFloats({0.5f, 0.5f}, {1, 2});
+  EXPECT_THAT(ComputeRoutingStats(ExecContext::Cpu(), probs, FromInts({2}, {1, 1})),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_idx[0, 0]: got 2")));
 }
 

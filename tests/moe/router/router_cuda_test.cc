@@ -12,22 +12,24 @@
 #include "moe/router/routing_stats.h"
 #include "runtime/core/philox.h"
 #include "runtime/tensor/tensor_ops.h"
-#include "tests/moe/router/router_test_util.h"
 #include "tests/testing/parity.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/tensors.h"
 
 namespace smoe {
 namespace {
 
 using testing::CheckParity;
+using testing::HostTensor;
 using testing::Input;
 using testing::Output;
+using testing::RandomNormal;
 using testing::Tolerance;
 
 // Values (integer in [-range, range]) / denominator, from a uniform fill.
 std::function<void(const TensorView&)> Grid(uint64_t seed, int range, float denominator) {
   return [=](const TensorView& host) {
-    Tensor u = router_testing::HostTensor(host.shape(), DType::kF32);
+    Tensor u = HostTensor(host.shape(), DType::kF32);
     MOE_CHECK_OK(FillUniform(ExecContext::Cpu(), u, seed, 0, -1.0f, 1.0f));
     for (int64_t i = 0; i < host.numel(); ++i) {
       const float v = std::round(u.data<float>()[i] * range) / denominator;
@@ -152,7 +154,7 @@ TEST(RoutingStatsParityTest, SameStatsOnBothDevices) {
   MOE_SKIP_WITHOUT_CUDA();
   MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<ExecContext> gpu, ExecContext::Create(Device::Cuda(0)));
   const int64_t t = 45, m = 16, e = 96, k = 2;
-  const Tensor x = router_testing::Normal({t, m}, 9), w = router_testing::Normal({m, e}, 10);
+  const Tensor x = RandomNormal({t, m}, 9), w = RandomNormal({m, e}, 10);
   MOE_ASSERT_OK_AND_ASSIGN(Tensor xd, CopyTo(*gpu, x, Device::Cuda(0)));
   MOE_ASSERT_OK_AND_ASSIGN(Tensor wd, CopyTo(*gpu, w, Device::Cuda(0)));
   MOE_ASSERT_OK_AND_ASSIGN(Tensor logits, Tensor::Empty({t, e}, DType::kF32, Device::Cuda(0)));

@@ -8,23 +8,23 @@
 #include "gtest/gtest.h"
 #include "moe/router/router_reference.h"
 #include "runtime/tensor/tensor_ops.h"
-#include "tests/moe/router/router_test_util.h"
 #include "tests/testing/compare.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/tensors.h"
 
 namespace smoe {
 namespace {
 
-using router_testing::AsDoubles;
-using router_testing::AsInts;
-using router_testing::F32;
-using router_testing::HostTensor;
-using router_testing::I32;
-using router_testing::Normal;
 using ::testing::ElementsAre;
+using testing::FromFloats;
+using testing::FromInts;
 using ::testing::HasSubstr;
+using testing::HostTensor;
+using testing::RandomNormal;
 using testing::StatusIs;
+using testing::ToDoubles;
+using testing::ToInts;
 
 struct Outputs {
   Tensor logits, probs, idx, gates;
@@ -50,43 +50,43 @@ std::vector<double> SoftmaxOf(std::vector<double> row) {
 
 // x = I, so logits = w: row 0 = [1, 3, 2, 3], row 1 = [0, -1, 5, 5].
 TEST(RouterForwardTest, HandWorkedTopTwoWithTies) {
-  const Tensor x = F32({2, 2}, {1, 0, 0, 1});
-  const Tensor w = F32({2, 4}, {1, 3, 2, 3, 0, -1, 5, 5});
+  const Tensor x = FromFloats({1, 0, 0, 1}, {2, 2});
+  const Tensor w = FromFloats({1, 3, 2, 3, 0, -1, 5, 5}, {2, 4});
   for (bool renormalize : {false, true}) {
     const Outputs out = MakeOutputs(2, 4, 2);
     MOE_ASSERT_OK(Forward({4, 2, renormalize}, x, w, TensorView(), out));
-    EXPECT_THAT(AsDoubles(out.logits), ElementsAre(1, 3, 2, 3, 0, -1, 5, 5));
+    EXPECT_THAT(ToDoubles(out.logits), ElementsAre(1, 3, 2, 3, 0, -1, 5, 5));
     std::vector<double> probs = SoftmaxOf({1, 3, 2, 3});
     const std::vector<double> row1 = SoftmaxOf({0, -1, 5, 5});
     probs.insert(probs.end(), row1.begin(), row1.end());
-    EXPECT_TRUE(testing::AllClose(AsDoubles(out.probs), probs, {1e-7, 1e-6}));
+    EXPECT_TRUE(testing::AllClose(ToDoubles(out.probs), probs, {1e-7, 1e-6}));
     // Equal scores rank by lower index: expert 1 before 3, expert 2 before 3.
-    EXPECT_THAT(AsInts(out.idx), ElementsAre(1, 3, 2, 3));
+    EXPECT_THAT(ToInts(out.idx), ElementsAre(1, 3, 2, 3));
     const std::vector<double> gates =
         renormalize ? std::vector<double>{0.5, 0.5, 0.5, 0.5}
                     : std::vector<double>{probs[1], probs[3], probs[6], probs[7]};
-    EXPECT_TRUE(testing::AllClose(AsDoubles(out.gates), gates, {1e-7, 1e-6}));
+    EXPECT_TRUE(testing::AllClose(ToDoubles(out.gates), gates, {1e-7, 1e-6}));
   }
 }
 
 TEST(RouterForwardTest, BiasSelectsButNeverEntersProbsOrGates) {
-  const Tensor x = F32({2, 2}, {1, 0, 0, 1});
-  const Tensor w = F32({2, 4}, {1, 3, 2, 3, 0, -1, 5, 5});
-  const Tensor bias = F32({4}, {0, 0, 0, -10});
+  const Tensor x = FromFloats({1, 0, 0, 1}, {2, 2});
+  const Tensor w = FromFloats({1, 3, 2, 3, 0, -1, 5, 5}, {2, 4});
+  const Tensor bias = FromFloats({0, 0, 0, -10}, {4});
   const Outputs plain = MakeOutputs(2, 4, 2), biased = MakeOutputs(2, 4, 2);
   MOE_ASSERT_OK(Forward({4, 2, false}, x, w, TensorView(), plain));
   MOE_ASSERT_OK(Forward({4, 2, false}, x, w, bias, biased));
   EXPECT_TRUE(testing::AllEqual(biased.logits, plain.logits));
   EXPECT_TRUE(testing::AllEqual(biased.probs, plain.probs));
   // Scores row 0 = [1, 3, 2, -7], row 1 = [0, -1, 5, -5].
-  EXPECT_THAT(AsInts(biased.idx), ElementsAre(1, 2, 2, 0));
+  EXPECT_THAT(ToInts(biased.idx), ElementsAre(1, 2, 2, 0));
   const float* p = plain.probs.data<float>();
-  EXPECT_THAT(AsDoubles(biased.gates), ElementsAre(p[1], p[2], p[6], p[4]));
+  EXPECT_THAT(ToDoubles(biased.gates), ElementsAre(p[1], p[2], p[6], p[4]));
 }
 
 TEST(RouterForwardTest, KEqualsEIsTheFullDescendingOrder) {
   const int64_t t = 5, m = 3, e = 6;
-  const Tensor x = Normal({t, m}, 1), w = Normal({m, e}, 2);
+  const Tensor x = RandomNormal({t, m}, 1), w = RandomNormal({m, e}, 2);
   const Outputs out = MakeOutputs(t, e, e);
   MOE_ASSERT_OK(
       Forward({static_cast<int>(e), static_cast<int>(e), false}, x, w, TensorView(), out));
@@ -111,28 +111,28 @@ TEST(RouterForwardTest, KEqualsEIsTheFullDescendingOrder) {
 }
 
 TEST(RouterForwardTest, SingleExpertAndSingleToken) {
-  const Tensor x = Normal({3, 4}, 3), w = Normal({4, 1}, 4);
+  const Tensor x = RandomNormal({3, 4}, 3), w = RandomNormal({4, 1}, 4);
   const Outputs out = MakeOutputs(3, 1, 1);
   MOE_ASSERT_OK(Forward({1, 1, false}, x, w, TensorView(), out));
-  EXPECT_THAT(AsInts(out.idx), ElementsAre(0, 0, 0));
-  EXPECT_THAT(AsDoubles(out.gates), ElementsAre(1, 1, 1));
+  EXPECT_THAT(ToInts(out.idx), ElementsAre(0, 0, 0));
+  EXPECT_THAT(ToDoubles(out.gates), ElementsAre(1, 1, 1));
 
-  const Tensor x1 = F32({1, 2}, {2, -1});
-  const Tensor w1 = F32({2, 3}, {1, 0, 0.5f, 0, 1, 0.5f});  // logits [2, -1, 0.5]
+  const Tensor x1 = FromFloats({2, -1}, {1, 2});
+  const Tensor w1 = FromFloats({1, 0, 0.5f, 0, 1, 0.5f}, {2, 3});  // logits [2, -1, 0.5]
   const Outputs one = MakeOutputs(1, 3, 2);
   MOE_ASSERT_OK(Forward({3, 2, false}, x1, w1, TensorView(), one));
-  EXPECT_THAT(AsInts(one.idx), ElementsAre(0, 2));
+  EXPECT_THAT(ToInts(one.idx), ElementsAre(0, 2));
 }
 
 TEST(RouterForwardTest, ZeroTokensIsANoOp) {
-  const Tensor x = HostTensor({0, 4}, DType::kF32), w = Normal({4, 3}, 5);
+  const Tensor x = HostTensor({0, 4}, DType::kF32), w = RandomNormal({4, 3}, 5);
   MOE_EXPECT_OK(Forward({3, 2, true}, x, w, TensorView(), MakeOutputs(0, 3, 2)));
 }
 
 TEST(RouterForwardTest, NonFiniteRowRoutesToLowestExpertsWithNaNGates) {
-  Tensor x = Normal({3, 4}, 6);
+  Tensor x = RandomNormal({3, 4}, 6);
   x.data<float>()[1 * 4 + 2] = std::numeric_limits<float>::quiet_NaN();
-  const Tensor w = Normal({4, 5}, 7);
+  const Tensor w = RandomNormal({4, 5}, 7);
   const Outputs out = MakeOutputs(3, 5, 3);
   MOE_ASSERT_OK(Forward({5, 3, true}, x, w, TensorView(), out));
   EXPECT_EQ(out.idx.data<int32_t>()[3], 0);
@@ -144,40 +144,41 @@ TEST(RouterForwardTest, NonFiniteRowRoutesToLowestExpertsWithNaNGates) {
     EXPECT_TRUE(std::isfinite(out.gates.data<float>()[6 + j]));
   }
   // An infinite bias makes the scores non-finite too; the logits stay finite.
-  const Tensor bias = F32({5}, {0, 0, std::numeric_limits<float>::infinity(), 0, 0});
+  const Tensor bias = FromFloats({0, 0, std::numeric_limits<float>::infinity(), 0, 0}, {5});
   const Outputs biased = MakeOutputs(3, 5, 3);
-  MOE_ASSERT_OK(Forward({5, 3, false}, Normal({3, 4}, 8), w, bias, biased));
-  EXPECT_THAT(AsInts(biased.idx), ElementsAre(0, 1, 2, 0, 1, 2, 0, 1, 2));
+  MOE_ASSERT_OK(Forward({5, 3, false}, RandomNormal({3, 4}, 8), w, bias, biased));
+  EXPECT_THAT(ToInts(biased.idx), ElementsAre(0, 1, 2, 0, 1, 2, 0, 1, 2));
   EXPECT_TRUE(std::isfinite(biased.gates.data<float>()[0]));
 }
 
 TEST(RouterForwardTest, MatchesDoubleReference) {
   const int64_t t = 37, m = 16, e = 12, k = 3;
-  const Tensor x = Normal({t, m}, 10), w = Normal({m, e}, 11, 0.5f), bias = Normal({e}, 12, 0.1f);
+  const Tensor x = RandomNormal({t, m}, 10), w = RandomNormal({m, e}, 11, 0.5f),
+               bias = RandomNormal({e}, 12, 0.1f);
   for (bool renormalize : {false, true}) {
     const Outputs out = MakeOutputs(t, e, k);
     MOE_ASSERT_OK(
         Forward({static_cast<int>(e), static_cast<int>(k), renormalize}, x, w, bias, out));
-    const std::vector<double> xd = AsDoubles(x), wd = AsDoubles(w), bd = AsDoubles(bias);
+    const std::vector<double> xd = ToDoubles(x), wd = ToDoubles(w), bd = ToDoubles(bias);
     std::vector<double> logits(t * e), probs(t * e), gates(t * k);
     std::vector<int32_t> idx(t * k);
     router_reference::Logits(xd.data(), wd.data(), t, m, e, logits.data());
     router_reference::Softmax(logits.data(), t, e, probs.data());
     router_reference::TopK(logits.data(), bd.data(), t, e, k, idx.data());
     router_reference::Gates(probs.data(), idx.data(), t, e, k, renormalize, gates.data());
-    EXPECT_TRUE(testing::AllClose(AsDoubles(out.logits), logits, {1e-5, 1e-5}));
-    EXPECT_TRUE(testing::AllClose(AsDoubles(out.probs), probs, {1e-7, 1e-5}));
-    EXPECT_EQ(AsInts(out.idx), idx);
-    EXPECT_TRUE(testing::AllClose(AsDoubles(out.gates), gates, {1e-7, 1e-5}));
+    EXPECT_TRUE(testing::AllClose(ToDoubles(out.logits), logits, {1e-5, 1e-5}));
+    EXPECT_TRUE(testing::AllClose(ToDoubles(out.probs), probs, {1e-7, 1e-5}));
+    EXPECT_EQ(ToInts(out.idx), idx);
+    EXPECT_TRUE(testing::AllClose(ToDoubles(out.gates), gates, {1e-7, 1e-5}));
   }
 }
 
 TEST(RouterForwardTest, Bf16InputIsWidenedExactly) {
   const int64_t t = 9, m = 8, e = 7, k = 2;
-  const Tensor x_bf16 = Normal({t, m}, 13, 1.0f, DType::kBF16);
+  const Tensor x_bf16 = RandomNormal({t, m}, DType::kBF16, 13, 1.0f);
   const Tensor x_f32 = HostTensor({t, m}, DType::kF32);
   MOE_ASSERT_OK(Cast(ExecContext::Cpu(), x_bf16, x_f32));
-  const Tensor w = Normal({m, e}, 14);
+  const Tensor w = RandomNormal({m, e}, 14);
   const Outputs a = MakeOutputs(t, e, k), b = MakeOutputs(t, e, k);
   MOE_ASSERT_OK(Forward({7, 2, false}, x_bf16, w, TensorView(), a));
   MOE_ASSERT_OK(Forward({7, 2, false}, x_f32, w, TensorView(), b));
@@ -191,12 +192,13 @@ TEST(RouterForwardTest, Bf16InputIsWidenedExactly) {
 void CheckRouterGradient(bool renormalize) {
   const int64_t t = 6, m = 5, e = 7, k = 3;
   const RouterConfig config{static_cast<int>(e), static_cast<int>(k), renormalize};
-  const Tensor x = Normal({t, m}, 20), w = Normal({m, e}, 21), bias = Normal({e}, 22, 0.3f);
+  const Tensor x = RandomNormal({t, m}, 20), w = RandomNormal({m, e}, 21),
+               bias = RandomNormal({e}, 22, 0.3f);
   const std::vector<double> wg = testing::RandomWeights(t * k, 23);
   const std::vector<double> wl = testing::RandomWeights(t * e, 24);
   const Outputs out = MakeOutputs(t, e, k);
   MOE_ASSERT_OK(Forward(config, x, w, bias, out));
-  const std::vector<int32_t> idx = AsInts(out.idx);
+  const std::vector<int32_t> idx = ToInts(out.idx);
 
   auto loss = [&](const std::vector<double>& params) {
     const double* xd = params.data();
@@ -210,8 +212,8 @@ void CheckRouterGradient(bool renormalize) {
     for (int64_t i = 0; i < t * e; ++i) l += wl[i] * logits[i];
     return l;
   };
-  std::vector<double> params = AsDoubles(x);
-  const std::vector<double> wd = AsDoubles(w);
+  std::vector<double> params = ToDoubles(x);
+  const std::vector<double> wd = ToDoubles(w);
   params.insert(params.end(), wd.begin(), wd.end());
 
   // fp64 reference gradient against finite differences.
@@ -228,12 +230,12 @@ void CheckRouterGradient(bool renormalize) {
 
   // The f32 op against the fp64 reference.
   std::vector<float> wg_f(wg.begin(), wg.end()), wl_f(wl.begin(), wl.end());
-  const Tensor d_gates = F32({t, k}, wg_f), extra = F32({t, e}, wl_f);
+  const Tensor d_gates = FromFloats(wg_f, {t, k}), extra = FromFloats(wl_f, {t, e});
   const Tensor dx_op = HostTensor({t, m}, DType::kF32), dw_op = HostTensor({m, e}, DType::kF32);
   MOE_ASSERT_OK(RouterBackward(ExecContext::Cpu(), config, x, w, out.probs, out.idx, d_gates, extra,
                                dx_op, dw_op));
-  EXPECT_TRUE(testing::AllClose(AsDoubles(dx_op), dx, {1e-5, 1e-5}));
-  EXPECT_TRUE(testing::AllClose(AsDoubles(dw_op), dw, {1e-5, 1e-5}));
+  EXPECT_TRUE(testing::AllClose(ToDoubles(dx_op), dx, {1e-5, 1e-5}));
+  EXPECT_TRUE(testing::AllClose(ToDoubles(dw_op), dw, {1e-5, 1e-5}));
 }
 
 TEST(RouterBackwardTest, GradientThroughSoftmaxAndGates) { CheckRouterGradient(false); }
@@ -241,9 +243,9 @@ TEST(RouterBackwardTest, GradientThroughRenormalizedGates) { CheckRouterGradient
 
 TEST(RouterBackwardTest, BiasHasZeroGradientOnGates) {
   const int64_t t = 6, m = 5, e = 7, k = 2;
-  const Tensor x = Normal({t, m}, 30), w = Normal({m, e}, 31);
+  const Tensor x = RandomNormal({t, m}, 30), w = RandomNormal({m, e}, 31);
   const std::vector<double> wg = testing::RandomWeights(t * k, 32);
-  const std::vector<double> xd = AsDoubles(x), wd = AsDoubles(w);
+  const std::vector<double> xd = ToDoubles(x), wd = ToDoubles(w);
   std::vector<double> logits(t * e), probs(t * e);
   router_reference::Logits(xd.data(), wd.data(), t, m, e, logits.data());
   router_reference::Softmax(logits.data(), t, e, probs.data());
@@ -256,17 +258,17 @@ TEST(RouterBackwardTest, BiasHasZeroGradientOnGates) {
     for (int64_t i = 0; i < t * k; ++i) l += wg[i] * gates[i];
     return l;
   };
-  const std::vector<double> bias = AsDoubles(Normal({e}, 33, 0.2f));
+  const std::vector<double> bias = ToDoubles(RandomNormal({e}, 33, 0.2f));
   EXPECT_TRUE(testing::CheckGradient(loss, bias, std::vector<double>(e, 0.0)));
 }
 
 TEST(RouterBackwardTest, AccumulatesIntoDwAndWritesBf16Dx) {
   const int64_t t = 8, m = 6, e = 5, k = 2;
   const RouterConfig config{5, 2, false};
-  const Tensor x = Normal({t, m}, 40, 1.0f, DType::kBF16), w = Normal({m, e}, 41);
+  const Tensor x = RandomNormal({t, m}, DType::kBF16, 40, 1.0f), w = RandomNormal({m, e}, 41);
   const Outputs out = MakeOutputs(t, e, k);
   MOE_ASSERT_OK(Forward(config, x, w, TensorView(), out));
-  const Tensor d_gates = Normal({t, k}, 42);
+  const Tensor d_gates = RandomNormal({t, k}, 42);
   const Tensor dx = HostTensor({t, m}, DType::kBF16), dw = HostTensor({m, e}, DType::kF32);
   MOE_ASSERT_OK(RouterBackward(ExecContext::Cpu(), config, x, w, out.probs, out.idx, d_gates,
                                TensorView(), dx, dw));
@@ -281,13 +283,13 @@ TEST(RouterBackwardTest, AccumulatesIntoDwAndWritesBf16Dx) {
   MOE_ASSERT_OK(Fill(ExecContext::Cpu(), dw, 1.0));
   MOE_ASSERT_OK(RouterBackward(ExecContext::Cpu(), config, x32, w, out.probs, out.idx, d_gates,
                                TensorView(), dx32, dw, /*accumulate_dw=*/true));
-  std::vector<double> expected = AsDoubles(dw32);
+  std::vector<double> expected = ToDoubles(dw32);
   for (double& v : expected) v += 1.0;
-  EXPECT_TRUE(testing::AllClose(AsDoubles(dw), expected, {1e-6, 1e-6}));
+  EXPECT_TRUE(testing::AllClose(ToDoubles(dw), expected, {1e-6, 1e-6}));
 }
 
 TEST(RouterValidationTest, BadConfigAndTensors) {
-  const Tensor x = Normal({4, 3}, 50), w = Normal({3, 5}, 51);
+  const Tensor x = RandomNormal({4, 3}, 50), w = RandomNormal({3, 5}, 51);
   const Outputs out = MakeOutputs(4, 5, 2);
   EXPECT_THAT(Forward({5, 6, false}, x, w, TensorView(), out),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("config.top_k: got 6")));
@@ -295,11 +297,11 @@ TEST(RouterValidationTest, BadConfigAndTensors) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("config.top_k: got 0")));
   EXPECT_THAT(Forward({0, 1, false}, x, w, TensorView(), out),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("config.num_experts: got 0")));
-  EXPECT_THAT(Forward({5, 2, false}, x, Normal({4, 5}, 52), TensorView(), out),
+  EXPECT_THAT(Forward({5, 2, false}, x, RandomNormal({4, 5}, 52), TensorView(), out),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("w_gate.shape: got [4, 5]")));
   EXPECT_THAT(Forward({5, 2, false}, HostTensor({4, 3}, DType::kI32), w, TensorView(), out),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("x.dtype: got i32")));
-  EXPECT_THAT(Forward({5, 2, false}, x, w, F32({4}, {0, 0, 0, 0}), out),
+  EXPECT_THAT(Forward({5, 2, false}, x, w, FromFloats({0, 0, 0, 0}, {4}), out),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("expert_bias.shape")));
   Outputs bad = MakeOutputs(4, 5, 2);
   bad.idx = HostTensor({4, 2}, DType::kF32);
@@ -311,14 +313,14 @@ TEST(RouterValidationTest, BadConfigAndTensors) {
       StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_idx.shape: got [4, 3]")));
 
   MOE_ASSERT_OK(Forward({5, 2, false}, x, w, TensorView(), out));
-  const Tensor d_gates = Normal({4, 2}, 53), dw = HostTensor({3, 5}, DType::kF32);
+  const Tensor d_gates = RandomNormal({4, 2}, 53), dw = HostTensor({3, 5}, DType::kF32);
   EXPECT_THAT(RouterBackward(ExecContext::Cpu(), {5, 2, false}, x, w, out.probs, out.idx, d_gates,
                              TensorView(), HostTensor({4, 3}, DType::kBF16), dw),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("dx.dtype: got bf16")));
   EXPECT_THAT(RouterBackward(ExecContext::Cpu(), {5, 2, false}, x, w, out.probs, out.idx, d_gates,
                              HostTensor({4, 4}, DType::kF32), HostTensor({4, 3}, DType::kF32), dw),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("d_logits_extra.shape")));
-  const Tensor bad_idx = I32({4, 2}, {0, 1, 2, 3, 4, 5, 0, 1});
+  const Tensor bad_idx = FromInts({0, 1, 2, 3, 4, 5, 0, 1}, {4, 2});
   EXPECT_THAT(RouterBackward(ExecContext::Cpu(), {5, 2, false}, x, w, out.probs, bad_idx, d_gates,
                              TensorView(), HostTensor({4, 3}, DType::kF32), dw),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_idx[5]: got 5")));

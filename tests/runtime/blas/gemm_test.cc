@@ -9,6 +9,7 @@
 #include "tests/testing/compare.h"
 #include "tests/testing/gemm_reference.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/tensors.h"
 
 namespace smoe {
 namespace {
@@ -19,12 +20,6 @@ using testing::ReferenceGemm;
 using testing::StatusIs;
 using testing::ToDoubles;
 
-Tensor Random(Shape shape, DType dtype, uint64_t seed) {
-  Tensor t = *Tensor::Empty(shape, dtype, Device::Cpu());
-  MOE_CHECK_OK(FillNormal(ExecContext::Cpu(), t, seed, 0, 0.0f, 1.0f));
-  return t;
-}
-
 // Tolerance of a K-long fp32 dot product of bf16-rounded (or f32) inputs, relative to the size of
 // the terms: rounding of C (bf16) dominates when C is bf16.
 testing::Tolerance GemmTolerance(DType c_dtype, int64_t k) {
@@ -34,14 +29,15 @@ testing::Tolerance GemmTolerance(DType c_dtype, int64_t k) {
 
 // (m, n, k, trans_a, trans_b, input dtype, output dtype)
 using GemmCase = std::tuple<int64_t, int64_t, int64_t, bool, bool, DType, DType>;
+using testing::RandomNormal;
 
 class GemmCpuTest : public ::testing::TestWithParam<GemmCase> {};
 
 TEST_P(GemmCpuTest, MatchesDoubleReference) {
   const auto [m, n, k, ta, tb, in_dtype, out_dtype] = GetParam();
-  Tensor a = Random(ta ? Shape{k, m} : Shape{m, k}, in_dtype, 1);
-  Tensor b = Random(tb ? Shape{n, k} : Shape{k, n}, in_dtype, 2);
-  Tensor c = Random({m, n}, out_dtype, 3);
+  Tensor a = RandomNormal(ta ? Shape{k, m} : Shape{m, k}, in_dtype, 1);
+  Tensor b = RandomNormal(tb ? Shape{n, k} : Shape{k, n}, in_dtype, 2);
+  Tensor c = RandomNormal({m, n}, out_dtype, 3);
   std::vector<double> expected = ToDoubles(c);
   const std::vector<double> ad = ToDoubles(a), bd = ToDoubles(b);
   ReferenceGemm(ta, tb, m, n, k, 0.5, ad.data(), bd.data(), -2.0, expected.data());
@@ -57,7 +53,7 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::Values(DType::kF32, DType::kBF16)));
 
 TEST(GemmTest, BetaZeroIgnoresStaleNaN) {
-  Tensor a = Random({4, 3}, DType::kF32, 1), b = Random({3, 5}, DType::kF32, 2);
+  Tensor a = RandomNormal({4, 3}, DType::kF32, 1), b = RandomNormal({3, 5}, DType::kF32, 2);
   Tensor c = *Tensor::Empty({4, 5}, DType::kF32, Device::Cpu());
   MOE_ASSERT_OK(Fill(ExecContext::Cpu(), c, std::numeric_limits<double>::quiet_NaN()));
   MOE_ASSERT_OK(Gemm(ExecContext::Cpu(), a, b, c));
@@ -67,7 +63,7 @@ TEST(GemmTest, BetaZeroIgnoresStaleNaN) {
 TEST(GemmTest, EmptyReductionScalesC) {
   Tensor a = *Tensor::Empty({4, 0}, DType::kF32, Device::Cpu());
   Tensor b = *Tensor::Empty({0, 5}, DType::kF32, Device::Cpu());
-  Tensor c = Random({4, 5}, DType::kF32, 3);
+  Tensor c = RandomNormal({4, 5}, DType::kF32, 3);
   std::vector<double> expected = ToDoubles(c);
   for (double& v : expected) v *= 3.0;
   MOE_ASSERT_OK(Gemm(ExecContext::Cpu(), a, b, c, {false, false, 1.0f, 3.0f}));
@@ -76,8 +72,9 @@ TEST(GemmTest, EmptyReductionScalesC) {
 
 TEST(GemmTest, BatchedMatchesPerItemReference) {
   const int64_t batch = 3, m = 5, n = 7, k = 9;
-  Tensor a = Random({batch, m, k}, DType::kF32, 1), b = Random({batch, n, k}, DType::kF32, 2);
-  Tensor c = Random({batch, m, n}, DType::kF32, 3);
+  Tensor a = RandomNormal({batch, m, k}, DType::kF32, 1),
+         b = RandomNormal({batch, n, k}, DType::kF32, 2);
+  Tensor c = RandomNormal({batch, m, n}, DType::kF32, 3);
   std::vector<double> ad = ToDoubles(a), bd = ToDoubles(b), expected(batch * m * n);
   for (int64_t i = 0; i < batch; ++i) {
     ReferenceGemm(false, true, m, n, k, 1.0, ad.data() + i * m * k, bd.data() + i * n * k, 0.0,
@@ -91,9 +88,9 @@ TEST(GemmTest, GroupedRaggedRowsWithEmptyGroups) {
   const std::vector<int64_t> offsets = {0, 3, 3, 10, 10, 11};  // groups 1 and 3 are empty
   const int64_t groups = 5, rows = 11, k = 6, n = 4;
   for (bool trans_b : {false, true}) {
-    Tensor a = Random({rows, k}, DType::kBF16, 1);
-    Tensor b = Random(trans_b ? Shape{groups, n, k} : Shape{groups, k, n}, DType::kBF16, 2);
-    Tensor c = Random({rows, n}, DType::kF32, 3);
+    Tensor a = RandomNormal({rows, k}, DType::kBF16, 1);
+    Tensor b = RandomNormal(trans_b ? Shape{groups, n, k} : Shape{groups, k, n}, DType::kBF16, 2);
+    Tensor c = RandomNormal({rows, n}, DType::kF32, 3);
     std::vector<double> ad = ToDoubles(a), bd = ToDoubles(b), expected(rows * n);
     for (int64_t g = 0; g < groups; ++g) {
       ReferenceGemm(false, trans_b, offsets[g + 1] - offsets[g], n, k, 1.0,
@@ -108,8 +105,8 @@ TEST(GemmTest, GroupedRaggedRowsWithEmptyGroups) {
 TEST(GemmTest, GroupedRaggedKWithEmptyGroups) {
   const std::vector<int64_t> offsets = {0, 0, 4, 9};  // group 0 is empty: C[0] = beta * C[0]
   const int64_t groups = 3, rows = 9, m = 5, n = 3;
-  Tensor a = Random({rows, m}, DType::kF32, 1), b = Random({rows, n}, DType::kF32, 2);
-  Tensor c = Random({groups, m, n}, DType::kF32, 3);
+  Tensor a = RandomNormal({rows, m}, DType::kF32, 1), b = RandomNormal({rows, n}, DType::kF32, 2);
+  Tensor c = RandomNormal({groups, m, n}, DType::kF32, 3);
   std::vector<double> ad = ToDoubles(a), bd = ToDoubles(b), expected = ToDoubles(c);
   for (int64_t g = 0; g < groups; ++g) {
     ReferenceGemm(true, false, m, n, offsets[g + 1] - offsets[g], 1.0, ad.data() + offsets[g] * m,
@@ -121,17 +118,17 @@ TEST(GemmTest, GroupedRaggedKWithEmptyGroups) {
 
 TEST(GemmTest, BadInputsNameTheArgument) {
   ExecContext& ctx = ExecContext::Cpu();
-  Tensor a = Random({4, 3}, DType::kF32, 1), b = Random({4, 5}, DType::kF32, 2);
-  Tensor c = Random({4, 5}, DType::kF32, 3);
+  Tensor a = RandomNormal({4, 3}, DType::kF32, 1), b = RandomNormal({4, 5}, DType::kF32, 2);
+  Tensor c = RandomNormal({4, 5}, DType::kF32, 3);
   EXPECT_THAT(Gemm(ctx, a, b, c), StatusIs(absl::StatusCode::kInvalidArgument,
                                            HasSubstr("b.shape [4, 5]: k: got 4, expected 3")));
-  Tensor bb = Random({3, 5}, DType::kBF16, 2);
+  Tensor bb = RandomNormal({3, 5}, DType::kBF16, 2);
   EXPECT_THAT(Gemm(ctx, a, bb, c),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("b.dtype: got bf16")));
   Tensor ids = *Tensor::Empty({3, 5}, DType::kI32, Device::Cpu());
   EXPECT_THAT(Gemm(ctx, a, ids, c),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("b.dtype: got i32")));
-  Tensor b3 = Random({2, 3, 5}, DType::kF32, 2);
+  Tensor b3 = RandomNormal({2, 3, 5}, DType::kF32, 2);
   const std::vector<int64_t> bad_offsets = {0, 3, 2};
   EXPECT_THAT(GroupedGemm(ctx, a, b3, c, bad_offsets),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("offsets[2]: got 2")));

@@ -9,26 +9,20 @@
 #include "runtime/tensor/tensor_ops.h"
 #include "tests/testing/compare.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/tensors.h"
 
 namespace smoe {
 namespace {
 
+using testing::Cpu;
 using ::testing::HasSubstr;
+using testing::HostTensor;
+using testing::RandomNormal;
 using testing::StatusIs;
 using testing::ToDoubles;
 
-ExecContext& Cpu() { return ExecContext::Cpu(); }
-
-Tensor Make(Shape shape, DType dtype) { return *Tensor::Empty(shape, dtype, Device::Cpu()); }
-
-Tensor Random(Shape shape, DType dtype, uint64_t seed, float stddev = 1.0f) {
-  Tensor t = Make(shape, dtype);
-  MOE_CHECK_OK(FillNormal(Cpu(), t, seed, 0, 0.0f, stddev));
-  return t;
-}
-
 Tensor Zeros(Shape shape) {
-  Tensor t = Make(shape, DType::kF32);
+  Tensor t = HostTensor(shape, DType::kF32);
   MOE_CHECK_OK(Fill(Cpu(), t, 0.0));
   return t;
 }
@@ -52,12 +46,12 @@ TEST(AdamWTest, SeveralStepsMatchDoubleWithDecayScaleAndBf16Shadow) {
   const int64_t n = 257;
   const AdamWConfig config{
       .lr = 1e-2f, .beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
-  Tensor params = Random({n}, DType::kF32, 1);
+  Tensor params = RandomNormal({n}, DType::kF32, 1);
   Tensor m = Zeros({n}), v = Zeros({n});
-  Tensor shadow = Make({n}, DType::kBF16);
+  Tensor shadow = HostTensor({n}, DType::kBF16);
   DoubleAdamW ref{ToDoubles(params), std::vector<double>(n, 0.0), std::vector<double>(n, 0.0)};
   for (int64_t step = 1; step <= 5; ++step) {
-    Tensor grads = Random({n}, DType::kF32, 100 + step, 3.0f);
+    Tensor grads = RandomNormal({n}, DType::kF32, 100 + step, 3.0f);
     const float grad_scale = 0.5f / static_cast<float>(step);
     MOE_ASSERT_OK(AdamWStep(Cpu(), config, step, grad_scale, params, grads, m, v, shadow));
     ref.Step(config, step, grad_scale, ToDoubles(grads));
@@ -72,8 +66,8 @@ TEST(AdamWTest, SeveralStepsMatchDoubleWithDecayScaleAndBf16Shadow) {
 
 TEST(AdamWTest, HandWorkedFirstStepMovesByLrTimesSign) {
   // Step 1 from zero moments: m_hat = g, v_hat = g^2, so the step is lr * g / (|g| + eps).
-  Tensor params = Make({3}, DType::kF32);
-  Tensor grads = Make({3}, DType::kF32);
+  Tensor params = HostTensor({3}, DType::kF32);
+  Tensor grads = HostTensor({3}, DType::kF32);
   const float p0[] = {1.0f, -2.0f, 0.5f}, g0[] = {4.0f, -0.5f, 0.0f};
   std::copy(p0, p0 + 3, params.data<float>());
   std::copy(g0, g0 + 3, grads.data<float>());
@@ -91,11 +85,11 @@ TEST(AdamWTest, HandWorkedFirstStepMovesByLrTimesSign) {
 
 TEST(AdamWTest, F32ShadowCopiesParamsAndZeroLrOnlyMovesMoments) {
   const int64_t n = 31;
-  Tensor params = Random({n}, DType::kF32, 2);
+  Tensor params = RandomNormal({n}, DType::kF32, 2);
   const std::vector<double> before = ToDoubles(params);
-  Tensor grads = Random({n}, DType::kF32, 3);
+  Tensor grads = RandomNormal({n}, DType::kF32, 3);
   Tensor m = Zeros({n}), v = Zeros({n});
-  Tensor shadow = Make({n}, DType::kF32);
+  Tensor shadow = HostTensor({n}, DType::kF32);
   MOE_ASSERT_OK(
       AdamWStep(Cpu(), {.lr = 0.0f, .weight_decay = 0.3f}, 1, 1.0f, params, grads, m, v, shadow));
   EXPECT_EQ(ToDoubles(params), before);
@@ -110,11 +104,11 @@ TEST(AdamWTest, BadArguments) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("step: got 0")));
   EXPECT_THAT(AdamWStep(Cpu(), ok, 1, 1.0f, p, Zeros({5}), m, v, TensorView()),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("grads.shape: got [5]")));
-  EXPECT_THAT(AdamWStep(Cpu(), ok, 1, 1.0f, p, g, Make({4}, DType::kBF16), v, TensorView()),
+  EXPECT_THAT(AdamWStep(Cpu(), ok, 1, 1.0f, p, g, HostTensor({4}, DType::kBF16), v, TensorView()),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("m.dtype")));
-  EXPECT_THAT(AdamWStep(Cpu(), ok, 1, 1.0f, p, g, m, v, Make({4}, DType::kI32)),
+  EXPECT_THAT(AdamWStep(Cpu(), ok, 1, 1.0f, p, g, m, v, HostTensor({4}, DType::kI32)),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("shadow.dtype")));
-  EXPECT_THAT(AdamWStep(Cpu(), ok, 1, 1.0f, p, g, m, v, Make({3}, DType::kBF16)),
+  EXPECT_THAT(AdamWStep(Cpu(), ok, 1, 1.0f, p, g, m, v, HostTensor({3}, DType::kBF16)),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("shadow.shape")));
   EXPECT_THAT(AdamWStep(Cpu(), {.lr = 1e-3f, .beta1 = 1.0f}, 1, 1.0f, p, g, m, v, TensorView()),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("config.beta1: got 1")));
@@ -126,17 +120,17 @@ TEST(AdamWTest, BadArguments) {
 }
 
 TEST(SquaredNormTest, HandWorkedAndAccumulates) {
-  Tensor g = Make({2}, DType::kF32);
+  Tensor g = HostTensor({2}, DType::kF32);
   g.data<float>()[0] = 3.0f;
   g.data<float>()[1] = -4.0f;
-  Tensor out = Make({1}, DType::kF32);
+  Tensor out = HostTensor({1}, DType::kF32);
   out.data<float>()[0] = 0.5f;
   MOE_ASSERT_OK(AccumulateSquaredNorm(Cpu(), g, out));
   EXPECT_EQ(out.data<float>()[0], 25.5f);
 }
 
 TEST(SquaredNormTest, MatchesDoubleOverSeveralTensors) {
-  Tensor a = Random({33, 7}, DType::kF32, 4), b = Random({1000}, DType::kF32, 5);
+  Tensor a = RandomNormal({33, 7}, DType::kF32, 4), b = RandomNormal({1000}, DType::kF32, 5);
   Tensor out = Zeros({1});
   MOE_ASSERT_OK(AccumulateSquaredNorm(Cpu(), a, out));
   MOE_ASSERT_OK(AccumulateSquaredNorm(Cpu(), b, out));
@@ -146,19 +140,19 @@ TEST(SquaredNormTest, MatchesDoubleOverSeveralTensors) {
   EXPECT_NEAR(out.data<float>()[0], expected, 1e-6 * expected);
   EXPECT_THAT(AccumulateSquaredNorm(Cpu(), a, Zeros({2})),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("out.shape: got [2]")));
-  EXPECT_THAT(AccumulateSquaredNorm(Cpu(), Make({3}, DType::kBF16), out),
+  EXPECT_THAT(AccumulateSquaredNorm(Cpu(), HostTensor({3}, DType::kBF16), out),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("g.dtype")));
 }
 
 TEST(AllFiniteTest, DetectsNaNAndInf) {
   for (DType dtype : {DType::kF32, DType::kBF16}) {
-    Tensor t = Random({5, 13}, dtype, 6, 100.0f);
+    Tensor t = RandomNormal({5, 13}, dtype, 6, 100.0f);
     MOE_ASSERT_OK_AND_ASSIGN(bool finite, AllFinite(Cpu(), t));
     EXPECT_TRUE(finite);
     for (double bad :
          {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity(),
           -std::numeric_limits<double>::infinity()}) {
-      Tensor u = Random({5, 13}, dtype, 6);
+      Tensor u = RandomNormal({5, 13}, dtype, 6);
       MOE_ASSERT_OK(Fill(Cpu(),
                          TensorView(static_cast<char*>(u.data()) + 40 * DTypeSize(dtype), dtype,
                                     {1}, Device::Cpu()),
@@ -167,9 +161,9 @@ TEST(AllFiniteTest, DetectsNaNAndInf) {
       EXPECT_FALSE(ok) << DTypeName(dtype) << " " << bad;
     }
   }
-  MOE_ASSERT_OK_AND_ASSIGN(bool empty, AllFinite(Cpu(), Make({0}, DType::kF32)));
+  MOE_ASSERT_OK_AND_ASSIGN(bool empty, AllFinite(Cpu(), HostTensor({0}, DType::kF32)));
   EXPECT_TRUE(empty);
-  EXPECT_THAT(AllFinite(Cpu(), Make({2}, DType::kI32)),
+  EXPECT_THAT(AllFinite(Cpu(), HostTensor({2}, DType::kI32)),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("t.dtype: got i32")));
 }
 

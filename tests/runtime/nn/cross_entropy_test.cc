@@ -11,29 +11,18 @@
 #include "tests/testing/compare.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/tensors.h"
 
 namespace smoe {
 namespace {
 
+using testing::Cpu;
+using testing::FromInts;
 using ::testing::HasSubstr;
+using testing::HostTensor;
+using testing::RandomNormal;
 using testing::StatusIs;
 using testing::ToDoubles;
-
-ExecContext& Cpu() { return ExecContext::Cpu(); }
-
-Tensor Make(Shape shape, DType dtype) { return *Tensor::Empty(shape, dtype, Device::Cpu()); }
-
-Tensor Random(Shape shape, DType dtype, uint64_t seed, float stddev = 2.0f) {
-  Tensor t = Make(shape, dtype);
-  MOE_CHECK_OK(FillNormal(Cpu(), t, seed, 0, 0.0f, stddev));
-  return t;
-}
-
-Tensor Targets(const std::vector<int32_t>& values) {
-  Tensor t = Make({static_cast<int64_t>(values.size())}, DType::kI32);
-  for (size_t i = 0; i < values.size(); ++i) t.data<int32_t>()[i] = values[i];
-  return t;
-}
 
 // Random classes, every third token ignored.
 Tensor RandomTargets(int64_t tokens, int64_t vocab, uint64_t seed) {
@@ -41,7 +30,7 @@ Tensor RandomTargets(int64_t tokens, int64_t vocab, uint64_t seed) {
   for (int64_t t = 0; t < tokens; ++t) {
     values[t] = t % 3 == 1 ? -1 : static_cast<int32_t>(PhiloxBits(seed, t) % vocab);
   }
-  return Targets(values);
+  return FromInts(values);
 }
 
 // Independent double loops: the loss and its gradient (scale 1).
@@ -71,11 +60,11 @@ std::vector<int32_t> ToInts(const TensorView& t) {
 }
 
 TEST(CrossEntropyTest, HandWorkedUniformLogitsWithAnIgnoredRow) {
-  Tensor logits = Make({2, 4}, DType::kF32);
+  Tensor logits = HostTensor({2, 4}, DType::kF32);
   MOE_ASSERT_OK(Fill(Cpu(), logits, 0.0));
   logits.data<float>()[4] = 100.0f;  // the ignored row may hold anything
-  Tensor targets = Targets({1, -1});
-  Tensor dlogits = Make({2, 4}, DType::kF32);
+  Tensor targets = FromInts({1, -1});
+  Tensor dlogits = HostTensor({2, 4}, DType::kF32);
   MOE_ASSERT_OK_AND_ASSIGN(double loss,
                            CrossEntropyForwardBackward(Cpu(), logits, targets, 2.0f, dlogits));
   EXPECT_NEAR(loss, std::log(4.0), 1e-12);
@@ -86,10 +75,10 @@ TEST(CrossEntropyTest, HandWorkedUniformLogitsWithAnIgnoredRow) {
 TEST(CrossEntropyTest, MatchesDoubleLoops) {
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     for (auto [tokens, vocab] : {std::pair<int64_t, int64_t>{1, 1}, {7, 33}, {12, 256}}) {
-      Tensor logits = Random({tokens, vocab}, dtype, 3);
+      Tensor logits = RandomNormal({tokens, vocab}, dtype, 3, 2.0f);
       Tensor targets = RandomTargets(tokens, vocab, 4);
       if (tokens == 1) targets.data<int32_t>()[0] = 0;
-      Tensor dlogits = Make({tokens, vocab}, dtype);
+      Tensor dlogits = HostTensor({tokens, vocab}, dtype);
       MOE_ASSERT_OK_AND_ASSIGN(double loss,
                                CrossEntropyForwardBackward(Cpu(), logits, targets, 1.0f, dlogits));
       std::vector<double> grad;
@@ -106,7 +95,7 @@ TEST(CrossEntropyTest, MatchesDoubleLoops) {
 // fp64 finite differences of the double instantiation, including ignored targets.
 TEST(CrossEntropyTest, GradientMatchesFiniteDifferences) {
   const int64_t tokens = 5, vocab = 7;
-  const std::vector<double> x = ToDoubles(Random({tokens, vocab}, DType::kF32, 9));
+  const std::vector<double> x = ToDoubles(RandomNormal({tokens, vocab}, DType::kF32, 9, 2.0f));
   const std::vector<int32_t> targets = {3, -1, 0, 6, -1};
   auto loss = [&](const std::vector<double>& logits) {
     return internal::CrossEntropyCpu<double>(logits.data(), targets.data(), tokens, vocab, 1.0,
@@ -123,9 +112,10 @@ TEST(CrossEntropyTest, GradientMatchesFiniteDifferences) {
 
 TEST(CrossEntropyTest, ScaleMultipliesTheGradientOnly) {
   const int64_t tokens = 6, vocab = 10;
-  Tensor logits = Random({tokens, vocab}, DType::kF32, 12);
+  Tensor logits = RandomNormal({tokens, vocab}, DType::kF32, 12, 2.0f);
   Tensor targets = RandomTargets(tokens, vocab, 13);
-  Tensor d1 = Make({tokens, vocab}, DType::kF32), d3 = Make({tokens, vocab}, DType::kF32);
+  Tensor d1 = HostTensor({tokens, vocab}, DType::kF32),
+         d3 = HostTensor({tokens, vocab}, DType::kF32);
   MOE_ASSERT_OK_AND_ASSIGN(double l1,
                            CrossEntropyForwardBackward(Cpu(), logits, targets, 1.0f, d1));
   MOE_ASSERT_OK_AND_ASSIGN(double l3,
@@ -144,20 +134,20 @@ TEST(CrossEntropyTest, ScaleMultipliesTheGradientOnly) {
 }
 
 TEST(CrossEntropyTest, AllIgnoredGivesZeroLossAndGradient) {
-  Tensor logits = Random({3, 5}, DType::kF32, 14);
-  Tensor dlogits = Make({3, 5}, DType::kF32);
+  Tensor logits = RandomNormal({3, 5}, DType::kF32, 14, 2.0f);
+  Tensor dlogits = HostTensor({3, 5}, DType::kF32);
   MOE_ASSERT_OK(Fill(Cpu(), dlogits, 7.0));
   MOE_ASSERT_OK_AND_ASSIGN(double loss, CrossEntropyForwardBackward(
-                                            Cpu(), logits, Targets({-1, -1, -1}), 1.0f, dlogits));
+                                            Cpu(), logits, FromInts({-1, -1, -1}), 1.0f, dlogits));
   EXPECT_EQ(loss, 0.0);
   EXPECT_EQ(ToDoubles(dlogits), std::vector<double>(15, 0.0));
 }
 
 TEST(CrossEntropyTest, AsyncVariantsWriteTheLoss) {
-  Tensor logits = Random({8, 19}, DType::kF32, 15);
+  Tensor logits = RandomNormal({8, 19}, DType::kF32, 15, 2.0f);
   Tensor targets = RandomTargets(8, 19, 16);
-  Tensor dlogits = Make({8, 19}, DType::kF32), dsync = Make({8, 19}, DType::kF32);
-  Tensor loss = Make({1}, DType::kF32);
+  Tensor dlogits = HostTensor({8, 19}, DType::kF32), dsync = HostTensor({8, 19}, DType::kF32);
+  Tensor loss = HostTensor({1}, DType::kF32);
   MOE_ASSERT_OK_AND_ASSIGN(double expected,
                            CrossEntropyForwardBackward(Cpu(), logits, targets, 1.0f, dsync));
   MOE_ASSERT_OK(CrossEntropyForwardBackwardAsync(Cpu(), logits, targets, 1.0f, dlogits, loss));
@@ -169,9 +159,9 @@ TEST(CrossEntropyTest, AsyncVariantsWriteTheLoss) {
 }
 
 TEST(CrossEntropyTest, DlogitsMayAliasLogits) {
-  Tensor logits = Random({4, 9}, DType::kF32, 17);
-  Tensor targets = Targets({8, 0, -1, 4});
-  Tensor dlogits = Make({4, 9}, DType::kF32);
+  Tensor logits = RandomNormal({4, 9}, DType::kF32, 17, 2.0f);
+  Tensor targets = FromInts({8, 0, -1, 4});
+  Tensor dlogits = HostTensor({4, 9}, DType::kF32);
   MOE_ASSERT_OK_AND_ASSIGN(double expected,
                            CrossEntropyForwardBackward(Cpu(), logits, targets, 1.0f, dlogits));
   MOE_ASSERT_OK_AND_ASSIGN(double loss,
@@ -181,32 +171,33 @@ TEST(CrossEntropyTest, DlogitsMayAliasLogits) {
 }
 
 TEST(CrossEntropyTest, NonFiniteLogitGivesNonFiniteLoss) {
-  Tensor logits = Random({2, 4}, DType::kF32, 18);
+  Tensor logits = RandomNormal({2, 4}, DType::kF32, 18, 2.0f);
   logits.data<float>()[2] = std::numeric_limits<float>::quiet_NaN();
-  MOE_ASSERT_OK_AND_ASSIGN(double loss, CrossEntropyLoss(Cpu(), logits, Targets({0, 1})));
+  MOE_ASSERT_OK_AND_ASSIGN(double loss, CrossEntropyLoss(Cpu(), logits, FromInts({0, 1})));
   EXPECT_FALSE(std::isfinite(loss));
 }
 
 TEST(CrossEntropyTest, BadArguments) {
-  Tensor logits = Random({3, 4}, DType::kF32, 19);
-  Tensor dlogits = Make({3, 4}, DType::kF32);
-  EXPECT_THAT(CrossEntropyLoss(Cpu(), logits, Targets({0, 4, 1})),
+  Tensor logits = RandomNormal({3, 4}, DType::kF32, 19, 2.0f);
+  Tensor dlogits = HostTensor({3, 4}, DType::kF32);
+  EXPECT_THAT(CrossEntropyLoss(Cpu(), logits, FromInts({0, 4, 1})),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("targets[1]: got 4, expected -1 (ignore) or a class in [0, 4)")));
-  EXPECT_THAT(CrossEntropyForwardBackward(Cpu(), logits, Targets({0, 1, -2}), 1.0f, dlogits),
+  EXPECT_THAT(CrossEntropyForwardBackward(Cpu(), logits, FromInts({0, 1, -2}), 1.0f, dlogits),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("targets[2]: got -2")));
-  EXPECT_THAT(CrossEntropyLoss(Cpu(), logits, Targets({0, 1})),
+  EXPECT_THAT(CrossEntropyLoss(Cpu(), logits, FromInts({0, 1})),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("targets.shape: got [2]")));
-  EXPECT_THAT(CrossEntropyLoss(Cpu(), Make({3, 4}, DType::kI32), Targets({0, 1, 2})),
+  EXPECT_THAT(CrossEntropyLoss(Cpu(), HostTensor({3, 4}, DType::kI32), FromInts({0, 1, 2})),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("logits.dtype")));
-  EXPECT_THAT(CrossEntropyForwardBackward(Cpu(), logits, Targets({0, 1, 2}), 1.0f,
-                                          Make({3, 4}, DType::kBF16)),
+  EXPECT_THAT(CrossEntropyForwardBackward(Cpu(), logits, FromInts({0, 1, 2}), 1.0f,
+                                          HostTensor({3, 4}, DType::kBF16)),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("dlogits.dtype")));
-  EXPECT_THAT(CrossEntropyForwardBackward(Cpu(), logits, Targets({0, 1, 2}),
+  EXPECT_THAT(CrossEntropyForwardBackward(Cpu(), logits, FromInts({0, 1, 2}),
                                           std::numeric_limits<float>::infinity(), dlogits),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("scale")));
-  EXPECT_THAT(CrossEntropyLossAsync(Cpu(), logits, Targets({0, 1, 2}), Make({2}, DType::kF32)),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("loss.shape")));
+  EXPECT_THAT(
+      CrossEntropyLossAsync(Cpu(), logits, FromInts({0, 1, 2}), HostTensor({2}, DType::kF32)),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("loss.shape")));
 }
 
 }  // namespace

@@ -9,23 +9,17 @@
 #include "tests/testing/compare.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/tensors.h"
 
 namespace smoe {
 namespace {
 
+using testing::Cpu;
 using ::testing::HasSubstr;
+using testing::HostTensor;
+using testing::RandomNormal;
 using testing::StatusIs;
 using testing::ToDoubles;
-
-ExecContext& Cpu() { return ExecContext::Cpu(); }
-
-Tensor Make(Shape shape, DType dtype) { return *Tensor::Empty(shape, dtype, Device::Cpu()); }
-
-Tensor Random(Shape shape, DType dtype, uint64_t seed, float mean = 0.0f, float stddev = 1.0f) {
-  Tensor t = Make(shape, dtype);
-  MOE_CHECK_OK(FillNormal(Cpu(), t, seed, 0, mean, stddev));
-  return t;
-}
 
 // Independent double loops (not the library's template) for the forward.
 void ForwardDouble(const std::vector<double>& x, const std::vector<double>& gain, double eps,
@@ -41,14 +35,14 @@ void ForwardDouble(const std::vector<double>& x, const std::vector<double>& gain
 }
 
 TEST(RMSNormTest, HandWorked) {
-  Tensor x = Make({1, 2}, DType::kF32);
+  Tensor x = HostTensor({1, 2}, DType::kF32);
   x.data<float>()[0] = 3.0f;
   x.data<float>()[1] = 4.0f;
-  Tensor gain = Make({2}, DType::kF32);
+  Tensor gain = HostTensor({2}, DType::kF32);
   gain.data<float>()[0] = 1.0f;
   gain.data<float>()[1] = 2.0f;
-  Tensor y = Make({1, 2}, DType::kF32);
-  Tensor rstd = Make({1}, DType::kF32);
+  Tensor y = HostTensor({1, 2}, DType::kF32);
+  Tensor rstd = HostTensor({1}, DType::kF32);
   // mean square = 12.5; with eps = 3.5 the rms is exactly 4.
   MOE_ASSERT_OK(RMSNormForward(Cpu(), x, gain, 3.5f, y, rstd));
   EXPECT_FLOAT_EQ(rstd.data<float>()[0], 0.25f);
@@ -59,10 +53,10 @@ TEST(RMSNormTest, HandWorked) {
 TEST(RMSNormTest, ForwardMatchesDoubleLoops) {
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {5, 64}, {13, 33}}) {
-      Tensor x = Random({rows, cols}, dtype, 3, 0.5f, 2.0f);
-      Tensor gain = Random({cols}, DType::kF32, 4, 1.0f, 0.5f);
-      Tensor y = Make({rows, cols}, dtype);
-      Tensor rstd = Make({rows}, DType::kF32);
+      Tensor x = RandomNormal({rows, cols}, dtype, 3, 2.0f, 0.5f);
+      Tensor gain = RandomNormal({cols}, DType::kF32, 4, 0.5f, 1.0f);
+      Tensor y = HostTensor({rows, cols}, dtype);
+      Tensor rstd = HostTensor({rows}, DType::kF32);
       MOE_ASSERT_OK(RMSNormForward(Cpu(), x, gain, 1e-5f, y, rstd));
       std::vector<double> y_ref, rstd_ref;
       ForwardDouble(ToDoubles(x), ToDoubles(gain), 1e-5, rows, cols, &y_ref, &rstd_ref);
@@ -76,8 +70,8 @@ TEST(RMSNormTest, ForwardMatchesDoubleLoops) {
 TEST(RMSNormTest, BackwardMatchesFiniteDifferences) {
   const int64_t rows = 4, cols = 6;
   const double eps = 1e-3;
-  const std::vector<double> x0 = ToDoubles(Random({rows, cols}, DType::kF32, 7));
-  const std::vector<double> gain0 = ToDoubles(Random({cols}, DType::kF32, 8, 1.0f, 0.5f));
+  const std::vector<double> x0 = ToDoubles(RandomNormal({rows, cols}, DType::kF32, 7));
+  const std::vector<double> gain0 = ToDoubles(RandomNormal({cols}, DType::kF32, 8, 0.5f, 1.0f));
   const std::vector<double> w = testing::RandomWeights(rows * cols, 9);
   auto loss = [&](const std::vector<double>& params) {
     std::vector<double> y(rows * cols), rstd(rows);
@@ -101,13 +95,13 @@ TEST(RMSNormTest, BackwardMatchesFiniteDifferences) {
 TEST(RMSNormTest, BackwardMatchesDoubleAndAccumulatesDgain) {
   const int64_t rows = 9, cols = 40;
   for (DType dtype : {DType::kF32, DType::kBF16}) {
-    Tensor x = Random({rows, cols}, dtype, 10);
-    Tensor gain = Random({cols}, DType::kF32, 11, 1.0f, 0.3f);
-    Tensor dy = Random({rows, cols}, dtype, 12);
-    Tensor y = Make({rows, cols}, dtype);
-    Tensor rstd = Make({rows}, DType::kF32);
-    Tensor dx = Make({rows, cols}, dtype);
-    Tensor dgain = Random({cols}, DType::kF32, 13);
+    Tensor x = RandomNormal({rows, cols}, dtype, 10);
+    Tensor gain = RandomNormal({cols}, DType::kF32, 11, 0.3f, 1.0f);
+    Tensor dy = RandomNormal({rows, cols}, dtype, 12);
+    Tensor y = HostTensor({rows, cols}, dtype);
+    Tensor rstd = HostTensor({rows}, DType::kF32);
+    Tensor dx = HostTensor({rows, cols}, dtype);
+    Tensor dgain = RandomNormal({cols}, DType::kF32, 13);
     const std::vector<double> dgain_before = ToDoubles(dgain);
     MOE_ASSERT_OK(RMSNormForward(Cpu(), x, gain, 1e-6f, y, rstd));
     MOE_ASSERT_OK(RMSNormBackward(Cpu(), x, gain, rstd, dy, dx, dgain));
@@ -126,13 +120,13 @@ TEST(RMSNormTest, BackwardMatchesDoubleAndAccumulatesDgain) {
 
 TEST(RMSNormTest, DxMayAliasDy) {
   const int64_t rows = 3, cols = 8;
-  Tensor x = Random({rows, cols}, DType::kF32, 20);
-  Tensor gain = Random({cols}, DType::kF32, 21, 1.0f, 0.3f);
-  Tensor dy = Random({rows, cols}, DType::kF32, 22);
-  Tensor y = Make({rows, cols}, DType::kF32);
-  Tensor rstd = Make({rows}, DType::kF32);
-  Tensor dx = Make({rows, cols}, DType::kF32);
-  Tensor dgain = Make({cols}, DType::kF32), dgain2 = Make({cols}, DType::kF32);
+  Tensor x = RandomNormal({rows, cols}, DType::kF32, 20);
+  Tensor gain = RandomNormal({cols}, DType::kF32, 21, 0.3f, 1.0f);
+  Tensor dy = RandomNormal({rows, cols}, DType::kF32, 22);
+  Tensor y = HostTensor({rows, cols}, DType::kF32);
+  Tensor rstd = HostTensor({rows}, DType::kF32);
+  Tensor dx = HostTensor({rows, cols}, DType::kF32);
+  Tensor dgain = HostTensor({cols}, DType::kF32), dgain2 = HostTensor({cols}, DType::kF32);
   MOE_ASSERT_OK(Fill(Cpu(), dgain, 0.0));
   MOE_ASSERT_OK(Fill(Cpu(), dgain2, 0.0));
   MOE_ASSERT_OK(RMSNormForward(Cpu(), x, gain, 1e-6f, y, rstd));
@@ -144,11 +138,11 @@ TEST(RMSNormTest, DxMayAliasDy) {
 
 TEST(RMSNormTest, OutputRowsHaveUnitRmsWithUnitGain) {
   const int64_t rows = 6, cols = 50;
-  Tensor x = Random({rows, cols}, DType::kF32, 30, 2.0f, 5.0f);
-  Tensor gain = Make({cols}, DType::kF32);
+  Tensor x = RandomNormal({rows, cols}, DType::kF32, 30, 5.0f, 2.0f);
+  Tensor gain = HostTensor({cols}, DType::kF32);
   MOE_ASSERT_OK(Fill(Cpu(), gain, 1.0));
-  Tensor y = Make({rows, cols}, DType::kF32);
-  Tensor rstd = Make({rows}, DType::kF32);
+  Tensor y = HostTensor({rows, cols}, DType::kF32);
+  Tensor rstd = HostTensor({rows}, DType::kF32);
   MOE_ASSERT_OK(RMSNormForward(Cpu(), x, gain, 0.0f, y, rstd));
   const std::vector<double> yd = ToDoubles(y);
   for (int64_t r = 0; r < rows; ++r) {
@@ -159,33 +153,33 @@ TEST(RMSNormTest, OutputRowsHaveUnitRmsWithUnitGain) {
 }
 
 TEST(RMSNormTest, BadArguments) {
-  Tensor x = Make({2, 4}, DType::kF32);
-  Tensor gain = Make({4}, DType::kF32);
-  Tensor y = Make({2, 4}, DType::kF32);
-  Tensor rstd = Make({2}, DType::kF32);
+  Tensor x = HostTensor({2, 4}, DType::kF32);
+  Tensor gain = HostTensor({4}, DType::kF32);
+  Tensor y = HostTensor({2, 4}, DType::kF32);
+  Tensor rstd = HostTensor({2}, DType::kF32);
   MOE_ASSERT_OK(Fill(Cpu(), x, 1.0));
   MOE_ASSERT_OK(Fill(Cpu(), gain, 1.0));
-  EXPECT_THAT(RMSNormForward(Cpu(), Make({2, 4}, DType::kI32), gain, 1e-5f, y, rstd),
+  EXPECT_THAT(RMSNormForward(Cpu(), HostTensor({2, 4}, DType::kI32), gain, 1e-5f, y, rstd),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("x.dtype: got i32")));
-  EXPECT_THAT(RMSNormForward(Cpu(), x, Make({3}, DType::kF32), 1e-5f, y, rstd),
+  EXPECT_THAT(RMSNormForward(Cpu(), x, HostTensor({3}, DType::kF32), 1e-5f, y, rstd),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("gain.shape: got [3]")));
-  EXPECT_THAT(RMSNormForward(Cpu(), x, Make({4}, DType::kBF16), 1e-5f, y, rstd),
+  EXPECT_THAT(RMSNormForward(Cpu(), x, HostTensor({4}, DType::kBF16), 1e-5f, y, rstd),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("gain.dtype")));
-  EXPECT_THAT(RMSNormForward(Cpu(), x, gain, 1e-5f, Make({2, 4}, DType::kBF16), rstd),
+  EXPECT_THAT(RMSNormForward(Cpu(), x, gain, 1e-5f, HostTensor({2, 4}, DType::kBF16), rstd),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("y.dtype")));
-  EXPECT_THAT(RMSNormForward(Cpu(), x, gain, 1e-5f, y, Make({4}, DType::kF32)),
+  EXPECT_THAT(RMSNormForward(Cpu(), x, gain, 1e-5f, y, HostTensor({4}, DType::kF32)),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rstd.shape")));
   EXPECT_THAT(RMSNormForward(Cpu(), x, gain, -1.0f, y, rstd),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("eps: got -1")));
-  EXPECT_THAT(RMSNormForward(Cpu(), Make({2, 0}, DType::kF32), Make({0}, DType::kF32), 1e-5f,
-                             Make({2, 0}, DType::kF32), rstd),
+  EXPECT_THAT(RMSNormForward(Cpu(), HostTensor({2, 0}, DType::kF32), HostTensor({0}, DType::kF32),
+                             1e-5f, HostTensor({2, 0}, DType::kF32), rstd),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("x.shape[1]")));
-  Tensor dgain = Make({4}, DType::kF32);
-  EXPECT_THAT(RMSNormBackward(Cpu(), x, gain, rstd, Make({2, 4}, DType::kBF16), y, dgain),
+  Tensor dgain = HostTensor({4}, DType::kF32);
+  EXPECT_THAT(RMSNormBackward(Cpu(), x, gain, rstd, HostTensor({2, 4}, DType::kBF16), y, dgain),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("dy.dtype")));
-  EXPECT_THAT(RMSNormBackward(Cpu(), x, gain, rstd, y, Make({4, 2}, DType::kF32), dgain),
+  EXPECT_THAT(RMSNormBackward(Cpu(), x, gain, rstd, y, HostTensor({4, 2}, DType::kF32), dgain),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("dx.shape")));
-  EXPECT_THAT(RMSNormBackward(Cpu(), x, gain, rstd, y, y, Make({4}, DType::kBF16)),
+  EXPECT_THAT(RMSNormBackward(Cpu(), x, gain, rstd, y, y, HostTensor({4}, DType::kBF16)),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("dgain.dtype")));
 }
 

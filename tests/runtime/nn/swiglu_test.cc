@@ -10,34 +10,18 @@
 #include "tests/testing/compare.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
+#include "tests/testing/tensors.h"
 
 namespace smoe {
 namespace {
 
+using testing::Cpu;
+using testing::FromDoubles;
 using ::testing::HasSubstr;
+using testing::HostTensor;
+using testing::RandomNormal;
 using testing::StatusIs;
 using testing::ToDoubles;
-
-ExecContext& Cpu() { return ExecContext::Cpu(); }
-
-Tensor Make(Shape shape, DType dtype = DType::kF32) {
-  return *Tensor::Empty(shape, dtype, Device::Cpu());
-}
-
-Tensor Normal(Shape shape, DType dtype, uint64_t seed, float stddev = 2.0f) {
-  Tensor t = Make(shape, dtype);
-  MOE_CHECK_OK(FillNormal(Cpu(), t, seed, 0, 0.0f, stddev));
-  return t;
-}
-
-Tensor FromDoubles(const std::vector<double>& values, Shape shape, DType dtype = DType::kF32) {
-  Tensor f = Make(shape, DType::kF32);
-  for (size_t i = 0; i < values.size(); ++i) f.data<float>()[i] = static_cast<float>(values[i]);
-  if (dtype == DType::kF32) return f;
-  Tensor t = Make(shape, dtype);
-  MOE_CHECK_OK(Cast(Cpu(), f, t));
-  return t;
-}
 
 double SiluDouble(double z) { return z / (1.0 + std::exp(-z)); }
 
@@ -51,7 +35,7 @@ TEST(SwiGLUTest, HandWorkedValues) {
   const double inf = std::numeric_limits<double>::infinity();
   Tensor h1 = FromDoubles({0.0, 1.0, -1.0, 2.0, -200.0, 200.0, -inf}, {7});
   Tensor h3 = FromDoubles({5.0, 2.0, 3.0, -0.5, 4.0, 0.25, 1.0}, {7});
-  Tensor act = Make({7});
+  Tensor act = HostTensor({7});
   MOE_ASSERT_OK(SwiGLU(Cpu(), h1, h3, act));
   const float* a = act.data<float>();
   EXPECT_EQ(a[0], 0.0f);
@@ -65,9 +49,9 @@ TEST(SwiGLUTest, HandWorkedValues) {
 
 TEST(SwiGLUTest, ForwardMatchesDoubleReference) {
   for (Shape shape : {Shape{1}, Shape{3, 96}, Shape{17, 33}, Shape{2, 3, 5}}) {
-    Tensor h1 = Normal(shape, DType::kF32, 1, 4.0f);
-    Tensor h3 = Normal(shape, DType::kF32, 2);
-    Tensor act = Make(shape);
+    Tensor h1 = RandomNormal(shape, DType::kF32, 1, 4.0f);
+    Tensor h3 = RandomNormal(shape, DType::kF32, 2, 2.0f);
+    Tensor act = HostTensor(shape);
     MOE_ASSERT_OK(SwiGLU(Cpu(), h1, h3, act));
     EXPECT_TRUE(
         testing::AllClose(ToDoubles(act), SwiGLUDouble(ToDoubles(h1), ToDoubles(h3)), {1e-6, 1e-6}))
@@ -77,11 +61,11 @@ TEST(SwiGLUTest, ForwardMatchesDoubleReference) {
 
 TEST(SwiGLUTest, BackwardMatchesFiniteDifferences) {
   const int64_t n = 64;
-  Tensor h1 = Normal({n}, DType::kF32, 3, 3.0f);
-  Tensor h3 = Normal({n}, DType::kF32, 4);
+  Tensor h1 = RandomNormal({n}, DType::kF32, 3, 3.0f);
+  Tensor h3 = RandomNormal({n}, DType::kF32, 4, 2.0f);
   const std::vector<double> w = testing::RandomWeights(n, 5);
   Tensor dact = FromDoubles(w, {n});
-  Tensor dh1 = Make({n}), dh3 = Make({n});
+  Tensor dh1 = HostTensor({n}), dh3 = HostTensor({n});
   MOE_ASSERT_OK(SwiGLUBackward(Cpu(), h1, h3, dact, dh1, dh3));
   const std::vector<double> x1 = ToDoubles(h1), x3 = ToDoubles(h3);
   auto loss = [&](const std::vector<double>& a, const std::vector<double>& b) {
@@ -99,11 +83,11 @@ TEST(SwiGLUTest, BackwardMatchesFiniteDifferences) {
 
 TEST(SwiGLUTest, BF16StorageRoundsOnceFromFp32Math) {
   const Shape shape{13, 31};
-  Tensor h1 = Normal(shape, DType::kBF16, 6, 3.0f);
-  Tensor h3 = Normal(shape, DType::kBF16, 7);
-  Tensor dact = Normal(shape, DType::kBF16, 8);
-  Tensor act = Make(shape, DType::kBF16);
-  Tensor dh1 = Make(shape, DType::kBF16), dh3 = Make(shape, DType::kBF16);
+  Tensor h1 = RandomNormal(shape, DType::kBF16, 6, 3.0f);
+  Tensor h3 = RandomNormal(shape, DType::kBF16, 7, 2.0f);
+  Tensor dact = RandomNormal(shape, DType::kBF16, 8, 2.0f);
+  Tensor act = HostTensor(shape, DType::kBF16);
+  Tensor dh1 = HostTensor(shape, DType::kBF16), dh3 = HostTensor(shape, DType::kBF16);
   MOE_ASSERT_OK(SwiGLU(Cpu(), h1, h3, act));
   MOE_ASSERT_OK(SwiGLUBackward(Cpu(), h1, h3, dact, dh1, dh3));
   // The inputs are exact in double; each output is the double value rounded once to bf16, so it
@@ -125,9 +109,10 @@ TEST(SwiGLUTest, BF16StorageRoundsOnceFromFp32Math) {
 
 TEST(SwiGLUTest, OutputsMayAliasInputs) {
   const Shape shape{5, 7};
-  Tensor h1 = Normal(shape, DType::kF32, 9), h3 = Normal(shape, DType::kF32, 10);
-  Tensor dact = Normal(shape, DType::kF32, 11);
-  Tensor act = Make(shape), dh1 = Make(shape), dh3 = Make(shape);
+  Tensor h1 = RandomNormal(shape, DType::kF32, 9, 2.0f),
+         h3 = RandomNormal(shape, DType::kF32, 10, 2.0f);
+  Tensor dact = RandomNormal(shape, DType::kF32, 11, 2.0f);
+  Tensor act = HostTensor(shape), dh1 = HostTensor(shape), dh3 = HostTensor(shape);
   MOE_ASSERT_OK(SwiGLU(Cpu(), h1, h3, act));
   MOE_ASSERT_OK(SwiGLUBackward(Cpu(), h1, h3, dact, dh1, dh3));
 
@@ -143,16 +128,17 @@ TEST(SwiGLUTest, OutputsMayAliasInputs) {
 }
 
 TEST(SwiGLUTest, EmptyIsANoOp) {
-  Tensor e = Make({0, 4});
+  Tensor e = HostTensor({0, 4});
   MOE_EXPECT_OK(SwiGLU(Cpu(), e, e, e));
   MOE_EXPECT_OK(SwiGLUBackward(Cpu(), e, e, e, e, e));
 }
 
 TEST(SwiGLUTest, BadArguments) {
-  Tensor a = Make({2, 3}), b = Make({2, 3}), c = Make({2, 3}), d = Make({2, 3});
-  Tensor wrong_shape = Make({3, 2});
-  Tensor bf16 = Make({2, 3}, DType::kBF16);
-  Tensor ints = Make({2, 3}, DType::kI32);
+  Tensor a = HostTensor({2, 3}), b = HostTensor({2, 3}), c = HostTensor({2, 3}),
+         d = HostTensor({2, 3});
+  Tensor wrong_shape = HostTensor({3, 2});
+  Tensor bf16 = HostTensor({2, 3}, DType::kBF16);
+  Tensor ints = HostTensor({2, 3}, DType::kI32);
   EXPECT_THAT(SwiGLU(Cpu(), a, wrong_shape, c),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("h3.shape: got [3, 2]")));
   EXPECT_THAT(SwiGLU(Cpu(), a, b, bf16),
