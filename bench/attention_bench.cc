@@ -8,7 +8,6 @@
 //                            cache read; on the CPU a small cache.
 // Usage: attention_bench [--device=cpu|cuda] [--iters=N]. Inputs are random normals. GPU timing
 // uses CUDA events after a warm-up; CPU timing the steady clock.
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -18,11 +17,9 @@
 
 #include "attention/attention_core.h"
 #include "attention/kv_cache.h"
+#include "bench/bench_timing.h"
 #include "runtime/tensor/tensor_ops.h"
 
-#if MOE_WITH_CUDA
-#include <cuda_runtime.h>
-#endif
 
 namespace smoe {
 namespace {
@@ -50,33 +47,12 @@ Tensor Empty(ExecContext& ctx, Shape shape, DType dtype) {
   return *Tensor::Empty(shape, dtype, ctx.device());
 }
 
-// Mean milliseconds per call of `run` over `iters` calls, after one warm-up call.
+// Median milliseconds of one call (bench/bench_timing.h), after one warm-up call.
 template <typename Run>
 double TimeMs(ExecContext& ctx, int iters, Run run) {
-  MOE_CHECK_OK(run());
-  MOE_CHECK_OK(ctx.Synchronize());
-#if MOE_WITH_CUDA
-  if (ctx.device().is_cuda()) {
-    cudaEvent_t start, stop;
-    cudaEventCreate(&start);
-    cudaEventCreate(&stop);
-    cudaEventRecord(start, ctx.stream());
-    for (int i = 0; i < iters; ++i) MOE_CHECK_OK(run());
-    cudaEventRecord(stop, ctx.stream());
-    cudaEventSynchronize(stop);
-    float ms = 0.0f;
-    cudaEventElapsedTime(&ms, start, stop);
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
-    return ms / iters;
-  }
-#endif
-  const auto begin = std::chrono::steady_clock::now();
-  for (int i = 0; i < iters; ++i) MOE_CHECK_OK(run());
-  MOE_CHECK_OK(ctx.Synchronize());
-  const std::chrono::duration<double, std::milli> elapsed =
-      std::chrono::steady_clock::now() - begin;
-  return elapsed.count() / iters;
+  StatusOr<double> ms = MedianMs(ctx, 1, iters, run);
+  MOE_CHECK_OK(ms.status());
+  return *ms;
 }
 
 void BenchTrain(ExecContext& ctx, int64_t B, int64_t S, DType dtype, int iters) {

@@ -8,57 +8,19 @@
 // FLOPs counted: experts 18 * R * M * H (3 matrices; forward 1x, backward 2x), router 6 * T * M * E.
 // Timing: warm-up, then the median of repeated runs (CUDA events on the GPU, steady_clock on CPU).
 // Flags: --device=cpu|cuda, --tokens=N (one shape), --iters=N.
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
 
+#include "bench/bench_timing.h"
 #include "moe/moe_layer.h"
 #include "runtime/blas/gemm.h"
 #include "runtime/tensor/tensor_ops.h"
 
-#if MOE_WITH_CUDA
-#include <cuda_runtime.h>
-#endif
 
 namespace smoe {
 namespace {
-
-// Median milliseconds of `iters` runs of `fn` after `warmup` runs.
-template <typename Fn>
-StatusOr<double> MedianMs(ExecContext& ctx, int warmup, int iters, Fn fn) {
-  for (int i = 0; i < warmup; ++i) MOE_RETURN_IF_ERROR(fn());
-  MOE_RETURN_IF_ERROR(ctx.Synchronize());
-  std::vector<double> times;
-  for (int i = 0; i < iters; ++i) {
-#if MOE_WITH_CUDA
-    if (ctx.device().is_cuda()) {
-      cudaEvent_t start, stop;
-      cudaEventCreate(&start);
-      cudaEventCreate(&stop);
-      cudaEventRecord(start, ctx.stream());
-      MOE_RETURN_IF_ERROR(fn());
-      cudaEventRecord(stop, ctx.stream());
-      cudaEventSynchronize(stop);
-      float ms = 0;
-      cudaEventElapsedTime(&ms, start, stop);
-      cudaEventDestroy(start);
-      cudaEventDestroy(stop);
-      times.push_back(ms);
-      continue;
-    }
-#endif
-    const auto t0 = std::chrono::steady_clock::now();
-    MOE_RETURN_IF_ERROR(fn());
-    MOE_RETURN_IF_ERROR(ctx.Synchronize());
-    times.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
 
 // The card's (or CPU's) dense GEMM rate in TFLOP/s, measured now.
 StatusOr<double> GemmCeiling(ExecContext& ctx, DType dtype, int64_t n, int iters) {
