@@ -6,7 +6,9 @@
 // work). Collectives are blocking for host buffers and stream-ordered on ctx for device buffers.
 #pragma once
 
+#include <cstdint>
 #include <memory>
+#include <span>
 
 #include "runtime/core/status.h"
 #include "runtime/device/exec_context.h"
@@ -25,8 +27,28 @@ class Communicator {
   // out [size * n] = concatenation over ranks of in [n] (rank order). Same dtype.
   [[nodiscard]] virtual Status AllGather(ExecContext& ctx, const TensorView& in,
                                          const TensorView& out) = 0;
+  // out [n] = sum over ranks of segment rank() of in [size() * n]. f32, i32 or i64; fixed order.
+  [[nodiscard]] virtual Status ReduceScatterSum(ExecContext& ctx, const TensorView& in,
+                                                const TensorView& out) = 0;
+  // Variable all-to-all (any dtype; moved as bytes). `send` holds size() segments in rank order,
+  // segment j being the send_counts[j] elements for rank j; `recv` receives size() segments in
+  // rank order, segment i being the recv_counts[i] elements rank i sent here. recv_counts[i] must
+  // equal rank i's send_counts[rank()] (callers exchange counts first, e.g. with a fixed-size
+  // AllToAllV of counts); the counts must sum to the numel of send and recv.
+  [[nodiscard]] virtual Status AllToAllV(ExecContext& ctx, const TensorView& send,
+                                         std::span<const int64_t> send_counts,
+                                         const TensorView& recv,
+                                         std::span<const int64_t> recv_counts) = 0;
   [[nodiscard]] virtual Status Barrier() = 0;
+  // Collective over this group: the sub-group of the ranks that pass the same `color`, ranked by
+  // (key, rank in this group). The result lives independently of this communicator.
+  [[nodiscard]] virtual StatusOr<std::unique_ptr<Communicator>> Split(int color, int key) = 0;
 };
+
+// InvalidArgument unless `counts` has `ranks` non-negative entries summing to `numel`; `name`
+// names the argument (shared validation of AllToAllV's counts).
+[[nodiscard]] Status CheckSegmentCounts(absl::string_view name, std::span<const int64_t> counts,
+                                        int ranks, int64_t numel);
 
 // The one-rank group of this process: every collective is the identity (or a copy). Accepts
 // buffers on any device.

@@ -1,7 +1,9 @@
 // MPI_COMM_WORLD as a Communicator, for CPU ranks (tests, the CPU trainer, NCCL bootstrap).
 #include <mpi.h>
 
+#include <climits>
 #include <cstdlib>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "runtime/comm/communicator.h"
@@ -33,9 +35,17 @@ Status CheckHost(absl::string_view name, const TensorView& t) {
   return CheckContiguous(name, t);
 }
 
-class MpiWorld final : public Communicator {
+// A group of MPI ranks: MPI_COMM_WORLD or a communicator split from it (freed on destruction
+// unless MPI is already finalized).
+class MpiGroup final : public Communicator {
  public:
-  MpiWorld(int rank, int size) : rank_(rank), size_(size) {}
+  MpiGroup(MPI_Comm comm, int rank, int size, bool owned)
+      : comm_(comm), rank_(rank), size_(size), owned_(owned) {}
+  ~MpiGroup() override {
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (owned_ && !finalized) MPI_Comm_free(&comm_);
+  }
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
@@ -45,7 +55,7 @@ class MpiWorld final : public Communicator {
     // Fixed order: reduce to rank 0 then broadcast is what MPI_Allreduce does for small buffers in
     // Open MPI's defaults; the result is identical on every rank either way.
     return MpiStatus(MPI_Allreduce(MPI_IN_PLACE, buffer.data(), static_cast<int>(buffer.numel()),
-                                   type, MPI_SUM, MPI_COMM_WORLD),
+                                   type, MPI_SUM, comm_),
                      "MPI_Allreduce");
   }
 
@@ -60,16 +70,75 @@ class MpiWorld final : public Communicator {
                          absl::StrCat(in.numel() * size_, " (ranks x in.numel)"));
     }
     const int bytes = static_cast<int>(in.nbytes());
-    return MpiStatus(MPI_Allgather(in.data(), bytes, MPI_BYTE, out.data(), bytes, MPI_BYTE,
-                                   MPI_COMM_WORLD),
+    return MpiStatus(MPI_Allgather(in.data(), bytes, MPI_BYTE, out.data(), bytes, MPI_BYTE, comm_),
                      "MPI_Allgather");
   }
 
-  Status Barrier() override { return MpiStatus(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier"); }
+  Status ReduceScatterSum(ExecContext&, const TensorView& in, const TensorView& out) override {
+    MOE_RETURN_IF_ERROR(CheckHost("in", in));
+    MOE_RETURN_IF_ERROR(CheckHost("out", out));
+    if (in.dtype() != out.dtype()) {
+      return BadArgument("out.dtype", DTypeName(out.dtype()), DTypeName(in.dtype()));
+    }
+    if (in.numel() != out.numel() * size_) {
+      return BadArgument("in.numel", absl::StrCat(in.numel()),
+                         absl::StrCat(out.numel() * size_, " (ranks x out.numel)"));
+    }
+    MOE_ASSIGN_OR_RETURN(MPI_Datatype type, MpiType(in));
+    return MpiStatus(MPI_Reduce_scatter_block(in.data(), out.data(), static_cast<int>(out.numel()),
+                                              type, MPI_SUM, comm_),
+                     "MPI_Reduce_scatter_block");
+  }
+
+  Status AllToAllV(ExecContext&, const TensorView& send, std::span<const int64_t> send_counts,
+                   const TensorView& recv, std::span<const int64_t> recv_counts) override {
+    MOE_RETURN_IF_ERROR(CheckHost("send", send));
+    MOE_RETURN_IF_ERROR(CheckHost("recv", recv));
+    if (send.dtype() != recv.dtype()) {
+      return BadArgument("recv.dtype", DTypeName(recv.dtype()), DTypeName(send.dtype()));
+    }
+    MOE_RETURN_IF_ERROR(CheckSegmentCounts("send_counts", send_counts, size_, send.numel()));
+    MOE_RETURN_IF_ERROR(CheckSegmentCounts("recv_counts", recv_counts, size_, recv.numel()));
+    // Byte counts and displacements: MPI's are int (no MPI-4 large counts in Open MPI 4.1).
+    const int64_t elem = DTypeSize(send.dtype());
+    if (send.nbytes() > INT_MAX || recv.nbytes() > INT_MAX) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "AllToAllV: buffers of ", send.nbytes(), " and ", recv.nbytes(),
+          " bytes; the MPI communicator moves at most ", INT_MAX, " bytes per call"));
+    }
+    std::vector<int> send_bytes(size_), send_displ(size_), recv_bytes(size_), recv_displ(size_);
+    int send_at = 0, recv_at = 0;
+    for (int i = 0; i < size_; ++i) {
+      send_bytes[i] = static_cast<int>(send_counts[i] * elem);
+      recv_bytes[i] = static_cast<int>(recv_counts[i] * elem);
+      send_displ[i] = send_at;
+      recv_displ[i] = recv_at;
+      send_at += send_bytes[i];
+      recv_at += recv_bytes[i];
+    }
+    return MpiStatus(MPI_Alltoallv(send.data(), send_bytes.data(), send_displ.data(), MPI_BYTE,
+                                   recv.data(), recv_bytes.data(), recv_displ.data(), MPI_BYTE,
+                                   comm_),
+                     "MPI_Alltoallv");
+  }
+
+  Status Barrier() override { return MpiStatus(MPI_Barrier(comm_), "MPI_Barrier"); }
+
+  StatusOr<std::unique_ptr<Communicator>> Split(int color, int key) override {
+    if (color < 0) return BadArgument("color", absl::StrCat(color), ">= 0");
+    MPI_Comm sub;
+    MOE_RETURN_IF_ERROR(MpiStatus(MPI_Comm_split(comm_, color, key, &sub), "MPI_Comm_split"));
+    int rank = 0, size = 1;
+    MOE_RETURN_IF_ERROR(MpiStatus(MPI_Comm_rank(sub, &rank), "MPI_Comm_rank"));
+    MOE_RETURN_IF_ERROR(MpiStatus(MPI_Comm_size(sub, &size), "MPI_Comm_size"));
+    return std::unique_ptr<Communicator>(new MpiGroup(sub, rank, size, /*owned=*/true));
+  }
 
  private:
+  MPI_Comm comm_;
   int rank_;
   int size_;
+  bool owned_;
 };
 
 void FinalizeMpi() {
@@ -91,7 +160,7 @@ StatusOr<Communicator*> MpiWorldCommunicator() {
     int rank = 0, size = 1;
     MOE_RETURN_IF_ERROR(MpiStatus(MPI_Comm_rank(MPI_COMM_WORLD, &rank), "MPI_Comm_rank"));
     MOE_RETURN_IF_ERROR(MpiStatus(MPI_Comm_size(MPI_COMM_WORLD, &size), "MPI_Comm_size"));
-    return new MpiWorld(rank, size);
+    return new MpiGroup(MPI_COMM_WORLD, rank, size, /*owned=*/false);
   }();
   return world;
 }

@@ -22,6 +22,17 @@ TEST(SingleRankCommunicatorTest, CollectivesAreIdentities) {
   MOE_ASSERT_OK(comm->AllGather(ctx, x, y));
   EXPECT_TRUE(testing::AllEqual(x, y));
   MOE_EXPECT_OK(comm->Barrier());
+  const int64_t five[] = {5};
+  MOE_ASSERT_OK(comm->AllToAllV(ctx, x, five, y, five));
+  EXPECT_TRUE(testing::AllEqual(x, y));
+  MOE_ASSERT_OK(comm->ReduceScatterSum(ctx, x, y));
+  EXPECT_TRUE(testing::AllEqual(x, y));
+  const int64_t four[] = {4};
+  EXPECT_THAT(comm->AllToAllV(ctx, x, four, y, five),
+              testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                ::testing::HasSubstr("sum of send_counts")));
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Communicator> sub, comm->Split(3, 0));
+  EXPECT_EQ(sub->size(), 1);
 }
 
 }  // namespace
