@@ -1,0 +1,65 @@
+// Row exchange between the ranks of an MoE group (DESIGN.md section 6, dispatch across ranks).
+//
+// Every rank sends W segments of rows (segment j to rank j) and receives W segments (segment i
+// from rank i), in rank order. Two algorithms give bit-identical results:
+//   flat: one all-to-all over the whole group;
+//   2dh (two-dimensional hierarchical, Tutel): ranks form nodes of `node_size` consecutive ranks;
+//     first an exchange inside each node gathers, on local rank l, every row of the node bound for
+//     local rank l of any node; then ranks with the same local index exchange across nodes. Each
+//     rank sends W / node_size larger messages across nodes instead of W small ones.
+// node_size is a config value, so 2dh is testable on one machine (e.g. 4 ranks as 2 nodes of 2).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "runtime/comm/communicator.h"
+#include "runtime/core/status.h"
+#include "runtime/device/exec_context.h"
+#include "runtime/tensor/tensor.h"
+
+namespace smoe {
+
+enum class AllToAllAlgorithm { kFlat, kTwoDimHierarchical };
+
+// "flat" / "2dh".
+absl::string_view AllToAllAlgorithmName(AllToAllAlgorithm algorithm);
+// Inverse of AllToAllAlgorithmName; InvalidArgument naming the accepted names otherwise.
+[[nodiscard]] StatusOr<AllToAllAlgorithm> ParseAllToAllAlgorithm(absl::string_view name);
+
+// Exchanges row segments over one communicator. Holds the sub-groups 2dh needs (created on its
+// first 2dh exchange: a collective, so every rank must pick the same algorithm, which the layout
+// contract guarantees). Not thread-safe.
+class RowExchanger {
+ public:
+  // `comm` outlives the exchanger. node_size divides comm.size() (1 or W: 2dh equals flat).
+  [[nodiscard]] static StatusOr<std::unique_ptr<RowExchanger>> Create(Communicator* comm,
+                                                                      int node_size = 1);
+  ~RowExchanger();
+
+  // send [S, N] and recv [R, N]: contiguous, same dtype and row width N, on the device the
+  // communicator takes. send_rows[j] rows of send go to rank j (segments in rank order, summing to
+  // S); recv_rows[i] rows arrive from rank i (summing to R) and must equal rank i's
+  // send_rows[rank()]. InvalidArgument naming the argument otherwise (a mismatch between ranks
+  // that the local sums cannot show is the caller's contract).
+  [[nodiscard]] Status Exchange(ExecContext& ctx, AllToAllAlgorithm algorithm,
+                                const TensorView& send, std::span<const int64_t> send_rows,
+                                const TensorView& recv, std::span<const int64_t> recv_rows);
+
+  Communicator& comm() const { return *comm_; }
+  int node_size() const { return node_size_; }
+
+ private:
+  RowExchanger(Communicator* comm, int node_size) : comm_(comm), node_size_(node_size) {}
+  [[nodiscard]] Status ExchangeTwoDim(ExecContext& ctx, const TensorView& send,
+                                      std::span<const int64_t> send_rows, const TensorView& recv,
+                                      std::span<const int64_t> recv_rows);
+
+  Communicator* comm_;
+  int node_size_;
+  std::unique_ptr<Communicator> intra_node_;  // ranks of this node, by local index
+  std::unique_ptr<Communicator> inter_node_;  // ranks with this local index, by node
+};
+
+}  // namespace smoe
