@@ -114,7 +114,17 @@ class AddingCommunicator final : public Communicator {
   Status AllGather(ExecContext&, const TensorView&, const TensorView&) override {
     return absl::UnimplementedError("AllGather");
   }
+  Status ReduceScatterSum(ExecContext&, const TensorView&, const TensorView&) override {
+    return absl::UnimplementedError("ReduceScatterSum");
+  }
+  Status AllToAllV(ExecContext&, const TensorView&, std::span<const int64_t>, const TensorView&,
+                   std::span<const int64_t>) override {
+    return absl::UnimplementedError("AllToAllV");
+  }
   Status Barrier() override { return absl::OkStatus(); }
+  StatusOr<std::unique_ptr<Communicator>> Split(int, int) override {
+    return absl::UnimplementedError("Split");
+  }
   int calls = 0;
 
  private:
