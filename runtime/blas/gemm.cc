@@ -35,6 +35,13 @@ Status Run(ExecContext& ctx, const GemmProblem& p) {
   return internal::GemmCpu(p);
 }
 
+// The groups of a grouped GEMM: one grouped launch on CUDA, a loop over OpenBLAS on the CPU.
+Status RunGroups(ExecContext& ctx, std::span<const GemmProblem> groups) {
+  if (ctx.device().is_cuda()) return internal::GroupedGemmCuda(ctx, groups);
+  for (const GemmProblem& p : groups) MOE_RETURN_IF_ERROR(Run(ctx, p));
+  return absl::OkStatus();
+}
+
 // Fills the matrix part of a problem from 2-D (or batched 3-D: the last two axes) operands.
 StatusOr<GemmProblem> MakeProblem(ExecContext& ctx, const TensorView& a, const TensorView& b,
                                   const TensorView& c, const GemmOptions& o, int rank) {
@@ -127,16 +134,18 @@ Status GroupedGemm(ExecContext& ctx, const TensorView& a, const TensorView& b,
   const TensorView b0(b.data(), b.dtype(), {b.dim(1), b.dim(2)}, b.device());
   MOE_ASSIGN_OR_RETURN(GemmProblem p, MakeProblem(ctx, a, b0, c, options, 2));
   const int64_t b_stride = b.dim(1) * b.dim(2);
+  std::vector<GemmProblem> groups;
+  groups.reserve(offsets.size());
   for (int64_t g = 0; g + 1 < static_cast<int64_t>(offsets.size()); ++g) {
     GemmProblem q = p;
     q.m = offsets[g + 1] - offsets[g];
-    if (q.m == 0) continue;
+    if (q.m == 0 || q.n == 0) continue;  // an empty group writes nothing
     q.a = AdvanceConst(p.a, offsets[g] * p.lda, p.ab_dtype);
     q.b = AdvanceConst(p.b, g * b_stride, p.ab_dtype);
     q.c = Advance(p.c, offsets[g] * p.ldc, p.c_dtype);
-    MOE_RETURN_IF_ERROR(Run(ctx, q));
+    groups.push_back(q);
   }
-  return absl::OkStatus();
+  return RunGroups(ctx, groups);
 }
 
 Status GroupedGemmRaggedK(ExecContext& ctx, const TensorView& a, const TensorView& b,
@@ -153,15 +162,18 @@ Status GroupedGemmRaggedK(ExecContext& ctx, const TensorView& a, const TensorVie
   transposed.trans_a = true;
   MOE_ASSIGN_OR_RETURN(GemmProblem p, MakeProblem(ctx, a, b, c0, transposed, 2));
   const int64_t c_stride = c.dim(1) * c.dim(2);
+  if (p.m == 0 || p.n == 0) return absl::OkStatus();
+  std::vector<GemmProblem> groups;
+  groups.reserve(c.dim(0));
   for (int64_t g = 0; g < c.dim(0); ++g) {
     GemmProblem q = p;
-    q.k = offsets[g + 1] - offsets[g];
+    q.k = offsets[g + 1] - offsets[g];  // k == 0 still scales C by beta
     q.a = AdvanceConst(p.a, offsets[g] * p.lda, p.ab_dtype);
     q.b = AdvanceConst(p.b, offsets[g] * p.ldb, p.ab_dtype);
     q.c = Advance(p.c, g * c_stride, p.c_dtype);
-    MOE_RETURN_IF_ERROR(Run(ctx, q));  // k == 0 still scales C by beta
+    groups.push_back(q);
   }
-  return absl::OkStatus();
+  return RunGroups(ctx, groups);
 }
 
 }  // namespace smoe
@@ -169,6 +181,9 @@ Status GroupedGemmRaggedK(ExecContext& ctx, const TensorView& a, const TensorVie
 #if !MOE_WITH_CUDA
 namespace smoe::internal {
 Status GemmCuda(ExecContext&, const GemmProblem&) {
+  return absl::FailedPreconditionError("Gemm on a CUDA context, but this build has no CUDA backend");
+}
+Status GroupedGemmCuda(ExecContext&, std::span<const GemmProblem>) {
   return absl::FailedPreconditionError("Gemm on a CUDA context, but this build has no CUDA backend");
 }
 }  // namespace smoe::internal

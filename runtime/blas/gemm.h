@@ -71,6 +71,10 @@ struct GemmProblem {
 
 [[nodiscard]] Status GemmCpu(const GemmProblem& p);
 [[nodiscard]] Status GemmCuda(ExecContext& ctx, const GemmProblem& p);
+// The groups of one grouped GEMM (batch == 1 each, any m, n, k including 0), as few cuBLAS calls
+// as cuBLAS takes: cublasGemmGroupedBatchedEx for the dtype combinations it supports (one call
+// per up to kMaxGroupsPerCall groups), GemmCuda group by group otherwise.
+[[nodiscard]] Status GroupedGemmCuda(ExecContext& ctx, std::span<const GemmProblem> groups);
 
 }  // namespace internal
 }  // namespace smoe

@@ -9,9 +9,21 @@
 //     leading dimension 0 of a [m, 0] operand; we scale C ourselves.
 //   - f32 A and B with a bf16 C: cublasGemmEx has no (32F, 32F, 16BF) combination
 //     (CUBLAS_STATUS_NOT_SUPPORTED), so we run it into an f32 copy of C and round that once.
+//
+// Grouped GEMMs (the MoE experts) go to cublasGemmGroupedBatchedEx, one group of size 1 per
+// expert, so each matrix product of an expert pass is one cuBLAS call. Its pointer arrays must be
+// in device memory: a tiny kernel writes them from a by-value argument, which needs no
+// host-to-device copy (a copy from pageable memory may synchronize the stream). A dtype
+// combination the grouped API rejects (CUBLAS_STATUS_NOT_SUPPORTED, returned before any work is
+// enqueued) falls back to one cublasGemmEx per group, and is logged once.
 #include <cublas_v2.h>
 
+#include <algorithm>
+#include <atomic>
+#include <vector>
+
 #include "runtime/blas/gemm.h"
+#include "runtime/core/logging.h"
 #include "runtime/device/cuda_error.h"
 #include "runtime/tensor/tensor.h"
 
@@ -103,7 +115,111 @@ Status CallCublas(ExecContext& ctx, const GemmProblem& p) {
   return absl::OkStatus();
 }
 
+// Groups per cublasGemmGroupedBatchedEx call: three pointers each, passed by value to
+// WriteGroupPointers, which keeps the kernel argument under the portable 4 KB limit.
+constexpr int kMaxGroupsPerCall = 128;
+
+struct GroupPointers {
+  const void* a[kMaxGroupsPerCall];
+  const void* b[kMaxGroupsPerCall];
+  void* c[kMaxGroupsPerCall];
+};
+
+__global__ void WriteGroupPointers(GroupPointers in, int count, const void** a, const void** b,
+                                   void** c) {
+  const int i = threadIdx.x;
+  if (i < count) {
+    a[i] = in.a[i];
+    b[i] = in.b[i];
+    c[i] = in.c[i];
+  }
+}
+
+// Set once the grouped API has rejected a (A/B, C) dtype pair: index ab * 2 + c, f32 = 0, bf16 = 1.
+std::atomic<bool> grouped_unsupported[4];
+
+int DTypePairIndex(const GemmProblem& p) {
+  return (p.ab_dtype == DType::kBF16 ? 2 : 0) + (p.c_dtype == DType::kBF16 ? 1 : 0);
+}
+
+// One cublasGemmGroupedBatchedEx call over `groups` (same dtypes, each with m, n, k > 0, at most
+// kMaxGroupsPerCall). Sets *unsupported instead of failing when cuBLAS rejects the combination.
+Status CallGroupedCublas(ExecContext& ctx, std::span<const GemmProblem> groups, bool* unsupported) {
+  const int count = static_cast<int>(groups.size());
+  GroupPointers pointers;
+  // Row-major to column-major as in CallCublas: cuBLAS's A is our B and its B is our A.
+  std::vector<cublasOperation_t> trans_a(count), trans_b(count);
+  std::vector<int> m(count), n(count), k(count), lda(count), ldb(count), ldc(count);
+  std::vector<int> group_size(count, 1);
+  std::vector<float> alpha(count), beta(count);
+  for (int i = 0; i < count; ++i) {
+    const GemmProblem& p = groups[i];
+    pointers.a[i] = p.b;
+    pointers.b[i] = p.a;
+    pointers.c[i] = p.c;
+    trans_a[i] = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    trans_b[i] = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    m[i] = static_cast<int>(p.n);
+    n[i] = static_cast<int>(p.m);
+    k[i] = static_cast<int>(p.k);
+    lda[i] = static_cast<int>(p.ldb);
+    ldb[i] = static_cast<int>(p.lda);
+    ldc[i] = static_cast<int>(p.ldc);
+    alpha[i] = p.alpha;
+    beta[i] = p.beta;
+  }
+  MOE_ASSIGN_OR_RETURN(Tensor arrays, Tensor::Empty({3 * int64_t{kMaxGroupsPerCall}}, DType::kI64,
+                                                    ctx.device(), ctx.allocator()));
+  auto** slots = static_cast<void**>(arrays.data());
+  const void** a = const_cast<const void**>(slots);
+  const void** b = const_cast<const void**>(slots + kMaxGroupsPerCall);
+  void** c = slots + 2 * kMaxGroupsPerCall;
+  WriteGroupPointers<<<1, kMaxGroupsPerCall, 0, ctx.stream()>>>(pointers, count, a, b, c);
+  MOE_CUDA_RETURN_IF_LAUNCH_ERROR("WriteGroupPointers");
+  const GemmProblem& p = groups[0];
+  const cublasStatus_t status = cublasGemmGroupedBatchedEx(
+      ctx.cublas(), trans_a.data(), trans_b.data(), m.data(), n.data(), k.data(), alpha.data(), a,
+      CudaType(p.ab_dtype), lda.data(), b, CudaType(p.ab_dtype), ldb.data(), beta.data(), c,
+      CudaType(p.c_dtype), ldc.data(), count, group_size.data(), CUBLAS_COMPUTE_32F);
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
+    *unsupported = true;
+    return absl::OkStatus();
+  }
+  return CublasStatus(status, "cublasGemmGroupedBatchedEx");
+}
+
 }  // namespace
+
+Status GroupedGemmCuda(ExecContext& ctx, std::span<const GemmProblem> groups) {
+  // Groups with nothing to multiply, and f32 x f32 -> bf16 (see the top of this file), go alone.
+  std::vector<GemmProblem> batch;
+  batch.reserve(groups.size());
+  for (const GemmProblem& p : groups) {
+    if (p.m == 0 || p.n == 0) continue;
+    const bool alone = p.k == 0 || (p.ab_dtype == DType::kF32 && p.c_dtype == DType::kBF16) ||
+                       p.batch != 1 || p.ab_dtype != groups[0].ab_dtype ||
+                       p.c_dtype != groups[0].c_dtype || grouped_unsupported[DTypePairIndex(p)];
+    if (alone) {
+      MOE_RETURN_IF_ERROR(GemmCuda(ctx, p));
+    } else {
+      batch.push_back(p);
+    }
+  }
+  for (size_t begin = 0; begin < batch.size(); begin += kMaxGroupsPerCall) {
+    const size_t count = std::min<size_t>(kMaxGroupsPerCall, batch.size() - begin);
+    const std::span<const GemmProblem> chunk(batch.data() + begin, count);
+    bool unsupported = false;
+    MOE_RETURN_IF_ERROR(CallGroupedCublas(ctx, chunk, &unsupported));
+    if (!unsupported) continue;
+    if (!grouped_unsupported[DTypePairIndex(chunk[0])].exchange(true)) {
+      MOE_LOG(WARNING) << "cublasGemmGroupedBatchedEx does not take A/B " << DTypeName(chunk[0].ab_dtype)
+                       << " with C " << DTypeName(chunk[0].c_dtype)
+                       << "; running those grouped GEMMs one cublasGemmEx per group";
+    }
+    for (const GemmProblem& p : chunk) MOE_RETURN_IF_ERROR(GemmCuda(ctx, p));
+  }
+  return absl::OkStatus();
+}
 
 Status GemmCuda(ExecContext& ctx, const GemmProblem& p) {
   if (p.k == 0) return ScaleC(ctx, p);

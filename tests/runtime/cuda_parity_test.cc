@@ -76,6 +76,38 @@ TEST(GemmParityTest, GroupedWithEmptyGroups) {
   }
 }
 
+// More groups than one cublasGemmGroupedBatchedEx call takes (128), ragged with empty groups,
+// transposed B, accumulation into C (beta != 0), and every (A/B, C) dtype pair, so both the
+// grouped call and the per-group fallback are compared with the CPU.
+TEST(GemmParityTest, GroupedManyGroupsAccumulating) {
+  MOE_SKIP_WITHOUT_CUDA();
+  const int64_t groups = 200;
+  std::vector<int64_t> offsets = {0};
+  for (int64_t g = 0; g < groups; ++g) offsets.push_back(offsets.back() + (g * 7) % 5);
+  const int64_t rows = offsets.back();
+  auto fill_c = [](const TensorView& c) {
+    MOE_CHECK_OK(FillNormal(ExecContext::Cpu(), c, 98, 0, 0.0f, 1.0f));
+  };
+  for (DType in : {DType::kF32, DType::kBF16}) {
+    for (DType out : {DType::kF32, DType::kBF16}) {
+      EXPECT_TRUE(CheckParity({Input("x", {rows, 40}, in), Input("w", {groups, 24, 40}, in),
+                               Output("y", {rows, 24}, out, GemmTolerance(out, 40), fill_c)},
+                              [&](ExecContext& ctx, const std::vector<TensorView>& t) {
+                                return GroupedGemm(ctx, t[0], t[1], t[2], offsets,
+                                                   {false, true, 1.0f, 1.0f});
+                              }))
+          << DTypeName(in) << " -> " << DTypeName(out);
+      EXPECT_TRUE(CheckParity({Input("x", {rows, 40}, in), Input("dy", {rows, 24}, in),
+                               Output("dw", {groups, 40, 24}, out, GemmTolerance(out, 8), fill_c)},
+                              [&](ExecContext& ctx, const std::vector<TensorView>& t) {
+                                return GroupedGemmRaggedK(ctx, t[0], t[1], t[2], offsets,
+                                                          {false, false, 0.5f, 1.0f});
+                              }))
+          << DTypeName(in) << " -> " << DTypeName(out);
+    }
+  }
+}
+
 TEST(RandomParityTest, CpuAndCudaAreBitIdentical) {
   MOE_SKIP_WITHOUT_CUDA();
   for (DType dtype : {DType::kF32, DType::kBF16}) {
