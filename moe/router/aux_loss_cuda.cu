@@ -62,15 +62,19 @@ __global__ void AuxRowKernel(const float* logits, const float* probs, int64_t ro
   }
 }
 
-// partial[chunk, c] = sum of probs[:, c] over the rows of `chunk`, sequentially.
+// partial[chunk, c] = sum of probs[:, c] over the rows of `chunk`, sequentially. Chunks stride
+// over grid.y (capped at the hardware's 65535), so any T works.
 __global__ void ColumnPartialKernel(const float* probs, int64_t rows, int e, double* partial) {
   const int c = blockIdx.x * kColumnThreads + threadIdx.x;
   if (c >= e) return;
-  const int64_t begin = blockIdx.y * int64_t{kRowsPerChunk};
-  const int64_t end = min(rows, begin + kRowsPerChunk);
-  double sum = 0.0;
-  for (int64_t r = begin; r < end; ++r) sum += probs[r * e + c];
-  partial[blockIdx.y * int64_t{e} + c] = sum;
+  const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  for (int64_t chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
+    const int64_t begin = chunk * kRowsPerChunk;
+    const int64_t end = min(rows, begin + kRowsPerChunk);
+    double sum = 0.0;
+    for (int64_t r = begin; r < end; ++r) sum += probs[r * e + c];
+    partial[chunk * e + c] = sum;
+  }
 }
 
 __global__ void ColumnFinalKernel(const double* partial, int64_t chunks, int e, double* out) {
@@ -151,7 +155,7 @@ Status AuxLossSumsCuda(ExecContext& ctx, const float* logits, const float* probs
       logits, probs, t, ei, rows.lse, rows.max_p, rows.arg_max);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("AuxRowKernel");
   const unsigned column_blocks = CeilDiv(e, kColumnThreads);
-  ColumnPartialKernel<<<dim3(column_blocks, static_cast<unsigned>(chunks)), kColumnThreads, 0,
+  ColumnPartialKernel<<<dim3(column_blocks, static_cast<unsigned>(std::min<int64_t>(chunks, 65535))), kColumnThreads, 0,
                         ctx.stream()>>>(probs, t, ei, partial_p);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("ColumnPartialKernel");
   ColumnFinalKernel<<<column_blocks, kColumnThreads, 0, ctx.stream()>>>(partial_p, chunks, ei,

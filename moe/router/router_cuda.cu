@@ -137,7 +137,9 @@ __global__ void UpdateBiasKernel(const int64_t* counts, int64_t e, float rate, f
   for (int64_t i = threadIdx.x; i < e; i += blockDim.x) {
     const long long diff = total - e * counts[i];
     const float step = diff > 0 ? rate : (diff < 0 ? -rate : 0.0f);
-    bias[i] = fminf(fmaxf(bias[i] + step, -bound), bound);
+    // The CPU's std::clamp, NaN included (fminf/fmaxf would turn a NaN bias into -bound).
+    const float v = bias[i] + step;
+    bias[i] = v < -bound ? -bound : (bound < v ? bound : v);
   }
 }
 
