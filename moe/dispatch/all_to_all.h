@@ -52,6 +52,8 @@ class RowExchanger {
 
  private:
   RowExchanger(Communicator* comm, int node_size) : comm_(comm), node_size_(node_size) {}
+  // The 2dh exchange (algorithm in all_to_all.cc). With device buffers it reads the intra-node
+  // peers' counts on the host: one synchronization of ctx's stream per call.
   [[nodiscard]] Status ExchangeTwoDim(ExecContext& ctx, const TensorView& send,
                                       std::span<const int64_t> send_rows, const TensorView& recv,
                                       std::span<const int64_t> recv_rows);
