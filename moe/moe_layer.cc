@@ -44,6 +44,62 @@ Status CheckActivation(absl::string_view name, const MoELayerConfig& c, const Ex
 
 }  // namespace
 
+namespace internal {
+
+StatusOr<AuxLossValues> RouteAndPermute(ExecContext& ctx, const MoELayerConfig& config,
+                                        const TensorView& w_gate, const TensorView& x,
+                                        Communicator* comm, const TensorView& expert_bias,
+                                        MoEState* state) {
+  const int64_t t = x.dim(0), m = config.model_dim;
+  const int64_t e = config.num_experts, k = config.top_k;
+  const Device device = ctx.device();
+  MoEState& s = *state;
+
+  // 1. Route: fp32 logits, softmax over all E, top-K; aux losses and their gradient.
+  MOE_ASSIGN_OR_RETURN(s.logits, Tensor::Empty({t, e}, DType::kF32, device));
+  MOE_ASSIGN_OR_RETURN(s.probs, Tensor::Empty({t, e}, DType::kF32, device));
+  MOE_ASSIGN_OR_RETURN(s.d_logits_aux, Tensor::Empty({t, e}, DType::kF32, device));
+  MOE_ASSIGN_OR_RETURN(s.topk_idx, Tensor::Empty({t, k}, DType::kI32, device));
+  MOE_ASSIGN_OR_RETURN(s.gates, Tensor::Empty({t, k}, DType::kF32, device));
+  const RouterConfig router{config.num_experts, config.top_k, config.renormalize};
+  MOE_RETURN_IF_ERROR(RouterForward(ctx, router, x, w_gate, expert_bias, s.logits, s.probs,
+                                    s.topk_idx, s.gates));
+  MOE_ASSIGN_OR_RETURN(AuxLossValues aux,
+                       AuxLossForwardBackward(ctx, config.aux, s.logits, s.probs, s.topk_idx,
+                                              comm != nullptr ? comm : SingleRankCommunicator(),
+                                              s.d_logits_aux));
+
+  // 2. Plan (the host sync: offsets for the grouped GEMMs), 3. dispatch.
+  const PlanConfig plan{config.num_experts, config.top_k, config.capacity_factor};
+  MOE_RETURN_IF_ERROR(BuildRoutingPlan(ctx, plan, s.topk_idx, &s.plan));
+  MOE_ASSIGN_OR_RETURN(s.xs, Tensor::Empty({s.plan.num_rows(), m}, config.dtype, device));
+  MOE_RETURN_IF_ERROR(Permute(ctx, s.plan, x, s.xs));
+  return aux;
+}
+
+Status RouterBackwardAddDx(ExecContext& ctx, const MoELayerConfig& config, const TensorView& w_gate,
+                           const MoEState& s, const TensorView& dgates, float aux_grad_scale,
+                           const TensorView& dx, const TensorView& dw_gate,
+                           bool accumulate_grads) {
+  const int64_t t = s.x.dim(0), m = config.model_dim;
+  const Device device = ctx.device();
+  MOE_ASSIGN_OR_RETURN(Tensor dx_router, Tensor::Empty({t, m}, config.dtype, device));
+  const RouterConfig router{config.num_experts, config.top_k, config.renormalize};
+  TensorView d_logits_aux = s.d_logits_aux;
+  Tensor scaled_aux;
+  if (aux_grad_scale != 1.0f) {
+    MOE_ASSIGN_OR_RETURN(scaled_aux, Tensor::Empty(s.d_logits_aux.shape(), DType::kF32, device));
+    MOE_RETURN_IF_ERROR(Fill(ctx, scaled_aux, 0.0));
+    MOE_RETURN_IF_ERROR(Axpy(ctx, scaled_aux, aux_grad_scale, s.d_logits_aux, scaled_aux));
+    d_logits_aux = scaled_aux;
+  }
+  MOE_RETURN_IF_ERROR(RouterBackward(ctx, router, s.x, w_gate, s.probs, s.topk_idx, dgates,
+                                     d_logits_aux, dx_router, dw_gate, accumulate_grads));
+  return Axpy(ctx, dx, 1.0f, dx_router, dx);
+}
+
+}  // namespace internal
+
 Status ValidateMoEConfig(const MoELayerConfig& config) {
   MOE_RETURN_IF_ERROR(CheckPositive("model_dim", config.model_dim));
   MOE_RETURN_IF_ERROR(CheckPositive("ffn_dim", config.ffn_dim));
@@ -63,32 +119,13 @@ StatusOr<AuxLossValues> MoEForward(ExecContext& ctx, const MoELayerConfig& confi
   MOE_RETURN_IF_ERROR(CheckParams(config, params, ctx.device()));
   MOE_RETURN_IF_ERROR(CheckActivation("x", config, ctx, x, -1));
   const int64_t t = x.dim(0), m = config.model_dim, h = config.ffn_dim;
-  const int64_t e = config.num_experts, k = config.top_k;
   MOE_RETURN_IF_ERROR(CheckActivation("y", config, ctx, y, t));
   const Device device = ctx.device();
   MoEState& s = *state;
   s.valid = false;
-
-  // 1. Route: fp32 logits, softmax over all E, top-K; aux losses and their gradient.
-  MOE_ASSIGN_OR_RETURN(s.logits, Tensor::Empty({t, e}, DType::kF32, device));
-  MOE_ASSIGN_OR_RETURN(s.probs, Tensor::Empty({t, e}, DType::kF32, device));
-  MOE_ASSIGN_OR_RETURN(s.d_logits_aux, Tensor::Empty({t, e}, DType::kF32, device));
-  MOE_ASSIGN_OR_RETURN(s.topk_idx, Tensor::Empty({t, k}, DType::kI32, device));
-  MOE_ASSIGN_OR_RETURN(s.gates, Tensor::Empty({t, k}, DType::kF32, device));
-  const RouterConfig router{config.num_experts, config.top_k, config.renormalize};
-  MOE_RETURN_IF_ERROR(RouterForward(ctx, router, x, params.w_gate, expert_bias, s.logits, s.probs,
-                                    s.topk_idx, s.gates));
-  MOE_ASSIGN_OR_RETURN(AuxLossValues aux,
-                       AuxLossForwardBackward(ctx, config.aux, s.logits, s.probs, s.topk_idx,
-                                              comm != nullptr ? comm : SingleRankCommunicator(),
-                                              s.d_logits_aux));
-
-  // 2. Plan (the host sync: offsets for the grouped GEMMs), 3. dispatch.
-  const PlanConfig plan{config.num_experts, config.top_k, config.capacity_factor};
-  MOE_RETURN_IF_ERROR(BuildRoutingPlan(ctx, plan, s.topk_idx, &s.plan));
+  MOE_ASSIGN_OR_RETURN(AuxLossValues aux, internal::RouteAndPermute(ctx, config, params.w_gate, x,
+                                                                    comm, expert_bias, state));
   const int64_t rows = s.plan.num_rows();
-  MOE_ASSIGN_OR_RETURN(s.xs, Tensor::Empty({rows, m}, config.dtype, device));
-  MOE_RETURN_IF_ERROR(Permute(ctx, s.plan, x, s.xs));
 
   // 4. Experts over ragged groups.
   MOE_ASSIGN_OR_RETURN(s.h1, Tensor::Empty({rows, h}, config.dtype, device));
@@ -135,19 +172,8 @@ Status MoEBackward(ExecContext& ctx, const MoELayerConfig& config, const MoEPara
   MOE_RETURN_IF_ERROR(PermuteBackward(ctx, s.plan, dxs, dx));
 
   // Router backward: gates and aux losses -> logits -> x and w_gate; dx sums both paths.
-  MOE_ASSIGN_OR_RETURN(Tensor dx_router, Tensor::Empty({t, m}, config.dtype, device));
-  const RouterConfig router{config.num_experts, config.top_k, config.renormalize};
-  TensorView d_logits_aux = s.d_logits_aux;
-  Tensor scaled_aux;
-  if (aux_grad_scale != 1.0f) {
-    MOE_ASSIGN_OR_RETURN(scaled_aux, Tensor::Empty(s.d_logits_aux.shape(), DType::kF32, device));
-    MOE_RETURN_IF_ERROR(Fill(ctx, scaled_aux, 0.0));
-    MOE_RETURN_IF_ERROR(Axpy(ctx, scaled_aux, aux_grad_scale, s.d_logits_aux, scaled_aux));
-    d_logits_aux = scaled_aux;
-  }
-  MOE_RETURN_IF_ERROR(RouterBackward(ctx, router, s.x, params.w_gate, s.probs, s.topk_idx, dgates,
-                                     d_logits_aux, dx_router, grads.w_gate, accumulate_grads));
-  return Axpy(ctx, dx, 1.0f, dx_router, dx);
+  return internal::RouterBackwardAddDx(ctx, config, params.w_gate, s, dgates, aux_grad_scale, dx,
+                                       grads.w_gate, accumulate_grads);
 }
 
 StatusOr<RoutingStats> MoEStats(ExecContext& ctx, const MoEState& state) {

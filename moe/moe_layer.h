@@ -82,6 +82,29 @@ struct MoEState {
 // Routing statistics of the forward that filled `state` (host sync).
 [[nodiscard]] StatusOr<RoutingStats> MoEStats(ExecContext& ctx, const MoEState& state);
 
+namespace internal {
+// The token-side steps of MoEForward and MoEBackward, shared with the expert-parallel layer
+// (moe/parallel_moe_layer.h). Arguments are validated by the caller.
+//
+// Route (fp32 logits, softmax, top-K, the aux losses and their gradient), plan, and permute x into
+// state->xs [R, M] in global expert order. Fills state's logits, probs, topk_idx, gates,
+// d_logits_aux, plan and xs; leaves valid, top_k and x to the caller. One host sync (the plan).
+[[nodiscard]] StatusOr<AuxLossValues> RouteAndPermute(ExecContext& ctx,
+                                                      const MoELayerConfig& config,
+                                                      const TensorView& w_gate, const TensorView& x,
+                                                      Communicator* comm,
+                                                      const TensorView& expert_bias,
+                                                      MoEState* state);
+// Router backward of the forward saved in `state`: dgates [T, K] f32 and the aux losses' gradient
+// (times aux_grad_scale) -> logits -> x, added into dx [T, M], and -> w_gate into dw_gate
+// (overwritten, or added to when accumulate_grads).
+[[nodiscard]] Status RouterBackwardAddDx(ExecContext& ctx, const MoELayerConfig& config,
+                                         const TensorView& w_gate, const MoEState& state,
+                                         const TensorView& dgates, float aux_grad_scale,
+                                         const TensorView& dx, const TensorView& dw_gate,
+                                         bool accumulate_grads);
+}  // namespace internal
+
 // Owned parameters (or gradients: all f32) of a layer.
 struct MoEParams {
   Tensor w_gate, w1, w3, w2;

@@ -1,0 +1,408 @@
+#include "moe/parallel_moe_layer.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "moe/dispatch/regroup.h"
+#include "runtime/tensor/tensor_ops.h"
+
+namespace smoe {
+namespace {
+
+Status CheckLocalParams(const MoELayerConfig& c, const ExpertShardLayout& layout,
+                        const MoEParamViews& p, Device device) {
+  const int64_t m = c.model_dim, h = c.ffn_dim, el = layout.local_experts;
+  MOE_RETURN_IF_ERROR(
+      CheckTensor("local.w_gate", p.w_gate, DType::kF32, device, {m, c.num_experts}));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("local.w1", p.w1, c.dtype, device, {el, m, h}));
+  MOE_RETURN_IF_ERROR(CheckContiguousTensor("local.w3", p.w3, c.dtype, device, {el, m, h}));
+  return CheckContiguousTensor("local.w2", p.w2, c.dtype, device, {el, h, m});
+}
+
+Status CheckLocalGrads(const MoELayerConfig& c, const ExpertShardLayout& layout,
+                       const MoEGradViews& g, Device device) {
+  const int64_t m = c.model_dim, h = c.ffn_dim, el = layout.local_experts;
+  MOE_RETURN_IF_ERROR(
+      CheckTensor("local_grads.w_gate", g.w_gate, DType::kF32, device, {m, c.num_experts}));
+  MOE_RETURN_IF_ERROR(
+      CheckContiguousTensor("local_grads.w1", g.w1, DType::kF32, device, {el, m, h}));
+  MOE_RETURN_IF_ERROR(
+      CheckContiguousTensor("local_grads.w3", g.w3, DType::kF32, device, {el, m, h}));
+  return CheckContiguousTensor("local_grads.w2", g.w2, DType::kF32, device, {el, h, m});
+}
+
+Status CheckActivation(absl::string_view name, const MoELayerConfig& c, const ExecContext& ctx,
+                       const TensorView& t, int64_t tokens) {
+  return CheckContiguousTensor(name, t, c.dtype, ctx.device(), {tokens, c.model_dim});
+}
+
+Status CheckMode(const ParallelMode& mode) {
+  if (mode.r != 0 && mode.r != 1) {
+    return BadArgument("mode.r", absl::StrCat(mode.r),
+                       "0 or 1 (r > 1 needs experts sharded over ranks, E < W)");
+  }
+  if (mode.d < 1) return BadArgument("mode.d", absl::StrCat(mode.d), ">= 1");
+  return absl::OkStatus();
+}
+
+// Part c of d of a segment of n rows: the first n % d parts are one row longer.
+struct Part {
+  int64_t begin, size;
+};
+Part SplitPart(int64_t n, int d, int c) {
+  const int64_t base = n / d, extra = n % d;
+  return {c * base + std::min<int64_t>(c, extra), base + (c < extra ? 1 : 0)};
+}
+
+StatusOr<Tensor> Rows(int64_t rows, int64_t width, DType dtype, Device device) {
+  return Tensor::Empty({rows, width}, dtype, device);
+}
+
+// The r = 1 exchange plan: per-chunk counts and the GatherRows indices (state's r = 1 fields,
+// except the expert-side activations). One host sync: the counts exchange.
+Status PlanExchange(ExecContext& ctx, Communicator& comm, int d, ParallelMoEState& s) {
+  const int w = s.layout.world, el = s.layout.local_experts;
+  const std::vector<int64_t>& offsets = s.local.plan.offsets_host;
+  const int64_t rows = s.local.plan.num_rows();
+
+  ExecContext& host = ExecContext::Cpu();
+  MOE_ASSIGN_OR_RETURN(Tensor send_counts, Tensor::Empty({w * el}, DType::kI64, Device::Cpu()));
+  MOE_ASSIGN_OR_RETURN(Tensor recv_counts, Tensor::Empty({w * el}, DType::kI64, Device::Cpu()));
+  for (int e = 0; e < w * el; ++e) {
+    send_counts.data<int64_t>()[e] = offsets.empty() ? 0 : offsets[e + 1] - offsets[e];
+  }
+  const std::vector<int64_t> per_rank(w, el);
+  MOE_RETURN_IF_ERROR(comm.AllToAllV(host, send_counts, per_rank, recv_counts, per_rank));
+  const int64_t* sent = send_counts.data<int64_t>();
+  const int64_t* received = recv_counts.data<int64_t>();
+
+  std::vector<int32_t> to_chunks, to_experts, to_sources;
+  if (d > 1) to_chunks.reserve(static_cast<size_t>(rows));
+  s.chunks.assign(d, {});
+  int64_t send_begin = 0, recv_begin = 0;
+  std::vector<int64_t> parts(w * el), parts_by_expert(w * el);
+  for (int c = 0; c < d; ++c) {
+    ParallelMoEState::Chunk& chunk = s.chunks[c];
+    chunk.send_rows.assign(w, 0);
+    chunk.recv_rows.assign(w, 0);
+    chunk.offsets.assign(el + 1, 0);
+    chunk.send_begin = send_begin;
+    chunk.recv_begin = recv_begin;
+    for (int j = 0; j < w; ++j) {
+      for (int e = 0; e < el; ++e) {
+        const int g = j * el + e;
+        const Part part = SplitPart(sent[g], d, c);
+        chunk.send_rows[j] += part.size;
+        if (d == 1) continue;
+        for (int64_t r = 0; r < part.size; ++r) {
+          to_chunks.push_back(static_cast<int32_t>(offsets[g] + part.begin + r));
+        }
+      }
+    }
+    for (int i = 0; i < w; ++i) {
+      for (int e = 0; e < el; ++e) {
+        const int64_t n = SplitPart(received[i * el + e], d, c).size;
+        parts[i * el + e] = n;
+        parts_by_expert[e * w + i] = n;
+        chunk.recv_rows[i] += n;
+        chunk.offsets[e + 1] += n;
+      }
+    }
+    for (int e = 0; e < el; ++e) chunk.offsets[e + 1] += chunk.offsets[e];
+    MOE_ASSIGN_OR_RETURN(std::vector<int32_t> there, BlockTransposeIndex(parts, w, el));
+    MOE_ASSIGN_OR_RETURN(std::vector<int32_t> back, BlockTransposeIndex(parts_by_expert, el, w));
+    to_experts.insert(to_experts.end(), there.begin(), there.end());
+    to_sources.insert(to_sources.end(), back.begin(), back.end());
+    send_begin += chunk.send_count();
+    recv_begin += chunk.recv_count();
+  }
+  MOE_CHECK_EQ(send_begin, rows);
+
+  // All four indices in one buffer, copied to the device once.
+  const int64_t chunk_rows = d > 1 ? rows : 0, expert_rows = recv_begin;
+  MOE_ASSIGN_OR_RETURN(Tensor all_host, Tensor::Empty({2 * chunk_rows + 2 * expert_rows},
+                                                      DType::kI32, Device::Cpu()));
+  int32_t* out = all_host.data<int32_t>();
+  std::copy(to_chunks.begin(), to_chunks.end(), out);
+  for (int64_t p = 0; p < chunk_rows; ++p) out[chunk_rows + to_chunks[p]] = static_cast<int32_t>(p);
+  std::copy(to_experts.begin(), to_experts.end(), out + 2 * chunk_rows);
+  std::copy(to_sources.begin(), to_sources.end(), out + 2 * chunk_rows + expert_rows);
+  Tensor all = all_host;
+  if (!ctx.device().is_cpu()) {
+    MOE_ASSIGN_OR_RETURN(all, CopyTo(ctx, all_host, ctx.device()));
+  }
+  const TensorView v = all;
+  s.to_chunks = v.Rows(0, chunk_rows);
+  s.from_chunks = v.Rows(chunk_rows, 2 * chunk_rows);
+  s.to_experts = v.Rows(2 * chunk_rows, 2 * chunk_rows + expert_rows);
+  s.to_sources = v.Rows(2 * chunk_rows + expert_rows, 2 * chunk_rows + 2 * expert_rows);
+  s.indices = std::move(all);
+  s.indices_host = std::move(all_host);
+  return absl::OkStatus();
+}
+
+// r = 0: the full expert weights from every rank's slice (rank order is expert order).
+Status GatherWeights(ExecContext& ctx, const MoELayerConfig& config, const MoEParamViews& local,
+                     Communicator& comm, ParallelMoEState& s) {
+  const int64_t m = config.model_dim, h = config.ffn_dim, e = config.num_experts;
+  const Device device = ctx.device();
+  MOE_ASSIGN_OR_RETURN(s.w1, Tensor::Empty({e, m, h}, config.dtype, device));
+  MOE_ASSIGN_OR_RETURN(s.w3, Tensor::Empty({e, m, h}, config.dtype, device));
+  MOE_ASSIGN_OR_RETURN(s.w2, Tensor::Empty({e, h, m}, config.dtype, device));
+  MOE_RETURN_IF_ERROR(comm.AllGather(ctx, local.w1, s.w1));
+  MOE_RETURN_IF_ERROR(comm.AllGather(ctx, local.w3, s.w3));
+  return comm.AllGather(ctx, local.w2, s.w2);
+}
+
+Status ForwardReplicated(ExecContext& ctx, const MoELayerConfig& config, ParallelMoEState& s) {
+  const int64_t rows = s.local.plan.num_rows(), m = config.model_dim, h = config.ffn_dim;
+  const Device device = ctx.device();
+  MoEState& l = s.local;
+  MOE_ASSIGN_OR_RETURN(l.h1, Rows(rows, h, config.dtype, device));
+  MOE_ASSIGN_OR_RETURN(l.h3, Rows(rows, h, config.dtype, device));
+  MOE_ASSIGN_OR_RETURN(l.act, Rows(rows, h, config.dtype, device));
+  MOE_ASSIGN_OR_RETURN(l.ys, Rows(rows, m, config.dtype, device));
+  return ExpertsForward(ctx, {s.w1, s.w3, s.w2}, l.xs, l.plan.offsets_host, {l.h1, l.h3, l.act},
+                        l.ys);
+}
+
+Status ForwardExpertParallel(ExecContext& ctx, const MoELayerConfig& config,
+                             const MoEParamViews& local, ParallelMoEState& s) {
+  const int64_t rows = s.local.plan.num_rows(), m = config.model_dim, h = config.ffn_dim;
+  const int64_t rows_in = s.to_experts.dim(0);
+  const Device device = ctx.device();
+  const DType dtype = config.dtype;
+  const bool chunked = s.mode.d > 1;
+  MoEState& l = s.local;
+  MOE_ASSIGN_OR_RETURN(l.ys, Rows(rows, m, dtype, device));
+  MOE_ASSIGN_OR_RETURN(s.xe, Rows(rows_in, m, dtype, device));
+  MOE_ASSIGN_OR_RETURN(s.h1, Rows(rows_in, h, dtype, device));
+  MOE_ASSIGN_OR_RETURN(s.h3, Rows(rows_in, h, dtype, device));
+  MOE_ASSIGN_OR_RETURN(s.act, Rows(rows_in, h, dtype, device));
+  // Received rows in source order, expert outputs in expert order, and in source order.
+  MOE_ASSIGN_OR_RETURN(Tensor xr, Rows(rows_in, m, dtype, device));
+  MOE_ASSIGN_OR_RETURN(Tensor ye, Rows(rows_in, m, dtype, device));
+  MOE_ASSIGN_OR_RETURN(Tensor yr, Rows(rows_in, m, dtype, device));
+  Tensor xs_chunked, ys_chunked;
+  TensorView send = l.xs, returned = l.ys;
+  if (chunked) {
+    MOE_ASSIGN_OR_RETURN(xs_chunked, Rows(rows, m, dtype, device));
+    MOE_ASSIGN_OR_RETURN(ys_chunked, Rows(rows, m, dtype, device));
+    MOE_RETURN_IF_ERROR(GatherRows(ctx, l.xs, s.to_chunks, xs_chunked));
+    send = xs_chunked;
+    returned = ys_chunked;
+  }
+  RowExchanger& ex = *s.exchanger;
+  const AllToAllAlgorithm algorithm = s.mode.algorithm;
+  for (const ParallelMoEState::Chunk& c : s.chunks) {
+    const int64_t sb = c.send_begin, se = sb + c.send_count();
+    const int64_t rb = c.recv_begin, re = rb + c.recv_count();
+    const TensorView xe = s.xe.view().Rows(rb, re);
+    MOE_RETURN_IF_ERROR(ex.Exchange(ctx, algorithm, send.Rows(sb, se), c.send_rows,
+                                    xr.view().Rows(rb, re), c.recv_rows));
+    MOE_RETURN_IF_ERROR(GatherRows(ctx, xr.view().Rows(rb, re), s.to_experts.Rows(rb, re), xe));
+    MOE_RETURN_IF_ERROR(ExpertsForward(
+        ctx, {local.w1, local.w3, local.w2}, xe, c.offsets,
+        {s.h1.view().Rows(rb, re), s.h3.view().Rows(rb, re), s.act.view().Rows(rb, re)},
+        ye.view().Rows(rb, re)));
+    MOE_RETURN_IF_ERROR(GatherRows(ctx, ye.view().Rows(rb, re), s.to_sources.Rows(rb, re),
+                                   yr.view().Rows(rb, re)));
+    MOE_RETURN_IF_ERROR(ex.Exchange(ctx, algorithm, yr.view().Rows(rb, re), c.recv_rows,
+                                    returned.Rows(sb, se), c.send_rows));
+  }
+  if (chunked) MOE_RETURN_IF_ERROR(GatherRows(ctx, ys_chunked, s.from_chunks, l.ys));
+  return absl::OkStatus();
+}
+
+// r = 0: expert gradients of every expert from the local tokens, reduce-scattered to the owners.
+Status BackwardReplicated(ExecContext& ctx, const MoELayerConfig& config,
+                          const ParallelMoEState& s, const TensorView& dys, const TensorView& dxs,
+                          const MoEGradViews& local_grads, bool accumulate_grads) {
+  const int64_t m = config.model_dim, h = config.ffn_dim, e = config.num_experts;
+  const Device device = ctx.device();
+  const MoEState& l = s.local;
+  Tensor full[3];
+  MOE_ASSIGN_OR_RETURN(full[0], Tensor::Empty({e, m, h}, DType::kF32, device));
+  MOE_ASSIGN_OR_RETURN(full[1], Tensor::Empty({e, m, h}, DType::kF32, device));
+  MOE_ASSIGN_OR_RETURN(full[2], Tensor::Empty({e, h, m}, DType::kF32, device));
+  MOE_RETURN_IF_ERROR(ExpertsBackward(ctx, {s.w1, s.w3, s.w2}, l.xs, l.plan.offsets_host,
+                                      {l.h1, l.h3, l.act}, dys, dxs, {full[0], full[1], full[2]}));
+  Communicator& comm = s.exchanger->comm();
+  const TensorView owned[3] = {local_grads.w1, local_grads.w3, local_grads.w2};
+  for (int i = 0; i < 3; ++i) {
+    if (!accumulate_grads) {
+      MOE_RETURN_IF_ERROR(comm.ReduceScatterSum(ctx, full[i], owned[i]));
+      continue;
+    }
+    MOE_ASSIGN_OR_RETURN(Tensor sum, Tensor::Empty(owned[i].shape(), DType::kF32, device));
+    MOE_RETURN_IF_ERROR(comm.ReduceScatterSum(ctx, full[i], sum));
+    MOE_RETURN_IF_ERROR(Axpy(ctx, owned[i], 1.0f, sum, owned[i]));
+  }
+  return absl::OkStatus();
+}
+
+Status BackwardExpertParallel(ExecContext& ctx, const MoELayerConfig& config,
+                              const MoEParamViews& local, const ParallelMoEState& s,
+                              const TensorView& dys, const TensorView& dxs,
+                              const MoEGradViews& local_grads, bool accumulate_grads) {
+  const int64_t rows = s.local.plan.num_rows(), m = config.model_dim;
+  const int64_t rows_in = s.to_experts.dim(0);
+  const Device device = ctx.device();
+  const DType dtype = config.dtype;
+  const bool chunked = s.mode.d > 1;
+  // Output gradients received (source order) and regrouped (expert order); input gradients in
+  // expert order (written over the regrouped output gradients) and in source order.
+  MOE_ASSIGN_OR_RETURN(Tensor dyr, Rows(rows_in, m, dtype, device));
+  MOE_ASSIGN_OR_RETURN(Tensor dye, Rows(rows_in, m, dtype, device));
+  MOE_ASSIGN_OR_RETURN(Tensor dxr, Rows(rows_in, m, dtype, device));
+  Tensor dys_chunked, dxs_chunked;
+  TensorView send = dys, returned = dxs;
+  if (chunked) {
+    MOE_ASSIGN_OR_RETURN(dys_chunked, Rows(rows, m, dtype, device));
+    MOE_ASSIGN_OR_RETURN(dxs_chunked, Rows(rows, m, dtype, device));
+    MOE_RETURN_IF_ERROR(GatherRows(ctx, dys, s.to_chunks, dys_chunked));
+    send = dys_chunked;
+    returned = dxs_chunked;
+  }
+  RowExchanger& ex = *s.exchanger;
+  const AllToAllAlgorithm algorithm = s.mode.algorithm;
+  bool accumulate = accumulate_grads;
+  for (const ParallelMoEState::Chunk& c : s.chunks) {
+    const int64_t sb = c.send_begin, se = sb + c.send_count();
+    const int64_t rb = c.recv_begin, re = rb + c.recv_count();
+    const TensorView de = dye.view().Rows(rb, re);
+    MOE_RETURN_IF_ERROR(ex.Exchange(ctx, algorithm, send.Rows(sb, se), c.send_rows,
+                                    dyr.view().Rows(rb, re), c.recv_rows));
+    MOE_RETURN_IF_ERROR(GatherRows(ctx, dyr.view().Rows(rb, re), s.to_experts.Rows(rb, re), de));
+    MOE_RETURN_IF_ERROR(ExpertsBackward(
+        ctx, {local.w1, local.w3, local.w2}, s.xe.view().Rows(rb, re), c.offsets,
+        {s.h1.view().Rows(rb, re), s.h3.view().Rows(rb, re), s.act.view().Rows(rb, re)}, de, de,
+        {local_grads.w1, local_grads.w3, local_grads.w2}, accumulate));
+    // Later chunks add to the first chunk's gradients.
+    accumulate = true;
+    MOE_RETURN_IF_ERROR(
+        GatherRows(ctx, de, s.to_sources.Rows(rb, re), dxr.view().Rows(rb, re)));
+    MOE_RETURN_IF_ERROR(ex.Exchange(ctx, algorithm, dxr.view().Rows(rb, re), c.recv_rows,
+                                    returned.Rows(sb, se), c.send_rows));
+  }
+  if (chunked) MOE_RETURN_IF_ERROR(GatherRows(ctx, dxs_chunked, s.from_chunks, dxs));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int64_t ParallelMoEState::Chunk::send_count() const {
+  int64_t n = 0;
+  for (int64_t v : send_rows) n += v;
+  return n;
+}
+
+int64_t ParallelMoEState::Chunk::recv_count() const {
+  int64_t n = 0;
+  for (int64_t v : recv_rows) n += v;
+  return n;
+}
+
+StatusOr<ExpertShardLayout> MakeExpertShardLayout(int num_experts, int world, int rank) {
+  if (num_experts < 1) return BadArgument("num_experts", absl::StrCat(num_experts), ">= 1");
+  if (world < 1) return BadArgument("world", absl::StrCat(world), ">= 1");
+  if (rank < 0 || rank >= world) {
+    return BadArgument("rank", absl::StrCat(rank), absl::StrCat("in [0, ", world, ")"));
+  }
+  if (num_experts < world) {
+    return absl::UnimplementedError(absl::StrCat(
+        "expert sharding (num_experts = ", num_experts, " < world = ", world,
+        ": each expert split over ", world, " / ", num_experts, " ranks) is not implemented"));
+  }
+  if (num_experts % world != 0) {
+    return BadArgument("num_experts", absl::StrCat(num_experts),
+                       absl::StrCat("a multiple of world = ", world));
+  }
+  const int local = num_experts / world;
+  return ExpertShardLayout{num_experts, world, rank, local, rank * local};
+}
+
+StatusOr<AuxLossValues> ParallelMoEForward(ExecContext& ctx, const MoELayerConfig& config,
+                                           const MoEParamViews& local, const TensorView& x,
+                                           const TensorView& y, ParallelMoEState* state,
+                                           RowExchanger& exchanger, const ParallelMode& mode,
+                                           Communicator* aux_comm,
+                                           const TensorView& expert_bias) {
+  if (state == nullptr) return BadArgument("state", "null", "a ParallelMoEState");
+  ParallelMoEState& s = *state;
+  s.valid = false;
+  s.local.valid = false;
+  MOE_RETURN_IF_ERROR(ValidateMoEConfig(config));
+  Communicator& comm = exchanger.comm();
+  MOE_ASSIGN_OR_RETURN(const ExpertShardLayout layout,
+                       MakeExpertShardLayout(config.num_experts, comm.size(), comm.rank()));
+  MOE_RETURN_IF_ERROR(CheckMode(mode));
+  MOE_RETURN_IF_ERROR(CheckLocalParams(config, layout, local, ctx.device()));
+  MOE_RETURN_IF_ERROR(CheckActivation("x", config, ctx, x, -1));
+  MOE_RETURN_IF_ERROR(CheckActivation("y", config, ctx, y, x.dim(0)));
+  s.mode = mode;
+  s.layout = layout;
+  s.exchanger = &exchanger;
+  s.chunks.clear();
+  s.w1 = s.w3 = s.w2 = Tensor();
+  s.xe = s.h1 = s.h3 = s.act = Tensor();
+  s.local.h1 = s.local.h3 = s.local.act = Tensor();
+
+  MOE_ASSIGN_OR_RETURN(AuxLossValues aux, internal::RouteAndPermute(ctx, config, local.w_gate, x,
+                                                                    aux_comm, expert_bias,
+                                                                    &s.local));
+  if (mode.r == 0) {
+    MOE_RETURN_IF_ERROR(GatherWeights(ctx, config, local, comm, s));
+    MOE_RETURN_IF_ERROR(ForwardReplicated(ctx, config, s));
+  } else {
+    MOE_RETURN_IF_ERROR(PlanExchange(ctx, comm, mode.d, s));
+    MOE_RETURN_IF_ERROR(ForwardExpertParallel(ctx, config, local, s));
+  }
+  MOE_RETURN_IF_ERROR(Combine(ctx, s.local.plan, s.local.ys, s.local.gates, y));
+  s.local.x = x;
+  s.local.top_k = config.top_k;
+  s.local.valid = true;
+  s.valid = true;
+  return aux;
+}
+
+Status ParallelMoEBackward(ExecContext& ctx, const MoELayerConfig& config,
+                           const MoEParamViews& local, const ParallelMoEState& s,
+                           const TensorView& dy, const TensorView& dx,
+                           const MoEGradViews& local_grads, bool accumulate_grads,
+                           float aux_grad_scale) {
+  if (!s.valid) {
+    return absl::FailedPreconditionError("parallel MoE backward before a successful forward");
+  }
+  if (s.local.top_k != config.top_k) {
+    return absl::FailedPreconditionError(absl::StrCat("parallel MoE backward: top_k is ",
+                                                      config.top_k, " but the forward routed with ",
+                                                      s.local.top_k));
+  }
+  MOE_RETURN_IF_ERROR(CheckLocalParams(config, s.layout, local, ctx.device()));
+  MOE_RETURN_IF_ERROR(CheckLocalGrads(config, s.layout, local_grads, ctx.device()));
+  const int64_t t = s.local.x.dim(0), m = config.model_dim, k = config.top_k;
+  MOE_RETURN_IF_ERROR(CheckActivation("dy", config, ctx, dy, t));
+  MOE_RETURN_IF_ERROR(CheckActivation("dx", config, ctx, dx, t));
+  const int64_t rows = s.local.plan.num_rows();
+  const Device device = ctx.device();
+
+  MOE_ASSIGN_OR_RETURN(Tensor dys, Tensor::Empty({rows, m}, config.dtype, device));
+  MOE_ASSIGN_OR_RETURN(Tensor dgates, Tensor::Empty({t, k}, DType::kF32, device));
+  MOE_RETURN_IF_ERROR(
+      CombineBackward(ctx, s.local.plan, dy, s.local.ys, s.local.gates, dys, dgates));
+  MOE_ASSIGN_OR_RETURN(Tensor dxs, Tensor::Empty({rows, m}, config.dtype, device));
+  if (s.mode.r == 0) {
+    MOE_RETURN_IF_ERROR(
+        BackwardReplicated(ctx, config, s, dys, dxs, local_grads, accumulate_grads));
+  } else {
+    MOE_RETURN_IF_ERROR(BackwardExpertParallel(ctx, config, local, s, dys, dxs, local_grads,
+                                               accumulate_grads));
+  }
+  MOE_RETURN_IF_ERROR(PermuteBackward(ctx, s.local.plan, dxs, dx));
+  return internal::RouterBackwardAddDx(ctx, config, local.w_gate, s.local, dgates, aux_grad_scale,
+                                       dx, local_grads.w_gate, accumulate_grads);
+}
+
+}  // namespace smoe
