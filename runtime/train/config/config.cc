@@ -1,6 +1,7 @@
 #include "runtime/train/config/config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cctype>
 #include <fstream>
 #include <memory>
@@ -189,6 +190,11 @@ void ValidateModel(const proto::ModelConfig& model, Checker& check) {
   check.AtLeast("model.moe.lbl_coef", moe.lbl_coef(), 0.0);
   check.AtLeast("model.moe.z_coef", moe.z_coef(), 0.0);
   check.AtLeast("model.moe.top1_lbl_coef", moe.top1_lbl_coef(), 0.0);
+  check.AtLeast("model.moe.bias_update_rate", moe.bias_update_rate(), 0.0);
+  if (moe.bias_update_rate() > 0) {
+    check.Require(moe.bias_bound() > 0 && std::isfinite(moe.bias_bound()), "model.moe.bias_bound",
+                  absl::StrCat(moe.bias_bound()), "> 0 when model.moe.bias_update_rate > 0");
+  }
   std::set<int> dense;
   for (int i = 0; i < moe.dense_layers_size(); ++i) {
     const int layer = moe.dense_layers(i);

@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "moe/experts/experts.h"
+#include "moe/router/expert_load.h"
 #include "runtime/blas/gemm.h"
 #include "runtime/nn/cross_entropy.h"
 #include "runtime/nn/embedding.h"
@@ -21,6 +22,8 @@ struct Model::Layer {
   int attn_norm = -1, w_q = -1, w_k = -1, w_v = -1, w_o = -1;
   int aug_gate = -1, aug_up = -1, aug_down = -1, q_norm = -1, k_norm = -1;
   int ffn_norm = -1, router = -1, w1 = -1, w3 = -1, w2 = -1;
+  Tensor expert_bias;    // [E] f32, MoE layers with aux-loss-free balancing only
+  Tensor expert_counts;  // [E] i64 scratch for UpdateExpertBiases
 };
 
 // What one block's forward keeps for its backward.
@@ -71,6 +74,14 @@ StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device 
   if (!IsFloating(spec.dtype)) return BadArgument("dtype", DTypeName(spec.dtype), "f32 or bf16");
   MOE_RETURN_IF_ERROR(ValidateDiffQkvConfig(spec.attention, device));
   MOE_RETURN_IF_ERROR(ValidateMoEConfig(spec.moe));
+  if (!(spec.bias_update_rate >= 0.0f) || !std::isfinite(spec.bias_update_rate)) {
+    return BadArgument("moe.bias_update_rate", absl::StrCat(spec.bias_update_rate),
+                       "finite and >= 0");
+  }
+  if (spec.bias_update_rate > 0.0f && !(spec.bias_bound > 0.0f && std::isfinite(spec.bias_bound))) {
+    return BadArgument("moe.bias_bound", absl::StrCat(spec.bias_bound),
+                       "finite and > 0 when moe.bias_update_rate > 0");
+  }
   for (int layer : spec.dense_layers) {
     if (layer < 0 || layer >= spec.num_layers) {
       return BadArgument("moe.dense_layers", absl::StrCat(layer),
@@ -118,6 +129,10 @@ StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device 
       MOE_ASSIGN_OR_RETURN(layer.w1, add(p + "moe.w1", {e, m, h}, dt, true));
       MOE_ASSIGN_OR_RETURN(layer.w3, add(p + "moe.w3", {e, m, h}, dt, true));
       MOE_ASSIGN_OR_RETURN(layer.w2, add(p + "moe.w2", {e, h, m}, dt, true));
+      if (spec.bias_update_rate > 0.0f) {
+        MOE_ASSIGN_OR_RETURN(layer.expert_bias, Tensor::Empty({e}, DType::kF32, device));
+        MOE_ASSIGN_OR_RETURN(layer.expert_counts, Tensor::Empty({e}, DType::kI64, device));
+      }
     } else {
       const int64_t h = spec.dense_ffn_dim;
       MOE_ASSIGN_OR_RETURN(layer.w1, add(p + "ffn.w1", {1, m, h}, dt, true));
@@ -131,6 +146,7 @@ StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device 
     MOE_ASSIGN_OR_RETURN(md.lm_head_, add("lm_head", {m, v}, dt, true));
   }
   md.moe_states_.resize(spec.num_layers);
+  md.last_aux_.resize(spec.num_layers);
   return model;
 }
 
@@ -151,6 +167,9 @@ Status Model::Init(ExecContext& ctx, uint64_t seed) {
     offset += static_cast<uint64_t>(p.master.numel());
     MOE_RETURN_IF_ERROR(Fill(ctx, p.m, 0.0));
     MOE_RETURN_IF_ERROR(Fill(ctx, p.v, 0.0));
+  }
+  for (Layer& layer : layers_) {
+    if (layer.expert_bias.numel() > 0) MOE_RETURN_IF_ERROR(Fill(ctx, layer.expert_bias, 0.0));
   }
   return SyncComputeCopies(ctx);
 }
@@ -240,7 +259,7 @@ StatusOr<Tensor> Model::LastLogits(ExecContext& ctx, const TensorView& ids, int6
 StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache* cache,
                                       const MoELayerConfig& moe_config, MoEState* moe_state,
                                       const Tensor& h_in, int64_t batch, int64_t seq_len,
-                                      Activations* s, double* aux_total) {
+                                      Activations* s, AuxLossValues* aux) {
   const Layer& L = layers_[l];
   const int64_t t = batch * seq_len, m = spec_.model_dim;
   const DType dt = spec_.dtype;
@@ -271,10 +290,10 @@ StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache
   MOE_ASSIGN_OR_RETURN(Tensor ffn_out, empty(tokens, dt));
   if (L.moe) {
     const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute, P(L.w2).compute};
-    MOE_ASSIGN_OR_RETURN(AuxLossValues aux,
-                         MoEForward(ctx, moe_config, views, s->n2, ffn_out, moe_state));
-    *aux_total += aux.total;
+    MOE_ASSIGN_OR_RETURN(*aux, MoEForward(ctx, moe_config, views, s->n2, ffn_out, moe_state,
+                                          nullptr, L.expert_bias));
   } else {
+    *aux = AuxLossValues{};
     const int64_t hd = spec_.dense_ffn_dim;
     MOE_ASSIGN_OR_RETURN(s->dense_h1, empty({t, hd}, dt));
     MOE_ASSIGN_OR_RETURN(s->dense_h3, empty({t, hd}, dt));
@@ -345,7 +364,7 @@ StatusOr<Tensor> Model::InferenceForward(ExecContext& ctx, const TensorView& ids
   const int64_t t = batch * seq_len;
   MOE_ASSIGN_OR_RETURN(Tensor h, Tensor::Empty({t, spec_.model_dim}, spec_.dtype, device_));
   MOE_RETURN_IF_ERROR(EmbeddingForward(ctx, ids, P(embedding_).compute, h));
-  double aux = 0.0;
+  AuxLossValues aux;
   for (size_t l = 0; l < layers_.size(); ++l) {
     MoELayerConfig moe_config = layers_[l].moe_config;
     moe_config.capacity_factor = 0.0f;
@@ -387,9 +406,12 @@ StatusOr<double> Model::Run(ExecContext& ctx, const TensorView& ids, const Tenso
   std::vector<Activations> acts(layers_.size());
   *aux_total = 0.0;
   for (size_t l = 0; l < layers_.size(); ++l) {
+    AuxLossValues aux;
     MOE_ASSIGN_OR_RETURN(h, BlockForward(ctx, static_cast<int>(l), Pass::kFull, nullptr,
                                          layers_[l].moe_config, &moe_states_[l], h, batch, seq_len,
-                                         &acts[l], aux_total));
+                                         &acts[l], &aux));
+    *aux_total += aux.total;
+    if (backward) last_aux_[l] = aux;
   }
   Tensor nf, rstdf;
   MOE_ASSIGN_OR_RETURN(Tensor logits, Head(ctx, h, &nf, &rstdf));
@@ -453,6 +475,26 @@ StatusOr<double> Model::Run(ExecContext& ctx, const TensorView& ids, const Tenso
   }
   MOE_RETURN_IF_ERROR(EmbeddingBackward(ctx, ids, dh, P(embedding_).grad));
   return loss;
+}
+
+Status Model::UpdateExpertBiases(ExecContext& ctx) {
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    Layer& layer = layers_[l];
+    if (layer.expert_bias.numel() == 0 || !moe_states_[l].valid) continue;
+    MOE_RETURN_IF_ERROR(CountExperts(ctx, moe_states_[l].topk_idx, layer.expert_counts));
+    MOE_RETURN_IF_ERROR(UpdateExpertBias(ctx, layer.expert_counts, spec_.bias_update_rate,
+                                         spec_.bias_bound, layer.expert_bias));
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::pair<std::string, TensorView>> Model::Buffers() const {
+  std::vector<std::pair<std::string, TensorView>> buffers;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (layers_[l].expert_bias.numel() == 0) continue;
+    buffers.emplace_back(absl::StrCat("layers.", l, ".moe.expert_bias"), layers_[l].expert_bias);
+  }
+  return buffers;
 }
 
 StatusOr<std::vector<RoutingStats>> Model::MoEStats(ExecContext& ctx) const {

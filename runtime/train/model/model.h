@@ -12,6 +12,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "attention/diffqkv.h"
@@ -35,6 +36,11 @@ struct ModelSpec {
   MoELayerConfig moe;               // model_dim, dtype filled from the above
   std::vector<int> dense_layers;    // layers with a dense SwiGLU FFN instead of MoE
   int64_t dense_ffn_dim = 0;
+  // Aux-loss-free balancing (moe/router/expert_load.h): each MoE layer keeps an expert bias [E]
+  // f32 that enters top-K selection only; UpdateExpertBiases moves it by `bias_update_rate`
+  // towards balance, within [-bias_bound, bias_bound]. 0 disables (no bias tensor).
+  float bias_update_rate = 0.0f;
+  float bias_bound = 0.0f;
 };
 
 struct ModelParam {
@@ -107,6 +113,16 @@ class Model {
 
   // Routing statistics of every MoE layer's last forward (host sync); empty entries for dense layers.
   [[nodiscard]] StatusOr<std::vector<RoutingStats>> MoEStats(ExecContext& ctx) const;
+  // Aux-loss values of every layer's last training forward (ForwardBackward); zeros for dense
+  // layers.
+  const std::vector<AuxLossValues>& LastAuxLosses() const { return last_aux_; }
+
+  // One aux-loss-free balancing step (when spec.bias_update_rate > 0; a no-op otherwise): each MoE
+  // layer's expert bias moves by the rate towards balancing the expert loads of its last training
+  // forward. The trainer calls it once per optimizer step.
+  [[nodiscard]] Status UpdateExpertBiases(ExecContext& ctx);
+  // Model state that is not a parameter but must survive a checkpoint (the expert biases), by name.
+  std::vector<std::pair<std::string, TensorView>> Buffers() const;
 
   std::vector<ModelParam>& params() { return params_; }
   const ModelSpec& spec() const { return spec_; }
@@ -137,11 +153,12 @@ class Model {
   // against the cache (kDecode, seq_len 1).
   enum class Pass { kFull, kPrefill, kDecode };
   // Block `l`'s forward over h_in [B * S, M]; `s` receives what its backward needs, the MoE layer
-  // runs with `moe_config` into `moe_state` and its aux total is added to *aux_total. Returns h_out.
+  // runs with `moe_config` into `moe_state` and *aux receives its aux-loss values (zeros for a
+  // dense layer). Returns h_out.
   [[nodiscard]] StatusOr<Tensor> BlockForward(ExecContext& ctx, int l, Pass pass, KvCache* cache,
                                               const MoELayerConfig& moe_config, MoEState* moe_state,
                                               const Tensor& h_in, int64_t batch, int64_t seq_len,
-                                              Activations* s, double* aux_total);
+                                              Activations* s, AuxLossValues* aux);
   // Final RMSNorm (into *nf, *rstd) and LM head: logits [T, V] f32 of h [T, M].
   [[nodiscard]] StatusOr<Tensor> Head(ExecContext& ctx, const Tensor& h, Tensor* nf, Tensor* rstd);
   // Embedding -> blocks (kPrefill or kDecode with their caches) -> the last position's logits on
@@ -159,6 +176,7 @@ class Model {
   std::vector<ModelParam> params_;
   std::vector<Layer> layers_;
   std::vector<MoEState> moe_states_;
+  std::vector<AuxLossValues> last_aux_;
   int embedding_ = -1, final_norm_ = -1, lm_head_ = -1;
 };
 

@@ -114,6 +114,7 @@ std::vector<NamedTensor> StateTensors(Model& model) {
     out.push_back({p.name + ".adam_m", p.m});
     out.push_back({p.name + ".adam_v", p.v});
   }
+  for (auto& [name, view] : model.Buffers()) out.push_back({name, view});
   return out;
 }
 
@@ -152,6 +153,7 @@ class Trainer {
   std::unique_ptr<Model> model_;
   DataSources data_;
   std::unique_ptr<BatchLoader> loader_;
+  std::vector<AuxLossValues> layer_aux_;  // per layer, mean over the last step's micro-batches
   Tensor ids_, targets_, norm_sq_;
   std::vector<int32_t> host_ids_, host_targets_;
   std::ofstream metrics_;
@@ -260,6 +262,7 @@ StatusOr<bool> Trainer::Step(double* loss, double* aux, double* grad_norm, doubl
   MOE_RETURN_IF_ERROR(model_->ZeroGrads(*ctx_));
   *loss = 0.0;
   *aux = 0.0;
+  layer_aux_.assign(config_.model().num_layers(), AuxLossValues{});
   for (int micro = 0; micro < accum; ++micro) {
     loader_->Next(&host_ids_, &host_targets_);
     MOE_RETURN_IF_ERROR(Upload(*ctx_, host_ids_, ids_));
@@ -267,6 +270,13 @@ StatusOr<bool> Trainer::Step(double* loss, double* aux, double* grad_norm, doubl
     MOE_ASSIGN_OR_RETURN(ModelLoss ml, model_->ForwardBackward(*ctx_, ids_, targets_, b, s, 1.0f / accum));
     *loss += ml.loss / accum;
     *aux += ml.aux_total / accum;
+    for (size_t l = 0; l < layer_aux_.size(); ++l) {
+      const AuxLossValues& a = model_->LastAuxLosses()[l];
+      layer_aux_[l].lbl += a.lbl / accum;
+      layer_aux_[l].z_loss += a.z_loss / accum;
+      layer_aux_[l].top1_lbl += a.top1_lbl / accum;
+      layer_aux_[l].total += a.total / accum;
+    }
   }
   MOE_RETURN_IF_ERROR(Fill(*ctx_, norm_sq_, 0.0));
   for (ModelParam& p : model_->params()) MOE_RETURN_IF_ERROR(AccumulateSquaredNorm(*ctx_, p.grad, norm_sq_));
@@ -284,6 +294,7 @@ StatusOr<bool> Trainer::Step(double* loss, double* aux, double* grad_norm, doubl
     MOE_RETURN_IF_ERROR(AdamWStep(*ctx_, adam, step_ + 1, grad_scale, p.master, p.grad, p.m, p.v,
                                   shadow ? p.compute.view() : TensorView()));
   }
+  MOE_RETURN_IF_ERROR(model_->UpdateExpertBiases(*ctx_));
   return true;
 }
 
@@ -301,12 +312,15 @@ void Trainer::WriteMetrics(double loss, double aux, double grad_norm, double lr,
   for (size_t l = 0; l < stats.size(); ++l) {
     if (!model_->is_moe_layer(static_cast<int>(l))) continue;
     const RoutingStats& st = stats[l];
+    const AuxLossValues a = l < layer_aux_.size() ? layer_aux_[l] : AuxLossValues{};
     absl::StrAppend(&line, first ? "" : ", ",
                     absl::StrFormat("{\"layer\": %d, \"top_k\": %d, \"max_rel_dev\": %.4f, "
                                     "\"min_rel_dev\": %.4f, \"dead_experts\": %d, "
-                                    "\"entropy_mean_p\": %.4f}",
+                                    "\"entropy_mean_p\": %.4f, \"lbl\": %.6g, \"z_loss\": %.6g, "
+                                    "\"top1_lbl\": %.6g, \"aux_total\": %.6g}",
                                     l, model_->TopK(static_cast<int>(l)), st.max_rel_dev,
-                                    st.min_rel_dev, st.dead_experts, st.entropy_mean_p));
+                                    st.min_rel_dev, st.dead_experts, st.entropy_mean_p, a.lbl,
+                                    a.z_loss, a.top1_lbl, a.total));
     first = false;
   }
   absl::StrAppend(&line, "]}\n");
@@ -477,6 +491,8 @@ ModelSpec SpecFromConfig(const proto::RunConfig& config, DType dtype) {
   spec.moe.aux.top1_lbl_coef = static_cast<float>(e.top1_lbl_coef());
   spec.dense_layers.assign(e.dense_layers().begin(), e.dense_layers().end());
   spec.dense_ffn_dim = e.dense_ffn_dim();
+  spec.bias_update_rate = static_cast<float>(e.bias_update_rate());
+  spec.bias_bound = static_cast<float>(e.bias_bound());
   return spec;
 }
 

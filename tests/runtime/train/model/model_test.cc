@@ -143,6 +143,48 @@ std::vector<int32_t> Prefixes(const std::vector<std::vector<int32_t>>& seqs, int
   return out;
 }
 
+// Aux-loss-free balancing: one step moves each expert's bias by exactly the rate towards the mean
+// load (sign of mean - count), the bias is named checkpoint state, and the per-layer aux values
+// of the forward are reported.
+TEST(ModelTest, ExpertBiasStepsTowardsBalance) {
+  ModelSpec spec = SmallSpec(true, {});
+  spec.moe.top_k = 1;
+  spec.bias_update_rate = 0.25f;
+  spec.bias_bound = 0.4f;
+  ExecContext& ctx = ExecContext::Cpu();
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Model> model, Model::Create(spec, Device::Cpu()));
+  MOE_ASSERT_OK(model->Init(ctx, 5));
+  const std::vector<std::pair<std::string, TensorView>> buffers = model->Buffers();
+  ASSERT_EQ(buffers.size(), 2u);
+  EXPECT_EQ(buffers[1].first, "layers.1.moe.expert_bias");
+  // 2 sequences of 7 tokens: 14 choices over 3 experts cannot be balanced exactly.
+  std::vector<int32_t> ids(14), targets(14);
+  for (int i = 0; i < 14; ++i) {
+    ids[i] = (i * 5 + 3) % 17;
+    targets[i] = (i * 7 + 1) % 17;
+  }
+  MOE_ASSERT_OK(model->ZeroGrads(ctx));
+  MOE_ASSERT_OK(model->ForwardBackward(ctx, Ids(ids), Ids(targets), 2, 7, 1.0f).status());
+  for (int l = 0; l < 2; ++l) EXPECT_GT(model->LastAuxLosses()[l].lbl, 0.0) << l;
+  MOE_ASSERT_OK_AND_ASSIGN(std::vector<RoutingStats> stats, model->MoEStats(ctx));
+  MOE_ASSERT_OK(model->UpdateExpertBiases(ctx));
+  for (int l = 0; l < 2; ++l) {
+    const float* bias = buffers[l].second.data<float>();
+    for (int e = 0; e < 3; ++e) {
+      const int64_t diff = 14 - 3 * stats[l].tokens_per_expert[e];
+      EXPECT_EQ(bias[e], diff > 0 ? 0.25f : (diff < 0 ? -0.25f : 0.0f)) << l << " " << e;
+    }
+  }
+  MOE_ASSERT_OK(model->UpdateExpertBiases(ctx));  // a second step clamps at the bound
+  for (int l = 0; l < 2; ++l) {
+    for (int e = 0; e < 3; ++e) EXPECT_LE(std::abs(buffers[l].second.data<float>()[e]), 0.4f);
+  }
+  spec.bias_bound = 0.0f;
+  EXPECT_THAT(Model::Create(spec, Device::Cpu()),
+              testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                ::testing::HasSubstr("moe.bias_bound")));
+}
+
 struct DecodeCase {
   std::vector<int> dense_layers;
   bool tied;
