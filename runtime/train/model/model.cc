@@ -169,7 +169,7 @@ Status Model::Init(ExecContext& ctx, uint64_t seed) {
     MOE_RETURN_IF_ERROR(Fill(ctx, p.v, 0.0));
   }
   for (Layer& layer : layers_) {
-    if (layer.expert_bias.numel() > 0) MOE_RETURN_IF_ERROR(Fill(ctx, layer.expert_bias, 0.0));
+    if (layer.expert_bias.data() != nullptr) MOE_RETURN_IF_ERROR(Fill(ctx, layer.expert_bias, 0.0));
   }
   return SyncComputeCopies(ctx);
 }
@@ -480,7 +480,7 @@ StatusOr<double> Model::Run(ExecContext& ctx, const TensorView& ids, const Tenso
 Status Model::UpdateExpertBiases(ExecContext& ctx) {
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& layer = layers_[l];
-    if (layer.expert_bias.numel() == 0 || !moe_states_[l].valid) continue;
+    if (layer.expert_bias.data() == nullptr || !moe_states_[l].valid) continue;
     MOE_RETURN_IF_ERROR(CountExperts(ctx, moe_states_[l].topk_idx, layer.expert_counts));
     MOE_RETURN_IF_ERROR(UpdateExpertBias(ctx, layer.expert_counts, spec_.bias_update_rate,
                                          spec_.bias_bound, layer.expert_bias));
@@ -491,7 +491,7 @@ Status Model::UpdateExpertBiases(ExecContext& ctx) {
 std::vector<std::pair<std::string, TensorView>> Model::Buffers() const {
   std::vector<std::pair<std::string, TensorView>> buffers;
   for (size_t l = 0; l < layers_.size(); ++l) {
-    if (layers_[l].expert_bias.numel() == 0) continue;
+    if (layers_[l].expert_bias.data() == nullptr) continue;
     buffers.emplace_back(absl::StrCat("layers.", l, ".moe.expert_bias"), layers_[l].expert_bias);
   }
   return buffers;
