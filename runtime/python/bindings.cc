@@ -10,7 +10,6 @@
 #include <pybind11/stl.h>
 
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -19,74 +18,16 @@
 
 #include "moe/moe_layer.h"
 #include "runtime/device/exec_context.h"
+#include "runtime/python/attention_bindings.h"
+#include "runtime/python/context.h"
 #include "runtime/python/dlpack.h"
 #include "runtime/python/errors.h"
-
-#if MOE_WITH_CUDA
-#include <cuda_runtime.h>
-#endif
 
 namespace smoe::python {
 namespace {
 
 namespace py = pybind11;
 using py::arg;
-
-BorrowedTensor Take(py::handle object, const char* name, bool allow_none = false) {
-  return ValueOrThrow(Borrow(object, name, allow_none));
-}
-
-// Makes `device` current for the calling thread while it lives (the kernels launch on the current
-// device), restoring the previous one.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(Device device) {
-#if MOE_WITH_CUDA
-    if (device.is_cuda() && cudaGetDevice(&previous_) == cudaSuccess &&
-        previous_ != device.index) {
-      ThrowIfError(cudaSetDevice(device.index) == cudaSuccess
-                       ? absl::OkStatus()
-                       : absl::FailedPreconditionError(
-                             absl::StrCat("cannot select CUDA device ", device.index)));
-      restore_ = true;
-    }
-#else
-    (void)device;
-#endif
-  }
-  ~DeviceGuard() {
-#if MOE_WITH_CUDA
-    if (restore_) (void)cudaSetDevice(previous_);
-#endif
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int previous_ = 0;
-  bool restore_ = false;
-};
-
-// The context for work on `device`: the process-wide CPU context, or a cached CUDA context on
-// `stream` (created on first use; kept for the life of the process, as the streams it borrows
-// belong to torch, whose streams are never destroyed either).
-ExecContext& ContextFor(Device device, uintptr_t stream) {
-  if (device.is_cpu()) return ExecContext::Cpu();
-  static auto* contexts = new std::map<std::pair<int, uintptr_t>, std::unique_ptr<ExecContext>>();
-  auto& slot = (*contexts)[{device.index, stream}];
-  if (slot == nullptr) {
-    auto created = ExecContext::CreateOnStream(device, reinterpret_cast<CudaStream>(stream));
-    if (!created.ok()) contexts->erase({device.index, stream});
-    slot = ValueOrThrow(std::move(created));
-  }
-  return *slot;
-}
-
-DType ParseDTypeOrThrow(const std::string& name) {
-  if (name == "float32") return DType::kF32;
-  if (name == "bfloat16") return DType::kBF16;
-  return ValueOrThrow(ParseDType(name));
-}
 
 py::dict AuxToDict(const AuxLossValues& aux) {
   py::dict d;
@@ -114,12 +55,6 @@ std::vector<int64_t> CountsFromOffsets(const std::vector<int64_t>& offsets) {
   std::vector<int64_t> counts;
   for (size_t i = 0; i + 1 < offsets.size(); ++i) counts.push_back(offsets[i + 1] - offsets[i]);
   return counts;
-}
-
-// A capsule of `t`, or None for a tensor that was never filled.
-py::object Export(const Tensor& t) {
-  if (!t.defined()) return py::none();
-  return ToCapsule(t);
 }
 
 Status CheckOffsets(const std::vector<int64_t>& offsets, int64_t experts, int64_t rows) {
@@ -443,4 +378,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("cuda_device_count", &smoe::CudaDeviceCount);
   smoe::python::BindMoE(m);
   smoe::python::BindPieces(m);
+  smoe::python::BindAttention(m);
 }

@@ -4,6 +4,8 @@
     moe = sigma_moe.torch.MoE(model_dim=64, ffn_dim=128, num_experts=8, top_k=2)
     y = moe(x)                      # x [..., 64], float32 or bfloat16, CPU or CUDA
     loss = main_loss(y) + moe.aux_loss
+    attn = sigma_moe.torch.DiffQKVAttention(64, n_q=8, n_k=2, n_v=4, head_dim=16, d_aug=32)
+    y = attn(x)                     # x [B, S, 64]: causal DiffQKV self-attention
 
 Tensors cross into C++ through DLPack without copies (sigma_moe._C, runtime/python/dlpack.h).
 Errors from C++: InvalidArgument becomes ValueError, everything else RuntimeError.
@@ -16,7 +18,8 @@ them with their own: sigma_moe.ops.
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
 from sigma_moe import _C  # noqa: E402
-from sigma_moe._C import MoEConfig, MoEState, RoutingPlan  # noqa: E402,F401
+from sigma_moe._C import (DiffQkvConfig, DiffQkvState, MoEConfig, MoEState,  # noqa: E402,F401
+                          RoutingPlan)
 
 
 def built_with_cuda() -> bool:
@@ -29,4 +32,5 @@ def cuda_device_count() -> int:
     return _C.cuda_device_count()
 
 
-__all__ = ["MoEConfig", "MoEState", "RoutingPlan", "built_with_cuda", "cuda_device_count"]
+__all__ = ["DiffQkvConfig", "DiffQkvState", "MoEConfig", "MoEState", "RoutingPlan",
+           "built_with_cuda", "cuda_device_count"]

@@ -1,4 +1,5 @@
-"""A drop-in PyTorch MoE layer running sigma-moe's kernels (DESIGN.md section 5).
+"""PyTorch modules running sigma-moe's kernels: the MoE layer (DESIGN.md section 5) and the
+DiffQKV attention block (DiffQKVAttention, section 7; documented on the class).
 
 MoE(model_dim, ffn_dim, num_experts, top_k=1, capacity_factor=0.0, lbl_coef=0.01, ...) is a
 torch.nn.Module that owns its parameters as torch Parameters:
@@ -212,4 +213,195 @@ class MoE(nn.Module):
                 f"dtype={self.dtype}")
 
 
-__all__ = ["MoE", "moe_forward", "current_stream"]
+class _DiffQkvFunction(torch.autograd.Function):
+    """y = DiffQKV(x; w_q, w_k, w_v, w_o, [w_gate, w_up, w_down], [q_norm, k_norm]).
+
+    Absent optional weights are None; `out` (a dict) receives the C++ state."""
+
+    @staticmethod
+    def forward(ctx, x, config, out, *weights):
+        y = torch.empty_like(x)
+        w = [_plain(t) for t in weights]
+        state = _C.diffqkv_forward(
+            config, *w[:4], _plain(x), y, w_gate=w[4], w_up=w[5], w_down=w[6], q_norm=w[7],
+            k_norm=w[8], stream=current_stream(x))
+        # The backward reads x and the weights again: saving them keeps them alive, and torch's
+        # version counter reports an in-place change before backward.
+        ctx.save_for_backward(x, *weights)
+        ctx.config = config
+        ctx.state = state
+        out["state"] = state
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, *weights = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = torch.empty_like(x)
+        grads = [None if w is None else torch.empty(w.shape, dtype=w.dtype, device=w.device)
+                 for w in weights]
+        w = [_plain(t) for t in weights]
+        _C.diffqkv_backward(
+            ctx.config, *w[:4], _plain(x), ctx.state, dy, dx, *grads[:4], w_gate=w[4], w_up=w[5],
+            w_down=w[6], q_norm=w[7], k_norm=w[8], grad_w_gate=grads[4], grad_w_up=grads[5],
+            grad_w_down=grads[6], grad_q_norm=grads[7], grad_k_norm=grads[8],
+            stream=current_stream(dy))
+        need = ctx.needs_input_grad
+        return (dx if need[0] else None, None, None,
+                *[g if need[i + 3] else None for i, g in enumerate(grads)])
+
+
+@torch.compiler.disable
+def diffqkv_attention(x: torch.Tensor, config: "_C.DiffQkvConfig", w_q: torch.Tensor,
+                      w_k: torch.Tensor, w_v: torch.Tensor, w_o: torch.Tensor, *,
+                      w_gate: Optional[torch.Tensor] = None, w_up: Optional[torch.Tensor] = None,
+                      w_down: Optional[torch.Tensor] = None,
+                      q_norm: Optional[torch.Tensor] = None,
+                      k_norm: Optional[torch.Tensor] = None):
+    """Functional form: (y [B, S, M], DiffQkvState) for contiguous x [B, S, M].
+
+    Differentiable with respect to x and every weight given (see DiffQKVAttention); w_gate, w_up,
+    w_down exactly when config.d_aug > 0, q_norm and k_norm exactly when config.qk_norm."""
+    out: dict = {}
+    y = _DiffQkvFunction.apply(x, config, out, w_q, w_k, w_v, w_o, w_gate, w_up, w_down, q_norm,
+                               k_norm)
+    return y, out["state"]
+
+
+class DiffQKVAttention(nn.Module):
+    """Sigma's DiffQKV causal self-attention block (attention/diffqkv.h, DESIGN.md section 7).
+
+        q = x W_q [B, S, n_q*D]; q' = W_down(silu(q W_gate) * (q W_up)) when d_aug > 0 (AugQ
+        replaces q, no residual), else q; k = x W_k [.., n_k*D]; v = x W_v [.., n_v*D];
+        with qk_norm, per-head RMSNorm (eps 1e-6) of q' and k scaled by q_norm, k_norm [D];
+        RoPE (half-split, positions 0..S-1, base rope_theta) on q' and k;
+        query head i reads K head floor(i*n_k/n_q) and V head floor(i*n_v/n_q):
+        o_i = softmax_causal(q'_i k^T / sqrt(D)) v;  y = concat(o) W_o [B, S, M].
+
+    Args:
+      model_dim, n_q, n_k, n_v, head_dim: M, the query / key / value head counts (n_k and n_v
+        divide n_q: MHA is n_k = n_v = n_q, GQA n_k = n_v < n_q) and D (even; 64, 96 or 128 on
+        CUDA).
+      d_aug: width of the augmented-Q MLP (0: none).
+      qk_norm: per-head RMSNorm of queries and keys.
+      rope_theta: RoPE base.
+      init_std, num_layers: initialization as the C++ Model::Init does: every projection
+        ~ N(0, init_std), W_o ~ N(0, init_std / sqrt(2 * num_layers)) (GPT-2's depth scaling),
+        q_norm and k_norm = 1.
+      dtype: float32 (default) or bfloat16, for the parameters and activations alike (on CPU bf16
+        runs the reference loops: correct, slow).
+      device: where the parameters live.
+
+    Parameters (torch Parameters in `dtype`): w_q [M, n_q*D], w_k [M, n_k*D], w_v [M, n_v*D],
+    w_o [n_q*D, M]; w_gate, w_up [n_q*D, d_aug], w_down [d_aug, n_q*D] when d_aug > 0;
+    q_norm, k_norm [D] when qk_norm. forward(x [B, S, M]) -> [B, S, M]; gradients reach x and
+    every parameter through one C++ backward; last_state holds the C++ DiffQkvState of the last
+    forward. x must be a contiguous tensor of the module's dtype on its device (ValueError
+    otherwise). CUDA tensors run on torch's current stream with no host sync.
+    """
+
+    _OPTIONAL = ("w_gate", "w_up", "w_down", "q_norm", "k_norm")
+
+    def __init__(self, model_dim: int, n_q: int, n_k: int, n_v: int, head_dim: int,
+                 d_aug: int = 0, qk_norm: bool = False, rope_theta: float = 10000.0, *,
+                 init_std: float = 0.02, num_layers: int = 1,
+                 dtype: Optional[torch.dtype] = None, device=None):
+        super().__init__()
+        dtype = torch.float32 if dtype is None else dtype
+        if dtype not in _DTYPE_NAMES:
+            raise ValueError(f"dtype: got {dtype}, expected torch.float32 or torch.bfloat16")
+        if not init_std > 0:
+            raise ValueError(f"init_std: got {init_std}, expected > 0")
+        if num_layers < 1:
+            raise ValueError(f"num_layers: got {num_layers}, expected >= 1")
+        # Validates every field (ValueError naming it) before any allocation.
+        self._config = _C.DiffQkvConfig(model_dim, n_q, n_k, n_v, head_dim, d_aug=d_aug,
+                                        qk_norm=qk_norm, rope_theta=rope_theta)
+        if torch.device(device if device is not None else "cpu").type == "cuda":
+            self._config.validate(cuda=True)
+        self.model_dim, self.n_q, self.n_k, self.n_v = model_dim, n_q, n_k, n_v
+        self.head_dim, self.d_aug, self.qk_norm, self.rope_theta = (head_dim, d_aug, qk_norm,
+                                                                    float(rope_theta))
+        self.init_std, self.num_layers = init_std, num_layers
+        m, qd = model_dim, n_q * head_dim
+        new = dict(dtype=dtype, device=device)
+        self.w_q = nn.Parameter(torch.empty(m, qd, **new))
+        self.w_k = nn.Parameter(torch.empty(m, n_k * head_dim, **new))
+        self.w_v = nn.Parameter(torch.empty(m, n_v * head_dim, **new))
+        self.w_o = nn.Parameter(torch.empty(qd, m, **new))
+        if d_aug > 0:
+            self.w_gate = nn.Parameter(torch.empty(qd, d_aug, **new))
+            self.w_up = nn.Parameter(torch.empty(qd, d_aug, **new))
+            self.w_down = nn.Parameter(torch.empty(d_aug, qd, **new))
+        else:
+            for name in ("w_gate", "w_up", "w_down"):
+                self.register_parameter(name, None)
+        if qk_norm:
+            self.q_norm = nn.Parameter(torch.empty(head_dim, **new))
+            self.k_norm = nn.Parameter(torch.empty(head_dim, **new))
+        else:
+            for name in ("q_norm", "k_norm"):
+                self.register_parameter(name, None)
+        self.reset_parameters()
+        self.last_state: Optional[_C.DiffQkvState] = None
+
+    def reset_parameters(self) -> None:
+        """As Model::Init (see the class docstring), drawn from torch's RNG in float32."""
+        out_std = self.init_std / math.sqrt(2.0 * self.num_layers)
+        with torch.no_grad():
+            for name in ("w_q", "w_k", "w_v", "w_o", "w_gate", "w_up", "w_down"):
+                w = getattr(self, name)
+                if w is not None:
+                    std = out_std if name == "w_o" else self.init_std
+                    w.copy_(torch.randn(w.shape, dtype=torch.float32, device=w.device) * std)
+            for w in (self.q_norm, self.k_norm):
+                if w is not None:
+                    w.fill_(1.0)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.w_q.dtype
+
+    def config(self) -> "_C.DiffQkvConfig":
+        return self._config
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x: got {type(x).__name__}, expected a torch.Tensor")
+        if x.dim() != 3 or x.shape[-1] != self.model_dim:
+            raise ValueError(f"x: got shape {tuple(x.shape)}, expected [B, S, {self.model_dim}]")
+        if self.w_q.dtype not in _DTYPE_NAMES:
+            raise ValueError(f"DiffQKVAttention parameters: dtype {self.w_q.dtype}, expected "
+                             "torch.float32 or torch.bfloat16")
+        if x.dtype != self.w_q.dtype:
+            raise ValueError(f"x: got dtype {x.dtype}, expected {self.w_q.dtype} (the module's "
+                             "dtype)")
+        if x.device != self.w_q.device:
+            raise ValueError(f"x: got device {x.device}, expected {self.w_q.device} (the module's "
+                             "device)")
+        if not x.is_contiguous():
+            raise ValueError(f"x: got a non-contiguous tensor (strides {x.stride()}), expected a "
+                             "contiguous one (call .contiguous())")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        optional = {name: getattr(self, name) for name in self._OPTIONAL}
+        y, state = diffqkv_attention(x, self._config, self.w_q, self.w_k, self.w_v, self.w_o,
+                                     **optional)
+        self.last_state = state
+        return y
+
+    def __getstate__(self):
+        # last_state holds C++ activations of one forward: neither copied nor pickled.
+        state = self.__dict__.copy()
+        state["last_state"] = None
+        return state
+
+    def extra_repr(self) -> str:
+        return (f"model_dim={self.model_dim}, n_q={self.n_q}, n_k={self.n_k}, n_v={self.n_v}, "
+                f"head_dim={self.head_dim}, d_aug={self.d_aug}, qk_norm={self.qk_norm}, "
+                f"rope_theta={self.rope_theta}, dtype={self.dtype}")
+
+
+__all__ = ["MoE", "moe_forward", "DiffQKVAttention", "diffqkv_attention", "current_stream"]
