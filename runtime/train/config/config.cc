@@ -20,6 +20,7 @@
 #include "google/protobuf/io/tokenizer.h"
 #include "google/protobuf/message.h"
 #include "google/protobuf/text_format.h"
+#include "moe/adapt/parallel_mode.h"
 #include "runtime/train/config/presets.h"
 
 namespace smoe {
@@ -291,6 +292,38 @@ void ValidateCheckpoint(const proto::CheckpointConfig& checkpoint, Checker& chec
   }
 }
 
+void ValidateParallel(const proto::ParallelConfig& parallel, Checker& check) {
+  const std::string& mode = parallel.mode();
+  if (!mode.empty() && mode != "auto") {
+    const StatusOr<ParallelMode> parsed = ParseParallelMode(mode);
+    check.Require(parsed.ok(), "parallel.mode", absl::StrCat("\"", mode, "\""),
+                  "\"auto\" or a mode name like \"r1.d2.flat\"");
+  }
+  check.AtLeast("parallel.node_size", parallel.node_size(), 0);
+  check.AtLeast("parallel.trials", parallel.trials(), 0);
+  check.AtLeast("parallel.warmup", parallel.warmup(), 0);
+}
+
+}  // namespace
+
+Status ValidateWorld(const proto::RunConfig& config, int world) {
+  if (world <= 1) return absl::OkStatus();
+  Checker check;
+  const int batch = config.train().batch_size();
+  check.Require(batch % world == 0, "train.batch_size", absl::StrCat(batch),
+                absl::StrCat("a multiple of the world size ", world));
+  const int experts = config.model().moe().num_experts();
+  check.Require(experts % world == 0, "model.moe.num_experts", absl::StrCat(experts),
+                absl::StrCat("a multiple of the world size ", world,
+                             " (experts are sharded over the ranks)"));
+  const int node_size = std::max(1, config.parallel().node_size());
+  check.Require(world % node_size == 0, "parallel.node_size", absl::StrCat(node_size),
+                absl::StrCat("a divisor of the world size ", world));
+  return check.Result();
+}
+
+namespace {
+
 void PrintMessage(const pb::Message& message, int indent, std::string* out) {
   const pb::Descriptor* descriptor = message.GetDescriptor();
   const pb::Reflection* reflection = message.GetReflection();
@@ -463,6 +496,7 @@ Status ValidateConfig(const proto::RunConfig& config) {
   ValidateTrain(config.train(), check);
   ValidateData(config, check);
   ValidateCheckpoint(config.checkpoint(), check);
+  ValidateParallel(config.parallel(), check);
   return check.Result();
 }
 

@@ -1,7 +1,7 @@
 // The run configuration: presets, config files, command-line overrides, validation, printing.
 //
 // The schema is runtime/proto/config.proto (package sigma_moe.proto, top message RunConfig with
-// model, train, data, checkpoint). The presets of configs/*.textproto are compiled into the binary,
+// model, train, data, checkpoint, parallel). The presets of configs/*.textproto are compiled into the binary,
 // so LoadPreset needs no files. A run's effective config is: a preset or a config file, then each
 // `--set path=value` in order, then ValidateConfig. All errors are InvalidArgument (NotFound for a
 // missing preset or file) and name the field path, the value seen and the value expected.
@@ -55,6 +55,11 @@ std::vector<std::string> PresetNames();
 // schedule and dense layers within [0, L), lr > 0, min_lr <= lr, ...). Reports every violation in
 // one InvalidArgument, each as "<path>: got <value>, expected <range>", joined by "; ".
 [[nodiscard]] Status ValidateConfig(const proto::RunConfig& config);
+
+// The checks that depend on the world size W of a multi-rank run (none when W <= 1): batch_size
+// and moe.num_experts multiples of W, parallel.node_size a divisor of W. One InvalidArgument
+// listing every violation like ValidateConfig.
+[[nodiscard]] Status ValidateWorld(const proto::RunConfig& config, int world);
 
 // The config as textproto listing every field, zeros included (for --print_config and the
 // checkpoint manifest). ParseConfigText(ConfigToText(c)) == c.

@@ -1,6 +1,7 @@
 #include "runtime/train/model/model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "absl/strings/match.h"
@@ -48,10 +49,12 @@ Status AccumulateInto(ExecContext& ctx, const TensorView& grad, const TensorView
 Model::Model(const ModelSpec& spec, Device device) : spec_(spec), device_(device) {}
 Model::~Model() = default;
 
-Status Model::AddParam(const std::string& name, Shape shape, DType compute_dtype, bool decay) {
+Status Model::AddParam(const std::string& name, Shape shape, DType compute_dtype, bool decay,
+                       bool expert_shard) {
   ModelParam p;
   p.name = name;
   p.decay = decay;
+  p.expert_shard = expert_shard;
   MOE_ASSIGN_OR_RETURN(p.master, Tensor::Empty(shape, DType::kF32, device_));
   p.compute = p.master;
   if (compute_dtype != DType::kF32) {
@@ -64,7 +67,8 @@ Status Model::AddParam(const std::string& name, Shape shape, DType compute_dtype
   return absl::OkStatus();
 }
 
-StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device device) {
+StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device device,
+                                              Communicator* comm, int node_size) {
   ModelSpec spec = spec_in;
   spec.attention.model_dim = spec.model_dim;
   spec.moe.model_dim = spec.model_dim;
@@ -92,13 +96,32 @@ StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device 
     }
   }
   std::unique_ptr<Model> model(new Model(spec, device));
+  int64_t local_experts = spec.moe.num_experts;
+  if (comm != nullptr && comm->size() > 1) {
+    if (device.is_cuda()) {
+      return BadArgument("train.device", device.ToString(),
+                         "cpu for a multi-rank run (the MPI communicator takes host buffers)");
+    }
+    const int w = comm->size();
+    if (spec.moe.num_experts < w || spec.moe.num_experts % w != 0) {
+      return BadArgument("model.moe.num_experts", absl::StrCat(spec.moe.num_experts),
+                         absl::StrCat("a multiple of the world size ", w));
+    }
+    model->comm_ = comm;
+    model->world_ = w;
+    MOE_ASSIGN_OR_RETURN(model->layout_,
+                         MakeExpertShardLayout(spec.moe.num_experts, w, comm->rank()));
+    MOE_ASSIGN_OR_RETURN(model->exchanger_, RowExchanger::Create(comm, node_size));
+    local_experts = model->layout_.local_experts;
+  }
   const DType dt = spec.dtype;
   const int64_t m = spec.model_dim, v = spec.vocab_size;
   const DiffQkvConfig& a = spec.attention;
   const int64_t qd = a.n_q * a.head_dim;
   Model& md = *model;
-  auto add = [&](const std::string& name, Shape shape, DType dtype, bool decay) -> StatusOr<int> {
-    MOE_RETURN_IF_ERROR(md.AddParam(name, shape, dtype, decay));
+  auto add = [&](const std::string& name, Shape shape, DType dtype, bool decay,
+                 bool expert_shard = false) -> StatusOr<int> {
+    MOE_RETURN_IF_ERROR(md.AddParam(name, shape, dtype, decay, expert_shard));
     return static_cast<int>(md.params_.size()) - 1;
   };
   MOE_ASSIGN_OR_RETURN(md.embedding_, add("embedding", {v, m}, dt, true));
@@ -124,11 +147,12 @@ StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device 
     }
     MOE_ASSIGN_OR_RETURN(layer.ffn_norm, add(p + "ffn_norm", {m}, DType::kF32, false));
     if (layer.moe) {
-      const int64_t e = spec.moe.num_experts, h = spec.moe.ffn_dim;
+      const int64_t e = spec.moe.num_experts, el = local_experts, h = spec.moe.ffn_dim;
+      const bool shard = md.world_ > 1;
       MOE_ASSIGN_OR_RETURN(layer.router, add(p + "moe.w_gate", {m, e}, DType::kF32, true));
-      MOE_ASSIGN_OR_RETURN(layer.w1, add(p + "moe.w1", {e, m, h}, dt, true));
-      MOE_ASSIGN_OR_RETURN(layer.w3, add(p + "moe.w3", {e, m, h}, dt, true));
-      MOE_ASSIGN_OR_RETURN(layer.w2, add(p + "moe.w2", {e, h, m}, dt, true));
+      MOE_ASSIGN_OR_RETURN(layer.w1, add(p + "moe.w1", {el, m, h}, dt, true, shard));
+      MOE_ASSIGN_OR_RETURN(layer.w3, add(p + "moe.w3", {el, m, h}, dt, true, shard));
+      MOE_ASSIGN_OR_RETURN(layer.w2, add(p + "moe.w2", {el, h, m}, dt, true, shard));
       if (spec.bias_update_rate > 0.0f) {
         MOE_ASSIGN_OR_RETURN(layer.expert_bias, Tensor::Empty({e}, DType::kF32, device));
         MOE_ASSIGN_OR_RETURN(layer.expert_counts, Tensor::Empty({e}, DType::kI64, device));
@@ -146,6 +170,10 @@ StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device 
     MOE_ASSIGN_OR_RETURN(md.lm_head_, add("lm_head", {m, v}, dt, true));
   }
   md.moe_states_.resize(spec.num_layers);
+  md.parallel_states_.resize(spec.num_layers);
+  md.modes_.resize(spec.num_layers);
+  md.moe_ms_.assign(spec.num_layers, 0.0);
+  md.moe_max_rows_.assign(spec.num_layers, 0);
   md.last_aux_.resize(spec.num_layers);
   return model;
 }
@@ -158,13 +186,18 @@ Status Model::Init(ExecContext& ctx, uint64_t seed) {
   for (ModelParam& p : params_) {
     const bool gain = !p.decay;
     const bool output = absl::EndsWith(p.name, "w_o") || absl::EndsWith(p.name, "w2");
+    // An expert shard takes the stream offsets of its rows in the global tensor, so the ranks
+    // together hold exactly the single-rank init.
+    const uint64_t first = p.expert_shard ? static_cast<uint64_t>(layout_.first_expert) *
+                                                static_cast<uint64_t>(p.master.numel() / p.master.dim(0))
+                                          : 0;
     if (gain) {
       MOE_RETURN_IF_ERROR(Fill(ctx, p.master, 1.0));
     } else {
-      MOE_RETURN_IF_ERROR(
-          FillNormal(ctx, p.master, seed, offset, 0.0f, output ? out_std : spec_.init_std));
+      MOE_RETURN_IF_ERROR(FillNormal(ctx, p.master, seed, offset + first, 0.0f,
+                                     output ? out_std : spec_.init_std));
     }
-    offset += static_cast<uint64_t>(p.master.numel());
+    offset += static_cast<uint64_t>(GlobalNumel(p));
     MOE_RETURN_IF_ERROR(Fill(ctx, p.m, 0.0));
     MOE_RETURN_IF_ERROR(Fill(ctx, p.v, 0.0));
   }
@@ -187,6 +220,23 @@ Status Model::ZeroGrads(ExecContext& ctx) {
 }
 
 bool Model::is_moe_layer(int layer) const { return layers_[layer].moe; }
+
+void Model::SetParallelMode(int layer, const ParallelMode& mode) { modes_[layer] = mode; }
+
+void Model::ResetMoEProfile() {
+  std::fill(moe_ms_.begin(), moe_ms_.end(), 0.0);
+  std::fill(moe_max_rows_.begin(), moe_max_rows_.end(), int64_t{0});
+}
+
+Shape Model::GlobalShape(const ModelParam& p) const {
+  Shape shape = p.master.shape();
+  if (p.expert_shard) shape[0] *= world_;
+  return shape;
+}
+
+int64_t Model::GlobalNumel(const ModelParam& p) const {
+  return p.master.numel() * (p.expert_shard ? world_ : 1);
+}
 
 Status Model::SetTopK(int layer, int k) {
   if (layer < 0 || layer >= spec_.num_layers) {
@@ -258,8 +308,9 @@ StatusOr<Tensor> Model::LastLogits(ExecContext& ctx, const TensorView& ids, int6
 
 StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache* cache,
                                       const MoELayerConfig& moe_config, MoEState* moe_state,
-                                      const Tensor& h_in, int64_t batch, int64_t seq_len,
-                                      Activations* s, AuxLossValues* aux) {
+                                      ParallelMoEState* parallel_state, const Tensor& h_in,
+                                      int64_t batch, int64_t seq_len, Activations* s,
+                                      AuxLossValues* aux) {
   const Layer& L = layers_[l];
   const int64_t t = batch * seq_len, m = spec_.model_dim;
   const DType dt = spec_.dtype;
@@ -290,8 +341,25 @@ StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache
   MOE_ASSIGN_OR_RETURN(Tensor ffn_out, empty(tokens, dt));
   if (L.moe) {
     const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute, P(L.w2).compute};
-    MOE_ASSIGN_OR_RETURN(*aux, MoEForward(ctx, moe_config, views, s->n2, ffn_out, moe_state,
-                                          nullptr, L.expert_bias));
+    if (distributed()) {
+      // Distributed runs are CPU only, so the host clock measures the layer's work; on CUDA this
+      // timing would need a stream sync before each clock read.
+      const auto t0 = std::chrono::steady_clock::now();
+      MOE_ASSIGN_OR_RETURN(*aux, ParallelMoEForward(ctx, moe_config, views, s->n2, ffn_out,
+                                                    parallel_state, *exchanger_, modes_[l], comm_,
+                                                    L.expert_bias));
+      if (parallel_state == &parallel_states_[l]) {
+        moe_ms_[l] += std::chrono::duration<double, std::milli>(
+                          std::chrono::steady_clock::now() - t0).count();
+        const std::vector<int64_t>& offsets = parallel_state->local.plan.offsets_host;
+        for (size_t e = 0; e + 1 < offsets.size(); ++e) {
+          moe_max_rows_[l] = std::max(moe_max_rows_[l], offsets[e + 1] - offsets[e]);
+        }
+      }
+    } else {
+      MOE_ASSIGN_OR_RETURN(*aux, MoEForward(ctx, moe_config, views, s->n2, ffn_out, moe_state,
+                                            nullptr, L.expert_bias));
+    }
   } else {
     *aux = AuxLossValues{};
     const int64_t hd = spec_.dense_ffn_dim;
@@ -370,9 +438,11 @@ StatusOr<Tensor> Model::InferenceForward(ExecContext& ctx, const TensorView& ids
     moe_config.capacity_factor = 0.0f;
     // Scratch: the training state (moe_states_, read by MoEStats) is left as it was.
     MoEState moe_state;
+    ParallelMoEState parallel_state;
     Activations s;
     MOE_ASSIGN_OR_RETURN(h, BlockForward(ctx, static_cast<int>(l), pass, &state->caches[l],
-                                         moe_config, &moe_state, h, batch, seq_len, &s, &aux));
+                                         moe_config, &moe_state, &parallel_state, h, batch,
+                                         seq_len, &s, &aux));
   }
   // Only the last position of each sequence is needed: the final norm and head act per row.
   Tensor last = h;
@@ -408,8 +478,8 @@ StatusOr<double> Model::Run(ExecContext& ctx, const TensorView& ids, const Tenso
   for (size_t l = 0; l < layers_.size(); ++l) {
     AuxLossValues aux;
     MOE_ASSIGN_OR_RETURN(h, BlockForward(ctx, static_cast<int>(l), Pass::kFull, nullptr,
-                                         layers_[l].moe_config, &moe_states_[l], h, batch, seq_len,
-                                         &acts[l], &aux));
+                                         layers_[l].moe_config, &moe_states_[l],
+                                         &parallel_states_[l], h, batch, seq_len, &acts[l], &aux));
     *aux_total += aux.total;
     if (backward) last_aux_[l] = aux;
   }
@@ -447,8 +517,17 @@ StatusOr<double> Model::Run(ExecContext& ctx, const TensorView& ids, const Tenso
     if (L.moe) {
       const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute, P(L.w2).compute};
       const MoEGradViews grads{P(L.router).grad, P(L.w1).grad, P(L.w3).grad, P(L.w2).grad};
-      MOE_RETURN_IF_ERROR(MoEBackward(ctx, L.moe_config, views, moe_states_[l], dh, dn2, grads,
-                                      /*accumulate_grads=*/true, grad_scale));
+      if (distributed()) {
+        const auto t0 = std::chrono::steady_clock::now();
+        MOE_RETURN_IF_ERROR(ParallelMoEBackward(ctx, L.moe_config, views, parallel_states_[l], dh,
+                                                dn2, grads, /*accumulate_grads=*/true,
+                                                grad_scale));
+        moe_ms_[l] += std::chrono::duration<double, std::milli>(
+                          std::chrono::steady_clock::now() - t0).count();
+      } else {
+        MOE_RETURN_IF_ERROR(MoEBackward(ctx, L.moe_config, views, moe_states_[l], dh, dn2, grads,
+                                        /*accumulate_grads=*/true, grad_scale));
+      }
     } else {
       const int64_t offsets[2] = {0, t};
       MOE_RETURN_IF_ERROR(ExpertsBackward(
@@ -480,8 +559,11 @@ StatusOr<double> Model::Run(ExecContext& ctx, const TensorView& ids, const Tenso
 Status Model::UpdateExpertBiases(ExecContext& ctx) {
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& layer = layers_[l];
-    if (layer.expert_bias.data() == nullptr || !moe_states_[l].valid) continue;
-    MOE_RETURN_IF_ERROR(CountExperts(ctx, moe_states_[l].topk_idx, layer.expert_counts));
+    const MoEState& state = distributed() ? parallel_states_[l].local : moe_states_[l];
+    if (layer.expert_bias.data() == nullptr || !state.valid) continue;
+    MOE_RETURN_IF_ERROR(CountExperts(ctx, state.topk_idx, layer.expert_counts));
+    // The world's counts, so every rank's bias moves identically (and as on one rank).
+    if (distributed()) MOE_RETURN_IF_ERROR(comm_->AllReduceSum(ctx, layer.expert_counts));
     MOE_RETURN_IF_ERROR(UpdateExpertBias(ctx, layer.expert_counts, spec_.bias_update_rate,
                                          spec_.bias_bound, layer.expert_bias));
   }
@@ -501,14 +583,15 @@ StatusOr<std::vector<RoutingStats>> Model::MoEStats(ExecContext& ctx) const {
   std::vector<RoutingStats> stats(layers_.size());
   for (size_t l = 0; l < layers_.size(); ++l) {
     if (!layers_[l].moe) continue;
-    MOE_ASSIGN_OR_RETURN(stats[l], smoe::MoEStats(ctx, moe_states_[l]));
+    MOE_ASSIGN_OR_RETURN(stats[l], smoe::MoEStats(ctx, distributed() ? parallel_states_[l].local
+                                                                      : moe_states_[l]));
   }
   return stats;
 }
 
 int64_t Model::NumParameters() const {
   int64_t total = 0;
-  for (const ModelParam& p : params_) total += p.master.numel();
+  for (const ModelParam& p : params_) total += GlobalNumel(p);
   return total;
 }
 
@@ -517,7 +600,7 @@ int64_t Model::NumActivatedParameters() const {
   for (const Layer& L : layers_) {
     if (!L.moe) continue;
     const int64_t e = L.moe_config.num_experts, k = L.moe_config.top_k;
-    const int64_t per_expert = P(L.w1).master.numel() / e * 3;
+    const int64_t per_expert = GlobalNumel(P(L.w1)) / e * 3;
     total -= (e - k) * per_expert;
   }
   return total;
@@ -535,7 +618,7 @@ double Model::FlopsPerToken(int64_t seq_len) const {
     if (L.moe) {
       const int64_t e = L.moe_config.num_experts;
       matmul_params += static_cast<double>(P(L.router).master.numel());
-      matmul_params += static_cast<double>(P(L.w1).master.numel()) / e * 3 * L.moe_config.top_k;
+      matmul_params += static_cast<double>(GlobalNumel(P(L.w1))) / e * 3 * L.moe_config.top_k;
     } else {
       matmul_params += 3.0 * static_cast<double>(P(L.w1).master.numel());
     }

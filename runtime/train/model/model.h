@@ -8,6 +8,18 @@
 // router stay f32 in every dtype. Gradients accumulate: ZeroGrads, then any number of
 // ForwardBackward calls (gradient accumulation), then the optimizer.
 // Token ids and targets are device tensors [B * S] i32 (B sequences of S tokens).
+//
+// Multi-rank (Create with a communicator of W > 1 ranks; DESIGN.md section 6): the W ranks are one
+// data-parallel group and one MoE group. Every parameter is replicated except the MoE experts:
+// rank r holds only its E_l = E / W experts (moe/parallel_moe_layer.h ExpertShardLayout) of
+// layers.<l>.moe.w1/w3/w2 (ModelParam::expert_shard) in master, compute copy, gradient and
+// moments. Init gives each rank exactly its slices of the single-rank init. Each MoE layer runs
+// ParallelMoEForward/Backward in the mode set by SetParallelMode (every rank the same), so the
+// expert gradients come back summed over ranks for the owned experts, while the replicated
+// gradients are this rank's own (the trainer all-reduces them). Every call that runs a forward
+// (ForwardBackward, Loss, LastLogits, Prefill, DecodeStep) is then a collective. CPU only: the
+// MPI communicator takes host buffers. With W = 1 (or no communicator) nothing changes: the
+// single-rank MoEForward path, bit for bit.
 #pragma once
 
 #include <memory>
@@ -17,7 +29,9 @@
 
 #include "attention/diffqkv.h"
 #include "attention/kv_cache.h"
+#include "moe/adapt/parallel_mode.h"
 #include "moe/moe_layer.h"
+#include "moe/parallel_moe_layer.h"
 #include "runtime/core/status.h"
 #include "runtime/device/exec_context.h"
 #include "runtime/tensor/tensor.h"
@@ -50,6 +64,9 @@ struct ModelParam {
   Tensor grad;     // f32
   Tensor m, v;     // AdamW moments, f32
   bool decay = true;  // weight decay on matrices only
+  // Multi-rank MoE experts: this rank's rows [first_expert, first_expert + E_l) along dim 0 of the
+  // global [E, ...] tensor.
+  bool expert_shard = false;
 };
 
 // Incremental decoding state (Model::Prefill, Model::DecodeStep): one KV cache per layer holding
@@ -68,7 +85,13 @@ struct ModelLoss {
 
 class Model {
  public:
-  [[nodiscard]] static StatusOr<std::unique_ptr<Model>> Create(const ModelSpec& spec, Device device);
+  // `comm` (outlives the model): the ranks of a multi-rank run; null or one rank = single rank.
+  // node_size: ranks per node for the 2dh all-to-all (divides W). InvalidArgument naming
+  // model.moe.num_experts when E is not a multiple of W (or E < W), and for a CUDA device with
+  // W > 1.
+  [[nodiscard]] static StatusOr<std::unique_ptr<Model>> Create(const ModelSpec& spec, Device device,
+                                                               Communicator* comm = nullptr,
+                                                               int node_size = 1);
   ~Model();
 
   // Deterministic from the seed (Philox); master and compute copies and moments initialized.
@@ -124,10 +147,28 @@ class Model {
   // Model state that is not a parameter but must survive a checkpoint (the expert biases), by name.
   std::vector<std::pair<std::string, TensorView>> Buffers() const;
 
+  // Multi-rank: the parallel mode of MoE layer `layer` from the next forward on (default
+  // r1.d1.flat); every rank must set the same. Ignored on a single rank.
+  void SetParallelMode(int layer, const ParallelMode& mode);
+  const ParallelMode& parallel_mode(int layer) const { return modes_[layer]; }
+  // Multi-rank, per layer: milliseconds spent in ParallelMoEForward + ParallelMoEBackward
+  // (steady_clock, this rank) and the most rows any one expert got from this rank's tokens
+  // (the plan), both over the training forwards since ResetMoEProfile. Zeros on a single rank.
+  void ResetMoEProfile();
+  const std::vector<double>& moe_ms() const { return moe_ms_; }
+  const std::vector<int64_t>& moe_max_rows() const { return moe_max_rows_; }
+
+  bool distributed() const { return world_ > 1; }
+  int world() const { return world_; }
+  Communicator* comm() const { return comm_; }
+  // The global shape of a parameter (dim 0 times W for expert shards).
+  Shape GlobalShape(const ModelParam& p) const;
+
   std::vector<ModelParam>& params() { return params_; }
   const ModelSpec& spec() const { return spec_; }
   Device device() const { return device_; }
   bool is_moe_layer(int layer) const;
+  // Counts are global (all ranks' experts).
   int64_t NumParameters() const;
   // Parameters a token touches: all but the unrouted experts (top-k of E per MoE layer).
   int64_t NumActivatedParameters() const;
@@ -140,7 +181,8 @@ class Model {
   struct Activations;
   Model(const ModelSpec& spec, Device device);
   [[nodiscard]] Status AddParam(const std::string& name, Shape shape, DType compute_dtype,
-                                bool decay);
+                                bool decay, bool expert_shard = false);
+  int64_t GlobalNumel(const ModelParam& p) const;
   ModelParam& P(int index) { return params_[index]; }
   const ModelParam& P(int index) const { return params_[index]; }
   DiffQkvParams AttentionParams(const Layer& layer);
@@ -153,10 +195,11 @@ class Model {
   // against the cache (kDecode, seq_len 1).
   enum class Pass { kFull, kPrefill, kDecode };
   // Block `l`'s forward over h_in [B * S, M]; `s` receives what its backward needs, the MoE layer
-  // runs with `moe_config` into `moe_state` and *aux receives its aux-loss values (zeros for a
-  // dense layer). Returns h_out.
+  // runs with `moe_config` into `moe_state` (multi-rank: `parallel_state`) and *aux receives its
+  // aux-loss values (zeros for a dense layer). Returns h_out.
   [[nodiscard]] StatusOr<Tensor> BlockForward(ExecContext& ctx, int l, Pass pass, KvCache* cache,
                                               const MoELayerConfig& moe_config, MoEState* moe_state,
+                                              ParallelMoEState* parallel_state,
                                               const Tensor& h_in, int64_t batch, int64_t seq_len,
                                               Activations* s, AuxLossValues* aux);
   // Final RMSNorm (into *nf, *rstd) and LM head: logits [T, V] f32 of h [T, M].
@@ -176,6 +219,15 @@ class Model {
   std::vector<ModelParam> params_;
   std::vector<Layer> layers_;
   std::vector<MoEState> moe_states_;
+  // Multi-rank.
+  Communicator* comm_ = nullptr;
+  int world_ = 1;
+  ExpertShardLayout layout_;
+  std::unique_ptr<RowExchanger> exchanger_;
+  std::vector<ParallelMoEState> parallel_states_;
+  std::vector<ParallelMode> modes_;
+  std::vector<double> moe_ms_;
+  std::vector<int64_t> moe_max_rows_;
   std::vector<AuxLossValues> last_aux_;
   int embedding_ = -1, final_norm_ = -1, lm_head_ = -1;
 };

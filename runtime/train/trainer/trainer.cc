@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -12,6 +13,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "moe/adapt/controller.h"
+#include "runtime/comm/communicator.h"
 #include "runtime/core/logging.h"
 #include "runtime/core/philox.h"
 #include "runtime/nn/adamw.h"
@@ -107,15 +110,99 @@ Status Upload(ExecContext& ctx, const std::vector<int32_t>& host, const Tensor& 
   return Copy(ctx, view, device_tensor);
 }
 
+// This rank's elements of a host batch: the `device_tensor.numel()` starting at slice * numel.
+Status UploadSlice(ExecContext& ctx, const std::vector<int32_t>& host, int slice,
+                   const Tensor& device_tensor) {
+  const int64_t n = device_tensor.numel();
+  const TensorView view(const_cast<int32_t*>(host.data()) + slice * n, DType::kI32, {n},
+                        Device::Cpu());
+  return Copy(ctx, view, device_tensor);
+}
+
+// A checkpointed tensor of the model; `shard`: this rank's rows of a global expert tensor.
+struct StateTensor {
+  std::string name;
+  TensorView view;
+  bool shard = false;
+};
+
+std::vector<StateTensor> ModelState(Model& model) {
+  std::vector<StateTensor> out;
+  for (ModelParam& p : model.params()) {
+    out.push_back({p.name, p.master, p.expert_shard});
+    out.push_back({p.name + ".adam_m", p.m, p.expert_shard});
+    out.push_back({p.name + ".adam_v", p.v, p.expert_shard});
+  }
+  for (auto& [name, view] : model.Buffers()) out.push_back({name, view, false});
+  return out;
+}
+
 std::vector<NamedTensor> StateTensors(Model& model) {
   std::vector<NamedTensor> out;
-  for (ModelParam& p : model.params()) {
-    out.push_back({p.name, p.master});
-    out.push_back({p.name + ".adam_m", p.m});
-    out.push_back({p.name + ".adam_v", p.v});
-  }
-  for (auto& [name, view] : model.Buffers()) out.push_back({name, view});
+  for (StateTensor& t : ModelState(model)) out.push_back({t.name, t.view});
   return out;
+}
+
+// The model state in the global logical layout. Collective on a multi-rank model: each expert
+// shard is all-gathered into a global host tensor kept in *storage.
+StatusOr<std::vector<NamedTensor>> GlobalStateTensors(ExecContext& ctx, Model& model,
+                                                      std::vector<Tensor>* storage) {
+  std::vector<NamedTensor> out;
+  for (StateTensor& t : ModelState(model)) {
+    if (!t.shard) {
+      out.push_back({t.name, t.view});
+      continue;
+    }
+    Shape shape = t.view.shape();
+    shape[0] *= model.world();
+    MOE_ASSIGN_OR_RETURN(Tensor full, Tensor::Empty(shape, t.view.dtype(), Device::Cpu()));
+    const TensorView in(t.view.data(), t.view.dtype(), {t.view.numel()}, t.view.device());
+    const TensorView all(full.data(), full.dtype(), {full.numel()}, Device::Cpu());
+    MOE_RETURN_IF_ERROR(model.comm()->AllGather(ctx, in, all));
+    out.push_back({t.name, full});
+    storage->push_back(std::move(full));
+  }
+  return out;
+}
+
+// Restores the model state from a checkpoint in the global layout; an expert shard takes its rows.
+Status RestoreModelState(ExecContext& ctx, const LoadedCheckpoint& checkpoint, Model& model) {
+  if (!model.distributed()) return RestoreTensors(ctx, checkpoint, StateTensors(model));
+  std::vector<StateTensor> state = ModelState(model);
+  std::vector<NamedTensor> named;
+  std::vector<Tensor> full(state.size());
+  for (size_t i = 0; i < state.size(); ++i) {
+    const StateTensor& t = state[i];
+    if (!t.shard) {
+      named.push_back({t.name, t.view});
+      continue;
+    }
+    Shape shape = t.view.shape();
+    shape[0] *= model.world();
+    MOE_ASSIGN_OR_RETURN(full[i], Tensor::Empty(shape, t.view.dtype(), Device::Cpu()));
+    named.push_back({t.name, full[i]});
+  }
+  MOE_RETURN_IF_ERROR(RestoreTensors(ctx, checkpoint, named));
+  const int rank = model.comm()->rank();
+  for (size_t i = 0; i < state.size(); ++i) {
+    if (!state[i].shard) continue;
+    const int64_t rows = state[i].view.dim(0);
+    MOE_RETURN_IF_ERROR(Copy(ctx, full[i].view().Rows(rank * rows, (rank + 1) * rows),
+                             state[i].view));
+  }
+  return absl::OkStatus();
+}
+
+// The ranks of this run: MPI's world when launched by mpirun with more than one rank, else null
+// (single rank; MPI is then never initialized, so a plain run stays as it was).
+StatusOr<Communicator*> WorldCommunicator() {
+#if MOE_WITH_MPI
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"}) {
+    const char* value = std::getenv(var);
+    if (value != nullptr && std::atoi(value) > 1) return MpiWorldCommunicator();
+  }
+#endif
+  return static_cast<Communicator*>(nullptr);
 }
 
 // The progress line (terminal) or log line.
@@ -145,16 +232,34 @@ class Trainer {
                     const std::vector<RoutingStats>& stats, double eval_loss);
   void ShowProgress(double loss, double lr, double tokens_per_s, double imbalance, bool final_line);
 
+  bool distributed() const { return world_ > 1; }
+  bool leader() const { return rank_ == 0; }
+  // Sums `values` over the ranks (f32) and divides by W: the mean over ranks. Collective.
+  Status MeanOverRanks(std::vector<double>* values);
+  // Every rank's view of a checkpoint: the newest one under checkpoint.dir, the same on every rank
+  // (an error on all ranks otherwise). Collective when distributed.
+  StatusOr<LoadedCheckpoint> LoadLatest();
+  // Chooses every MoE layer's mode for this step (collective: the capacity buckets).
+  Status ChooseModes();
+  // Reports the measured MoE times of this step to the controller.
+  Status ReportModes();
+
   proto::RunConfig config_;
   const proto::TrainConfig& train_;
   TrainerOptions options_;
+  Communicator* comm_ = nullptr;  // null on a single rank
+  int world_ = 1, rank_ = 0;
+  int64_t local_batch_ = 0;       // sequences per micro-batch on this rank
+  std::unique_ptr<AdaptiveController> controller_;
+  std::vector<AdaptKey> keys_;               // per layer, this step's controller key
+  std::vector<int64_t> prev_max_rows_;       // per layer, the previous step's largest expert load
   Device device_;
   std::unique_ptr<ExecContext> ctx_;
   std::unique_ptr<Model> model_;
   DataSources data_;
   std::unique_ptr<BatchLoader> loader_;
   std::vector<AuxLossValues> layer_aux_;  // per layer, mean over the last step's micro-batches
-  Tensor ids_, targets_, norm_sq_;
+  Tensor ids_, targets_, norm_sq_, expert_norm_sq_;
   std::vector<int32_t> host_ids_, host_targets_;
   std::ofstream metrics_;
   int64_t step_ = 0;
@@ -169,18 +274,61 @@ class Trainer {
 };
 
 Status Trainer::Setup() {
+  MOE_ASSIGN_OR_RETURN(comm_, WorldCommunicator());
+  if (comm_ != nullptr) {
+    world_ = comm_->size();
+    rank_ = comm_->rank();
+  }
+  MOE_RETURN_IF_ERROR(ValidateWorld(config_, world_));
   MOE_ASSIGN_OR_RETURN(device_, ResolveDevice(config_));
   MOE_ASSIGN_OR_RETURN(DType dtype, ResolveDType(config_, device_));
   MOE_ASSIGN_OR_RETURN(ctx_, ExecContext::Create(device_));
-  MOE_ASSIGN_OR_RETURN(model_, Model::Create(SpecFromConfig(config_, dtype), device_));
+  const int node_size = std::max(1, config_.parallel().node_size());
+  MOE_ASSIGN_OR_RETURN(model_, Model::Create(SpecFromConfig(config_, dtype), device_,
+                                             distributed() ? comm_ : nullptr, node_size));
   MOE_RETURN_IF_ERROR(model_->Init(*ctx_, train_.seed()));
   MOE_ASSIGN_OR_RETURN(data_, OpenData(config_));
   const int64_t b = train_.batch_size(), s = train_.seq_len();
+  local_batch_ = b / world_;
+  // Every rank reads the global batch (so positions and data match the single-rank run) and
+  // trains on its slice.
   loader_ = std::make_unique<BatchLoader>(data_.train.get(), b, s, train_.seed());
-  MOE_ASSIGN_OR_RETURN(ids_, Tensor::Empty({b * s}, DType::kI32, device_));
-  MOE_ASSIGN_OR_RETURN(targets_, Tensor::Empty({b * s}, DType::kI32, device_));
+  MOE_ASSIGN_OR_RETURN(ids_, Tensor::Empty({local_batch_ * s}, DType::kI32, device_));
+  MOE_ASSIGN_OR_RETURN(targets_, Tensor::Empty({local_batch_ * s}, DType::kI32, device_));
   MOE_ASSIGN_OR_RETURN(norm_sq_, Tensor::Empty({1}, DType::kF32, device_));
-  tty_ = options_.progress_bar && isatty(fileno(stderr));
+  MOE_ASSIGN_OR_RETURN(expert_norm_sq_, Tensor::Empty({1}, DType::kF32, device_));
+  tty_ = leader() && options_.progress_bar && isatty(fileno(stderr));
+  if (distributed()) {
+    const proto::ParallelConfig& pc = config_.parallel();
+    AdaptConfig adapt;
+    adapt.mode = pc.mode().empty() ? "auto" : pc.mode();
+    adapt.trials = pc.trials() > 0 ? pc.trials() : 2;
+    adapt.warmup = pc.warmup();
+    adapt.table_path = pc.table_path();
+    if (adapt.table_path.empty() && !config_.checkpoint().dir().empty()) {
+      adapt.table_path = config_.checkpoint().dir() + "/adapt_table.txt";
+    }
+    StatusOr<std::unique_ptr<AdaptiveController>> controller =
+        AdaptiveController::Create(adapt, ParallelCandidates(world_, node_size), comm_);
+    if (!controller.ok()) {
+      return BadArgument("parallel.mode", adapt.mode,
+                         absl::StrCat("auto or a candidate mode for ", world_,
+                                      " ranks and node_size ", node_size, " (",
+                                      controller.status().message(), ")"));
+    }
+    controller_ = *std::move(controller);
+    if (Status loaded = controller_->Load(); !loaded.ok()) {
+      MOE_LOG(WARNING) << "ignoring the adapt table: " << loaded.message();
+    }
+    keys_.assign(config_.model().num_layers(), AdaptKey{});
+    prev_max_rows_.assign(config_.model().num_layers(), 0);
+  }
+  if (!leader()) return absl::OkStatus();
+  if (distributed()) {
+    MOE_LOG(INFO) << world_ << " ranks: " << local_batch_ << " sequences per rank, "
+                  << config_.model().moe().num_experts() / world_ << " experts per rank, "
+                  << "parallel mode " << (controller_->forced() ? config_.parallel().mode() : "auto");
+  }
   MOE_LOG(INFO) << "device " << device_.ToString() << ", dtype " << DTypeName(dtype) << ", "
                 << model_->NumParameters() << " parameters (" << model_->NumActivatedParameters()
                 << " activated), data " << data_.train->name() << " (" << data_.train->size()
@@ -192,10 +340,10 @@ Status Trainer::Setup() {
 
 Status Trainer::MaybeResume() {
   if (!config_.checkpoint().resume() || config_.checkpoint().dir().empty()) return absl::OkStatus();
-  StatusOr<LoadedCheckpoint> latest = LoadLatestCheckpoint(config_.checkpoint().dir());
+  StatusOr<LoadedCheckpoint> latest = LoadLatest();
   if (absl::IsNotFound(latest.status())) return absl::OkStatus();
   MOE_RETURN_IF_ERROR(latest.status());
-  MOE_RETURN_IF_ERROR(RestoreTensors(*ctx_, *latest, StateTensors(*model_)));
+  MOE_RETURN_IF_ERROR(RestoreModelState(*ctx_, *latest, *model_));
   MOE_RETURN_IF_ERROR(model_->SyncComputeCopies(*ctx_));
   step_ = latest->meta.step;
   skipped_ = latest->meta.skipped_steps;
@@ -203,6 +351,27 @@ Status Trainer::MaybeResume() {
   loader_->Seek(latest->meta.data_position);
   MOE_LOG(INFO) << "resumed from " << latest->dir << " at step " << step_;
   return absl::OkStatus();
+}
+
+StatusOr<LoadedCheckpoint> Trainer::LoadLatest() {
+  StatusOr<LoadedCheckpoint> latest = LoadLatestCheckpoint(config_.checkpoint().dir());
+  if (!distributed()) return latest;
+  // -1: none found, -2: an error; the ranks must agree, or none uses what it read.
+  MOE_ASSIGN_OR_RETURN(Tensor mine, Tensor::Empty({1}, DType::kI64, Device::Cpu()));
+  MOE_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty({world_}, DType::kI64, Device::Cpu()));
+  mine.data<int64_t>()[0] = latest.ok() ? latest->meta.step
+                            : absl::IsNotFound(latest.status()) ? -1 : -2;
+  MOE_RETURN_IF_ERROR(comm_->AllGather(*ctx_, mine, all));
+  for (int r = 0; r < world_; ++r) {
+    if (all.data<int64_t>()[r] != mine.data<int64_t>()[0]) {
+      if (!latest.ok() && !absl::IsNotFound(latest.status())) return latest.status();
+      return absl::InternalError(absl::StrCat(
+          "ranks disagree on the latest checkpoint under ", config_.checkpoint().dir(),
+          ": rank ", r, " read step ", all.data<int64_t>()[r], ", rank ", rank_, " read ",
+          mine.data<int64_t>()[0], " (-1: none, -2: unreadable)"));
+    }
+  }
+  return latest;
 }
 
 Status Trainer::SaveCheckpoint() {
@@ -215,17 +384,37 @@ Status Trainer::SaveCheckpoint() {
   meta.rng_seed = train_.seed();
   meta.skipped_steps = skipped_;
   meta.lr_scale = lr_scale_;
-  return smoe::SaveCheckpoint(*ctx_, c.dir(), meta, StateTensors(*model_), c.keep_last());
+  if (!distributed()) {
+    return smoe::SaveCheckpoint(*ctx_, c.dir(), meta, StateTensors(*model_), c.keep_last());
+  }
+  std::vector<Tensor> storage;
+  MOE_ASSIGN_OR_RETURN(std::vector<NamedTensor> tensors,
+                       GlobalStateTensors(*ctx_, *model_, &storage));
+  Status saved = absl::OkStatus();
+  if (leader()) {
+    saved = smoe::SaveCheckpoint(*ctx_, c.dir(), meta, tensors, c.keep_last());
+    if (saved.ok()) saved = controller_->Save();
+  }
+  // Every rank learns whether rank 0 wrote it (and no rank reads it before it is complete).
+  MOE_ASSIGN_OR_RETURN(Tensor failed, Tensor::Empty({1}, DType::kI32, Device::Cpu()));
+  failed.data<int32_t>()[0] = saved.ok() ? 0 : 1;
+  MOE_RETURN_IF_ERROR(comm_->AllReduceSum(*ctx_, failed));
+  if (!saved.ok()) return saved;
+  if (failed.data<int32_t>()[0] != 0) {
+    return absl::InternalError(absl::StrCat("rank 0 failed to write the checkpoint of step ",
+                                            step_, " under ", c.dir()));
+  }
+  return absl::OkStatus();
 }
 
 Status Trainer::Rollback(absl::string_view reason) {
-  StatusOr<LoadedCheckpoint> latest = LoadLatestCheckpoint(config_.checkpoint().dir());
+  StatusOr<LoadedCheckpoint> latest = LoadLatest();
   if (!latest.ok()) {
     MOE_LOG(WARNING) << reason << " at step " << step_ << ", but no checkpoint to roll back to ("
                      << latest.status().message() << "); continuing";
     return absl::OkStatus();
   }
-  MOE_RETURN_IF_ERROR(RestoreTensors(*ctx_, *latest, StateTensors(*model_)));
+  MOE_RETURN_IF_ERROR(RestoreModelState(*ctx_, *latest, *model_));
   MOE_RETURN_IF_ERROR(model_->SyncComputeCopies(*ctx_));
   const int64_t from = step_;
   step_ = latest->meta.step;
@@ -239,35 +428,76 @@ Status Trainer::Rollback(absl::string_view reason) {
 }
 
 StatusOr<double> Trainer::Evaluate() {
-  const int64_t b = train_.batch_size(), s = train_.seq_len();
-  BatchLoader heldout(data_.heldout.get(), b, s, train_.seed() + 1);
+  const int64_t s = train_.seq_len();
+  BatchLoader heldout(data_.heldout.get(), train_.batch_size(), s, train_.seed() + 1);
   double total = 0.0;
   const int batches = std::max(1, train_.eval_batches());
   for (int i = 0; i < batches; ++i) {
     heldout.Next(&host_ids_, &host_targets_);
-    MOE_RETURN_IF_ERROR(Upload(*ctx_, host_ids_, ids_));
-    MOE_RETURN_IF_ERROR(Upload(*ctx_, host_targets_, targets_));
-    MOE_ASSIGN_OR_RETURN(double loss, model_->Loss(*ctx_, ids_, targets_, b, s));
+    MOE_RETURN_IF_ERROR(UploadSlice(*ctx_, host_ids_, rank_, ids_));
+    MOE_RETURN_IF_ERROR(UploadSlice(*ctx_, host_targets_, rank_, targets_));
+    MOE_ASSIGN_OR_RETURN(double loss, model_->Loss(*ctx_, ids_, targets_, local_batch_, s));
     total += loss;
+  }
+  if (distributed()) {
+    std::vector<double> mean = {total};
+    MOE_RETURN_IF_ERROR(MeanOverRanks(&mean));
+    total = mean[0];
   }
   return total / batches;
 }
 
+Status Trainer::MeanOverRanks(std::vector<double>* values) {
+  MOE_ASSIGN_OR_RETURN(Tensor buffer, Tensor::Empty({static_cast<int64_t>(values->size())},
+                                                    DType::kF32, Device::Cpu()));
+  for (size_t i = 0; i < values->size(); ++i) buffer.data<float>()[i] = static_cast<float>((*values)[i]);
+  MOE_RETURN_IF_ERROR(comm_->AllReduceSum(*ctx_, buffer));
+  for (size_t i = 0; i < values->size(); ++i) {
+    (*values)[i] = static_cast<double>(buffer.data<float>()[i]) / world_;
+  }
+  return absl::OkStatus();
+}
+
+Status Trainer::ChooseModes() {
+  for (int l = 0; l < config_.model().num_layers(); ++l) {
+    if (!model_->is_moe_layer(l)) continue;
+    MOE_ASSIGN_OR_RETURN(const int64_t bucket, AgreedCapacityBucket(comm_, prev_max_rows_[l]));
+    keys_[l] = AdaptKey{l, bucket, model_->TopK(l)};
+    MOE_ASSIGN_OR_RETURN(const ParallelMode mode, controller_->Choose(keys_[l]));
+    model_->SetParallelMode(l, mode);
+  }
+  model_->ResetMoEProfile();
+  return absl::OkStatus();
+}
+
+Status Trainer::ReportModes() {
+  for (int l = 0; l < config_.model().num_layers(); ++l) {
+    if (!model_->is_moe_layer(l)) continue;
+    MOE_RETURN_IF_ERROR(controller_->Report(keys_[l], model_->parallel_mode(l), model_->moe_ms()[l]));
+    prev_max_rows_[l] = model_->moe_max_rows()[l];
+  }
+  return absl::OkStatus();
+}
+
 StatusOr<bool> Trainer::Step(double* loss, double* aux, double* grad_norm, double lr) {
-  const int64_t b = train_.batch_size(), s = train_.seq_len();
+  const int64_t s = train_.seq_len();
   const int accum = std::max(1, train_.grad_accum());
   for (int l = 0; l < config_.model().num_layers(); ++l) {
     if (model_->is_moe_layer(l)) MOE_RETURN_IF_ERROR(model_->SetTopK(l, TopKForLayer(config_, l, step_)));
   }
+  if (distributed()) MOE_RETURN_IF_ERROR(ChooseModes());
   MOE_RETURN_IF_ERROR(model_->ZeroGrads(*ctx_));
   *loss = 0.0;
   *aux = 0.0;
   layer_aux_.assign(config_.model().num_layers(), AuxLossValues{});
   for (int micro = 0; micro < accum; ++micro) {
     loader_->Next(&host_ids_, &host_targets_);
-    MOE_RETURN_IF_ERROR(Upload(*ctx_, host_ids_, ids_));
-    MOE_RETURN_IF_ERROR(Upload(*ctx_, host_targets_, targets_));
-    MOE_ASSIGN_OR_RETURN(ModelLoss ml, model_->ForwardBackward(*ctx_, ids_, targets_, b, s, 1.0f / accum));
+    MOE_RETURN_IF_ERROR(UploadSlice(*ctx_, host_ids_, rank_, ids_));
+    MOE_RETURN_IF_ERROR(UploadSlice(*ctx_, host_targets_, rank_, targets_));
+    // The global mean's gradient: each rank's local mean over W.
+    const float scale = distributed() ? 1.0f / static_cast<float>(accum * world_) : 1.0f / accum;
+    MOE_ASSIGN_OR_RETURN(ModelLoss ml,
+                         model_->ForwardBackward(*ctx_, ids_, targets_, local_batch_, s, scale));
     *loss += ml.loss / accum;
     *aux += ml.aux_total / accum;
     for (size_t l = 0; l < layer_aux_.size(); ++l) {
@@ -279,9 +509,41 @@ StatusOr<bool> Trainer::Step(double* loss, double* aux, double* grad_norm, doubl
     }
   }
   MOE_RETURN_IF_ERROR(Fill(*ctx_, norm_sq_, 0.0));
-  for (ModelParam& p : model_->params()) MOE_RETURN_IF_ERROR(AccumulateSquaredNorm(*ctx_, p.grad, norm_sq_));
-  MOE_ASSIGN_OR_RETURN(Tensor norm_host, CopyTo(*ctx_, norm_sq_, Device::Cpu()));
-  *grad_norm = std::sqrt(static_cast<double>(norm_host.data<float>()[0]));
+  if (!distributed()) {
+    for (ModelParam& p : model_->params()) MOE_RETURN_IF_ERROR(AccumulateSquaredNorm(*ctx_, p.grad, norm_sq_));
+    MOE_ASSIGN_OR_RETURN(Tensor norm_host, CopyTo(*ctx_, norm_sq_, Device::Cpu()));
+    *grad_norm = std::sqrt(static_cast<double>(norm_host.data<float>()[0]));
+  } else {
+    MOE_RETURN_IF_ERROR(ReportModes());
+    std::vector<double> means(2 + 4 * layer_aux_.size());
+    means[0] = *loss;
+    means[1] = *aux;
+    for (size_t l = 0; l < layer_aux_.size(); ++l) {
+      means[2 + 4 * l] = layer_aux_[l].lbl;
+      means[3 + 4 * l] = layer_aux_[l].z_loss;
+      means[4 + 4 * l] = layer_aux_[l].top1_lbl;
+      means[5 + 4 * l] = layer_aux_[l].total;
+    }
+    MOE_RETURN_IF_ERROR(MeanOverRanks(&means));
+    *loss = means[0];
+    *aux = means[1];
+    for (size_t l = 0; l < layer_aux_.size(); ++l) {
+      layer_aux_[l] = {means[2 + 4 * l], means[3 + 4 * l], means[4 + 4 * l], means[5 + 4 * l]};
+    }
+    // Replicated gradients: this rank's share, summed over the ranks. Expert shards arrive summed.
+    MOE_RETURN_IF_ERROR(Fill(*ctx_, expert_norm_sq_, 0.0));
+    for (ModelParam& p : model_->params()) {
+      if (p.expert_shard) {
+        MOE_RETURN_IF_ERROR(AccumulateSquaredNorm(*ctx_, p.grad, expert_norm_sq_));
+      } else {
+        MOE_RETURN_IF_ERROR(comm_->AllReduceSum(*ctx_, p.grad));
+        MOE_RETURN_IF_ERROR(AccumulateSquaredNorm(*ctx_, p.grad, norm_sq_));
+      }
+    }
+    MOE_RETURN_IF_ERROR(comm_->AllReduceSum(*ctx_, expert_norm_sq_));
+    *grad_norm = std::sqrt(static_cast<double>(norm_sq_.data<float>()[0]) +
+                           static_cast<double>(expert_norm_sq_.data<float>()[0]));
+  }
   if (!std::isfinite(*loss) || !std::isfinite(*grad_norm)) return false;
   const double clip = train_.grad_clip();
   const float grad_scale =
@@ -317,10 +579,11 @@ void Trainer::WriteMetrics(double loss, double aux, double grad_norm, double lr,
                     absl::StrFormat("{\"layer\": %d, \"top_k\": %d, \"max_rel_dev\": %.4f, "
                                     "\"min_rel_dev\": %.4f, \"dead_experts\": %d, "
                                     "\"entropy_mean_p\": %.4f, \"lbl\": %.6g, \"z_loss\": %.6g, "
-                                    "\"top1_lbl\": %.6g, \"aux_total\": %.6g}",
+                                    "\"top1_lbl\": %.6g, \"aux_total\": %.6g%s}",
                                     l, model_->TopK(static_cast<int>(l)), st.max_rel_dev,
                                     st.min_rel_dev, st.dead_experts, st.entropy_mean_p, a.lbl,
-                                    a.z_loss, a.top1_lbl, a.total));
+                                    a.z_loss, a.top1_lbl, a.total,
+                                    distributed() ? absl::StrCat(", \"mode\": \"", ParallelModeName(model_->parallel_mode(static_cast<int>(l))), "\"") : ""));
     first = false;
   }
   absl::StrAppend(&line, "]}\n");
@@ -355,7 +618,7 @@ StatusOr<TrainSummary> Trainer::Run() {
   if (metrics_path.empty() && !config_.checkpoint().dir().empty()) {
     metrics_path = config_.checkpoint().dir() + "/metrics.jsonl";
   }
-  if (!metrics_path.empty()) {
+  if (!metrics_path.empty() && leader()) {
     std::error_code ignored;
     std::filesystem::create_directories(std::filesystem::path(metrics_path).parent_path(), ignored);
     metrics_.open(metrics_path, std::ios::app);
@@ -369,7 +632,15 @@ StatusOr<TrainSummary> Trainer::Run() {
   const proto::CheckpointConfig& ckpt = config_.checkpoint();
   double loss = 0.0;
   while (step_ < train_.steps()) {
-    if (options_.stop_requested != nullptr && options_.stop_requested->load()) {
+    bool stop = options_.stop_requested != nullptr && options_.stop_requested->load();
+    if (distributed()) {
+      // A signal may reach the ranks at different steps: stop when any rank was asked to.
+      MOE_ASSIGN_OR_RETURN(Tensor flag, Tensor::Empty({1}, DType::kI32, Device::Cpu()));
+      flag.data<int32_t>()[0] = stop ? 1 : 0;
+      MOE_RETURN_IF_ERROR(comm_->AllReduceSum(*ctx_, flag));
+      stop = flag.data<int32_t>()[0] > 0;
+    }
+    if (stop) {
       summary.stopped_early = true;
       break;
     }
@@ -418,10 +689,13 @@ StatusOr<TrainSummary> Trainer::Run() {
       MOE_ASSIGN_OR_RETURN(eval_loss, Evaluate());
       summary.final_eval_loss = eval_loss;
       if (tty_) std::fputc('\n', stderr);
-      MOE_LOG(INFO) << absl::StrFormat("step %d: held-out loss %.4f (train %.4f)", step_, eval_loss, loss);
+      if (leader()) {
+        MOE_LOG(INFO) << absl::StrFormat("step %d: held-out loss %.4f (train %.4f)", step_,
+                                         eval_loss, loss);
+      }
     }
     WriteMetrics(loss, aux, grad_norm, lr, tokens_per_s, stats, eval_loss);
-    if (last || (train_.log_interval() > 0 && step_ % train_.log_interval() == 0) || tty_) {
+    if (leader() && (last || (train_.log_interval() > 0 && step_ % train_.log_interval() == 0) || tty_)) {
       ShowProgress(loss, lr, tokens_per_s, imbalance, last);
     }
     if (ckpt.interval() > 0 && (step_ % ckpt.interval() == 0 || last)) {
@@ -494,6 +768,17 @@ ModelSpec SpecFromConfig(const proto::RunConfig& config, DType dtype) {
   spec.bias_update_rate = static_cast<float>(e.bias_update_rate());
   spec.bias_bound = static_cast<float>(e.bias_bound());
   return spec;
+}
+
+std::vector<ParallelMode> ParallelCandidates(int world, int node_size) {
+  std::vector<ParallelMode> out = {{0, 1, AllToAllAlgorithm::kFlat},
+                                   {1, 1, AllToAllAlgorithm::kFlat},
+                                   {1, 2, AllToAllAlgorithm::kFlat}};
+  if (node_size > 1 && node_size < world) {
+    out.push_back({1, 1, AllToAllAlgorithm::kTwoDimHierarchical});
+    out.push_back({1, 2, AllToAllAlgorithm::kTwoDimHierarchical});
+  }
+  return out;
 }
 
 double LearningRateAt(const proto::TrainConfig& train, int64_t step) {

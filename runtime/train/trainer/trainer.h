@@ -5,12 +5,45 @@
 // masters (weight decay on matrices only), warmup + cosine LR; then metrics, progress, held-out
 // evaluation and checkpoints at their intervals. SIGINT/SIGTERM save a checkpoint and stop cleanly;
 // a loss spike rolls back to the last checkpoint with a reduced LR.
+//
+// Multi-rank (`mpirun -np W sigma-moe-train`, MOE_WITH_MPI builds; W from MpiWorldCommunicator
+// when the launcher's environment says W > 1, otherwise MPI is never initialized and everything
+// is the single-rank run, bit for bit). CPU ranks. The W ranks are one data-parallel group and one
+// MoE group (DESIGN.md section 6):
+//   Data: a step's global batch is what one rank with train.batch_size reads; rank r trains on
+//     its contiguous slice of batch_size / W sequences (batch_size % W == 0, else InvalidArgument
+//     naming train.batch_size), so W ranks train on exactly the single-rank data.
+//   Loss: the mean over the global batch. Each rank back-propagates its local mean times
+//     1 / (W grad_accum); the replicated parameters' gradients are all-reduced (summed); the
+//     experts' come out of ParallelMoEBackward summed over ranks. The gradient norm is the
+//     replicated part plus the all-reduced expert shards' part. Reported loss, aux losses and eval
+//     loss are means over ranks (all-reduced). moe.global_lbl sums the LBL counts over the world;
+//     the expert-bias update uses the world's counts.
+//   Experts: rank r holds its E / W experts (model.h; E % W == 0, else InvalidArgument naming
+//     model.moe.num_experts), initialized as its slices of the single-rank init.
+//   Checkpoints: in the global logical layout (byte-compatible with a single-rank checkpoint,
+//     loadable on any W): the expert tensors and moments are gathered, rank 0 writes, every rank
+//     then learns whether it succeeded. On resume and rollback every rank reads the checkpoint
+//     (a file system shared by the ranks) and takes its slice.
+//   Parallel modes: each MoE layer asks the AdaptiveController (parallel.mode "auto", or one forced
+//     mode) for its mode every step, keyed by (layer, AgreedCapacityBucket of the largest per-expert
+//     row count over the ranks in the previous step (0 at the first), top-k); while the key is
+//     measuring, the layer's ParallelMoEForward + ParallelMoEBackward time is reported after the
+//     step. Candidates (ParallelCandidates): r0.d1.flat, r1.d1.flat, r1.d2.flat, and r1.d1.2dh,
+//     r1.d2.2dh when 1 < parallel.node_size < W. The table is saved with the checkpoints
+//     (parallel.table_path, default <checkpoint.dir>/adapt_table.txt); metrics.jsonl names every
+//     MoE layer's mode. Routing statistics in metrics.jsonl are rank 0's tokens.
+//   Agreement: the stop request (signals) is all-reduced each step, so every rank stops at the
+//     same step. Only rank 0 writes metrics, progress and most log lines.
 #pragma once
 
 #include <atomic>
 #include <memory>
 #include <string>
 
+#include <vector>
+
+#include "moe/adapt/parallel_mode.h"
 #include "runtime/core/status.h"
 #include "runtime/train/config/config.h"
 #include "runtime/train/model/model.h"
@@ -38,6 +71,9 @@ struct TrainSummary {
 [[nodiscard]] StatusOr<DType> ResolveDType(const proto::RunConfig& config, Device device);
 // The model description of a (validated) config.
 ModelSpec SpecFromConfig(const proto::RunConfig& config, DType dtype);
+// The candidate parallel modes of a W-rank run with `node_size` ranks per node (see above).
+std::vector<ParallelMode> ParallelCandidates(int world, int node_size);
+
 // Learning rate at optimizer step `step` (0-based): linear warmup to lr, cosine to min_lr.
 double LearningRateAt(const proto::TrainConfig& train, int64_t step);
 
@@ -49,7 +85,7 @@ double LearningRateAt(const proto::TrainConfig& train, int64_t step);
 // Prints parameter counts (total, activated), the FLOPs per token and the memory plan.
 [[nodiscard]] Status DryRun(const proto::RunConfig& config);
 
-// Generates `num_tokens` bytes after `prompt` from the newest checkpoint under checkpoint.dir
+// Single rank (under mpirun every rank samples on its own). Generates `num_tokens` bytes after `prompt` from the newest checkpoint under checkpoint.dir
 // (temperature 0: greedy). Incremental: the prompt (its last train.seq_len bytes) is prefilled into
 // per-layer KV caches of train.seq_len positions, then each new byte is one decode step; when the
 // caches are full, the last train.seq_len / 2 bytes of the text are prefilled again.
