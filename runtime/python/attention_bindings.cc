@@ -59,7 +59,9 @@ BorrowedTensor TakeOptional(py::handle object, const char* name, bool used, cons
 struct BorrowedParams {
   BorrowedTensor w_q, w_k, w_v, w_o, w_gate, w_up, w_down, q_norm, k_norm;
 
-  DiffQkvParams View() const { return {w_q, w_k, w_v, w_o, {w_gate, w_up, w_down}, q_norm, k_norm}; }
+  DiffQkvParams View() const {
+    return {w_q, w_k, w_v, w_o, {w_gate, w_up, w_down}, q_norm, k_norm};
+  }
 };
 
 BorrowedParams TakeParams(const DiffQkvConfig& c, const char* prefix, py::handle w_q,
@@ -119,13 +121,13 @@ void BindAttention(py::module_& m) {
       .def("__repr__", &ConfigRepr)
       .def(py::pickle(  // modules holding a config can be deep-copied and saved whole
           [](const DiffQkvConfig& c) {
-            return py::make_tuple(c.model_dim, c.n_q, c.n_k, c.n_v, c.head_dim, c.d_aug,
-                                  c.qk_norm, c.rope_theta);
+            return py::make_tuple(c.model_dim, c.n_q, c.n_k, c.n_v, c.head_dim, c.d_aug, c.qk_norm,
+                                  c.rope_theta);
           },
           [](const py::tuple& t) {
             if (t.size() != 8) {
-              ThrowIfError(BadArgument("DiffQkvConfig state", absl::StrCat(t.size(), " fields"),
-                                       "8"));
+              ThrowIfError(
+                  BadArgument("DiffQkvConfig state", absl::StrCat(t.size(), " fields"), "8"));
             }
             DiffQkvConfig c;
             c.model_dim = t[0].cast<int64_t>();
@@ -151,15 +153,20 @@ void BindAttention(py::module_& m) {
       .def_property_readonly("dtype",
                              [](const DiffQkvState& s) { return std::string(DTypeName(s.dtype)); })
       .def_property_readonly("device", [](const DiffQkvState& s) { return s.device.ToString(); })
-      .def("q_rope", [](const DiffQkvState& s) { return Export(s.saved.q_rope); },
-           "[B, S, n_q, D]: the attention's queries (after AugQ, QK-norm, RoPE).")
-      .def("k_rope", [](const DiffQkvState& s) { return Export(s.saved.k_rope); },
-           "[B, S, n_k, D]: the attention's keys (after QK-norm, RoPE).")
-      .def("v", [](const DiffQkvState& s) { return Export(s.saved.v); }, "[B, S, n_v, D].")
-      .def("attention_output", [](const DiffQkvState& s) { return Export(s.saved.o); },
-           "[B, S, n_q, D]: concat(o_i) before W_o.")
-      .def("lse", [](const DiffQkvState& s) { return Export(s.saved.lse); },
-           "[B, n_q, S] f32: log-sum-exp of every softmax row.");
+      .def(
+          "q_rope", [](const DiffQkvState& s) { return Export(s.saved.q_rope); },
+          "[B, S, n_q, D]: the attention's queries (after AugQ, QK-norm, RoPE).")
+      .def(
+          "k_rope", [](const DiffQkvState& s) { return Export(s.saved.k_rope); },
+          "[B, S, n_k, D]: the attention's keys (after QK-norm, RoPE).")
+      .def(
+          "v", [](const DiffQkvState& s) { return Export(s.saved.v); }, "[B, S, n_v, D].")
+      .def(
+          "attention_output", [](const DiffQkvState& s) { return Export(s.saved.o); },
+          "[B, S, n_q, D]: concat(o_i) before W_o.")
+      .def(
+          "lse", [](const DiffQkvState& s) { return Export(s.saved.lse); },
+          "[B, n_q, S] f32: log-sum-exp of every softmax row.");
 
   m.def(
       "diffqkv_forward",
@@ -215,18 +222,18 @@ void BindAttention(py::module_& m) {
         const TensorView& xv = x_t.view();
         if (xv.device() != state.device || xv.dtype() != state.dtype || xv.rank() != 3 ||
             xv.dim(0) != state.batch || xv.dim(1) != state.seq) {
-          ThrowIfError(BadArgument(
-              "x",
-              absl::StrCat(xv.shape().ToString(), " ", DTypeName(xv.dtype()), " on ",
-                           xv.device().ToString()),
-              absl::StrCat("the forward's x: [", state.batch, ", ", state.seq, ", ",
-                           state.config.model_dim, "] ", DTypeName(state.dtype), " on ",
-                           state.device.ToString())));
+          ThrowIfError(
+              BadArgument("x",
+                          absl::StrCat(xv.shape().ToString(), " ", DTypeName(xv.dtype()), " on ",
+                                       xv.device().ToString()),
+                          absl::StrCat("the forward's x: [", state.batch, ", ", state.seq, ", ",
+                                       state.config.model_dim, "] ", DTypeName(state.dtype), " on ",
+                                       state.device.ToString())));
         }
         DeviceGuard guard(state.device);
         ExecContext& ctx = ContextFor(state.device, stream);
-        ThrowIfError(DiffQkvBackward(ctx, config, p.View(), x_t, state.saved, dy_t, dx_t,
-                                     g.View()));
+        ThrowIfError(
+            DiffQkvBackward(ctx, config, p.View(), x_t, state.saved, dy_t, dx_t, g.View()));
       },
       arg("config"), arg("w_q"), arg("w_k"), arg("w_v"), arg("w_o"), arg("x"), arg("state"),
       arg("dy"), arg("dx"), arg("grad_w_q"), arg("grad_w_k"), arg("grad_w_v"), arg("grad_w_o"),
