@@ -284,6 +284,12 @@ TEST(ValidateTest, OutOfRangeValuesNameTheField) {
       {"data.synthetic_size=10", "data.synthetic_size: got 10, expected >= train.seq_len + 1"},
       {"data.kind=tokens", "data.path"},
       {"checkpoint.keep_last=-1", "checkpoint.keep_last: got -1"},
+      {"parallel.mode=fast", "parallel.mode: got \"fast\", expected \"auto\" or a mode name"},
+      {"parallel.mode=r1.d0.flat", "parallel.mode: got \"r1.d0.flat\""},
+      {"parallel.mode=r1.d1.ring", "parallel.mode: got \"r1.d1.ring\""},
+      {"parallel.node_size=-1", "parallel.node_size: got -1, expected >= 0"},
+      {"parallel.trials=-2", "parallel.trials: got -2"},
+      {"parallel.warmup=-1", "parallel.warmup: got -1"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.assignment);
@@ -311,6 +317,48 @@ TEST(ValidateTest, AcceptsValidEdgeCases) {
                                          "moe.dense_layers=[0,3]", "train.min_lr=0.001",
                                          "train.spike_threshold=0", "checkpoint.keep_last=0"}));
   MOE_EXPECT_OK(ValidateConfig(config));
+}
+
+TEST(ValidateTest, ParallelModesParse) {
+  for (const char* mode : {"auto", "", "r0.d1.flat", "r1.d2.flat", "r1.d2.2dh"}) {
+    SCOPED_TRACE(mode);
+    proto::RunConfig config = Tiny();
+    config.mutable_parallel()->set_mode(mode);
+    MOE_EXPECT_OK(ValidateConfig(config));
+  }
+  // The presets state the defaults.
+  EXPECT_EQ(Tiny().parallel().mode(), "auto");
+  EXPECT_EQ(Tiny().parallel().trials(), 2);
+}
+
+TEST(ValidateWorldTest, SingleRankChecksNothing) {
+  proto::RunConfig config = Tiny();
+  MOE_ASSERT_OK(ApplyOverrides(&config, {"train.batch_size=7", "moe.num_experts=5",
+                                         "parallel.node_size=3"}));
+  MOE_EXPECT_OK(ValidateWorld(config, 1));
+  MOE_EXPECT_OK(ValidateWorld(config, 0));
+}
+
+TEST(ValidateWorldTest, BatchExpertsAndNodeSizeMustFitTheWorld) {
+  proto::RunConfig config = Tiny();  // batch 16, 96 experts, node_size 1
+  MOE_EXPECT_OK(ValidateWorld(config, 4));
+  MOE_EXPECT_OK(ValidateWorld(config, 16));
+  EXPECT_THAT(ValidateWorld(config, 3),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("train.batch_size: got 16, expected a multiple of the world size 3")));
+  EXPECT_THAT(ValidateWorld(config, 64),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("train.batch_size: got 16"),
+                             HasSubstr("model.moe.num_experts: got 96, expected a multiple of the "
+                                       "world size 64"))));
+  MOE_ASSERT_OK(ApplyOverrides(&config, {"moe.num_experts=6", "parallel.node_size=3"}));
+  EXPECT_THAT(ValidateWorld(config, 4),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("model.moe.num_experts: got 6"),
+                             HasSubstr("parallel.node_size: got 3, expected a divisor of the "
+                                       "world size 4"))));
+  MOE_ASSERT_OK(ApplyOverrides(&config, {"moe.num_experts=8", "parallel.node_size=2"}));
+  MOE_EXPECT_OK(ValidateWorld(config, 4));
 }
 
 TEST(TopKScheduleTest, TinyIsTop4OnLayer0ForTheFirst200Steps) {
