@@ -221,6 +221,12 @@ class _DiffQkvFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, config, out, *weights):
         y = torch.empty_like(x)
+        ctx.empty = x.numel() == 0
+        if ctx.empty:
+            # No token, no work: the C++ block's [B*S, ...] views reject T = 0.
+            ctx.save_for_backward(x, *weights)
+            out["state"] = None
+            return y
         w = [_plain(t) for t in weights]
         state = _C.diffqkv_forward(
             config, *w[:4], _plain(x), y, w_gate=w[4], w_up=w[5], w_down=w[6], q_norm=w[7],
@@ -239,15 +245,19 @@ class _DiffQkvFunction(torch.autograd.Function):
         x, *weights = ctx.saved_tensors
         dy = dy.contiguous()
         dx = torch.empty_like(x)
-        grads = [None if w is None else torch.empty(w.shape, dtype=w.dtype, device=w.device)
+        alloc = torch.zeros if ctx.empty else torch.empty
+        grads = [None if w is None else alloc(w.shape, dtype=w.dtype, device=w.device)
                  for w in weights]
         w = [_plain(t) for t in weights]
+        need = ctx.needs_input_grad
+        if ctx.empty:
+            return (dx if need[0] else None, None, None,
+                    *[g if need[i + 3] else None for i, g in enumerate(grads)])
         _C.diffqkv_backward(
             ctx.config, *w[:4], _plain(x), ctx.state, dy, dx, *grads[:4], w_gate=w[4], w_up=w[5],
             w_down=w[6], q_norm=w[7], k_norm=w[8], grad_w_gate=grads[4], grad_w_up=grads[5],
             grad_w_down=grads[6], grad_q_norm=grads[7], grad_k_norm=grads[8],
             stream=current_stream(dy))
-        need = ctx.needs_input_grad
         return (dx if need[0] else None, None, None,
                 *[g if need[i + 3] else None for i, g in enumerate(grads)])
 
@@ -259,7 +269,8 @@ def diffqkv_attention(x: torch.Tensor, config: "_C.DiffQkvConfig", w_q: torch.Te
                       w_down: Optional[torch.Tensor] = None,
                       q_norm: Optional[torch.Tensor] = None,
                       k_norm: Optional[torch.Tensor] = None):
-    """Functional form: (y [B, S, M], DiffQkvState) for contiguous x [B, S, M].
+    """Functional form: (y [B, S, M], DiffQkvState, or None when B * S = 0) for contiguous
+    x [B, S, M].
 
     Differentiable with respect to x and every weight given (see DiffQKVAttention); w_gate, w_up,
     w_down exactly when config.d_aug > 0, q_norm and k_norm exactly when config.qk_norm."""

@@ -213,6 +213,24 @@ def test_state_exports_match_reference_intermediates():
     assert lse.shape == (B, 4, S) and lse.dtype == torch.float32
 
 
+def test_empty_and_single_token_inputs():
+    layer = randomize(DiffQKVAttention(M, 4, 1, 2, D, d_aug=8, qk_norm=True))
+    for shape in ((2, 0, M), (0, 3, M)):
+        x = torch.randn(*shape, requires_grad=True)
+        y = layer(x)
+        y.sum().backward()
+        assert y.shape == shape and x.grad.shape == shape and layer.last_state is None
+        assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in layer.parameters())
+    # One token attends to itself alone: y does not depend on q or k, so their weights get no
+    # gradient (up to rounding), and the rest matches the reference.
+    ours, theirs = run_both(layer, torch.randn(1, 1, M))
+    for name in ours:
+        if name in ("w_q", "w_k", "w_gate", "w_up", "w_down", "q_norm", "k_norm"):
+            assert ours[name].abs().max() < 1e-5, name
+        else:
+            assert_close(ours[name], theirs[name], 1e-4, name)
+
+
 def test_second_backward_from_one_state_gives_the_same_gradients():
     layer = randomize(DiffQKVAttention(M, 4, 2, 2, D, d_aug=8))
     x = torch.randn(B, S, M, requires_grad=True)
