@@ -38,8 +38,9 @@ StatusOr<Tensor> New(ExecContext& ctx, Shape shape, DType dtype) {
 }
 
 // [B, S, heads, D] <-> [T, heads * D] views of the same data.
+// [B, S, heads, D] as [B * S, heads * D] (also when B * S == 0).
 StatusOr<TensorView> Flat(const TensorView& t) {
-  return t.Reshape({t.dim(0) * t.dim(1), t.numel() / std::max<int64_t>(1, t.dim(0) * t.dim(1))});
+  return t.Reshape({t.dim(0) * t.dim(1), t.dim(2) * t.dim(3)});
 }
 
 }  // namespace

@@ -212,6 +212,25 @@ TEST_P(DiffQkvBlockTest, PrefillThenDecodeStepsEqualForwardRows) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.capacity")));
 }
 
+// No tokens (S = 0): an empty output, and weight gradients of zero (Backward overwrites them).
+TEST(DiffQkvBlockTest, EmptyBatch) {
+  const DiffQkvConfig config{6, 4, 1, 2, 4, 8, true, 1e4};
+  Block block(config, 2, 0);
+  ExecContext& ctx = ExecContext::Cpu();
+  Tensor y = HostTensor(block.tensors[0].shape());
+  DiffQkvSaved saved;
+  MOE_ASSERT_OK(DiffQkvForward(ctx, config, block.Params(block.tensors), block.tensors[0], y,
+                               &saved));
+  std::vector<Tensor> grads = block.EmptyLike();
+  for (size_t i = 1; i < grads.size(); ++i) MOE_ASSERT_OK(Fill(ctx, grads[i], 7.0));
+  Tensor dy = HostTensor(y.shape());
+  MOE_ASSERT_OK(DiffQkvBackward(ctx, config, block.Params(block.tensors), block.tensors[0], saved,
+                                dy, grads[0], block.Params(grads)));
+  for (size_t i = 1; i < grads.size(); ++i) {
+    for (double g : ToDoubles(grads[i])) ASSERT_EQ(g, 0.0) << "gradient " << i;
+  }
+}
+
 TEST(DiffQkvBlockTest, BadConfig) {
   DiffQkvConfig config{6, 4, 3, 2, 4, 0, false, 1e4};
   EXPECT_THAT(ValidateDiffQkvConfig(config, Device::Cpu()),
