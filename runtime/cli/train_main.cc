@@ -39,6 +39,13 @@ sample flags:
   --prompt=TEXT  --tokens=N (default 200)  --temperature=T (default 0.8; 0 = greedy)  --seed=N
 
 SIGINT/SIGTERM save a checkpoint and stop; run the same command again to resume.
+
+multi-rank (CPU ranks, MPI builds): mpirun -np W sigma-moe-train [flags]
+  The W ranks split each global batch of train.batch_size sequences and the E experts of every
+  MoE layer (both multiples of W) and train the single-rank model; checkpoints keep the single-rank
+  layout and resume on any W. Each MoE layer's parallel mode is chosen per step:
+  --set parallel.mode=auto (measured, the default) or a fixed mode such as r0.d1.flat, r1.d2.flat,
+  r1.d1.2dh (with --set parallel.node_size=N ranks per node, 1 < N < W).
 )";
 
 std::atomic<bool> g_stop{false};
@@ -130,6 +137,7 @@ int Main(int argc, char** argv) {
   options.stop_requested = &g_stop;
   StatusOr<TrainSummary> summary = Train(*config, options);
   if (!summary.ok()) return Fail(summary.status());
+  if (!summary->leader) return 0;
   std::printf("sigma-moe-train: %s at step %lld: train loss %.4f, held-out loss %s, %lld skipped "
               "steps, %lld rollbacks\n",
               summary->stopped_early ? "stopped" : "done",

@@ -2,7 +2,8 @@
 # Multi-rank training equals single-rank training (CPU ranks under mpirun): the same per-step
 # losses (relative 1e-4, metrics.jsonl) and final checkpoints whose tensors agree (relative 1e-4)
 # for 1, 2 and 4 ranks, with the adaptive controller and with forced modes (r0.d1.flat,
-# r1.d2.2dh over 2 nodes of 2); a 4-rank checkpoint resumes on 2 ranks to the same final state.
+# r1.d2.2dh over 2 nodes of 2); a 4-rank checkpoint resumes on 2 ranks to the same final state;
+# gradient accumulation, the expert bias, an untied head and a dense layer also agree on 4 ranks.
 # usage: distributed_train_test.sh path/to/sigma-moe-train [mpiexec]
 set -euo pipefail
 bin=$1
@@ -59,6 +60,8 @@ print(f"{len(got)} steps agree")
 PY
 }
 
+export -f compare_metrics
+
 check() {  # description, command...
   local what=$1
   shift
@@ -87,6 +90,16 @@ for name in w2 w4_auto w4_r0 w4_2dh; do
 done
 check "the auto run saved its adapt table" grep -q "sigma-moe adapt table v1" "$work/w4_auto/adapt_table.txt"
 
+# Gradient accumulation, aux-loss-free expert bias, untied LM head, a dense FFN layer.
+more=(--set train.grad_accum=2 --set moe.bias_update_rate=0.01 --set moe.bias_bound=0.5
+      --set model.tie_embeddings=false --set "moe.dense_layers=[1]" --set moe.dense_ffn_dim=24)
+run v1 1 "${more[@]}"
+run v4 4 "${more[@]}"
+check "accum/bias/untied/dense: 4-rank losses == 1-rank" \
+  compare_metrics "$work/v1/metrics.jsonl" "$work/v4/metrics.jsonl"
+check "accum/bias/untied/dense: 4-rank checkpoint == 1-rank" \
+  python3 "$here/compare_checkpoints.py" "$work/v1/$final" "$work/v4/$final"
+
 # Resume: the 4-rank checkpoint of step 3 continues on 2 ranks.
 mkdir -p "$work/resume"
 cp -r "$work/w4_auto/$(printf 'step_%08d' 3)" "$work/resume/"
@@ -95,6 +108,12 @@ check "4-rank checkpoint resumed on 2 ranks" grep -q "resumed from .*step_000000
 check "resumed losses == w1" compare_metrics "$work/w1/metrics.jsonl" "$work/resume/metrics.jsonl"
 check "resumed final checkpoint == w1" python3 "$here/compare_checkpoints.py" \
   "$work/w1/$final" "$work/resume/$final"
+
+# The comparisons can fail: different states and different runs are told apart.
+check "comparison tells step 3 from step 6" \
+  bash -c "! python3 '$here/compare_checkpoints.py' '$work/w1/step_00000003' '$work/w1/$final'"
+check "comparison tells two configs' losses apart" \
+  bash -c "! compare_metrics '$work/w1/metrics.jsonl' '$work/v1/metrics.jsonl'"
 
 # Configuration errors name the field.
 if "${mpi[@]}" 2 "$bin" "${args[@]}" --set train.batch_size=7 > "$work/bad.log" 2>&1; then

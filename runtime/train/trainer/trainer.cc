@@ -711,6 +711,7 @@ StatusOr<TrainSummary> Trainer::Run() {
   summary.final_loss = loss;
   summary.skipped_steps = skipped_;
   summary.rollbacks = rollbacks_;
+  summary.leader = leader();
   return summary;
 }
 

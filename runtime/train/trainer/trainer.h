@@ -33,6 +33,8 @@
 //     r1.d2.2dh when 1 < parallel.node_size < W. The table is saved with the checkpoints
 //     (parallel.table_path, default <checkpoint.dir>/adapt_table.txt); metrics.jsonl names every
 //     MoE layer's mode. Routing statistics in metrics.jsonl are rank 0's tokens.
+//   Capacity: with moe.capacity_factor > 0 each rank's capacity comes from its own tokens (as
+//     GShard's per-device capacity), so drops, unlike dropless runs, differ from one rank's.
 //   Agreement: the stop request (signals) is all-reduced each step, so every rank stops at the
 //     same step. Only rank 0 writes metrics, progress and most log lines.
 #pragma once
@@ -64,6 +66,7 @@ struct TrainSummary {
   int64_t skipped_steps = 0;
   int64_t rollbacks = 0;
   bool stopped_early = false;     // by stop_requested
+  bool leader = true;             // rank 0 (the rank that reports) of a multi-rank run
 };
 
 // Resolves "auto" device and dtype: CUDA and bf16 when a GPU is visible, else CPU and f32.
