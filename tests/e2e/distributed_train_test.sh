@@ -3,7 +3,8 @@
 # losses (relative 1e-4, metrics.jsonl) and final checkpoints whose tensors agree (relative 1e-4)
 # for 1, 2 and 4 ranks, with the adaptive controller and with forced modes (r0.d1.flat,
 # r1.d2.2dh over 2 nodes of 2); a 4-rank checkpoint resumes on 2 ranks to the same final state;
-# gradient accumulation, the expert bias, an untied head and a dense layer also agree on 4 ranks.
+# gradient accumulation, the expert bias, an untied head and a dense layer also agree on 4 ranks,
+# and greedy `sample` from the 4-rank checkpoint gives the 1-rank text.
 # usage: distributed_train_test.sh path/to/sigma-moe-train [mpiexec]
 set -euo pipefail
 bin=$1
@@ -99,6 +100,14 @@ check "accum/bias/untied/dense: 4-rank losses == 1-rank" \
   compare_metrics "$work/v1/metrics.jsonl" "$work/v4/metrics.jsonl"
 check "accum/bias/untied/dense: 4-rank checkpoint == 1-rank" \
   python3 "$here/compare_checkpoints.py" "$work/v1/$final" "$work/v4/$final"
+
+sample() {  # checkpoint dir: greedy text from its newest checkpoint
+  "$bin" sample "${args[@]}" "${more[@]}" --set checkpoint.dir="\"$1\"" --temperature=0 \
+    --tokens=48 --prompt=abc
+}
+sample "$work/v1" > "$work/v1.sample"
+sample "$work/v4" > "$work/v4.sample"
+check "sample from the 4-rank checkpoint == from the 1-rank one" cmp "$work/v1.sample" "$work/v4.sample"
 
 # Resume: the 4-rank checkpoint of step 3 continues on 2 ranks.
 mkdir -p "$work/resume"
