@@ -1,10 +1,11 @@
 // The run configuration: presets, config files, command-line overrides, validation, printing.
 //
 // The schema is runtime/proto/config.proto (package sigma_moe.proto, top message RunConfig with
-// model, train, data, checkpoint, parallel). The presets of configs/*.textproto are compiled into the binary,
-// so LoadPreset needs no files. A run's effective config is: a preset or a config file, then each
-// `--set path=value` in order, then ValidateConfig. All errors are InvalidArgument (NotFound for a
-// missing preset or file) and name the field path, the value seen and the value expected.
+// model, train, data, checkpoint, parallel). The presets of configs/*.textproto are compiled into
+// the binary, so LoadPreset needs no files. A run's effective config is: a preset or a config
+// file, then each `--set path=value` in order, then ValidateConfig. All errors are InvalidArgument
+// (NotFound for a missing preset or file) and name the field path, the value seen and the value
+// expected.
 //
 // Field paths are relative to RunConfig ("train.lr", "model.attention.n_q"), with the shortcuts
 // "moe." = "model.moe." and "attention." = "model.attention.". A path segment may index a

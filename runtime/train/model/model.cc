@@ -188,9 +188,9 @@ Status Model::Init(ExecContext& ctx, uint64_t seed) {
     const bool output = absl::EndsWith(p.name, "w_o") || absl::EndsWith(p.name, "w2");
     // An expert shard takes the stream offsets of its rows in the global tensor, so the ranks
     // together hold exactly the single-rank init.
-    const uint64_t first = p.expert_shard ? static_cast<uint64_t>(layout_.first_expert) *
-                                                static_cast<uint64_t>(p.master.numel() / p.master.dim(0))
-                                          : 0;
+    const uint64_t per_expert =
+        p.expert_shard ? static_cast<uint64_t>(p.master.numel() / p.master.dim(0)) : 0;
+    const uint64_t first = static_cast<uint64_t>(layout_.first_expert) * per_expert;
     if (gain) {
       MOE_RETURN_IF_ERROR(Fill(ctx, p.master, 1.0));
     } else {

@@ -327,7 +327,8 @@ Status Trainer::Setup() {
   if (distributed()) {
     MOE_LOG(INFO) << world_ << " ranks: " << local_batch_ << " sequences per rank, "
                   << config_.model().moe().num_experts() / world_ << " experts per rank, "
-                  << "parallel mode " << (controller_->forced() ? config_.parallel().mode() : "auto");
+                  << "parallel mode "
+                  << (controller_->forced() ? config_.parallel().mode() : "auto");
   }
   MOE_LOG(INFO) << "device " << device_.ToString() << ", dtype " << DTypeName(dtype) << ", "
                 << model_->NumParameters() << " parameters (" << model_->NumActivatedParameters()
@@ -450,7 +451,9 @@ StatusOr<double> Trainer::Evaluate() {
 Status Trainer::MeanOverRanks(std::vector<double>* values) {
   MOE_ASSIGN_OR_RETURN(Tensor buffer, Tensor::Empty({static_cast<int64_t>(values->size())},
                                                     DType::kF32, Device::Cpu()));
-  for (size_t i = 0; i < values->size(); ++i) buffer.data<float>()[i] = static_cast<float>((*values)[i]);
+  for (size_t i = 0; i < values->size(); ++i) {
+    buffer.data<float>()[i] = static_cast<float>((*values)[i]);
+  }
   MOE_RETURN_IF_ERROR(comm_->AllReduceSum(*ctx_, buffer));
   for (size_t i = 0; i < values->size(); ++i) {
     (*values)[i] = static_cast<double>(buffer.data<float>()[i]) / world_;
@@ -473,7 +476,8 @@ Status Trainer::ChooseModes() {
 Status Trainer::ReportModes() {
   for (int l = 0; l < config_.model().num_layers(); ++l) {
     if (!model_->is_moe_layer(l)) continue;
-    MOE_RETURN_IF_ERROR(controller_->Report(keys_[l], model_->parallel_mode(l), model_->moe_ms()[l]));
+    MOE_RETURN_IF_ERROR(
+        controller_->Report(keys_[l], model_->parallel_mode(l), model_->moe_ms()[l]));
     prev_max_rows_[l] = model_->moe_max_rows()[l];
   }
   return absl::OkStatus();
@@ -510,7 +514,9 @@ StatusOr<bool> Trainer::Step(double* loss, double* aux, double* grad_norm, doubl
   }
   MOE_RETURN_IF_ERROR(Fill(*ctx_, norm_sq_, 0.0));
   if (!distributed()) {
-    for (ModelParam& p : model_->params()) MOE_RETURN_IF_ERROR(AccumulateSquaredNorm(*ctx_, p.grad, norm_sq_));
+    for (ModelParam& p : model_->params()) {
+      MOE_RETURN_IF_ERROR(AccumulateSquaredNorm(*ctx_, p.grad, norm_sq_));
+    }
     MOE_ASSIGN_OR_RETURN(Tensor norm_host, CopyTo(*ctx_, norm_sq_, Device::Cpu()));
     *grad_norm = std::sqrt(static_cast<double>(norm_host.data<float>()[0]));
   } else {
@@ -575,6 +581,11 @@ void Trainer::WriteMetrics(double loss, double aux, double grad_norm, double lr,
     if (!model_->is_moe_layer(static_cast<int>(l))) continue;
     const RoutingStats& st = stats[l];
     const AuxLossValues a = l < layer_aux_.size() ? layer_aux_[l] : AuxLossValues{};
+    const std::string mode =
+        distributed()
+            ? absl::StrCat(", \"mode\": \"",
+                           ParallelModeName(model_->parallel_mode(static_cast<int>(l))), "\"")
+            : "";
     absl::StrAppend(&line, first ? "" : ", ",
                     absl::StrFormat("{\"layer\": %d, \"top_k\": %d, \"max_rel_dev\": %.4f, "
                                     "\"min_rel_dev\": %.4f, \"dead_experts\": %d, "
@@ -583,7 +594,7 @@ void Trainer::WriteMetrics(double loss, double aux, double grad_norm, double lr,
                                     l, model_->TopK(static_cast<int>(l)), st.max_rel_dev,
                                     st.min_rel_dev, st.dead_experts, st.entropy_mean_p, a.lbl,
                                     a.z_loss, a.top1_lbl, a.total,
-                                    distributed() ? absl::StrCat(", \"mode\": \"", ParallelModeName(model_->parallel_mode(static_cast<int>(l))), "\"") : ""));
+                                    mode));
     first = false;
   }
   absl::StrAppend(&line, "]}\n");
@@ -695,7 +706,8 @@ StatusOr<TrainSummary> Trainer::Run() {
       }
     }
     WriteMetrics(loss, aux, grad_norm, lr, tokens_per_s, stats, eval_loss);
-    if (leader() && (last || (train_.log_interval() > 0 && step_ % train_.log_interval() == 0) || tty_)) {
+    const bool log_step = train_.log_interval() > 0 && step_ % train_.log_interval() == 0;
+    if (leader() && (last || log_step || tty_)) {
       ShowProgress(loss, lr, tokens_per_s, imbalance, last);
     }
     if (ckpt.interval() > 0 && (step_ % ckpt.interval() == 0 || last)) {

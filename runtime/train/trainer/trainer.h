@@ -17,8 +17,8 @@
 //     1 / (W grad_accum); the replicated parameters' gradients are all-reduced (summed); the
 //     experts' come out of ParallelMoEBackward summed over ranks. The gradient norm is the
 //     replicated part plus the all-reduced expert shards' part. Reported loss, aux losses and eval
-//     loss are means over ranks (an f32 all-reduce). moe.global_lbl sums the LBL counts over the world;
-//     the expert-bias update uses the world's counts.
+//     loss are means over ranks (an f32 all-reduce). moe.global_lbl sums the LBL counts over the
+//     world; the expert-bias update uses the world's counts.
 //   Experts: rank r holds its E / W experts (model.h; E % W == 0, else InvalidArgument naming
 //     model.moe.num_experts), initialized as its slices of the single-rank init.
 //   Checkpoints: in the global logical layout (byte-compatible with a single-rank checkpoint,
