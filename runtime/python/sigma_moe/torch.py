@@ -44,6 +44,18 @@ def current_stream(t: torch.Tensor) -> int:
     return 0
 
 
+def _check_like_parameters(x: torch.Tensor, param: torch.Tensor, owner: str) -> None:
+    """ValueError unless x has `param`'s dtype and device and is contiguous."""
+    if x.dtype != param.dtype:
+        raise ValueError(f"x: got dtype {x.dtype}, expected {param.dtype} (the {owner}'s dtype)")
+    if x.device != param.device:
+        raise ValueError(f"x: got device {x.device}, expected {param.device} (the {owner}'s "
+                         "device)")
+    if not x.is_contiguous():
+        raise ValueError(f"x: got a non-contiguous tensor (strides {x.stride()}), expected a "
+                         "contiguous one (call .contiguous())")
+
+
 def _plain(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     # torch refuses to export tensors that require grad through DLPack; the kernels never record a
     # graph, so the detached alias (same storage, no copy) is what crosses the boundary.
@@ -176,14 +188,7 @@ class MoE(nn.Module):
             raise TypeError(f"x: got {type(x).__name__}, expected a torch.Tensor")
         if x.dim() < 1 or x.shape[-1] != self.model_dim:
             raise ValueError(f"x: got shape {tuple(x.shape)}, expected [..., {self.model_dim}]")
-        if x.dtype != self.w1.dtype:
-            raise ValueError(f"x: got dtype {x.dtype}, expected {self.w1.dtype} (the layer's dtype)")
-        if x.device != self.w1.device:
-            raise ValueError(f"x: got device {x.device}, expected {self.w1.device} (the layer's "
-                             "device)")
-        if not x.is_contiguous():
-            raise ValueError(f"x: got a non-contiguous tensor (strides {x.stride()}), expected a "
-                             "contiguous one (call .contiguous())")
+        _check_like_parameters(x, self.w1, "layer")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -385,15 +390,7 @@ class DiffQKVAttention(nn.Module):
         if self.w_q.dtype not in _DTYPE_NAMES:
             raise ValueError(f"DiffQKVAttention parameters: dtype {self.w_q.dtype}, expected "
                              "torch.float32 or torch.bfloat16")
-        if x.dtype != self.w_q.dtype:
-            raise ValueError(f"x: got dtype {x.dtype}, expected {self.w_q.dtype} (the module's "
-                             "dtype)")
-        if x.device != self.w_q.device:
-            raise ValueError(f"x: got device {x.device}, expected {self.w_q.device} (the module's "
-                             "device)")
-        if not x.is_contiguous():
-            raise ValueError(f"x: got a non-contiguous tensor (strides {x.stride()}), expected a "
-                             "contiguous one (call .contiguous())")
+        _check_like_parameters(x, self.w_q, "module")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

@@ -15,6 +15,7 @@
 
 #include "gtest/gtest.h"
 #include "runtime/tensor/tensor.h"
+#include "tests/testing/fake_communicator.h"
 #include "tests/testing/status_matchers.h"
 
 namespace smoe {
@@ -25,11 +26,9 @@ using ::testing::HasSubstr;
 
 // A group seen from one rank: AllReduceSum adds what the "other ranks" contribute (a callback),
 // AllGather fills the other ranks' slots with fixed values.
-class FakeCommunicator final : public Communicator {
+class FakeCommunicator final : public testing::UnimplementedCommunicator {
  public:
-  FakeCommunicator(int rank, int size) : rank_(rank), size_(size) {}
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
+  FakeCommunicator(int rank, int size) : UnimplementedCommunicator(rank, size) {}
 
   Status AllReduceSum(ExecContext&, const TensorView& buffer) override {
     ++all_reduce_calls;
@@ -40,33 +39,19 @@ class FakeCommunicator final : public Communicator {
     return absl::OkStatus();
   }
   Status AllGather(ExecContext&, const TensorView& in, const TensorView& out) override {
-    if (in.dtype() != DType::kI64 || in.numel() != 1 || out.numel() != size_) {
+    if (in.dtype() != DType::kI64 || in.numel() != 1 || out.numel() != size()) {
       return absl::InvalidArgumentError("unexpected AllGather");
     }
-    for (int r = 0; r < size_; ++r) {
-      out.data<int64_t>()[r] = r == rank_ ? in.data<int64_t>()[0] : others_gather[r];
+    for (int r = 0; r < size(); ++r) {
+      out.data<int64_t>()[r] = r == rank() ? in.data<int64_t>()[0] : others_gather[r];
     }
     return absl::OkStatus();
   }
-  Status ReduceScatterSum(ExecContext&, const TensorView&, const TensorView&) override {
-    return absl::UnimplementedError("ReduceScatterSum");
-  }
-  Status AllToAllV(ExecContext&, const TensorView&, std::span<const int64_t>, const TensorView&,
-                   std::span<const int64_t>) override {
-    return absl::UnimplementedError("AllToAllV");
-  }
   Status Barrier() override { return absl::OkStatus(); }
-  StatusOr<std::unique_ptr<Communicator>> Split(int, int) override {
-    return absl::UnimplementedError("Split");
-  }
 
   std::function<float()> others_ms;
   std::map<int, int64_t> others_gather;
   int all_reduce_calls = 0;
-
- private:
-  int rank_;
-  int size_;
 };
 
 ParallelMode Mode(absl::string_view name) { return ParseParallelMode(name).value(); }

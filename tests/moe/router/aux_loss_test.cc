@@ -8,6 +8,7 @@
 #include "moe/router/router_reference.h"
 #include "runtime/nn/softmax.h"
 #include "tests/testing/compare.h"
+#include "tests/testing/fake_communicator.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tensors.h"
@@ -98,11 +99,10 @@ TEST(AuxLossTest, GradientsMatchFiniteDifferences) {
 }
 
 // Adds fixed counts, as if a second rank had routed them.
-class AddingCommunicator final : public Communicator {
+class AddingCommunicator final : public testing::UnimplementedCommunicator {
  public:
-  explicit AddingCommunicator(std::vector<int64_t> other) : other_(std::move(other)) {}
-  int rank() const override { return 0; }
-  int size() const override { return 2; }
+  explicit AddingCommunicator(std::vector<int64_t> other)
+      : UnimplementedCommunicator(0, 2), other_(std::move(other)) {}
   Status AllReduceSum(ExecContext&, const TensorView& buffer) override {
     ++calls;
     if (buffer.dtype() != DType::kI64 || buffer.numel() != static_cast<int64_t>(other_.size())) {
@@ -110,20 +110,6 @@ class AddingCommunicator final : public Communicator {
     }
     for (size_t i = 0; i < other_.size(); ++i) buffer.data<int64_t>()[i] += other_[i];
     return absl::OkStatus();
-  }
-  Status AllGather(ExecContext&, const TensorView&, const TensorView&) override {
-    return absl::UnimplementedError("AllGather");
-  }
-  Status ReduceScatterSum(ExecContext&, const TensorView&, const TensorView&) override {
-    return absl::UnimplementedError("ReduceScatterSum");
-  }
-  Status AllToAllV(ExecContext&, const TensorView&, std::span<const int64_t>, const TensorView&,
-                   std::span<const int64_t>) override {
-    return absl::UnimplementedError("AllToAllV");
-  }
-  Status Barrier() override { return absl::OkStatus(); }
-  StatusOr<std::unique_ptr<Communicator>> Split(int, int) override {
-    return absl::UnimplementedError("Split");
   }
   int calls = 0;
 

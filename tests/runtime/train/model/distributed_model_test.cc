@@ -11,6 +11,7 @@
 #include "runtime/train/model/model.h"
 #include "runtime/train/trainer/trainer.h"
 #include "tests/testing/compare.h"
+#include "tests/testing/fake_communicator.h"
 #include "tests/testing/status_matchers.h"
 
 namespace smoe {
@@ -22,27 +23,7 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 // A rank of a world whose collectives are never called here (creation and Init need none).
-class NoCollectives final : public Communicator {
- public:
-  NoCollectives(int rank, int size) : rank_(rank), size_(size) {}
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  Status AllReduceSum(ExecContext&, const TensorView&) override { return Fail(); }
-  Status AllGather(ExecContext&, const TensorView&, const TensorView&) override { return Fail(); }
-  Status ReduceScatterSum(ExecContext&, const TensorView&, const TensorView&) override {
-    return Fail();
-  }
-  Status AllToAllV(ExecContext&, const TensorView&, std::span<const int64_t>, const TensorView&,
-                   std::span<const int64_t>) override {
-    return Fail();
-  }
-  Status Barrier() override { return Fail(); }
-  StatusOr<std::unique_ptr<Communicator>> Split(int, int) override { return Fail(); }
-
- private:
-  static Status Fail() { return absl::UnimplementedError("no collectives in this test"); }
-  int rank_, size_;
-};
+using NoCollectives = testing::UnimplementedCommunicator;
 
 ModelSpec Spec(int experts) {
   ModelSpec spec;
