@@ -4,11 +4,15 @@
 #include "moe/parallel_moe_layer.h"
 
 #include <memory>
+#include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/moe/parallel_moe_layer_testing.h"
+#include "tests/testing/fake_communicator.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tensors.h"
 
@@ -53,8 +57,77 @@ TEST(ExpertShardLayoutTest, ErrorsNameTheField) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rank")));
   EXPECT_THAT(MakeExpertShardLayout(8, 4, -1),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rank")));
-  EXPECT_THAT(MakeExpertShardLayout(2, 4, 0),
-              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("expert sharding")));
+  EXPECT_THAT(MakeExpertShardLayout(3, 4, 0),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("num_experts")));
+  EXPECT_THAT(MakeExpertShardLayout(3, 12, 0, 0),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ffn_dim")));
+  EXPECT_THAT(MakeExpertShardLayout(3, 12, 0, 6),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ffn_dim")));
+  EXPECT_THAT(MakeExpertShardLayout(2, 4, 4, 8),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("rank")));
+  MOE_EXPECT_OK(MakeExpertShardLayout(3, 12, 0, 8).status());
+}
+
+TEST(ExpertShardLayoutTest, WholeExpertsHaveOneShard) {
+  MOE_ASSERT_OK_AND_ASSIGN(ExpertShardLayout l, MakeExpertShardLayout(12, 4, 3, 10));
+  EXPECT_EQ(l.shards, 1);
+  EXPECT_EQ(l.shard, 0);
+  EXPECT_EQ(l.ShardWidth(10), 10);
+  EXPECT_EQ(l.ShardBegin(10), 0);
+}
+
+TEST(ExpertShardLayoutTest, ShardsExpertsOverConsecutiveRanks) {
+  // E = 2 over W = 4: s = 2; rank g holds shard g mod 2 of expert g / 2, H_s = 12 / 2.
+  const int expert[] = {0, 0, 1, 1}, shard[] = {0, 1, 0, 1};
+  for (int g = 0; g < 4; ++g) {
+    SCOPED_TRACE(g);
+    MOE_ASSERT_OK_AND_ASSIGN(const ExpertShardLayout l, MakeExpertShardLayout(2, 4, g, 12));
+    EXPECT_EQ(l.num_experts, 2);
+    EXPECT_EQ(l.world, 4);
+    EXPECT_EQ(l.rank, g);
+    EXPECT_EQ(l.local_experts, 1);
+    EXPECT_EQ(l.first_expert, expert[g]);
+    EXPECT_EQ(l.shards, 2);
+    EXPECT_EQ(l.shard, shard[g]);
+    EXPECT_EQ(l.ShardWidth(12), 6);
+    EXPECT_EQ(l.ShardBegin(12), 6 * shard[g]);
+  }
+  // E = 3 over W = 12: s = 4; rank 7 holds columns [6, 9) of expert 1 (H = 12).
+  MOE_ASSERT_OK_AND_ASSIGN(const ExpertShardLayout l, MakeExpertShardLayout(3, 12, 7, 12));
+  EXPECT_EQ(l.first_expert, 1);
+  EXPECT_EQ(l.shards, 4);
+  EXPECT_EQ(l.shard, 3);
+  EXPECT_EQ(l.ShardWidth(12), 3);
+  EXPECT_EQ(l.ShardBegin(12), 9);
+  // One expert over all ranks.
+  MOE_ASSERT_OK_AND_ASSIGN(const ExpertShardLayout one, MakeExpertShardLayout(1, 4, 2, 8));
+  EXPECT_EQ(one.first_expert, 0);
+  EXPECT_EQ(one.shards, 4);
+  EXPECT_EQ(one.shard, 2);
+  EXPECT_EQ(one.ShardBegin(8), 4);
+}
+
+TEST(ExpertShardLayoutTest, ShardsTileEveryExpertExactlyOnce) {
+  for (const auto& [e, w] : {std::pair{1, 2}, {1, 4}, {2, 4}, {3, 6}, {2, 8}}) {
+    std::vector<int> covered(static_cast<size_t>(e * 24), 0);
+    for (int g = 0; g < w; ++g) {
+      MOE_ASSERT_OK_AND_ASSIGN(const ExpertShardLayout l, MakeExpertShardLayout(e, w, g, 24));
+      for (int64_t c = 0; c < l.ShardWidth(24); ++c) {
+        ++covered[static_cast<size_t>(l.first_expert * 24 + l.ShardBegin(24) + c)];
+      }
+    }
+    for (int v : covered) EXPECT_EQ(v, 1) << "E " << e << " W " << w;
+  }
+}
+
+TEST(ExpertShardGroupsTest, TheWholeGroupIsItsCommunicator) {
+  ExpertShardGroups groups(SingleRankCommunicator());
+  MOE_ASSERT_OK_AND_ASSIGN(Communicator * whole, groups.ConsecutiveGroup(1));
+  EXPECT_EQ(whole, SingleRankCommunicator());
+  EXPECT_THAT(groups.ConsecutiveGroup(2),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("size")));
+  EXPECT_THAT(groups.ConsecutiveGroup(0),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("size")));
 }
 
 // Mode, K, capacity factor.
@@ -180,6 +253,88 @@ TEST_F(ParallelMoEValidationTest, BackwardNeedsAForwardWithTheSameTopK) {
   EXPECT_FALSE(ParallelMoEForward(Cpu(), config_, views(), x_, y_, &state_, *ex_, {1, 0}).ok());
   EXPECT_THAT(ParallelMoEBackward(Cpu(), config_, views(), state_, y_, dx, grad_views()),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("before")));
+}
+
+// Rank 1 of a pretend group of 4 (E < W): every check comes before the first collective, which
+// this group would answer with Unimplemented.
+class ShardedValidationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    comm_ = std::make_unique<testing::UnimplementedCommunicator>(1, 4);
+    other_ = std::make_unique<testing::UnimplementedCommunicator>(1, 4);
+    MOE_ASSERT_OK_AND_ASSIGN(ex_, RowExchanger::Create(comm_.get()));
+    config_ = testing::EquivalenceConfig(EquivalenceCase{});
+    config_.num_experts = 2;  // s = 2, H_s = 4
+    const int64_t m = config_.model_dim, hs = config_.ffn_dim / 2;
+    w_gate_ = RandomNormal({m, 2}, 1);
+    w1_ = RandomNormal({1, m, hs}, 2);
+    w3_ = RandomNormal({1, m, hs}, 3);
+    w2_ = RandomNormal({1, hs, m}, 4);
+    x_ = RandomNormal({5, m}, 5);
+    y_ = HostTensor({5, m});
+  }
+  StatusOr<AuxLossValues> Forward(const MoEParamViews& p, ParallelMode mode,
+                                  ExpertShardGroups* groups) {
+    return ParallelMoEForward(Cpu(), config_, p, x_, y_, &state_, *ex_, mode, nullptr, {},
+                              groups);
+  }
+  MoEParamViews views() const { return {w_gate_, w1_, w3_, w2_}; }
+
+  std::unique_ptr<Communicator> comm_, other_;
+  std::unique_ptr<RowExchanger> ex_;
+  MoELayerConfig config_;
+  Tensor w_gate_, w1_, w3_, w2_, x_, y_;
+  ParallelMoEState state_;
+};
+
+TEST_F(ShardedValidationTest, ModeRMustBeZeroOrDivideS) {
+  ExpertShardGroups groups(comm_.get());
+  for (int r : {-1, 3, 4}) {
+    EXPECT_THAT(Forward(views(), {r, 1}, &groups),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("mode.r")))
+        << r;
+  }
+  EXPECT_THAT(Forward(views(), {2, 0}, &groups),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("mode.d")));
+  // Valid modes get past validation to their first collective: r = 0 gathers the weights, r = 1
+  // (u = 2) splits off its slice group, r = s = 2 exchanges counts.
+  const std::pair<int, const char*> first_collective[] = {
+      {0, "AllGather"}, {1, "Split"}, {2, "AllToAllV"}};
+  for (const auto& [r, collective] : first_collective) {
+    EXPECT_THAT(Forward(views(), {r, 1}, &groups),
+                StatusIs(absl::StatusCode::kUnimplemented, HasSubstr(collective)))
+        << r;
+  }
+  EXPECT_FALSE(state_.valid);
+}
+
+TEST_F(ShardedValidationTest, SliceGroupsNeedShardGroupsOverTheSameCommunicator) {
+  EXPECT_THAT(Forward(views(), {1, 1}, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("shard_groups")));
+  ExpertShardGroups elsewhere(other_.get());
+  EXPECT_THAT(Forward(views(), {1, 1}, &elsewhere),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("shard_groups")));
+  // r = s and r = 0 need no slice groups.
+  EXPECT_THAT(Forward(views(), {2, 1}, nullptr),
+              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("AllToAllV")));
+  EXPECT_THAT(Forward(views(), {0, 1}, nullptr),
+              StatusIs(absl::StatusCode::kUnimplemented, HasSubstr("AllGather")));
+}
+
+TEST_F(ShardedValidationTest, LocalWeightsAreShardsAndHMustSplit) {
+  const Tensor whole = RandomNormal({1, config_.model_dim, config_.ffn_dim}, 6);
+  MoEParamViews wrong = views();
+  wrong.w1 = whole;
+  EXPECT_THAT(Forward(wrong, {2, 1}, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("local.w1")));
+  wrong = views();
+  wrong.w2 = w1_;
+  EXPECT_THAT(Forward(wrong, {2, 1}, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("local.w2")));
+  config_.num_experts = 1;  // s = 4
+  config_.ffn_dim = 6;
+  EXPECT_THAT(Forward(views(), {0, 1}, nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("ffn_dim")));
 }
 
 }  // namespace

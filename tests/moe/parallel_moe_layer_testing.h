@@ -47,17 +47,42 @@ inline MoELayerConfig EquivalenceConfig(const EquivalenceCase& c) {
   return config;
 }
 
+// This rank's part of a global expert tensor `full` (f32, on the host): the experts
+// [first_expert, first_expert + E_l) whole, or (E < W) the shard of H: columns [ShardBegin,
+// ShardBegin + H_s) of [E, M, H] (`h_last`, w1 and w3) or those rows of [E, H, M] (w2).
+inline Tensor OwnedShard(const Tensor& full, const ExpertShardLayout& layout, bool h_last) {
+  const int64_t el = layout.local_experts, d1 = full.dim(1), d2 = full.dim(2);
+  const int64_t hs = layout.ShardWidth(h_last ? d2 : d1), begin = layout.ShardBegin(h_last ? d2 : d1);
+  Tensor out = h_last ? HostTensor({el, d1, hs}) : HostTensor({el, hs, d2});
+  const float* src = full.data<float>();
+  float* dst = out.data<float>();
+  for (int64_t e = 0; e < el; ++e) {
+    const float* expert = src + (layout.first_expert + e) * d1 * d2;
+    for (int64_t i = 0; i < out.dim(1); ++i) {
+      for (int64_t j = 0; j < out.dim(2); ++j) {
+        const int64_t row = h_last ? i : begin + i, col = h_last ? begin + j : j;
+        dst[(e * out.dim(1) + i) * out.dim(2) + j] = expert[row * d2 + col];
+      }
+    }
+  }
+  return out;
+}
+
 // fp32 within 1e-5 relative; the absolute floor covers elements that cancel to near zero.
 inline Tolerance EquivalenceTolerance() { return {2e-6, 1e-5}; }
 
 // Runs `c` on this rank over `exchanger`'s group and checks every output and gradient.
-inline void ExpectModeMatchesReference(RowExchanger& exchanger, const EquivalenceCase& c) {
+// `shard_groups` (over the exchanger's communicator) serves the modes that need it (E < W, r < s).
+inline void ExpectModeMatchesReference(RowExchanger& exchanger, const EquivalenceCase& c,
+                                       ExpertShardGroups* shard_groups = nullptr) {
   SCOPED_TRACE(CaseName(c));
   ExecContext& ctx = Cpu();
   Communicator& comm = exchanger.comm();
   const MoELayerConfig config = EquivalenceConfig(c);
   const int64_t m = config.model_dim, h = config.ffn_dim, e = config.num_experts, t = c.tokens;
-  const int64_t el = e / comm.size(), first = comm.rank() * el;
+  MOE_ASSERT_OK_AND_ASSIGN(const ExpertShardLayout layout,
+                           MakeExpertShardLayout(c.num_experts, comm.size(), comm.rank(), h));
+  const int64_t el = layout.local_experts, hs = layout.ShardWidth(h);
 
   // The global weights, identical on every rank; the router scaled up for decisive routing.
   MoEParams full;
@@ -66,9 +91,10 @@ inline void ExpectModeMatchesReference(RowExchanger& exchanger, const Equivalenc
   full.w3 = RandomNormal({e, m, h}, DType::kF32, 103, 1.0f / std::sqrt(float(m)));
   full.w2 = RandomNormal({e, h, m}, DType::kF32, 104, 1.0f / std::sqrt(float(h)));
   const MoEParamViews full_views{full.w_gate, full.w1, full.w3, full.w2};
-  const MoEParamViews local{full.w_gate, full.w1.view().Rows(first, first + el),
-                            full.w3.view().Rows(first, first + el),
-                            full.w2.view().Rows(first, first + el)};
+  const Tensor local_w1 = OwnedShard(full.w1, layout, true);
+  const Tensor local_w3 = OwnedShard(full.w3, layout, true);
+  const Tensor local_w2 = OwnedShard(full.w2, layout, false);
+  const MoEParamViews local{full.w_gate, local_w1, local_w3, local_w2};
   const Tensor x = RandomNormal({t, m}, DType::kF32, 1000 + c.seed);
   const Tensor dy = RandomNormal({t, m}, DType::kF32, 2000 + c.seed);
 
@@ -93,29 +119,29 @@ inline void ExpectModeMatchesReference(RowExchanger& exchanger, const Equivalenc
   Tensor y = HostTensor({t, m}), dx = HostTensor({t, m});
   MoEParams grads;
   grads.w_gate = RandomNormal({m, e}, DType::kF32, 3000 + c.seed);
-  grads.w1 = RandomNormal({el, m, h}, DType::kF32, 3001 + c.seed);
-  grads.w3 = RandomNormal({el, m, h}, DType::kF32, 3002 + c.seed);
-  grads.w2 = RandomNormal({el, h, m}, DType::kF32, 3003 + c.seed);
+  grads.w1 = RandomNormal({el, m, hs}, DType::kF32, 3001 + c.seed);
+  grads.w3 = RandomNormal({el, m, hs}, DType::kF32, 3002 + c.seed);
+  grads.w2 = RandomNormal({el, hs, m}, DType::kF32, 3003 + c.seed);
   struct Expected {
     const char* name;
     const Tensor& actual;
-    TensorView reference;
     Tensor value;
   };
-  Expected expected[] = {{"dw_gate", grads.w_gate, g_ref.w_gate, {}},
-                         {"dw1", grads.w1, g_ref.w1.view().Rows(first, first + el), {}},
-                         {"dw3", grads.w3, g_ref.w3.view().Rows(first, first + el), {}},
-                         {"dw2", grads.w2, g_ref.w2.view().Rows(first, first + el), {}}};
+  Tensor dw_gate_ref = HostTensor({m, e});
+  MOE_ASSERT_OK(Copy(ctx, g_ref.w_gate, dw_gate_ref));
+  Expected expected[] = {{"dw_gate", grads.w_gate, dw_gate_ref},
+                         {"dw1", grads.w1, OwnedShard(g_ref.w1, layout, true)},
+                         {"dw3", grads.w3, OwnedShard(g_ref.w3, layout, true)},
+                         {"dw2", grads.w2, OwnedShard(g_ref.w2, layout, false)}};
   for (Expected& ex : expected) {
-    ex.value = HostTensor(ex.reference.shape());
-    MOE_ASSERT_OK(Copy(ctx, ex.reference, ex.value));
     if (c.accumulate_grads) {
       MOE_ASSERT_OK(Axpy(ctx, ex.value, 1.0f, ex.actual, ex.value));
     }
   }
   ParallelMoEState state;
   MOE_ASSERT_OK_AND_ASSIGN(const AuxLossValues aux,
-                           ParallelMoEForward(ctx, config, local, x, y, &state, exchanger, c.mode));
+                           ParallelMoEForward(ctx, config, local, x, y, &state, exchanger,
+                                                              c.mode, nullptr, {}, shard_groups));
   MOE_ASSERT_OK(ParallelMoEBackward(ctx, config, local, state, dy, dx,
                                     {grads.w_gate, grads.w1, grads.w3, grads.w2},
                                     c.accumulate_grads, c.aux_grad_scale));
