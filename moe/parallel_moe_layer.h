@@ -7,6 +7,7 @@
 //     shard j = g mod s of expert e = floor(g / s), H_s = H / s wide: w1, w3 [1, M, H_s] are
 //     columns [j * H_s, (j + 1) * H_s) of W1[e], W3[e] and w2 [1, H_s, M] the same rows of W2[e]
 //     (E_l = 1). SwiGLU is separable over H, so shards compute partial outputs that sum.
+//
 // Contract: rank g calls with its own tokens x_g [T_g, M] (T_g may differ between ranks and may be
 // 0; every rank joins every collective). The result equals "data parallel with replicated
 // experts": every rank running MoEForward / MoEBackward on its tokens with all E experts, the
@@ -46,9 +47,9 @@
 // Every rank must pass the same mode (the controller's decisions are all-reduced) and the same
 // config; Backward runs the mode its Forward saved.
 //
-// Devices: tensors on ctx's device. The communicator gets the rows (and, with r = 0, the weights
-// and gradients) on ctx's device and the counts as host i64 tensors, so the MPI communicator
-// (host buffers) serves CPU ranks.
+// Devices: tensors on ctx's device. The communicators get the rows (and, with r = 0 or slice
+// groups, the weights and gradients) on ctx's device and the counts as host i64 tensors, so the MPI
+// communicator (host buffers) serves CPU ranks.
 // Host syncs: those of MoEForward (the plan, the aux values) plus, with r >= 1, the counts exchange
 // (its result sizes the expert GEMMs).
 #pragma once
@@ -123,9 +124,11 @@ struct ParallelMoEState {
   // The gathered expert weights: r = 0, [E, M, H] and [E, H, M]; r >= 1 with u = s / r > 1, this
   // rank's slice [1, M, H / r] and [1, H / r, M]. Empty otherwise (the local weights serve).
   Tensor w1, w3, w2;
-  // With s > 1 and u > 1 (r = 0: u = W): i32 GatherRows indices over rows of width H_s that turn
-  // u shards [u, M, H_s] into one [M, u * H_s] slice per expert (to_slices) and back
-  // (from_slices); `slice_group` is the slice group (r = 0: the whole group).
+  // With u > 1 shards per gathered slice (r = 0: u = s; r >= 1: u = s / r): i32 GatherRows
+  // indices on ctx's device over rows of width H_s that turn u shards [u, M, H_s] into one
+  // [M, u * H_s] slice per expert (to_slices) and back (from_slices). `slice_group`: the group the
+  // weights were gathered over (r = 0: the whole MoE group; r >= 1: the slice group, null when
+  // u = 1).
   Tensor slice_indices, slice_indices_host;
   TensorView to_slices, from_slices;
   Communicator* slice_group = nullptr;
@@ -150,7 +153,8 @@ struct ParallelMoEState {
   // (indices_host keeps the host source of the asynchronous copy alive.)
   Tensor indices, indices_host;
   TensorView to_chunks, from_chunks, to_experts, to_sources;
-  // Expert side, [R_in, M] and [R_in, H]: the rows received, regrouped, and what the experts saved.
+  // Expert side, [R_in, M] and [R_in, H / r]: the rows received, regrouped, and what the experts
+  // saved.
   Tensor xe, h1, h3, act;
 };
 
