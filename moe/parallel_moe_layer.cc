@@ -92,7 +92,18 @@ Status PlanExchange(ExecContext& ctx, Communicator& comm, ParallelMoEState& s) {
     }
   }
   const std::vector<int64_t> per_rank(w, el);
-  MOE_RETURN_IF_ERROR(comm.AllToAllV(host, send_counts, per_rank, recv_counts, per_rank));
+  if (ctx.device().is_cpu()) {
+    MOE_RETURN_IF_ERROR(comm.AllToAllV(host, send_counts, per_rank, recv_counts, per_rank));
+  } else {
+    // A GPU rank's communicator (NCCL) takes device buffers only, like the rows it exchanges; the
+    // copy back is the counts exchange's host sync.
+    MOE_ASSIGN_OR_RETURN(Tensor send_on_device, CopyTo(ctx, send_counts, ctx.device()));
+    MOE_ASSIGN_OR_RETURN(Tensor recv_on_device,
+                         Tensor::Empty({w * el}, DType::kI64, ctx.device()));
+    MOE_RETURN_IF_ERROR(
+        comm.AllToAllV(ctx, send_on_device, per_rank, recv_on_device, per_rank));
+    MOE_RETURN_IF_ERROR(Copy(ctx, recv_on_device, recv_counts));
+  }
   const int64_t* sent = send_counts.data<int64_t>();
   const int64_t* received = recv_counts.data<int64_t>();
 

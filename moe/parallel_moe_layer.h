@@ -47,9 +47,9 @@
 // Every rank must pass the same mode (the controller's decisions are all-reduced) and the same
 // config; Backward runs the mode its Forward saved.
 //
-// Devices: tensors on ctx's device. The communicators get the rows (and, with r = 0 or slice
-// groups, the weights and gradients) on ctx's device and the counts as host i64 tensors, so the MPI
-// communicator (host buffers) serves CPU ranks.
+// Devices: tensors on ctx's device. The communicators get every buffer (rows, counts and, with
+// r = 0 or slice groups, the weights and gradients) on ctx's device: MPI (host buffers) serves CPU
+// ranks, NCCL (device buffers) GPU ranks.
 // Host syncs: those of MoEForward (the plan, the aux values) plus, with r >= 1, the counts exchange
 // (its result sizes the expert GEMMs).
 #pragma once
