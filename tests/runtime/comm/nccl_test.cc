@@ -8,7 +8,9 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "moe/parallel_moe_layer.h"
 #include "runtime/tensor/tensor_ops.h"
+#include "tests/testing/compare.h"
 #include "tests/testing/parity.h"
 #include "tests/testing/status_matchers.h"
 #include "tests/testing/tensors.h"
@@ -19,6 +21,7 @@ namespace {
 using ::testing::HasSubstr;
 using testing::Cpu;
 using testing::HostTensor;
+using testing::RandomNormal;
 using testing::StatusIs;
 
 class NcclCommunicatorTest : public ::testing::Test {
@@ -134,6 +137,52 @@ TEST_F(NcclCommunicatorTest, BarrierAndSplit) {
   MOE_EXPECT_OK(sub->Barrier());
   EXPECT_THAT(comm_->Split(-1, 0).status(),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("color")));
+}
+
+// The expert-parallel layer on a GPU rank: with r >= 1 it exchanges counts as well as rows, and
+// every one of its collectives must take device buffers (NCCL rejects host ones). Compared with
+// the same layer on the CPU.
+TEST_F(NcclCommunicatorTest, ParallelMoELayerRunsOnTheGpu) {
+  MoELayerConfig config;
+  config.model_dim = 16;
+  config.ffn_dim = 8;
+  config.num_experts = 4;
+  config.top_k = 2;
+  const int64_t m = 16, h = 8, e = 4, t = 23;
+  const Tensor host[6] = {RandomNormal({m, e}, 1), RandomNormal({e, m, h}, 2),
+                          RandomNormal({e, m, h}, 3), RandomNormal({e, h, m}, 4),
+                          RandomNormal({t, m}, 5), RandomNormal({t, m}, 6)};
+  Tensor dev[6];
+  for (int i = 0; i < 6; ++i) dev[i] = OnDevice(host[i]);
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RowExchanger> gpu_ex, RowExchanger::Create(comm_.get()));
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RowExchanger> cpu_ex,
+                           RowExchanger::Create(SingleRankCommunicator()));
+  for (const ParallelMode mode : {ParallelMode{1, 1}, ParallelMode{1, 3}}) {
+    Tensor y_host = HostTensor({t, m}), y_dev = DeviceEmpty({t, m}, DType::kF32);
+    Tensor dx_host = HostTensor({t, m}), dx_dev = DeviceEmpty({t, m}, DType::kF32);
+    MoEParams grads_host{HostTensor({m, e}), HostTensor({e, m, h}), HostTensor({e, m, h}),
+                         HostTensor({e, h, m})};
+    MoEParams grads_dev{DeviceEmpty({m, e}, DType::kF32), DeviceEmpty({e, m, h}, DType::kF32),
+                        DeviceEmpty({e, m, h}, DType::kF32), DeviceEmpty({e, h, m}, DType::kF32)};
+    ParallelMoEState cpu_state, gpu_state;
+    const MoEParamViews cpu_params{host[0], host[1], host[2], host[3]};
+    const MoEParamViews gpu_params{dev[0], dev[1], dev[2], dev[3]};
+    MOE_ASSERT_OK(ParallelMoEForward(Cpu(), config, cpu_params, host[4], y_host, &cpu_state,
+                                     *cpu_ex, mode)
+                      .status());
+    MOE_ASSERT_OK(ParallelMoEForward(*ctx_, config, gpu_params, dev[4], y_dev, &gpu_state,
+                                     *gpu_ex, mode)
+                      .status());
+    MOE_ASSERT_OK(ParallelMoEBackward(Cpu(), config, cpu_params, cpu_state, host[5], dx_host,
+                                      {grads_host.w_gate, grads_host.w1, grads_host.w3,
+                                       grads_host.w2}));
+    MOE_ASSERT_OK(ParallelMoEBackward(*ctx_, config, gpu_params, gpu_state, dev[5], dx_dev,
+                                      {grads_dev.w_gate, grads_dev.w1, grads_dev.w3,
+                                       grads_dev.w2}));
+    EXPECT_TRUE(testing::AllClose(OnHost(y_dev), y_host, testing::Tolerance{1e-4, 1e-4}));
+    EXPECT_TRUE(testing::AllClose(OnHost(dx_dev), dx_host, testing::Tolerance{1e-4, 1e-4}));
+    EXPECT_TRUE(testing::AllClose(OnHost(grads_dev.w1), grads_host.w1, testing::Tolerance{1e-4, 1e-4}));
+  }
 }
 
 TEST_F(NcclCommunicatorTest, RejectsBadArgumentsNamingThem) {
