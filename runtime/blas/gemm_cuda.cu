@@ -14,8 +14,10 @@
 // expert, so each matrix product of an expert pass is one cuBLAS call. Its pointer arrays must be
 // in device memory: a tiny kernel writes them from a by-value argument, which needs no
 // host-to-device copy (a copy from pageable memory may synchronize the stream). A dtype
-// combination the grouped API rejects (CUBLAS_STATUS_NOT_SUPPORTED, returned before any work is
-// enqueued) falls back to one cublasGemmEx per group, and is logged once.
+// combination the grouped API rejects falls back to one cublasGemmEx per group, and is logged once:
+// CUBLAS_STATUS_NOT_SUPPORTED for any pair, and also CUBLAS_STATUS_INVALID_VALUE for the mixed
+// bf16 x bf16 -> f32 pair, whose support the cuBLAS documentation does not list (both statuses
+// are returned before any work is enqueued).
 #include <cublas_v2.h>
 
 #include <algorithm>
@@ -181,7 +183,8 @@ Status CallGroupedCublas(ExecContext& ctx, std::span<const GemmProblem> groups, 
       ctx.cublas(), trans_a.data(), trans_b.data(), m.data(), n.data(), k.data(), alpha.data(), a,
       CudaType(p.ab_dtype), lda.data(), b, CudaType(p.ab_dtype), ldb.data(), beta.data(), c,
       CudaType(p.c_dtype), ldc.data(), count, group_size.data(), CUBLAS_COMPUTE_32F);
-  if (status == CUBLAS_STATUS_NOT_SUPPORTED) {
+  const bool mixed = p.ab_dtype != p.c_dtype;
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED || (mixed && status == CUBLAS_STATUS_INVALID_VALUE)) {
     *unsupported = true;
     return absl::OkStatus();
   }
