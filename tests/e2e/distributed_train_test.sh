@@ -4,7 +4,9 @@
 # for 1, 2 and 4 ranks, with the adaptive controller and with forced modes (r0.d1.flat,
 # r1.d2.2dh over 2 nodes of 2); a 4-rank checkpoint resumes on 2 ranks to the same final state;
 # gradient accumulation, the expert bias, an untied head and a dense layer also agree on 4 ranks,
-# and greedy `sample` from the 4-rank checkpoint gives the 1-rank text.
+# and greedy `sample` from the 4-rank checkpoint gives the 1-rank text. Fewer experts than ranks
+# (2 experts on 4 ranks: each expert split along H over 2 ranks) equals its 1-rank run with the
+# controller and forced r2.d1.flat and r0.d1.flat, and its checkpoint resumes on 2 ranks.
 # usage: distributed_train_test.sh path/to/sigma-moe-train [mpiexec]
 set -euo pipefail
 bin=$1
@@ -117,6 +119,32 @@ check "4-rank checkpoint resumed on 2 ranks" grep -q "resumed from .*step_000000
 check "resumed losses == w1" compare_metrics "$work/w1/metrics.jsonl" "$work/resume/metrics.jsonl"
 check "resumed final checkpoint == w1" python3 "$here/compare_checkpoints.py" \
   "$work/w1/$final" "$work/resume/$final"
+
+# Fewer experts than ranks: E = 2 on 4 ranks (s = 2 shards per expert).
+sharded=(--set moe.num_experts=2)
+run e2w1 1 "${sharded[@]}"
+run e2w4_auto 4 "${sharded[@]}"
+run e2w4_r2 4 "${sharded[@]}" --set parallel.mode='"r2.d1.flat"'
+run e2w4_r0 4 "${sharded[@]}" --set parallel.mode='"r0.d1.flat"'
+for name in e2w4_auto e2w4_r2 e2w4_r0; do
+  forced=""
+  [ "$name" = e2w4_r2 ] && forced=r2.d1.flat
+  [ "$name" = e2w4_r0 ] && forced=r0.d1.flat
+  check "2 experts: $name losses == 1-rank" \
+    compare_metrics "$work/e2w1/metrics.jsonl" "$work/$name/metrics.jsonl" $forced
+  check "2 experts: $name final checkpoint == 1-rank" python3 "$here/compare_checkpoints.py" \
+    "$work/e2w1/$final" "$work/$name/$final"
+done
+check "2 experts on 4 ranks: the controller tried r2" grep -q "r2.d" "$work/e2w4_auto/metrics.jsonl"
+mkdir -p "$work/e2resume"
+cp -r "$work/e2w4_auto/$(printf 'step_%08d' 3)" "$work/e2resume/"
+run e2resume 2 "${sharded[@]}" --set checkpoint.resume=true
+check "2 experts: sharded checkpoint resumed on 2 ranks" \
+  grep -q "resumed from .*step_00000003" "$work/e2resume.log"
+check "2 experts: resumed losses == 1-rank" \
+  compare_metrics "$work/e2w1/metrics.jsonl" "$work/e2resume/metrics.jsonl"
+check "2 experts: resumed final checkpoint == 1-rank" python3 "$here/compare_checkpoints.py" \
+  "$work/e2w1/$final" "$work/e2resume/$final"
 
 # The comparisons can fail: different states and different runs are told apart.
 check "comparison tells step 3 from step 6" \

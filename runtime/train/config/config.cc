@@ -313,9 +313,23 @@ Status ValidateWorld(const proto::RunConfig& config, int world) {
   check.Require(batch % world == 0, "train.batch_size", absl::StrCat(batch),
                 absl::StrCat("a multiple of the world size ", world));
   const int experts = config.model().moe().num_experts();
-  check.Require(experts % world == 0, "model.moe.num_experts", absl::StrCat(experts),
-                absl::StrCat("a multiple of the world size ", world,
-                             " (experts are sharded over the ranks)"));
+  if (experts >= world || experts < 1) {
+    check.Require(experts >= 1 && experts % world == 0, "model.moe.num_experts",
+                  absl::StrCat(experts),
+                  absl::StrCat("a multiple of the world size ", world,
+                               " (experts are sharded over the ranks)"));
+  } else {
+    // Fewer experts than ranks: each expert is split along H over s = W / E ranks.
+    check.Require(world % experts == 0, "model.moe.num_experts", absl::StrCat(experts),
+                  absl::StrCat("a multiple or a divisor of the world size ", world));
+    const int64_t ffn_dim = config.model().moe().ffn_dim();
+    if (world % experts == 0) {
+      const int shards = world / experts;
+      check.Require(ffn_dim % shards == 0, "model.moe.ffn_dim", absl::StrCat(ffn_dim),
+                    absl::StrCat("a multiple of world size / num_experts = ", shards,
+                                 " (each expert is split over ", shards, " ranks)"));
+    }
+  }
   const int node_size = std::max(1, config.parallel().node_size());
   check.Require(world % node_size == 0, "parallel.node_size", absl::StrCat(node_size),
                 absl::StrCat("a divisor of the world size ", world));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -50,11 +51,12 @@ Model::Model(const ModelSpec& spec, Device device) : spec_(spec), device_(device
 Model::~Model() = default;
 
 Status Model::AddParam(const std::string& name, Shape shape, DType compute_dtype, bool decay,
-                       bool expert_shard) {
+                       bool expert_shard, int ffn_axis) {
   ModelParam p;
   p.name = name;
   p.decay = decay;
   p.expert_shard = expert_shard;
+  p.ffn_axis = ffn_axis;
   MOE_ASSIGN_OR_RETURN(p.master, Tensor::Empty(shape, DType::kF32, device_));
   p.compute = p.master;
   if (compute_dtype != DType::kF32) {
@@ -103,16 +105,30 @@ StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device 
                          "cpu for a multi-rank run (the MPI communicator takes host buffers)");
     }
     const int w = comm->size();
-    if (spec.moe.num_experts < w || spec.moe.num_experts % w != 0) {
-      return BadArgument("model.moe.num_experts", absl::StrCat(spec.moe.num_experts),
+    const int e = spec.moe.num_experts;
+    if (e >= w && e % w != 0) {
+      return BadArgument("model.moe.num_experts", absl::StrCat(e),
                          absl::StrCat("a multiple of the world size ", w));
+    }
+    if (e < w && w % e != 0) {
+      return BadArgument("model.moe.num_experts", absl::StrCat(e),
+                         absl::StrCat("a multiple or a divisor of the world size ", w));
+    }
+    if (e < w && spec.moe.ffn_dim % (w / e) != 0) {
+      return BadArgument("model.moe.ffn_dim", absl::StrCat(spec.moe.ffn_dim),
+                         absl::StrCat("a multiple of world size / experts = ", w / e,
+                                      " (each expert is sharded over ", w / e, " ranks)"));
     }
     model->comm_ = comm;
     model->world_ = w;
-    MOE_ASSIGN_OR_RETURN(model->layout_,
-                         MakeExpertShardLayout(spec.moe.num_experts, w, comm->rank()));
+    MOE_ASSIGN_OR_RETURN(model->layout_, MakeExpertShardLayout(e, w, comm->rank(),
+                                                               spec.moe.ffn_dim));
     MOE_ASSIGN_OR_RETURN(model->exchanger_, RowExchanger::Create(comm, node_size));
+    model->shard_groups_ = std::make_unique<ExpertShardGroups>(comm);
     local_experts = model->layout_.local_experts;
+  } else {
+    MOE_ASSIGN_OR_RETURN(model->layout_,
+                         MakeExpertShardLayout(spec.moe.num_experts, 1, 0, spec.moe.ffn_dim));
   }
   const DType dt = spec.dtype;
   const int64_t m = spec.model_dim, v = spec.vocab_size;
@@ -120,8 +136,8 @@ StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device 
   const int64_t qd = a.n_q * a.head_dim;
   Model& md = *model;
   auto add = [&](const std::string& name, Shape shape, DType dtype, bool decay,
-                 bool expert_shard = false) -> StatusOr<int> {
-    MOE_RETURN_IF_ERROR(md.AddParam(name, shape, dtype, decay, expert_shard));
+                 bool expert_shard = false, int ffn_axis = 0) -> StatusOr<int> {
+    MOE_RETURN_IF_ERROR(md.AddParam(name, shape, dtype, decay, expert_shard, ffn_axis));
     return static_cast<int>(md.params_.size()) - 1;
   };
   MOE_ASSIGN_OR_RETURN(md.embedding_, add("embedding", {v, m}, dt, true));
@@ -147,12 +163,13 @@ StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device 
     }
     MOE_ASSIGN_OR_RETURN(layer.ffn_norm, add(p + "ffn_norm", {m}, DType::kF32, false));
     if (layer.moe) {
-      const int64_t e = spec.moe.num_experts, el = local_experts, h = spec.moe.ffn_dim;
+      const int64_t e = spec.moe.num_experts, el = local_experts;
+      const int64_t h = md.layout_.ShardWidth(spec.moe.ffn_dim);
       const bool shard = md.world_ > 1;
       MOE_ASSIGN_OR_RETURN(layer.router, add(p + "moe.w_gate", {m, e}, DType::kF32, true));
-      MOE_ASSIGN_OR_RETURN(layer.w1, add(p + "moe.w1", {el, m, h}, dt, true, shard));
-      MOE_ASSIGN_OR_RETURN(layer.w3, add(p + "moe.w3", {el, m, h}, dt, true, shard));
-      MOE_ASSIGN_OR_RETURN(layer.w2, add(p + "moe.w2", {el, h, m}, dt, true, shard));
+      MOE_ASSIGN_OR_RETURN(layer.w1, add(p + "moe.w1", {el, m, h}, dt, true, shard, 2));
+      MOE_ASSIGN_OR_RETURN(layer.w3, add(p + "moe.w3", {el, m, h}, dt, true, shard, 2));
+      MOE_ASSIGN_OR_RETURN(layer.w2, add(p + "moe.w2", {el, h, m}, dt, true, shard, 1));
       if (spec.bias_update_rate > 0.0f) {
         MOE_ASSIGN_OR_RETURN(layer.expert_bias, Tensor::Empty({e}, DType::kF32, device));
         MOE_ASSIGN_OR_RETURN(layer.expert_counts, Tensor::Empty({e}, DType::kI64, device));
@@ -189,10 +206,20 @@ Status Model::Init(ExecContext& ctx, uint64_t seed) {
     // An expert shard takes the stream offsets of its rows in the global tensor, so the ranks
     // together hold exactly the single-rank init.
     const uint64_t per_expert =
-        p.expert_shard ? static_cast<uint64_t>(p.master.numel() / p.master.dim(0)) : 0;
+        p.expert_shard ? static_cast<uint64_t>(GlobalNumel(p) / spec_.moe.num_experts) : 0;
     const uint64_t first = static_cast<uint64_t>(layout_.first_expert) * per_expert;
     if (gain) {
       MOE_RETURN_IF_ERROR(Fill(ctx, p.master, 1.0));
+    } else if (p.expert_shard && layout_.shards > 1) {
+      // A column slice of a row-major matrix is no contiguous range of the stream: draw the whole
+      // expert and keep the slice.
+      Shape whole = GlobalShape(p);
+      whole[0] = p.master.dim(0);
+      MOE_ASSIGN_OR_RETURN(Tensor full, Tensor::Empty(whole, DType::kF32, device_));
+      MOE_RETURN_IF_ERROR(FillNormal(ctx, full, seed, offset + first, 0.0f,
+                                     output ? out_std : spec_.init_std));
+      MOE_RETURN_IF_ERROR(CopyShard(p, layout_, /*first_expert_in_global=*/layout_.first_expert,
+                                    full, p.master, /*to_global=*/false));
     } else {
       MOE_RETURN_IF_ERROR(FillNormal(ctx, p.master, seed, offset + first, 0.0f,
                                      output ? out_std : spec_.init_std));
@@ -230,8 +257,83 @@ void Model::ResetMoEProfile() {
 
 Shape Model::GlobalShape(const ModelParam& p) const {
   Shape shape = p.master.shape();
-  if (p.expert_shard) shape[0] *= world_;
+  if (p.expert_shard) {
+    shape[0] = spec_.moe.num_experts;
+    shape[p.ffn_axis] *= layout_.shards;
+  }
   return shape;
+}
+
+Status Model::CopyShard(const ModelParam& p, const ExpertShardLayout& layout,
+                        int first_expert_in_global, const TensorView& global,
+                        const TensorView& local, bool to_global) const {
+  if (!p.expert_shard) return BadArgument("p", p.name, "an expert shard");
+  if (!global.device().is_cpu() || !local.device().is_cpu()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("expert shards of ", p.name, " are copied on the host only"));
+  }
+  MOE_RETURN_IF_ERROR(CheckTensor("local", local, p.master.dtype(), Device::Cpu(),
+                                  p.master.shape()));
+  MOE_RETURN_IF_ERROR(CheckContiguous("local", local));
+  MOE_RETURN_IF_ERROR(CheckContiguous("global", global));
+  const int kept = 3 - p.ffn_axis;  // the axis that is not H (M)
+  if (global.dtype() != local.dtype() || global.rank() != 3 ||
+      global.dim(kept) != local.dim(kept) ||
+      global.dim(p.ffn_axis) != local.dim(p.ffn_axis) * layout.shards ||
+      first_expert_in_global > layout.first_expert ||
+      global.dim(0) < layout.first_expert - first_expert_in_global + local.dim(0)) {
+    return BadArgument("global", global.shape().ToString(),
+                       absl::StrCat("the global shape of ", p.name));
+  }
+  // Global [E, D1, D2], local [E_l, d1, d2] with d_a = D_a / s along the H axis a, offset j d_a.
+  const int64_t el = local.dim(0), d1 = local.dim(1), d2 = local.dim(2);
+  const int64_t big1 = global.dim(1), big2 = global.dim(2);
+  const int64_t off1 = p.ffn_axis == 1 ? layout.shard * d1 : 0;
+  const int64_t off2 = p.ffn_axis == 2 ? layout.shard * d2 : 0;
+  const size_t elem = DTypeSize(local.dtype());
+  char* g = static_cast<char*>(global.data());
+  char* l = static_cast<char*>(local.data());
+  for (int64_t e = 0; e < el; ++e) {
+    for (int64_t a = 0; a < d1; ++a) {
+      const int64_t gi = ((layout.first_expert - first_expert_in_global + e) * big1 + off1 + a) *
+                             big2 + off2;
+      const int64_t li = (e * d1 + a) * d2;
+      char* gp = g + gi * elem;
+      char* lp = l + li * elem;
+      if (to_global) {
+        std::memcpy(gp, lp, d2 * elem);
+      } else {
+        std::memcpy(lp, gp, d2 * elem);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+Status Model::ShardOf(const ModelParam& p, const TensorView& global,
+                      const TensorView& local) const {
+  MOE_RETURN_IF_ERROR(CheckTensor("global", global, p.master.dtype(), Device::Cpu(),
+                                  GlobalShape(p)));
+  return CopyShard(p, layout_, 0, global, local, /*to_global=*/false);
+}
+
+Status Model::GatherShards(ExecContext& ctx, const ModelParam& p, const TensorView& local,
+                           const TensorView& global) const {
+  MOE_RETURN_IF_ERROR(CheckTensor("global", global, p.master.dtype(), Device::Cpu(),
+                                  GlobalShape(p)));
+  const int64_t n = p.master.numel();
+  MOE_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty({world_ * n}, p.master.dtype(), Device::Cpu()));
+  const TensorView in(local.data(), local.dtype(), {n}, local.device());
+  MOE_RETURN_IF_ERROR(comm_->AllGather(ctx, in, all));
+  for (int rank = 0; rank < world_; ++rank) {
+    MOE_ASSIGN_OR_RETURN(const ExpertShardLayout layout,
+                         MakeExpertShardLayout(spec_.moe.num_experts, world_, rank,
+                                               spec_.moe.ffn_dim));
+    const TensorView piece(static_cast<char*>(all.data()) + rank * n * DTypeSize(all.dtype()),
+                           all.dtype(), p.master.shape(), Device::Cpu());
+    MOE_RETURN_IF_ERROR(CopyShard(p, layout, 0, global, piece, /*to_global=*/true));
+  }
+  return absl::OkStatus();
 }
 
 int64_t Model::GlobalNumel(const ModelParam& p) const {
@@ -347,7 +449,7 @@ StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache
       const auto t0 = std::chrono::steady_clock::now();
       MOE_ASSIGN_OR_RETURN(*aux, ParallelMoEForward(ctx, moe_config, views, s->n2, ffn_out,
                                                     parallel_state, *exchanger_, modes_[l], comm_,
-                                                    L.expert_bias));
+                                                    L.expert_bias, shard_groups_.get()));
       if (parallel_state == &parallel_states_[l]) {
         moe_ms_[l] += std::chrono::duration<double, std::milli>(
                           std::chrono::steady_clock::now() - t0).count();

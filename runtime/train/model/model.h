@@ -10,10 +10,13 @@
 // Token ids and targets are device tensors [B * S] i32 (B sequences of S tokens).
 //
 // Multi-rank (Create with a communicator of W > 1 ranks; DESIGN.md section 6): the W ranks are one
-// data-parallel group and one MoE group. Every parameter is replicated except the MoE experts:
-// rank r holds only its E_l = E / W experts (moe/parallel_moe_layer.h ExpertShardLayout) of
-// layers.<l>.moe.w1/w3/w2 (ModelParam::expert_shard) in master, compute copy, gradient and
-// moments. Init gives each rank exactly its slices of the single-rank init. Each MoE layer runs
+// data-parallel group and one MoE group. Every parameter is replicated except the MoE experts
+// (moe/parallel_moe_layer.h ExpertShardLayout), in master, compute copy, gradient and moments of
+// layers.<l>.moe.w1/w3/w2 (ModelParam::expert_shard): with E >= W rank g holds its E_l = E / W
+// whole experts; with E < W (s = W / E ranks per expert) it holds shard j = g mod s of expert
+// floor(g / s): w1, w3 [1, M, H / s] (columns j H / s .. of W1[e], W3[e]) and w2 [1, H / s, M]
+// (the same rows of W2[e]). Init gives each rank exactly its slices of the single-rank init. Each
+// MoE layer runs
 // ParallelMoEForward/Backward in the mode set by SetParallelMode (every rank the same), so the
 // expert gradients come back summed over ranks for the owned experts, while the replicated
 // gradients are this rank's own (the trainer all-reduces them). Every call that runs a forward
@@ -65,8 +68,10 @@ struct ModelParam {
   Tensor m, v;     // AdamW moments, f32
   bool decay = true;  // weight decay on matrices only
   // Multi-rank MoE experts: this rank's rows [first_expert, first_expert + E_l) along dim 0 of the
-  // global [E, ...] tensor.
+  // global [E, ...] tensor and, with s > 1 shards per expert, its H / s wide slice along
+  // `ffn_axis` (the H axis: 2 for w1, w3 [E, M, H]; 1 for w2 [E, H, M]).
   bool expert_shard = false;
+  int ffn_axis = 0;
 };
 
 // Incremental decoding state (Model::Prefill, Model::DecodeStep): one KV cache per layer holding
@@ -87,8 +92,9 @@ class Model {
  public:
   // `comm` (outlives the model): the ranks of a multi-rank run; null or one rank = single rank.
   // node_size: ranks per node for the 2dh all-to-all (divides W). InvalidArgument naming
-  // model.moe.num_experts when E is not a multiple of W (or E < W), and for a CUDA device with
-  // W > 1.
+  // model.moe.num_experts when E >= W is not a multiple of W or E < W does not divide W,
+  // model.moe.ffn_dim when E < W and W / E does not divide H, and train.device for a CUDA device
+  // with W > 1.
   [[nodiscard]] static StatusOr<std::unique_ptr<Model>> Create(const ModelSpec& spec, Device device,
                                                                Communicator* comm = nullptr,
                                                                int node_size = 1);
@@ -161,8 +167,17 @@ class Model {
   bool distributed() const { return world_ > 1; }
   int world() const { return world_; }
   Communicator* comm() const { return comm_; }
-  // The global shape of a parameter (dim 0 times W for expert shards).
+  // Which experts (or expert shard) this rank holds; E_l = E, s = 1 on a single rank.
+  const ExpertShardLayout& layout() const { return layout_; }
+  // The global shape of a parameter ([E, M, H] or [E, H, M] for expert shards).
   Shape GlobalShape(const ModelParam& p) const;
+  // Expert shards on the host (multi-rank runs are CPU only; FailedPrecondition otherwise).
+  // ShardOf: `local` (p's local shape and dtype) = this rank's slice of `global` (GlobalShape).
+  // GatherShards (collective): `global` = every rank's `local` put in place.
+  [[nodiscard]] Status ShardOf(const ModelParam& p, const TensorView& global,
+                               const TensorView& local) const;
+  [[nodiscard]] Status GatherShards(ExecContext& ctx, const ModelParam& p, const TensorView& local,
+                                    const TensorView& global) const;
 
   std::vector<ModelParam>& params() { return params_; }
   const ModelSpec& spec() const { return spec_; }
@@ -181,8 +196,14 @@ class Model {
   struct Activations;
   Model(const ModelSpec& spec, Device device);
   [[nodiscard]] Status AddParam(const std::string& name, Shape shape, DType compute_dtype,
-                                bool decay, bool expert_shard = false);
+                                bool decay, bool expert_shard = false, int ffn_axis = 0);
   int64_t GlobalNumel(const ModelParam& p) const;
+  // Copies between the expert shard `local` (p's local shape) of the rank with `layout` and
+  // `global` (host, [E', ...] holding the experts from first_expert_in_global on, full H), either
+  // way.
+  [[nodiscard]] Status CopyShard(const ModelParam& p, const ExpertShardLayout& layout,
+                                 int first_expert_in_global, const TensorView& global,
+                                 const TensorView& local, bool to_global) const;
   ModelParam& P(int index) { return params_[index]; }
   const ModelParam& P(int index) const { return params_[index]; }
   DiffQkvParams AttentionParams(const Layer& layer);
@@ -224,6 +245,7 @@ class Model {
   int world_ = 1;
   ExpertShardLayout layout_;
   std::unique_ptr<RowExchanger> exchanger_;
+  std::unique_ptr<ExpertShardGroups> shard_groups_;  // over comm_, for the r | s slice groups
   std::vector<ParallelMoEState> parallel_states_;
   std::vector<ParallelMode> modes_;
   std::vector<double> moe_ms_;

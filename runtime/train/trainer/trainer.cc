@@ -119,21 +119,23 @@ Status UploadSlice(ExecContext& ctx, const std::vector<int32_t>& host, int slice
   return Copy(ctx, view, device_tensor);
 }
 
-// A checkpointed tensor of the model; `shard`: this rank's rows of a global expert tensor.
+// A checkpointed tensor of the model; `shard`: the expert parameter whose shard (this rank's
+// slice of the global tensor) `view` holds, null for a replicated tensor.
 struct StateTensor {
   std::string name;
   TensorView view;
-  bool shard = false;
+  const ModelParam* shard = nullptr;
 };
 
 std::vector<StateTensor> ModelState(Model& model) {
   std::vector<StateTensor> out;
   for (ModelParam& p : model.params()) {
-    out.push_back({p.name, p.master, p.expert_shard});
-    out.push_back({p.name + ".adam_m", p.m, p.expert_shard});
-    out.push_back({p.name + ".adam_v", p.v, p.expert_shard});
+    const ModelParam* shard = p.expert_shard ? &p : nullptr;
+    out.push_back({p.name, p.master, shard});
+    out.push_back({p.name + ".adam_m", p.m, shard});
+    out.push_back({p.name + ".adam_v", p.v, shard});
   }
-  for (auto& [name, view] : model.Buffers()) out.push_back({name, view, false});
+  for (auto& [name, view] : model.Buffers()) out.push_back({name, view, nullptr});
   return out;
 }
 
@@ -149,23 +151,20 @@ StatusOr<std::vector<NamedTensor>> GlobalStateTensors(ExecContext& ctx, Model& m
                                                       std::vector<Tensor>* storage) {
   std::vector<NamedTensor> out;
   for (StateTensor& t : ModelState(model)) {
-    if (!t.shard) {
+    if (t.shard == nullptr) {
       out.push_back({t.name, t.view});
       continue;
     }
-    Shape shape = t.view.shape();
-    shape[0] *= model.world();
-    MOE_ASSIGN_OR_RETURN(Tensor full, Tensor::Empty(shape, t.view.dtype(), Device::Cpu()));
-    const TensorView in(t.view.data(), t.view.dtype(), {t.view.numel()}, t.view.device());
-    const TensorView all(full.data(), full.dtype(), {full.numel()}, Device::Cpu());
-    MOE_RETURN_IF_ERROR(model.comm()->AllGather(ctx, in, all));
+    MOE_ASSIGN_OR_RETURN(Tensor full, Tensor::Empty(model.GlobalShape(*t.shard), t.view.dtype(),
+                                                    Device::Cpu()));
+    MOE_RETURN_IF_ERROR(model.GatherShards(ctx, *t.shard, t.view, full));
     out.push_back({t.name, full});
     storage->push_back(std::move(full));
   }
   return out;
 }
 
-// Restores the model state from a checkpoint in the global layout; an expert shard takes its rows.
+// Restores the model state from a checkpoint in the global layout; an expert shard takes its slice.
 Status RestoreModelState(ExecContext& ctx, const LoadedCheckpoint& checkpoint, Model& model) {
   if (!model.distributed()) return RestoreTensors(ctx, checkpoint, StateTensors(model));
   std::vector<StateTensor> state = ModelState(model);
@@ -173,22 +172,18 @@ Status RestoreModelState(ExecContext& ctx, const LoadedCheckpoint& checkpoint, M
   std::vector<Tensor> full(state.size());
   for (size_t i = 0; i < state.size(); ++i) {
     const StateTensor& t = state[i];
-    if (!t.shard) {
+    if (t.shard == nullptr) {
       named.push_back({t.name, t.view});
       continue;
     }
-    Shape shape = t.view.shape();
-    shape[0] *= model.world();
-    MOE_ASSIGN_OR_RETURN(full[i], Tensor::Empty(shape, t.view.dtype(), Device::Cpu()));
+    MOE_ASSIGN_OR_RETURN(full[i], Tensor::Empty(model.GlobalShape(*t.shard), t.view.dtype(),
+                                                Device::Cpu()));
     named.push_back({t.name, full[i]});
   }
   MOE_RETURN_IF_ERROR(RestoreTensors(ctx, checkpoint, named));
-  const int rank = model.comm()->rank();
   for (size_t i = 0; i < state.size(); ++i) {
-    if (!state[i].shard) continue;
-    const int64_t rows = state[i].view.dim(0);
-    MOE_RETURN_IF_ERROR(Copy(ctx, full[i].view().Rows(rank * rows, (rank + 1) * rows),
-                             state[i].view));
+    if (state[i].shard == nullptr) continue;
+    MOE_RETURN_IF_ERROR(model.ShardOf(*state[i].shard, full[i], state[i].view));
   }
   return absl::OkStatus();
 }
@@ -309,7 +304,8 @@ Status Trainer::Setup() {
       adapt.table_path = config_.checkpoint().dir() + "/adapt_table.txt";
     }
     StatusOr<std::unique_ptr<AdaptiveController>> controller =
-        AdaptiveController::Create(adapt, ParallelCandidates(world_, node_size), comm_);
+        AdaptiveController::Create(
+            adapt, ParallelCandidates(world_, node_size, model_->layout().shards), comm_);
     if (!controller.ok()) {
       return BadArgument("parallel.mode", adapt.mode,
                          absl::StrCat("auto or a candidate mode for ", world_,
@@ -325,9 +321,12 @@ Status Trainer::Setup() {
   }
   if (!leader()) return absl::OkStatus();
   if (distributed()) {
+    const ExpertShardLayout& layout = model_->layout();
     MOE_LOG(INFO) << world_ << " ranks: " << local_batch_ << " sequences per rank, "
-                  << config_.model().moe().num_experts() / world_ << " experts per rank, "
-                  << "parallel mode "
+                  << (layout.shards > 1
+                          ? absl::StrCat("1 / ", layout.shards, " of an expert per rank")
+                          : absl::StrCat(layout.local_experts, " experts per rank"))
+                  << ", parallel mode "
                   << (controller_->forced() ? config_.parallel().mode() : "auto");
   }
   MOE_LOG(INFO) << "device " << device_.ToString() << ", dtype " << DTypeName(dtype) << ", "
@@ -783,13 +782,20 @@ ModelSpec SpecFromConfig(const proto::RunConfig& config, DType dtype) {
   return spec;
 }
 
-std::vector<ParallelMode> ParallelCandidates(int world, int node_size) {
-  std::vector<ParallelMode> out = {{0, 1, AllToAllAlgorithm::kFlat},
-                                   {1, 1, AllToAllAlgorithm::kFlat},
-                                   {1, 2, AllToAllAlgorithm::kFlat}};
+std::vector<ParallelMode> ParallelCandidates(int world, int node_size, int shards) {
+  std::vector<int> slices;  // r >= 1: the divisors of s
+  for (int r = 1; r <= std::max(1, shards); ++r) {
+    if (shards % r == 0) slices.push_back(r);
+  }
+  std::vector<ParallelMode> out = {{0, 1, AllToAllAlgorithm::kFlat}};
+  std::vector<AllToAllAlgorithm> algorithms = {AllToAllAlgorithm::kFlat};
   if (node_size > 1 && node_size < world) {
-    out.push_back({1, 1, AllToAllAlgorithm::kTwoDimHierarchical});
-    out.push_back({1, 2, AllToAllAlgorithm::kTwoDimHierarchical});
+    algorithms.push_back(AllToAllAlgorithm::kTwoDimHierarchical);
+  }
+  for (AllToAllAlgorithm algorithm : algorithms) {
+    for (int r : slices) {
+      for (int d : {1, 2}) out.push_back({r, d, algorithm});
+    }
   }
   return out;
 }

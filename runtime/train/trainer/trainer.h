@@ -19,8 +19,10 @@
 //     replicated part plus the all-reduced expert shards' part. Reported loss, aux losses and eval
 //     loss are means over ranks (an f32 all-reduce). moe.global_lbl sums the LBL counts over the
 //     world; the expert-bias update uses the world's counts.
-//   Experts: rank r holds its E / W experts (model.h; E % W == 0, else InvalidArgument naming
-//     model.moe.num_experts), initialized as its slices of the single-rank init.
+//   Experts: rank r holds its E / W experts (E >= W, E % W == 0) or, with E < W (W % E == 0 and
+//     H % (W / E) == 0), its H / s wide shard of one expert over s = W / E ranks (model.h);
+//     otherwise InvalidArgument naming model.moe.num_experts or model.moe.ffn_dim. Either way
+//     initialized as its slices of the single-rank init.
 //   Checkpoints: in the global logical layout (byte-compatible with a single-rank checkpoint,
 //     loadable on any W): the expert tensors and moments are gathered, rank 0 writes, every rank
 //     then learns whether it succeeded. On resume and rollback every rank reads the checkpoint
@@ -29,8 +31,9 @@
 //     mode) for its mode every step, keyed by (layer, AgreedCapacityBucket of the largest per-expert
 //     row count over the ranks in the previous step (0 at the first), top-k); while the key is
 //     measuring, the layer's ParallelMoEForward + ParallelMoEBackward time is reported after the
-//     step. Candidates (ParallelCandidates): r0.d1.flat, r1.d1.flat, r1.d2.flat, and r1.d1.2dh,
-//     r1.d2.2dh when 1 < parallel.node_size < W. The table is saved with the checkpoints
+//     step. Candidates (ParallelCandidates): r0.d1.flat, then r.d1.flat, r.d2.flat for r = 1 and
+//     (E < W) every other divisor r of s, and the same r.d1.2dh, r.d2.2dh when
+//     1 < parallel.node_size < W. The table is saved with the checkpoints
 //     (parallel.table_path, default <checkpoint.dir>/adapt_table.txt); metrics.jsonl names every
 //     MoE layer's mode. Routing statistics in metrics.jsonl are rank 0's tokens.
 //   Capacity: with moe.capacity_factor > 0 each rank's capacity comes from its own tokens (as
@@ -74,8 +77,9 @@ struct TrainSummary {
 [[nodiscard]] StatusOr<DType> ResolveDType(const proto::RunConfig& config, Device device);
 // The model description of a (validated) config.
 ModelSpec SpecFromConfig(const proto::RunConfig& config, DType dtype);
-// The candidate parallel modes of a W-rank run with `node_size` ranks per node (see above).
-std::vector<ParallelMode> ParallelCandidates(int world, int node_size);
+// The candidate parallel modes of a W-rank run with `node_size` ranks per node and `shards` ranks
+// per expert (s = W / E when E < W, else 1; see above).
+std::vector<ParallelMode> ParallelCandidates(int world, int node_size, int shards = 1);
 
 // Learning rate at optimizer step `step` (0-based): linear warmup to lr, cosine to min_lr.
 double LearningRateAt(const proto::TrainConfig& train, int64_t step);

@@ -361,6 +361,28 @@ TEST(ValidateWorldTest, BatchExpertsAndNodeSizeMustFitTheWorld) {
   MOE_EXPECT_OK(ValidateWorld(config, 4));
 }
 
+TEST(ValidateWorldTest, FewerExpertsThanRanksMustDivideTheWorldAndShardTheFfn) {
+  proto::RunConfig config = Tiny();
+  MOE_ASSERT_OK(ApplyOverrides(&config, {"moe.num_experts=2", "moe.top_k=1",
+                                         "moe.topk_schedule=[]", "moe.ffn_dim=12"}));
+  MOE_EXPECT_OK(ValidateWorld(config, 4));   // s = 2
+  MOE_EXPECT_OK(ValidateWorld(config, 8));   // s = 4
+  MOE_EXPECT_OK(ValidateWorld(config, 2));   // s = 1
+  EXPECT_THAT(ValidateWorld(config, 16),     // s = 8 does not divide H = 12
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("model.moe.ffn_dim: got 12, expected a multiple of world size / "
+                                 "num_experts = 8")));
+  MOE_ASSERT_OK(ApplyOverrides(&config, {"moe.num_experts=3"}));
+  EXPECT_THAT(ValidateWorld(config, 8),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("model.moe.num_experts: got 3, expected a multiple or a "
+                                       "divisor of the world size 8"),
+                             ::testing::Not(HasSubstr("ffn_dim")))));
+  MOE_ASSERT_OK(ApplyOverrides(&config, {"train.batch_size=12"}));
+  MOE_EXPECT_OK(ValidateWorld(config, 3));
+  MOE_EXPECT_OK(ValidateWorld(config, 6));  // 3 experts, s = 2
+}
+
 TEST(TopKScheduleTest, TinyIsTop4OnLayer0ForTheFirst200Steps) {
   const proto::RunConfig config = Tiny();
   EXPECT_EQ(TopKForLayer(config, 0, 0), 4);
