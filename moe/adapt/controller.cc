@@ -250,11 +250,22 @@ Status AdaptiveController::Report(const AdaptKey& key, const ParallelMode& mode,
         absl::StrCat("adapt: Report for ", KeyName(key), " without a Choose since the last one"));
   }
   // Every rank reaches this collective in the same state; the arguments are checked after it.
-  MOE_ASSIGN_OR_RETURN(Tensor buffer, Tensor::Empty({1}, DType::kF32, Device::Cpu()));
-  buffer.data<float>()[0] = static_cast<float>(ms);
-  MOE_RETURN_IF_ERROR(comm_->AllReduceSum(ExecContext::Cpu(), buffer));
-  // The mean over ranks: the same number on every rank, on the scale of one rank's step.
-  const double total_ms = static_cast<double>(buffer.data<float>()[0]) / comm_->size();
+  // The slowest rank's time: what a step costs when every rank waits for the collectives.
+  // Every rank gathers the same vector, so every rank records the same number.
+  MOE_ASSIGN_OR_RETURN(Tensor mine, Tensor::Empty({1}, DType::kF32, Device::Cpu()));
+  MOE_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty({comm_->size()}, DType::kF32, Device::Cpu()));
+  mine.data<float>()[0] = static_cast<float>(ms);
+  MOE_RETURN_IF_ERROR(comm_->AllGather(ExecContext::Cpu(), mine, all));
+  // The largest, or the first value that is not finite and >= 0 (rejected below).
+  double total_ms = 0.0;
+  for (int r = 0; r < comm_->size(); ++r) {
+    const double rank_ms = all.data<float>()[r];
+    if (!std::isfinite(rank_ms) || rank_ms < 0.0) {
+      total_ms = rank_ms;
+      break;
+    }
+    total_ms = std::max(total_ms, rank_ms);
+  }
   const int chosen = entry.pending;
   entry.pending = -1;
   if (!(mode == candidates_[chosen])) {
@@ -263,7 +274,7 @@ Status AdaptiveController::Report(const AdaptKey& key, const ParallelMode& mode,
                                     "returned for ", KeyName(key), ")"));
   }
   if (!std::isfinite(total_ms) || total_ms < 0.0) {
-    return BadArgument("ms (mean over ranks)", absl::StrCat(total_ms), "finite and >= 0");
+    return BadArgument("ms (slowest rank)", absl::StrCat(total_ms), "finite and >= 0");
   }
   CandidateStats& stats = entry.stats[chosen];
   if (++stats.reports > config_.warmup) stats.kept.push_back(total_ms);

@@ -17,9 +17,10 @@
 // every `reexplore_period` exploiting steps when that is > 0, so the measurements per key are
 // bounded: candidates x (warmup + trials) per exploration.
 //
-// Identical decisions on every rank. Report is a collective over `comm`: it all-reduces (sums)
-// the caller's local milliseconds through Communicator::AllReduceSum on a 1-element f32 host
-// tensor and records the mean over ranks, so every rank records the same number. Decisions depend only on the recorded numbers
+// Identical decisions on every rank. Report is a collective over `comm`: it gathers every rank's
+// local milliseconds (Communicator::AllGather of a 1-element f32 host tensor) and records the
+// slowest rank's, which is what the step costs when ranks wait for each other in the layer's
+// collectives; every rank records the same number. Decisions depend only on the recorded numbers
 // and on the sequence of calls, so every rank takes the same decision provided every rank makes
 // the same calls (Choose, Measuring, Report, ResetKey, Load) with the same keys in the same order
 // and was created with the same config and candidates. The communicator must take host buffers
@@ -119,10 +120,10 @@ class AdaptiveController {
   // exploring): the caller times that step (which costs it a sync) only then.
   bool Measuring(const AdaptKey& key) const;
   // Collective when Measuring(key): records the step time of `mode`, the mode Choose returned for
-  // this key, as the mean over ranks of `ms` (forward + backward of the layer, local clock). Once
+  // this key, as the largest over ranks of `ms` (forward + backward of the layer, local clock). Once
   // per Choose. A no-op (no collective) when not measuring. Errors: FailedPrecondition when the
   // key is measuring but has no unreported Choose; InvalidArgument (after the all-reduce, on every
-  // rank) when `mode` is not the chosen one or the mean ms is not finite and >= 0; a Save error
+  // rank) when `mode` is not the chosen one or the slowest ms is not finite and >= 0; a Save error
   // on rank 0 when save_on_decision.
   [[nodiscard]] Status Report(const AdaptKey& key, const ParallelMode& mode, double ms);
   // Forgets the key: its next Choose explores again. Call on every rank.

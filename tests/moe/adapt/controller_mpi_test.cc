@@ -45,7 +45,7 @@ std::vector<int64_t> GatherAll(Communicator* comm, int64_t value) {
 
 // Rank r's local time of candidate i: 6 ms for candidate 5, 4 ms for candidate (2r) % 8 (each
 // rank alone would pick its own even candidate), 10 ms otherwise, times rank-seeded +-5% noise.
-// Summed over W >= 2 ranks, candidate 5 (6 W) beats every 2r (4 + 10 (W - 1)).
+// The slowest rank (W >= 2) takes about 6 ms on candidate 5 and 10 ms on every other one.
 double LocalMs(int rank, int index, std::mt19937& rng) {
   std::uniform_real_distribution<double> noise(0.95, 1.05);
   const double ms = index == 5 ? 6.0 : index == (2 * rank) % 8 ? 4.0 : 10.0;
@@ -75,8 +75,8 @@ TEST(AdaptiveControllerMpiTest, DifferentLocalTimesGiveIdenticalChoicesOnEveryRa
       MOE_ASSERT_OK(ctl->Report(key, mode, LocalMs(comm->rank(), index, rng)));
     }
   }
-  // Exploration ended everywhere, on the best of the summed times (candidate 5), which is no
-  // rank's local favourite.
+  // Exploration ended everywhere, on the best of the slowest ranks' times (candidate 5), which is
+  // no rank's local favourite.
   const std::vector<AdaptDecision> decisions = ctl->Decisions();
   ASSERT_EQ(decisions.size(), keys.size());
   for (const AdaptDecision& d : decisions) {
