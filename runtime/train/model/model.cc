@@ -100,10 +100,6 @@ StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device 
   std::unique_ptr<Model> model(new Model(spec, device));
   int64_t local_experts = spec.moe.num_experts;
   if (comm != nullptr && comm->size() > 1) {
-    if (device.is_cuda()) {
-      return BadArgument("train.device", device.ToString(),
-                         "cpu for a multi-rank run (the MPI communicator takes host buffers)");
-    }
     const int w = comm->size();
     const int e = spec.moe.num_experts;
     if (e >= w && e % w != 0) {
@@ -218,8 +214,9 @@ Status Model::Init(ExecContext& ctx, uint64_t seed) {
       MOE_ASSIGN_OR_RETURN(Tensor full, Tensor::Empty(whole, DType::kF32, device_));
       MOE_RETURN_IF_ERROR(FillNormal(ctx, full, seed, offset + first, 0.0f,
                                      output ? out_std : spec_.init_std));
-      MOE_RETURN_IF_ERROR(CopyShard(p, layout_, /*first_expert_in_global=*/layout_.first_expert,
-                                    full, p.master, /*to_global=*/false));
+      MOE_RETURN_IF_ERROR(CopyShardStaged(ctx, p, layout_,
+                                          /*first_expert_in_global=*/layout_.first_expert, full,
+                                          p.master, /*to_global=*/false));
     } else {
       MOE_RETURN_IF_ERROR(FillNormal(ctx, p.master, seed, offset + first, 0.0f,
                                      output ? out_std : spec_.init_std));
@@ -315,6 +312,45 @@ Status Model::ShardOf(const ModelParam& p, const TensorView& global,
   MOE_RETURN_IF_ERROR(CheckTensor("global", global, p.master.dtype(), Device::Cpu(),
                                   GlobalShape(p)));
   return CopyShard(p, layout_, 0, global, local, /*to_global=*/false);
+}
+
+Status Model::ShardOf(ExecContext& ctx, const ModelParam& p, const TensorView& global,
+                      const TensorView& local) const {
+  MOE_RETURN_IF_ERROR(CheckTensor("global", global, p.master.dtype(), Device::Cpu(),
+                                  GlobalShape(p)));
+  return CopyShardStaged(ctx, p, layout_, 0, global, local, /*to_global=*/false);
+}
+
+Status Model::CopyShardStaged(ExecContext& ctx, const ModelParam& p,
+                              const ExpertShardLayout& layout, int first_expert_in_global,
+                              const TensorView& global, const TensorView& local,
+                              bool to_global) const {
+  if (global.device().is_cpu() && local.device().is_cpu()) {
+    return CopyShard(p, layout, first_expert_in_global, global, local, to_global);
+  }
+  for (const TensorView* t : {&global, &local}) {
+    if (!t->device().is_cpu() && t->device() != ctx.device()) {
+      return BadArgument(t == &global ? "global.device" : "local.device", t->device().ToString(),
+                         absl::StrCat("cpu or ctx's device ", ctx.device().ToString()));
+    }
+  }
+  // Host copies of the device tensors (Copy to the host synchronizes, so they are ready).
+  Tensor global_host, local_host;
+  TensorView g = global, l = local;
+  if (!global.device().is_cpu()) {
+    MOE_ASSIGN_OR_RETURN(global_host, CopyTo(ctx, global, Device::Cpu()));
+    g = global_host.view();
+  }
+  if (!local.device().is_cpu()) {
+    MOE_ASSIGN_OR_RETURN(local_host, CopyTo(ctx, local, Device::Cpu()));
+    l = local_host.view();
+  }
+  MOE_RETURN_IF_ERROR(CopyShard(p, layout, first_expert_in_global, g, l, to_global));
+  const TensorView& dst = to_global ? global : local;
+  if (dst.device().is_cpu()) return absl::OkStatus();
+  MOE_RETURN_IF_ERROR(Copy(ctx, to_global ? g : l, dst));
+  // The copy reads host memory freed on return.
+  return ctx.Synchronize();
 }
 
 Status Model::GatherShards(ExecContext& ctx, const ModelParam& p, const TensorView& local,

@@ -93,8 +93,8 @@ class Model {
   // `comm` (outlives the model): the ranks of a multi-rank run; null or one rank = single rank.
   // node_size: ranks per node for the 2dh all-to-all (divides W). InvalidArgument naming
   // model.moe.num_experts when E >= W is not a multiple of W or E < W does not divide W,
-  // model.moe.ffn_dim when E < W and W / E does not divide H, and train.device for a CUDA device
-  // with W > 1.
+  // model.moe.ffn_dim when E < W and W / E does not divide H. With a CUDA device and W > 1, comm
+  // must take device buffers (NCCL, or StagedCommunicator around MPI).
   [[nodiscard]] static StatusOr<std::unique_ptr<Model>> Create(const ModelSpec& spec, Device device,
                                                                Communicator* comm = nullptr,
                                                                int node_size = 1);
@@ -171,10 +171,13 @@ class Model {
   const ExpertShardLayout& layout() const { return layout_; }
   // The global shape of a parameter ([E, M, H] or [E, H, M] for expert shards).
   Shape GlobalShape(const ModelParam& p) const;
-  // Expert shards on the host (multi-rank runs are CPU only; FailedPrecondition otherwise).
-  // ShardOf: `local` (p's local shape and dtype) = this rank's slice of `global` (GlobalShape).
-  // GatherShards (collective): `global` = every rank's `local` put in place.
+  // Expert shards; `global` on the host. ShardOf: `local` (p's local shape and dtype) = this
+  // rank's slice of `global` (GlobalShape); without ctx `local` must be on the host
+  // (FailedPrecondition otherwise), with ctx it may be on ctx's device (synchronizes ctx).
+  // GatherShards (collective): `global` = every rank's `local` (host or device) put in place.
   [[nodiscard]] Status ShardOf(const ModelParam& p, const TensorView& global,
+                               const TensorView& local) const;
+  [[nodiscard]] Status ShardOf(ExecContext& ctx, const ModelParam& p, const TensorView& global,
                                const TensorView& local) const;
   [[nodiscard]] Status GatherShards(ExecContext& ctx, const ModelParam& p, const TensorView& local,
                                     const TensorView& global) const;
@@ -204,6 +207,12 @@ class Model {
   [[nodiscard]] Status CopyShard(const ModelParam& p, const ExpertShardLayout& layout,
                                  int first_expert_in_global, const TensorView& global,
                                  const TensorView& local, bool to_global) const;
+  // CopyShard with `global` and `local` on the host or on ctx's device: device tensors go through
+  // host copies (synchronizes ctx; for init and checkpoints only).
+  [[nodiscard]] Status CopyShardStaged(ExecContext& ctx, const ModelParam& p,
+                                       const ExpertShardLayout& layout, int first_expert_in_global,
+                                       const TensorView& global, const TensorView& local,
+                                       bool to_global) const;
   ModelParam& P(int index) { return params_[index]; }
   const ModelParam& P(int index) const { return params_[index]; }
   DiffQkvParams AttentionParams(const Layer& layer);

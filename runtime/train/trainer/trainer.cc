@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "moe/adapt/controller.h"
 #include "runtime/comm/communicator.h"
+#include "runtime/comm/staged_communicator.h"
 #include "runtime/core/logging.h"
 #include "runtime/core/philox.h"
 #include "runtime/nn/adamw.h"
@@ -183,7 +184,7 @@ Status RestoreModelState(ExecContext& ctx, const LoadedCheckpoint& checkpoint, M
   MOE_RETURN_IF_ERROR(RestoreTensors(ctx, checkpoint, named));
   for (size_t i = 0; i < state.size(); ++i) {
     if (state[i].shard == nullptr) continue;
-    MOE_RETURN_IF_ERROR(model.ShardOf(*state[i].shard, full[i], state[i].view));
+    MOE_RETURN_IF_ERROR(model.ShardOf(ctx, *state[i].shard, full[i], state[i].view));
   }
   return absl::OkStatus();
 }
@@ -191,13 +192,27 @@ Status RestoreModelState(ExecContext& ctx, const LoadedCheckpoint& checkpoint, M
 // The ranks of this run: MPI's world when launched by mpirun with more than one rank, else null
 // (single rank; MPI is then never initialized, so a plain run stays as it was).
 StatusOr<Communicator*> WorldCommunicator() {
-#if MOE_WITH_MPI
   for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"}) {
     const char* value = std::getenv(var);
-    if (value != nullptr && std::atoi(value) > 1) return MpiWorldCommunicator();
-  }
+    if (value != nullptr && std::atoi(value) > 1) {
+#if MOE_WITH_MPI
+      return MpiWorldCommunicator();
+#else
+      return absl::FailedPreconditionError(absl::StrCat(
+          "launched on ", value, " ranks (", var, "), but this build has no MPI: rebuild with MPI "
+          "(libopenmpi-dev) for multi-rank training"));
 #endif
+    }
+  }
   return static_cast<Communicator*>(nullptr);
+}
+
+// This rank's GPU when ranks share a machine: local rank (Open MPI's, else the world rank)
+// modulo the visible GPUs, so 2 ranks on 1 GPU share cuda:0.
+Device RankDevice(int world_rank) {
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  const int rank = local != nullptr ? std::atoi(local) : world_rank;
+  return Device::Cuda(rank % std::max(1, CudaDeviceCount()));
 }
 
 // The progress line (terminal) or log line.
@@ -242,7 +257,12 @@ class Trainer {
   proto::RunConfig config_;
   const proto::TrainConfig& train_;
   TrainerOptions options_;
-  Communicator* comm_ = nullptr;  // null on a single rank
+  // null on a single rank. The host communicator (MPI) goes to the controller; comm_ is the one
+  // the model and the gradient reductions use: comm_ itself on CPU ranks, the staged wrapper of it
+  // (device buffers through the host) on CUDA ranks.
+  Communicator* comm_ = nullptr;
+  Communicator* host_comm_ = nullptr;
+  std::unique_ptr<Communicator> staged_comm_;
   int world_ = 1, rank_ = 0;
   int64_t local_batch_ = 0;       // sequences per micro-batch on this rank
   std::unique_ptr<AdaptiveController> controller_;
@@ -269,13 +289,21 @@ class Trainer {
 };
 
 Status Trainer::Setup() {
-  MOE_ASSIGN_OR_RETURN(comm_, WorldCommunicator());
+  MOE_ASSIGN_OR_RETURN(host_comm_, WorldCommunicator());
+  comm_ = host_comm_;
   if (comm_ != nullptr) {
     world_ = comm_->size();
     rank_ = comm_->rank();
   }
   MOE_RETURN_IF_ERROR(ValidateWorld(config_, world_));
   MOE_ASSIGN_OR_RETURN(device_, ResolveDevice(config_));
+  if (distributed() && device_.is_cuda()) {
+    // No NCCL here: ranks may share one GPU, which NCCL refuses; MPI moves device buffers staged
+    // through the host (slow, for exercising the GPU paths).
+    device_ = RankDevice(rank_);
+    staged_comm_ = StagedCommunicator(host_comm_);
+    comm_ = staged_comm_.get();
+  }
   MOE_ASSIGN_OR_RETURN(DType dtype, ResolveDType(config_, device_));
   MOE_ASSIGN_OR_RETURN(ctx_, ExecContext::Create(device_));
   const int node_size = std::max(1, config_.parallel().node_size());
@@ -305,7 +333,7 @@ Status Trainer::Setup() {
     }
     StatusOr<std::unique_ptr<AdaptiveController>> controller =
         AdaptiveController::Create(
-            adapt, ParallelCandidates(world_, node_size, model_->layout().shards), comm_);
+            adapt, ParallelCandidates(world_, node_size, model_->layout().shards), host_comm_);
     if (!controller.ok()) {
       return BadArgument("parallel.mode", adapt.mode,
                          absl::StrCat("auto or a candidate mode for ", world_,
@@ -546,8 +574,10 @@ StatusOr<bool> Trainer::Step(double* loss, double* aux, double* grad_norm, doubl
       }
     }
     MOE_RETURN_IF_ERROR(comm_->AllReduceSum(*ctx_, expert_norm_sq_));
-    *grad_norm = std::sqrt(static_cast<double>(norm_sq_.data<float>()[0]) +
-                           static_cast<double>(expert_norm_sq_.data<float>()[0]));
+    MOE_ASSIGN_OR_RETURN(Tensor norm_host, CopyTo(*ctx_, norm_sq_, Device::Cpu()));
+    MOE_ASSIGN_OR_RETURN(Tensor expert_norm_host, CopyTo(*ctx_, expert_norm_sq_, Device::Cpu()));
+    *grad_norm = std::sqrt(static_cast<double>(norm_host.data<float>()[0]) +
+                           static_cast<double>(expert_norm_host.data<float>()[0]));
   }
   if (!std::isfinite(*loss) || !std::isfinite(*grad_norm)) return false;
   const double clip = train_.grad_clip();

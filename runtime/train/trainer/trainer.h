@@ -8,8 +8,12 @@
 //
 // Multi-rank (`mpirun -np W sigma-moe-train`, MOE_WITH_MPI builds; W from MpiWorldCommunicator
 // when the launcher's environment says W > 1, otherwise MPI is never initialized and everything
-// is the single-rank run, bit for bit). CPU ranks. The W ranks are one data-parallel group and one
-// MoE group (DESIGN.md section 6):
+// is the single-rank run, bit for bit; a build without MPI fails with FailedPrecondition there).
+// CPU ranks, or CUDA ranks (train.device cuda / auto with a GPU): rank r then uses
+// cuda:(local rank % visible GPUs), local rank from OMPI_COMM_WORLD_LOCAL_RANK else r, so ranks
+// may share one GPU; the model's collectives go through StagedCommunicator over MPI (device
+// buffers staged through the host: correct, slow; for testing the GPU paths). The W ranks are
+// one data-parallel group and one MoE group (DESIGN.md section 6):
 //   Data: a step's global batch is what one rank with train.batch_size reads; rank r trains on
 //     its contiguous slice of batch_size / W sequences (batch_size % W == 0, else InvalidArgument
 //     naming train.batch_size), so W ranks train on exactly the single-rank data.
