@@ -5,14 +5,14 @@
 #include "gtest/gtest.h"
 #include "runtime/comm/staged_communicator.h"
 #include "runtime/tensor/tensor_ops.h"
-#include "tests/runtime/comm/fake_communicator.h"
+#include "tests/runtime/comm/mirror_communicator.h"
 #include "tests/testing/parity.h"
 #include "tests/testing/status_matchers.h"
 
 namespace smoe {
 namespace {
 
-using ::smoe::testing::FakeHostCommunicator;
+using ::smoe::testing::MirrorHostCommunicator;
 
 std::vector<float> HostFloats(ExecContext& ctx, const TensorView& t) {
   Tensor host = *CopyTo(ctx, t, Device::Cpu());
@@ -22,7 +22,7 @@ std::vector<float> HostFloats(ExecContext& ctx, const TensorView& t) {
 TEST(StagedCommunicatorCudaTest, DeviceBuffersAreStagedThroughTheHost) {
   MOE_SKIP_WITHOUT_CUDA();
   std::unique_ptr<ExecContext> ctx = *ExecContext::Create(Device::Cuda(0));
-  FakeHostCommunicator fake(1, 2);
+  MirrorHostCommunicator fake(1, 2);
   std::unique_ptr<Communicator> comm = StagedCommunicator(&fake);
   Tensor x = *Tensor::Empty({37}, DType::kF32, Device::Cuda(0));
   MOE_ASSERT_OK(FillUniform(*ctx, x, 7, 0, -1.0f, 1.0f));
@@ -46,7 +46,7 @@ TEST(StagedCommunicatorCudaTest, DeviceBuffersAreStagedThroughTheHost) {
 TEST(StagedCommunicatorCudaTest, MixedHostAndDeviceAllToAllV) {
   MOE_SKIP_WITHOUT_CUDA();
   std::unique_ptr<ExecContext> ctx = *ExecContext::Create(Device::Cuda(0));
-  FakeHostCommunicator fake(0, 2);
+  MirrorHostCommunicator fake(0, 2);
   std::unique_ptr<Communicator> comm = StagedCommunicator(&fake);
   Tensor send = *Tensor::Empty({5}, DType::kBF16, Device::Cuda(0));
   MOE_ASSERT_OK(FillNormal(*ctx, send, 9, 0, 0.0f, 1.0f));

@@ -6,23 +6,23 @@
 
 #include "gtest/gtest.h"
 #include "runtime/tensor/tensor_ops.h"
-#include "tests/runtime/comm/fake_communicator.h"
+#include "tests/runtime/comm/mirror_communicator.h"
 #include "tests/testing/status_matchers.h"
 
 namespace smoe {
 namespace {
 
-using ::smoe::testing::FakeHostCommunicator;
+using ::smoe::testing::MirrorHostCommunicator;
 
 TEST(StagedCommunicatorTest, RankAndSizeAreTheHostGroups) {
-  FakeHostCommunicator fake(/*rank=*/1, /*size=*/3);
+  MirrorHostCommunicator fake(/*rank=*/1, /*size=*/3);
   std::unique_ptr<Communicator> comm = StagedCommunicator(&fake);
   EXPECT_EQ(comm->rank(), 1);
   EXPECT_EQ(comm->size(), 3);
 }
 
 TEST(StagedCommunicatorTest, HostBuffersPassStraightThrough) {
-  FakeHostCommunicator fake(1, 2);
+  MirrorHostCommunicator fake(1, 2);
   std::unique_ptr<Communicator> comm = StagedCommunicator(&fake);
   ExecContext& ctx = ExecContext::Cpu();
   Tensor values = *Tensor::Empty({7}, DType::kF32, Device::Cpu());
@@ -42,7 +42,7 @@ TEST(StagedCommunicatorTest, HostBuffersPassStraightThrough) {
 }
 
 TEST(StagedCommunicatorTest, ReduceScatterAndAllToAllVMatchTheHostCommunicator) {
-  FakeHostCommunicator fake(1, 2);
+  MirrorHostCommunicator fake(1, 2);
   std::unique_ptr<Communicator> comm = StagedCommunicator(&fake);
   ExecContext& ctx = ExecContext::Cpu();
   Tensor in = *Tensor::Empty({6}, DType::kF32, Device::Cpu());
@@ -62,7 +62,7 @@ TEST(StagedCommunicatorTest, ReduceScatterAndAllToAllVMatchTheHostCommunicator) 
 }
 
 TEST(StagedCommunicatorTest, HostErrorsComeBackUnchanged) {
-  FakeHostCommunicator fake(0, 2);
+  MirrorHostCommunicator fake(0, 2);
   std::unique_ptr<Communicator> comm = StagedCommunicator(&fake);
   ExecContext& ctx = ExecContext::Cpu();
   Tensor in = *Tensor::Empty({3}, DType::kF32, Device::Cpu());
@@ -78,7 +78,7 @@ TEST(StagedCommunicatorTest, HostErrorsComeBackUnchanged) {
 }
 
 TEST(StagedCommunicatorTest, SplitWrapsTheSplitHostGroupAndBarrierForwards) {
-  FakeHostCommunicator fake(0, 2);
+  MirrorHostCommunicator fake(0, 2);
   std::unique_ptr<Communicator> comm = StagedCommunicator(&fake);
   MOE_ASSERT_OK(comm->Barrier());
   EXPECT_EQ(fake.barriers, 1);

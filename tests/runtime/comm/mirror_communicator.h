@@ -15,9 +15,9 @@
 
 namespace smoe::testing {
 
-class FakeHostCommunicator final : public Communicator {
+class MirrorHostCommunicator final : public Communicator {
  public:
-  FakeHostCommunicator(int rank, int size) : rank_(rank), size_(size) {}
+  MirrorHostCommunicator(int rank, int size) : rank_(rank), size_(size) {}
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
@@ -91,7 +91,7 @@ class FakeHostCommunicator final : public Communicator {
     ++splits;
     // A sub-group of 1 rank per color: enough to tell the wrapper forwards to the split group.
     (void)key;
-    return std::unique_ptr<Communicator>(new FakeHostCommunicator(0, 1 + color));
+    return std::unique_ptr<Communicator>(new MirrorHostCommunicator(0, 1 + color));
   }
 
   int calls = 0;  // collectives that reached the fake with host buffers
