@@ -32,16 +32,8 @@ mpi=("$mpiexec" --allow-run-as-root --oversubscribe -np)
 final=$(printf 'step_%08d' $steps)
 failed=0
 passed=0
-
-run() {  # run NAME [mpi ranks] -- extra args...
-  local name=$1 np=$2
-  shift 2
-  local cmd=("$bin")
-  if [ "$np" -gt 1 ]; then cmd=("${mpi[@]}" "$np" "$bin"); fi
-  if ! "${cmd[@]}" "${args[@]}" --set checkpoint.dir="\"$work/$name\"" "$@" > "$work/$name.log" 2>&1; then
-    echo "FAILED: $name did not run:"; tail -20 "$work/$name.log"; exit 1
-  fi
-}
+# shellcheck source=distributed_lib.sh
+source "$here/distributed_lib.sh"
 
 # Per-step losses of two metrics files agree (relative 1e-3: GPU reductions differ in order).
 compare_metrics() {  # reference candidate
@@ -61,18 +53,6 @@ PY
 }
 
 export -f compare_metrics
-
-check() {  # description, command...
-  local what=$1
-  shift
-  if "$@" > "$work/check.out" 2>&1; then
-    echo "ok: $what ($(tail -1 "$work/check.out"))"
-    passed=$((passed + 1))
-  else
-    echo "FAILED: $what"; cat "$work/check.out"
-    failed=$((failed + 1))
-  fi
-}
 
 run w1 1
 run w2 2
