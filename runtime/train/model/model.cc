@@ -24,7 +24,7 @@ struct Model::Layer {
   int attn_norm = -1, w_q = -1, w_k = -1, w_v = -1, w_o = -1;
   int aug_gate = -1, aug_up = -1, aug_down = -1, q_norm = -1, k_norm = -1;
   int ffn_norm = -1, router = -1, w1 = -1, w3 = -1, w2 = -1;
-  Tensor expert_bias;    // [E] f32, MoE layers with aux-loss-free balancing only
+  Tensor expert_bias;    // [E] f32, MoE layers with aux-loss-free balancing only (else undefined)
   Tensor expert_counts;  // [E] i64 scratch for UpdateExpertBiases
 };
 
@@ -226,7 +226,7 @@ Status Model::Init(ExecContext& ctx, uint64_t seed) {
     MOE_RETURN_IF_ERROR(Fill(ctx, p.v, 0.0));
   }
   for (Layer& layer : layers_) {
-    if (layer.expert_bias.data() != nullptr) MOE_RETURN_IF_ERROR(Fill(ctx, layer.expert_bias, 0.0));
+    if (layer.expert_bias.defined()) MOE_RETURN_IF_ERROR(Fill(ctx, layer.expert_bias, 0.0));
   }
   return SyncComputeCopies(ctx);
 }
@@ -698,7 +698,7 @@ Status Model::UpdateExpertBiases(ExecContext& ctx) {
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& layer = layers_[l];
     const MoEState& state = distributed() ? parallel_states_[l].local : moe_states_[l];
-    if (layer.expert_bias.data() == nullptr || !state.valid) continue;
+    if (!layer.expert_bias.defined() || !state.valid) continue;
     MOE_RETURN_IF_ERROR(CountExperts(ctx, state.topk_idx, layer.expert_counts));
     // The world's counts, so every rank's bias moves identically (and as on one rank).
     if (distributed()) MOE_RETURN_IF_ERROR(comm_->AllReduceSum(ctx, layer.expert_counts));
@@ -711,7 +711,7 @@ Status Model::UpdateExpertBiases(ExecContext& ctx) {
 std::vector<std::pair<std::string, TensorView>> Model::Buffers() const {
   std::vector<std::pair<std::string, TensorView>> buffers;
   for (size_t l = 0; l < layers_.size(); ++l) {
-    if (layers_[l].expert_bias.data() == nullptr) continue;
+    if (!layers_[l].expert_bias.defined()) continue;
     buffers.emplace_back(absl::StrCat("layers.", l, ".moe.expert_bias"), layers_[l].expert_bias);
   }
   return buffers;
