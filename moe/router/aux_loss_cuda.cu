@@ -170,7 +170,7 @@ Status AuxLossSumsCuda(ExecContext& ctx, const float* logits, const float* probs
                                            cudaMemcpyDeviceToHost, ctx.stream()));
   MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(counts->data(), counts_p, e * sizeof(int64_t),
                                            cudaMemcpyDeviceToHost, ctx.stream()));
-  MOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx.stream()));
+  MOE_RETURN_IF_ERROR(ctx.Synchronize());
   p_sum->assign(host_sums.begin(), host_sums.begin() + e);
   *lse_sq_sum = host_sums[e];
   *max_p_sum = host_sums[e + 1];

@@ -81,6 +81,7 @@ StatusOr<void*> ExecContext::Workspace(size_t bytes) {
 }
 
 Status ExecContext::Synchronize() {
+  ++host_syncs_;
 #if MOE_WITH_CUDA
   if (device_.is_cuda()) {
     MOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));

@@ -5,6 +5,7 @@
 // The CUDA types are forward-declared so that CPU-only code need not include CUDA headers.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -52,8 +53,12 @@ class ExecContext {
   [[nodiscard]] StatusOr<void*> Workspace(size_t bytes);
   size_t workspace_bytes() const { return workspace_bytes_; }
 
-  // Waits for all work enqueued on the stream (no-op on CPU).
+  // Waits for all work enqueued on the stream (no-op on CPU). Every call is a host sync and is
+  // counted, on the CPU too (where it marks the point a GPU run would wait), so that the sync
+  // budget of a step can be checked on any machine.
   [[nodiscard]] Status Synchronize();
+  // Synchronize calls on this context since it was created.
+  int64_t host_syncs() const { return host_syncs_; }
 
  private:
   explicit ExecContext(Device device, Allocator* allocator);
@@ -67,6 +72,7 @@ class ExecContext {
   CublasLtHandle cublas_lt_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
+  int64_t host_syncs_ = 0;
   std::vector<void*> retired_workspaces_;
 };
 

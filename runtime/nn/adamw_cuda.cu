@@ -124,7 +124,7 @@ StatusOr<bool> AllFiniteCuda(ExecContext& ctx, DType dtype, const void* t, int64
   int32_t result = 0;
   MOE_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(&result, flag, sizeof(result), cudaMemcpyDeviceToHost, ctx.stream()));
-  MOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(ctx.stream()));  // the named host sync
+  MOE_RETURN_IF_ERROR(ctx.Synchronize());  // the named host sync
   return result == 0;
 }
 
