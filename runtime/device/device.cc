@@ -38,6 +38,26 @@ int CudaDeviceCount() {
 #endif
 }
 
+StatusOr<DeviceMemory> CudaMemory(int index) {
+  if (index < 0 || index >= CudaDeviceCount()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("no CUDA device ", index, " (", CudaDeviceCount(), " visible)"));
+  }
+#if MOE_WITH_CUDA
+  int previous = 0;
+  DeviceMemory memory;
+  if (cudaGetDevice(&previous) != cudaSuccess || cudaSetDevice(index) != cudaSuccess ||
+      cudaMemGetInfo(&memory.free_bytes, &memory.total_bytes) != cudaSuccess) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot read the memory of cuda:", index, ": ", cudaGetErrorString(cudaGetLastError())));
+  }
+  cudaSetDevice(previous);
+  return memory;
+#else
+  return absl::FailedPreconditionError("built without CUDA");
+#endif
+}
+
 StatusOr<Device> ParseDevice(absl::string_view text) {
   if (text == "cpu") return Device::Cpu();
   absl::string_view rest = text;

@@ -1,6 +1,7 @@
 // Where tensors live and kernels run: the host CPU or CUDA device n.
 #pragma once
 
+#include <cstddef>
 #include <string>
 
 #include "runtime/core/status.h"
@@ -31,6 +32,14 @@ bool BuiltWithCuda();
 int CudaDeviceCount();
 // True when at least one GPU can run our kernels.
 inline bool CudaAvailable() { return CudaDeviceCount() > 0; }
+
+// Free and total memory of CUDA device `index` in bytes, as the driver reports them now
+// (FailedPrecondition without the CUDA backend or the device).
+struct DeviceMemory {
+  size_t free_bytes = 0;
+  size_t total_bytes = 0;
+};
+[[nodiscard]] StatusOr<DeviceMemory> CudaMemory(int index);
 
 // Parses "cpu", "cuda" or "cuda:N"; the device must exist for CUDA.
 [[nodiscard]] StatusOr<Device> ParseDevice(absl::string_view text);

@@ -26,7 +26,7 @@ namespace proto = ::sigma_moe::proto;
 
 inline constexpr char kDefaultPreset[] = "tiny";
 
-// Names of the embedded presets, sorted: {"sigma-moe-tiny", "tiny"}.
+// Names of the embedded presets, sorted: {"sigma-moe-tiny", "sigma-moe-tiny-4l", "tiny"}.
 std::vector<std::string> PresetNames();
 
 // The embedded preset `name` (a file name of configs/ without ".textproto"). NotFound listing the

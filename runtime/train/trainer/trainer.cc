@@ -21,6 +21,7 @@
 #include "runtime/nn/adamw.h"
 #include "runtime/tensor/tensor_ops.h"
 #include "runtime/train/checkpoint/checkpoint.h"
+#include "runtime/train/trainer/memory_plan.h"
 #include "runtime/train/data/batch_loader.h"
 #include "runtime/train/data/dataset.h"
 
@@ -239,7 +240,7 @@ class Trainer {
   // One optimizer step; returns false when it was skipped (non-finite).
   StatusOr<bool> Step(double* loss, double* aux, double* grad_norm, double lr);
   void WriteMetrics(double loss, double aux, double grad_norm, double lr, double tokens_per_s,
-                    const std::vector<RoutingStats>& stats, double eval_loss);
+                    int64_t host_syncs, const std::vector<RoutingStats>& stats, double eval_loss);
   void ShowProgress(double loss, double lr, double tokens_per_s, double imbalance, bool final_line);
 
   bool distributed() const { return world_ > 1; }
@@ -305,6 +306,12 @@ Status Trainer::Setup() {
     comm_ = staged_comm_.get();
   }
   MOE_ASSIGN_OR_RETURN(DType dtype, ResolveDType(config_, device_));
+  if (device_.is_cuda()) {
+    // Stop before allocating rather than fail late: the plan against the device's free memory.
+    MOE_ASSIGN_OR_RETURN(MemoryPlan plan, PlanMemory(config_, device_, dtype, world_));
+    MOE_ASSIGN_OR_RETURN(DeviceMemory memory, CudaMemory(device_.index));
+    MOE_RETURN_IF_ERROR(CheckPlanFits(plan, device_, static_cast<double>(memory.free_bytes)));
+  }
   MOE_ASSIGN_OR_RETURN(ctx_, ExecContext::Create(device_));
   const int node_size = std::max(1, config_.parallel().node_size());
   MOE_ASSIGN_OR_RETURN(model_, Model::Create(SpecFromConfig(config_, dtype), device_,
@@ -596,13 +603,17 @@ StatusOr<bool> Trainer::Step(double* loss, double* aux, double* grad_norm, doubl
 }
 
 void Trainer::WriteMetrics(double loss, double aux, double grad_norm, double lr,
-                           double tokens_per_s, const std::vector<RoutingStats>& stats,
-                           double eval_loss) {
+                           double tokens_per_s, int64_t host_syncs,
+                           const std::vector<RoutingStats>& stats, double eval_loss) {
   if (!metrics_.is_open()) return;
+  // Model FLOPs at this step's top-k; peak memory: the allocator's high-water mark so far.
+  const double tflops = tokens_per_s * model_->FlopsPerToken(train_.seq_len()) / 1e12;
+  const double peak_mib = ctx_->allocator()->stats().peak_bytes_in_use / double(1 << 20);
   std::string line = absl::StrFormat(
       "{\"step\": %d, \"loss\": %.6f, \"aux_loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, "
-      "\"tokens_per_s\": %.1f, \"skipped_steps\": %d",
-      step_, loss, aux, lr, grad_norm, tokens_per_s, skipped_);
+      "\"tokens_per_s\": %.1f, \"tflops\": %.4g, \"peak_mem_mib\": %.1f, \"host_syncs\": %d, "
+      "\"skipped_steps\": %d",
+      step_, loss, aux, lr, grad_norm, tokens_per_s, tflops, peak_mib, host_syncs, skipped_);
   if (eval_loss >= 0) absl::StrAppend(&line, absl::StrFormat(", \"eval_loss\": %.6f", eval_loss));
   absl::StrAppend(&line, ", \"moe\": [");
   bool first = true;
@@ -685,6 +696,7 @@ StatusOr<TrainSummary> Trainer::Run() {
       break;
     }
     const Clock::time_point t0 = Clock::now();
+    const int64_t syncs_before = ctx_->host_syncs();
     const double lr = LearningRateAt(train_, step_) * lr_scale_;
     double aux = 0.0, grad_norm = 0.0;
     MOE_ASSIGN_OR_RETURN(bool applied, Step(&loss, &aux, &grad_norm, lr));
@@ -719,6 +731,7 @@ StatusOr<TrainSummary> Trainer::Run() {
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     const double tokens_per_s = tokens_per_step / std::max(seconds, 1e-9);
     MOE_ASSIGN_OR_RETURN(std::vector<RoutingStats> stats, model_->MoEStats(*ctx_));
+    const int64_t host_syncs = ctx_->host_syncs() - syncs_before;
     double imbalance = 0.0;
     for (size_t l = 0; l < stats.size(); ++l) {
       if (model_->is_moe_layer(static_cast<int>(l))) imbalance = std::max(imbalance, stats[l].max_rel_dev);
@@ -734,7 +747,7 @@ StatusOr<TrainSummary> Trainer::Run() {
                                          eval_loss, loss);
       }
     }
-    WriteMetrics(loss, aux, grad_norm, lr, tokens_per_s, stats, eval_loss);
+    WriteMetrics(loss, aux, grad_norm, lr, tokens_per_s, host_syncs, stats, eval_loss);
     const bool log_step = train_.log_interval() > 0 && step_ % train_.log_interval() == 0;
     if (leader() && (last || log_step || tty_)) {
       ShowProgress(loss, lr, tokens_per_s, imbalance, last);
@@ -849,25 +862,31 @@ Status DryRun(const proto::RunConfig& config) {
   MOE_RETURN_IF_ERROR(ValidateConfig(config));
   MOE_ASSIGN_OR_RETURN(Device device, ResolveDevice(config));
   MOE_ASSIGN_OR_RETURN(DType dtype, ResolveDType(config, device));
-  // Parameters are counted on a model built on the host with the same shapes.
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Create(SpecFromConfig(config, dtype), Device::Cpu()));
+  // Planned from the config alone: a model too large for this machine can still be planned.
+  MOE_ASSIGN_OR_RETURN(MemoryPlan plan, PlanMemory(config, device, dtype));
   const proto::TrainConfig& t = config.train();
-  const int64_t total = model->NumParameters(), active = model->NumActivatedParameters();
-  const int64_t tokens = static_cast<int64_t>(t.batch_size()) * t.seq_len();
-  const double per_param_bytes = 4.0 * 4 + (dtype == DType::kBF16 ? 2.0 : 0.0);  // master, grad, m, v (+ compute)
-  const proto::ModelConfig& m = config.model();
-  // Activations kept for backward per layer, roughly: ~12 [T, M] tensors, attention projections,
-  // the MoE rows (3 [T*K, H] + 2 [T*K, M]) and the logits (2 [T, V] f32).
-  const double act_elems =
-      tokens * (12.0 * m.model_dim() + 3.0 * m.attention().n_q() * m.attention().head_dim() +
-                3.0 * m.moe().top_k() * m.moe().ffn_dim() + 2.0 * m.moe().top_k() * m.model_dim());
-  const double act_bytes = act_elems * DTypeSize(dtype) * m.num_layers() + 8.0 * tokens * m.vocab_size();
-  std::printf("sigma-moe-train dry run on %s (%s)\n", device.ToString().c_str(), std::string(DTypeName(dtype)).c_str());
+  std::printf("sigma-moe-train dry run on %s (%s)\n", device.ToString().c_str(),
+              std::string(DTypeName(dtype)).c_str());
   std::printf("  parameters       %lld total, %lld activated per token (%.1f%%)\n",
-              static_cast<long long>(total), static_cast<long long>(active), 100.0 * active / total);
-  std::printf("  FLOPs per token  %.3g (forward + backward, at the final top-k)\n", model->FlopsPerToken(t.seq_len()));
-  std::printf("  memory plan      parameters+optimizer %.1f MiB, activations ~%.1f MiB per micro-batch of %lld tokens\n",
-              total * per_param_bytes / (1 << 20), act_bytes / (1 << 20), static_cast<long long>(tokens));
+              static_cast<long long>(plan.parameters),
+              static_cast<long long>(plan.activated_parameters),
+              100.0 * plan.activated_parameters / plan.parameters);
+  std::printf("  FLOPs per token  %.3g (forward + backward, at the final top-k)\n",
+              plan.flops_per_token);
+  std::printf("  tokens per step  %lld (%d x %d sequences of %d)\n",
+              static_cast<long long>(t.batch_size()) * t.seq_len() * std::max(1, t.grad_accum()),
+              std::max(1, t.grad_accum()), t.batch_size(), t.seq_len());
+  std::printf("%s\n", DescribePlan(plan).c_str());
+  std::printf("  host syncs       %lld per step on a GPU (2 per MoE layer and 1 per micro-batch, "
+              "the norm, 2 per MoE layer for statistics); metrics.jsonl has the measured count\n",
+              static_cast<long long>(plan.host_syncs_per_step));
+  if (device.is_cuda()) {
+    MOE_ASSIGN_OR_RETURN(DeviceMemory memory, CudaMemory(device.index));
+    const Status fits = CheckPlanFits(plan, device, static_cast<double>(memory.free_bytes));
+    std::printf("  %s: %.2f GiB free of %.2f GiB: %s\n", device.ToString().c_str(),
+                memory.free_bytes / double(1 << 30), memory.total_bytes / double(1 << 30),
+                fits.ok() ? "fits" : "does NOT fit");
+  }
   return absl::OkStatus();
 }
 

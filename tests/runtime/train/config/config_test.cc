@@ -36,7 +36,7 @@ std::string WriteFile(const std::string& name, const std::string& text) {
 }
 
 TEST(PresetTest, NamesAreTheConfigsFiles) {
-  EXPECT_THAT(PresetNames(), ElementsAre("sigma-moe-tiny", "tiny"));
+  EXPECT_THAT(PresetNames(), ElementsAre("sigma-moe-tiny", "sigma-moe-tiny-4l", "tiny"));
   EXPECT_STREQ(kDefaultPreset, "tiny");
 }
 
