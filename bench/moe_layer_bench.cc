@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bench/bench_timing.h"
+#include "bench/ceilings.h"
 #include "moe/moe_layer.h"
 #include "runtime/blas/gemm.h"
 #include "runtime/tensor/tensor_ops.h"
@@ -21,17 +22,6 @@
 
 namespace smoe {
 namespace {
-
-// The card's (or CPU's) dense GEMM rate in TFLOP/s, measured now.
-StatusOr<double> GemmCeiling(ExecContext& ctx, DType dtype, int64_t n, int iters) {
-  MOE_ASSIGN_OR_RETURN(Tensor a, Tensor::Empty({n, n}, dtype, ctx.device()));
-  MOE_ASSIGN_OR_RETURN(Tensor b, Tensor::Empty({n, n}, dtype, ctx.device()));
-  MOE_ASSIGN_OR_RETURN(Tensor c, Tensor::Empty({n, n}, dtype, ctx.device()));
-  MOE_RETURN_IF_ERROR(FillNormal(ctx, a, 1, 0, 0.0f, 1.0f));
-  MOE_RETURN_IF_ERROR(FillNormal(ctx, b, 2, 0, 0.0f, 1.0f));
-  MOE_ASSIGN_OR_RETURN(double ms, MedianMs(ctx, 2, iters, [&] { return Gemm(ctx, a, b, c); }));
-  return 2.0 * n * n * n / (ms * 1e-3) / 1e12;
-}
 
 Status RunShape(ExecContext& ctx, const MoELayerConfig& config, int64_t tokens, int iters,
                 double ceiling_tflops, const char* impl) {
@@ -102,7 +92,7 @@ Status Main(int argc, char** argv) {
     if (iters == 0) iters = 5;
   }
   if (only_tokens > 0) shapes = {only_tokens};
-  MOE_ASSIGN_OR_RETURN(double ceiling, GemmCeiling(*ctx, config.dtype,
+  MOE_ASSIGN_OR_RETURN(double ceiling, GemmCeilingTflops(*ctx, config.dtype,
                                                    device.is_cuda() ? 8192 : 1024,
                                                    device.is_cuda() ? 10 : 3));
   const std::string impl = std::string("sigma-moe/") + (device.is_cuda() ? "cuda/" : "cpu/") +
