@@ -4,8 +4,10 @@
 // the gate is runtime/nn/swiglu.h (SwiGLU(gate, up), fp32 math).
 //
 //   AugQForward:    q_aug [T, n_q*D] from q [T, n_q*D]; keeps gate, up, h [T, d_aug] in `saved`.
-//   AugQBackward:   dq [T, n_q*D] and the weight gradients (all overwritten) from dq_aug.
-// All tensors one dtype, f32 or bf16 (Gemm accumulates in fp32), contiguous, on ctx's device.
+//   AugQBackward:   dq [T, n_q*D] (overwritten) and the weight gradients from dq_aug.
+// Activations and weights one dtype, f32 or bf16 (Gemm accumulates in fp32); the weight gradients
+// are f32 and accumulated (grad += ..., the gradient contract of every weight: callers zero them).
+// Contiguous, on ctx's device.
 // Deterministic; no sync. The saved and temporary tensors come from ctx's allocator.
 #pragma once
 
@@ -29,7 +31,7 @@ struct AugQSaved {
 
 [[nodiscard]] Status AugQForward(ExecContext& ctx, const TensorView& q, const AugQWeights& weights,
                                  const TensorView& q_aug, AugQSaved* saved);
-// `grads` holds dW_gate, dW_up, dW_down in the shapes of the weights.
+// `grads` holds dW_gate, dW_up, dW_down: f32, in the shapes of the weights, accumulated.
 [[nodiscard]] Status AugQBackward(ExecContext& ctx, const TensorView& q, const AugQWeights& weights,
                                   const AugQSaved& saved, const TensorView& dq_aug,
                                   const TensorView& dq, const AugQWeights& grads);

@@ -119,7 +119,7 @@ Status DiffQkvBackward(ExecContext& ctx, const DiffQkvConfig& c, const DiffQkvPa
   MOE_RETURN_IF_ERROR(CheckArg("dy", ctx, dy, dt, x.shape()));
   MOE_RETURN_IF_ERROR(CheckArg("dx", ctx, dx, dt, x.shape()));
   MOE_RETURN_IF_ERROR(CheckParams(ctx, c, p, dt, ""));
-  MOE_RETURN_IF_ERROR(CheckParams(ctx, c, g, dt, "d"));
+  MOE_RETURN_IF_ERROR(CheckParams(ctx, c, g, DType::kF32, "d"));
   const int64_t B = x.dim(0), S = x.dim(1), T = B * S, D = c.head_dim;
   MOE_RETURN_IF_ERROR(CheckArg("saved.o", ctx, s.o, dt, {B, S, c.n_q, D}));
   MOE_ASSIGN_OR_RETURN(const TensorView x2, x.Reshape({T, c.model_dim}));
@@ -129,7 +129,9 @@ Status DiffQkvBackward(ExecContext& ctx, const DiffQkvConfig& c, const DiffQkvPa
   MOE_ASSIGN_OR_RETURN(const TensorView o2, Flat(s.o));
   MOE_ASSIGN_OR_RETURN(Tensor d_o, New(ctx, {B, S, c.n_q, D}, dt));
   MOE_ASSIGN_OR_RETURN(const TensorView do2, Flat(d_o));
-  MOE_RETURN_IF_ERROR(Gemm(ctx, o2, dy2, g.w_o, {.trans_a = true}));
+  // Weight gradients accumulate into f32 (beta 1): the contract of every weight gradient.
+  constexpr GemmOptions kAccumulateWeightGrad{.trans_a = true, .beta = 1.0f};
+  MOE_RETURN_IF_ERROR(Gemm(ctx, o2, dy2, g.w_o, kAccumulateWeightGrad));
   MOE_RETURN_IF_ERROR(Gemm(ctx, dy2, p.w_o, do2, {.trans_b = true}));
 
   MOE_ASSIGN_OR_RETURN(Tensor dq_rope, New(ctx, {B, S, c.n_q, D}, dt));
@@ -159,9 +161,9 @@ Status DiffQkvBackward(ExecContext& ctx, const DiffQkvConfig& c, const DiffQkvPa
   MOE_ASSIGN_OR_RETURN(const TensorView dq2, Flat(dq));
   MOE_ASSIGN_OR_RETURN(const TensorView dk2, Flat(dk));
   MOE_ASSIGN_OR_RETURN(const TensorView dv2, Flat(dv));
-  MOE_RETURN_IF_ERROR(Gemm(ctx, x2, dq2, g.w_q, {.trans_a = true}));
-  MOE_RETURN_IF_ERROR(Gemm(ctx, x2, dk2, g.w_k, {.trans_a = true}));
-  MOE_RETURN_IF_ERROR(Gemm(ctx, x2, dv2, g.w_v, {.trans_a = true}));
+  MOE_RETURN_IF_ERROR(Gemm(ctx, x2, dq2, g.w_q, kAccumulateWeightGrad));
+  MOE_RETURN_IF_ERROR(Gemm(ctx, x2, dk2, g.w_k, kAccumulateWeightGrad));
+  MOE_RETURN_IF_ERROR(Gemm(ctx, x2, dv2, g.w_v, kAccumulateWeightGrad));
   MOE_RETURN_IF_ERROR(Gemm(ctx, dq2, p.w_q, dx2, {.trans_b = true}));
   MOE_RETURN_IF_ERROR(Gemm(ctx, dk2, p.w_k, dx2, {.trans_b = true, .beta = 1.0f}));
   return Gemm(ctx, dv2, p.w_v, dx2, {.trans_b = true, .beta = 1.0f});

@@ -5,9 +5,10 @@
 //   v = x W_v [T, n_v*D];  q'' = RoPE(norm_q(q')), k'' = RoPE(norm_k(k)) (norms only with qk_norm);
 //   o = Attention(q'', k'', v) [T, n_q*D];  y = o W_o [T, M]
 // with T = B * S (B sequences of equal length S, positions 0..S-1 for RoPE).
-// x, y, dy, dx: [B, S, M]. All tensors (activations, parameters, gradients) share one dtype: f32
-// (CPU or CUDA) or bf16 (CUDA; the CPU reference accepts it too); softmax statistics and RMSNorm
-// rstd are f32. Gradients are overwritten, not accumulated. On CUDA, D must be 64, 96 or 128.
+// x, y, dy, dx: [B, S, M]. Activations and parameters share one dtype: f32 (CPU or CUDA) or bf16
+// (CUDA; the CPU reference accepts it too); softmax statistics and RMSNorm rstd are f32. The weight
+// gradients are f32 and accumulated (grad += ..., callers zero them), as every weight gradient in
+// sigma-moe; dx is overwritten. On CUDA, D must be 64, 96 or 128.
 // Temporaries and saved activations come from ctx's allocator; no host sync. Deterministic.
 #pragma once
 
@@ -32,7 +33,8 @@ struct DiffQkvConfig {
   double rope_theta = 10000.0;
 };
 
-// Parameter views (or, for Backward, the gradient views to overwrite) in the block's dtype:
+// Parameter views in the block's dtype (or, for Backward, the f32 gradient views to accumulate
+// into), in these shapes:
 //   w_q [M, n_q*D], w_k [M, n_k*D], w_v [M, n_v*D], w_o [n_q*D, M];
 //   aug (only when d_aug > 0): w_gate, w_up [n_q*D, d_aug], w_down [d_aug, n_q*D];
 //   q_norm, k_norm [D] (only when qk_norm).

@@ -52,11 +52,11 @@ Status HeadRmsNormBackward(ExecContext& ctx, const TensorView& x, const TensorVi
   MOE_RETURN_IF_ERROR(CheckArg("rstd", ctx, rstd, DType::kF32, {rows}));
   MOE_RETURN_IF_ERROR(CheckArg("dy", ctx, dy, x.dtype(), x.shape()));
   MOE_RETURN_IF_ERROR(CheckArg("dx", ctx, dx, x.dtype(), x.shape()));
-  MOE_RETURN_IF_ERROR(CheckArg("dw", ctx, dw, x.dtype(), w.shape()));
+  MOE_RETURN_IF_ERROR(CheckArg("dw", ctx, dw, DType::kF32, w.shape()));
   const int64_t dim = w.dim(0);
   if (ctx.device().is_cuda()) {
     return internal::HeadRmsNormBackwardCuda(ctx, x.dtype(), x.data(), w.data(), rstd.data<float>(),
-                                             dy.data(), dx.data(), dw.data(), rows, dim);
+                                             dy.data(), dx.data(), dw.data<float>(), rows, dim);
   }
   if (x.dtype() == DType::kF32) {
     attention_internal::HeadRmsNormBackwardCpu(x.data<float>(), w.data<float>(), rstd.data<float>(),
@@ -64,7 +64,7 @@ Status HeadRmsNormBackward(ExecContext& ctx, const TensorView& x, const TensorVi
                                                rows, dim);
   } else {
     attention_internal::HeadRmsNormBackwardCpu(x.data<BF16>(), w.data<BF16>(), rstd.data<float>(),
-                                               dy.data<BF16>(), dx.data<BF16>(), dw.data<BF16>(),
+                                               dy.data<BF16>(), dx.data<BF16>(), dw.data<float>(),
                                                rows, dim);
   }
   return absl::OkStatus();
@@ -77,7 +77,7 @@ Status HeadRmsNormForwardCuda(ExecContext&, DType, const void*, const void*, voi
   return absl::FailedPreconditionError("QK-norm on CUDA, but this build has no CUDA backend");
 }
 Status HeadRmsNormBackwardCuda(ExecContext&, DType, const void*, const void*, const float*,
-                               const void*, void*, void*, int64_t, int64_t) {
+                               const void*, void*, float*, int64_t, int64_t) {
   return absl::FailedPreconditionError("QK-norm on CUDA, but this build has no CUDA backend");
 }
 }  // namespace internal

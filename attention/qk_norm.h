@@ -6,8 +6,9 @@
 //   HeadRmsNormBackward: dx = rstd (dy w - xhat mean_j(dy w xhat)), xhat = x rstd;
 //                        dw[j] = sum_r dy[r, j] xhat[r, j]
 // x, y, dy, dx: [..., D] (any rank >= 1; R = numel / D rows), f32 or bf16, all one dtype;
-// w, dw: [D] in that dtype; rstd: [R] f32, written by forward and read by backward.
-// y may alias x; dx may alias dy. dx and dw are overwritten (not accumulated).
+// w: [D] in that dtype; dw: [D] f32, accumulated (dw += ..., the gradient contract of every
+// weight: callers zero it); rstd: [R] f32, written by forward and read by backward.
+// y may alias x; dx may alias dy. dx is overwritten.
 // Contiguous, on ctx's device. Deterministic: dw is reduced in a fixed order (CUB block reduce per
 // column on CUDA). No sync.
 #pragma once
@@ -33,6 +34,6 @@ namespace internal {
                                             int64_t dim, double eps);
 [[nodiscard]] Status HeadRmsNormBackwardCuda(ExecContext& ctx, DType dtype, const void* x,
                                              const void* w, const float* rstd, const void* dy,
-                                             void* dx, void* dw, int64_t rows, int64_t dim);
+                                             void* dx, float* dw, int64_t rows, int64_t dim);
 }  // namespace internal
 }  // namespace smoe

@@ -23,8 +23,10 @@ void HeadRmsNormForwardCpu(const T* x, const T* w, T* y, R* rstd, int64_t rows, 
   }
 }
 
-template <typename T, typename R>
-void HeadRmsNormBackwardCpu(const T* x, const T* w, const R* rstd, const T* dy, T* dx, T* dw,
+// dw (float, or double for gradient checks) is accumulated: dw += the rows' sum, rounded to G
+// first, as an f32 gradient buffer receives it.
+template <typename T, typename R, typename G>
+void HeadRmsNormBackwardCpu(const T* x, const T* w, const R* rstd, const T* dy, T* dx, G* dw,
                             int64_t rows, int64_t dim) {
   std::vector<double> gw(dim, 0.0);
   for (int64_t r = 0; r < rows; ++r) {
@@ -41,7 +43,7 @@ void HeadRmsNormBackwardCpu(const T* x, const T* w, const R* rstd, const T* dy, 
       dx[r * dim + j] = Narrow<T>(inv * (Widen(dy[r * dim + j]) * Widen(w[j]) - xhat * mean));
     }
   }
-  for (int64_t j = 0; j < dim; ++j) dw[j] = Narrow<T>(gw[j]);
+  for (int64_t j = 0; j < dim; ++j) dw[j] += static_cast<G>(gw[j]);
 }
 
 }  // namespace smoe::attention_internal

@@ -56,7 +56,7 @@ __global__ void NormBackwardKernel(const T* x, const T* w, const float* rstd, co
 }
 
 template <typename T>
-__global__ void NormWeightGradKernel(const T* x, const float* rstd, const T* dy, T* dw,
+__global__ void NormWeightGradKernel(const T* x, const float* rstd, const T* dy, float* dw,
                                      int64_t rows, int64_t dim) {
   using BlockReduce = cub::BlockReduce<float, kColumnThreads>;
   __shared__ typename BlockReduce::TempStorage storage;
@@ -66,7 +66,7 @@ __global__ void NormWeightGradKernel(const T* x, const float* rstd, const T* dy,
     sum += ToFloat(dy[r * dim + j]) * ToFloat(x[r * dim + j]) * rstd[r];
   }
   const float total = BlockReduce(storage).Sum(sum);
-  if (threadIdx.x == 0) dw[j] = FromFloat<T>(total);
+  if (threadIdx.x == 0) dw[j] += total;  // f32, accumulated (qk_norm.h)
 }
 
 template <typename T>
@@ -81,10 +81,10 @@ Status Forward(ExecContext& ctx, const void* x, const void* w, void* y, float* r
 
 template <typename T>
 Status Backward(ExecContext& ctx, const void* x, const void* w, const float* rstd, const void* dy,
-                void* dx, void* dw, int64_t rows, int64_t dim) {
+                void* dx, float* dw, int64_t rows, int64_t dim) {
   // dw first: dx may alias dy, and dw must read dy before dx overwrites it.
   NormWeightGradKernel<T><<<static_cast<unsigned>(dim), kColumnThreads, 0, ctx.stream()>>>(
-      static_cast<const T*>(x), rstd, static_cast<const T*>(dy), static_cast<T*>(dw), rows, dim);
+      static_cast<const T*>(x), rstd, static_cast<const T*>(dy), dw, rows, dim);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("NormWeightGradKernel");
   if (rows > 0) {
     NormBackwardKernel<T><<<CeilDiv(rows, kWarps), kWarps * 32, 0, ctx.stream()>>>(
@@ -106,7 +106,7 @@ Status HeadRmsNormForwardCuda(ExecContext& ctx, DType dtype, const void* x, cons
 }
 
 Status HeadRmsNormBackwardCuda(ExecContext& ctx, DType dtype, const void* x, const void* w,
-                               const float* rstd, const void* dy, void* dx, void* dw, int64_t rows,
+                               const float* rstd, const void* dy, void* dx, float* dw, int64_t rows,
                                int64_t dim) {
   return dtype == DType::kF32 ? Backward<float>(ctx, x, w, rstd, dy, dx, dw, rows, dim)
                               : Backward<BF16>(ctx, x, w, rstd, dy, dx, dw, rows, dim);

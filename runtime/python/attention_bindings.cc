@@ -242,9 +242,9 @@ void BindAttention(py::module_& m) {
       arg("grad_w_gate") = py::none(), arg("grad_w_up") = py::none(),
       arg("grad_w_down") = py::none(), arg("grad_q_norm") = py::none(),
       arg("grad_k_norm") = py::none(), arg("stream") = 0,
-      "attention/diffqkv.h DiffQkvBackward: overwrites dx and every gradient (in the block's "
-      "dtype; grad_w_gate/... and grad_q_norm/... exactly when the config uses them). The state "
-      "is not consumed: a second backward from it gives the same result.");
+      "attention/diffqkv.h DiffQkvBackward: overwrites dx and accumulates into every gradient "
+      "(f32, zeroed by the caller; grad_w_gate/... and grad_q_norm/... exactly when the config "
+      "uses them). The state is not consumed: a second backward from it adds the same result.");
 }
 
 }  // namespace smoe::python

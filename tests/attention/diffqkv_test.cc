@@ -165,12 +165,14 @@ TEST_P(DiffQkvBlockTest, ForwardAndGradientsMatchFp64Reference) {
 
   const std::vector<double> w = testing::RandomWeights(y.numel(), 7);
   Tensor dy = testing::FromDoubles(w, y.shape());
+  // The weight gradients accumulate: start them at 0.25 and take the difference.
+  constexpr double kBase = 0.25;
   std::vector<Tensor> grads = block.EmptyLike();
+  for (size_t i = 1; i < grads.size(); ++i) MOE_ASSERT_OK(Fill(ctx, grads[i], kBase));
   MOE_ASSERT_OK(DiffQkvBackward(ctx, config, params, x, saved, dy, grads[0], block.Params(grads)));
   std::vector<double> analytic;
-  for (const Tensor& g : grads) {
-    const std::vector<double> v = ToDoubles(g);
-    analytic.insert(analytic.end(), v.begin(), v.end());
+  for (size_t i = 0; i < grads.size(); ++i) {
+    for (double v : ToDoubles(grads[i])) analytic.push_back(i == 0 ? v : v - kBase);
   }
   auto loss = [&](const std::vector<double>& xs) { return WeightedSum(w, block.Reference(xs)); };
   // Analytic gradients are f32, the finite differences fp64.
@@ -212,7 +214,8 @@ TEST_P(DiffQkvBlockTest, PrefillThenDecodeStepsEqualForwardRows) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cache.capacity")));
 }
 
-// No tokens (S = 0): an empty output, and weight gradients of zero (Backward overwrites them).
+// No tokens (S = 0): an empty output, and the weight gradients left as they were (Backward adds
+// zero to them).
 TEST(DiffQkvBlockTest, EmptyBatch) {
   const DiffQkvConfig config{6, 4, 1, 2, 4, 8, true, 1e4};
   Block block(config, 2, 0);
@@ -227,7 +230,7 @@ TEST(DiffQkvBlockTest, EmptyBatch) {
   MOE_ASSERT_OK(DiffQkvBackward(ctx, config, block.Params(block.tensors), block.tensors[0], saved,
                                 dy, grads[0], block.Params(grads)));
   for (size_t i = 1; i < grads.size(); ++i) {
-    for (double g : ToDoubles(grads[i])) ASSERT_EQ(g, 0.0) << "gradient " << i;
+    for (double g : ToDoubles(grads[i])) ASSERT_EQ(g, 7.0) << "gradient " << i;
   }
 }
 

@@ -141,11 +141,19 @@ TEST(QkNormTest, GradientMatchesFiniteDifferences) {
   Tensor wt = testing::FromDoubles({x.begin() + rows * dim, x.end()}, {dim});
   Tensor dy = testing::FromDoubles(w, {rows, dim});
   Tensor yt = HostTensor({rows, dim}), rt = HostTensor({rows}), dx = HostTensor({rows, dim});
+  // dw is f32 and accumulates: it starts at 0.5 and must gain the gradient.
   Tensor dw = HostTensor({dim});
+  MOE_ASSERT_OK(Fill(Cpu(), dw, 0.5));
   MOE_ASSERT_OK(HeadRmsNormForward(Cpu(), xt, wt, yt, rt));
   MOE_ASSERT_OK(HeadRmsNormBackward(Cpu(), xt, wt, rt, dy, dx, dw));
   EXPECT_TRUE(testing::AllClose(ToDoubles(yt), y, {1e-5, 1e-5}));
-  EXPECT_TRUE(testing::AllClose(Concat({ToDoubles(dx), ToDoubles(dw)}), grad, {1e-5, 1e-4}));
+  std::vector<double> dw_added = ToDoubles(dw);
+  for (double& g : dw_added) g -= 0.5;
+  EXPECT_TRUE(testing::AllClose(Concat({ToDoubles(dx), dw_added}), grad, {1e-5, 1e-4}));
+  // The gradient must be f32 whatever the activations' dtype.
+  Tensor dw_bf16 = HostTensor({dim}, DType::kBF16);
+  EXPECT_THAT(HeadRmsNormBackward(Cpu(), xt, wt, rt, dy, dx, dw_bf16),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("dw")));
 }
 
 TEST(QkNormTest, BadArguments) {
@@ -195,6 +203,7 @@ TEST(AugQTest, ForwardAndBackwardMatchDoubleReference) {
   Tensor dq_aug = testing::FromDoubles(w, {rows, qd});
   Tensor dq = HostTensor({rows, qd}), dwg = HostTensor(wg.shape()), dwu = HostTensor(wu.shape());
   Tensor dwd = HostTensor(wd.shape());
+  for (Tensor* g : {&dwg, &dwu, &dwd}) MOE_ASSERT_OK(Fill(Cpu(), *g, 0.0));  // accumulated into
   MOE_ASSERT_OK(AugQBackward(Cpu(), q, {wg, wu, wd}, saved, dq_aug, dq, {dwg, dwu, dwd}));
   auto loss = [&](const std::vector<double>& xs) {
     return WeightedSum(w, AugQReference(xs, rows, qd, d_aug));

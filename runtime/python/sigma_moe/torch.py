@@ -250,8 +250,8 @@ class _DiffQkvFunction(torch.autograd.Function):
         x, *weights = ctx.saved_tensors
         dy = dy.contiguous()
         dx = torch.empty_like(x)
-        alloc = torch.zeros if ctx.empty else torch.empty
-        grads = [None if w is None else alloc(w.shape, dtype=w.dtype, device=w.device)
+        # The block accumulates its weight gradients into zeroed f32 buffers (diffqkv.h).
+        grads = [None if w is None else torch.zeros(w.shape, dtype=torch.float32, device=w.device)
                  for w in weights]
         w = [_plain(t) for t in weights]
         need = ctx.needs_input_grad
@@ -263,6 +263,7 @@ class _DiffQkvFunction(torch.autograd.Function):
             w_down=w[6], q_norm=w[7], k_norm=w[8], grad_w_gate=grads[4], grad_w_up=grads[5],
             grad_w_down=grads[6], grad_q_norm=grads[7], grad_k_norm=grads[8],
             stream=current_stream(dy))
+        grads = [g if g is None else g.to(w.dtype) for g, w in zip(grads, weights)]
         return (dx if need[0] else None, None, None,
                 *[g if need[i + 3] else None for i, g in enumerate(grads)])
 

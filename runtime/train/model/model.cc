@@ -35,18 +35,6 @@ struct Model::Activations {
   Tensor dense_h1, dense_h3, dense_act;  // dense SwiGLU layers only
 };
 
-namespace {
-
-// grad (f32) += g (any floating dtype), through an f32 scratch copy when g is bf16.
-Status AccumulateInto(ExecContext& ctx, const TensorView& grad, const TensorView& g) {
-  if (g.dtype() == DType::kF32) return Axpy(ctx, grad, 1.0f, g, grad);
-  MOE_ASSIGN_OR_RETURN(Tensor wide, Tensor::Empty(g.shape(), DType::kF32, g.device()));
-  MOE_RETURN_IF_ERROR(Cast(ctx, g, wide));
-  return Axpy(ctx, grad, 1.0f, wide, grad);
-}
-
-}  // namespace
-
 Model::Model(const ModelSpec& spec, Device device) : spec_(spec), device_(device) {}
 Model::~Model() = default;
 
@@ -390,28 +378,14 @@ Status Model::SetTopK(int layer, int k) {
 
 int Model::TopK(int layer) const { return layers_[layer].moe_config.top_k; }
 
-DiffQkvParams Model::AttentionParams(const Layer& L) {
-  auto view = [&](int index) { return index < 0 ? TensorView() : P(index).compute.view(); };
+DiffQkvParams Model::AttentionParams(const Layer& L, bool grads) {
+  auto view = [&](int index) {
+    if (index < 0) return TensorView();
+    return grads ? P(index).grad.view() : P(index).compute.view();
+  };
   return DiffQkvParams{view(L.w_q), view(L.w_k), view(L.w_v), view(L.w_o),
                        AugQWeights{view(L.aug_gate), view(L.aug_up), view(L.aug_down)},
                        view(L.q_norm), view(L.k_norm)};
-}
-
-StatusOr<DiffQkvParams> Model::StageAttentionGrads(const Layer& L,
-                                                   std::vector<std::pair<int, Tensor>>* staged) {
-  DiffQkvParams grads;
-  const std::pair<int, TensorView*> slots[] = {
-      {L.w_q, &grads.w_q},           {L.w_k, &grads.w_k},         {L.w_v, &grads.w_v},
-      {L.w_o, &grads.w_o},           {L.aug_gate, &grads.aug.w_gate}, {L.aug_up, &grads.aug.w_up},
-      {L.aug_down, &grads.aug.w_down}, {L.q_norm, &grads.q_norm}, {L.k_norm, &grads.k_norm}};
-  for (const auto& [index, view] : slots) {
-    if (index < 0) continue;
-    MOE_ASSIGN_OR_RETURN(Tensor g, Tensor::Empty(P(index).compute.shape(),
-                                                 P(index).compute.dtype(), device_));
-    *view = g.view();
-    staged->emplace_back(index, std::move(g));
-  }
-  return grads;
 }
 
 StatusOr<ModelLoss> Model::ForwardBackward(ExecContext& ctx, const TensorView& ids,
@@ -677,13 +651,11 @@ StatusOr<double> Model::Run(ExecContext& ctx, const TensorView& ids, const Tenso
     MOE_RETURN_IF_ERROR(RMSNormBackward(ctx, s.h_mid, P(L.ffn_norm).compute, s.rstd2, dn2, dh_mid,
                                         P(L.ffn_norm).grad));
     MOE_RETURN_IF_ERROR(Axpy(ctx, dh_mid, 1.0f, dh, dh_mid));
-    // h_mid = h_in + Attention(norm(h_in)); the block overwrites its gradients: stage them.
+    // h_mid = h_in + Attention(norm(h_in))
     MOE_ASSIGN_OR_RETURN(Tensor dn1, empty(tokens, dt));
-    std::vector<std::pair<int, Tensor>> staged;
-    MOE_ASSIGN_OR_RETURN(DiffQkvParams grads, StageAttentionGrads(L, &staged));
     MOE_RETURN_IF_ERROR(DiffQkvBackward(ctx, spec_.attention, AttentionParams(L), as_bsm(s.n1),
-                                        s.attn, as_bsm(dh_mid), as_bsm(dn1), grads));
-    for (auto& [index, g] : staged) MOE_RETURN_IF_ERROR(AccumulateInto(ctx, P(index).grad, g));
+                                        s.attn, as_bsm(dh_mid), as_bsm(dn1),
+                                        AttentionParams(L, /*grads=*/true)));
     MOE_ASSIGN_OR_RETURN(Tensor dh_in, empty(tokens, dt));
     MOE_RETURN_IF_ERROR(RMSNormBackward(ctx, s.h_in, P(L.attn_norm).compute, s.rstd1, dn1, dh_in,
                                         P(L.attn_norm).grad));

@@ -215,11 +215,8 @@ class Model {
                                        bool to_global) const;
   ModelParam& P(int index) { return params_[index]; }
   const ModelParam& P(int index) const { return params_[index]; }
-  DiffQkvParams AttentionParams(const Layer& layer);
-  // Fresh tensors (in the compute dtype) for the attention block's gradients, which it overwrites;
-  // `staged` pairs each with its parameter index, to be added into the f32 grads.
-  [[nodiscard]] StatusOr<DiffQkvParams> StageAttentionGrads(
-      const Layer& layer, std::vector<std::pair<int, Tensor>>* staged);
+  // The attention block's compute-dtype weights, or (grads) their f32 gradients.
+  DiffQkvParams AttentionParams(const Layer& layer, bool grads = false);
   // How a block's attention runs: over whole sequences (kFull, training and evaluation), the same
   // then storing its keys and values into an empty cache (kPrefill), or one new token per sequence
   // against the cache (kDecode, seq_len 1).
