@@ -1,7 +1,6 @@
 #include "runtime/train/model/model.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstring>
 
@@ -10,6 +9,7 @@
 #include "moe/experts/experts.h"
 #include "moe/router/expert_load.h"
 #include "runtime/blas/gemm.h"
+#include "runtime/device/stream_timer.h"
 #include "runtime/nn/cross_entropy.h"
 #include "runtime/nn/embedding.h"
 #include "runtime/nn/rmsnorm.h"
@@ -30,9 +30,19 @@ struct Model::Layer {
 
 // What one block's forward keeps for its backward.
 struct Model::Activations {
+  int64_t seq_len = 0;
   Tensor h_in, n1, rstd1, h_mid, n2, rstd2;
   DiffQkvSaved attn;
   Tensor dense_h1, dense_h3, dense_act;  // dense SwiGLU layers only
+};
+
+// What a training or evaluation forward keeps for the backward and the loss.
+struct Model::ForwardState {
+  std::vector<Activations> blocks;
+  Tensor h;          // the last block's output [T, M]
+  Tensor nf, rstd;   // final RMSNorm output and rstd
+  Tensor logits;     // [T, V] f32
+  double aux_total = 0.0;
 };
 
 Model::Model(const ModelSpec& spec, Device device) : spec_(spec), device_(device) {}
@@ -173,6 +183,7 @@ StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device 
   md.moe_states_.resize(spec.num_layers);
   md.parallel_states_.resize(spec.num_layers);
   md.modes_.resize(spec.num_layers);
+  md.measured_.assign(spec.num_layers, false);
   md.moe_ms_.assign(spec.num_layers, 0.0);
   md.moe_max_rows_.assign(spec.num_layers, 0);
   md.last_aux_.resize(spec.num_layers);
@@ -233,7 +244,10 @@ Status Model::ZeroGrads(ExecContext& ctx) {
 
 bool Model::is_moe_layer(int layer) const { return layers_[layer].moe; }
 
-void Model::SetParallelMode(int layer, const ParallelMode& mode) { modes_[layer] = mode; }
+void Model::SetParallelMode(int layer, const ParallelMode& mode, bool measure) {
+  modes_[layer] = mode;
+  measured_[layer] = measure;
+}
 
 void Model::ResetMoEProfile() {
   std::fill(moe_ms_.begin(), moe_ms_.end(), 0.0);
@@ -391,25 +405,33 @@ DiffQkvParams Model::AttentionParams(const Layer& L, bool grads) {
 StatusOr<ModelLoss> Model::ForwardBackward(ExecContext& ctx, const TensorView& ids,
                                            const TensorView& targets, int64_t batch,
                                            int64_t seq_len, float grad_scale) {
+  const int64_t t = batch * seq_len;
+  MOE_RETURN_IF_ERROR(CheckTensor("targets", targets, DType::kI32, device_, {t}));
+  ForwardState state;
+  MOE_RETURN_IF_ERROR(Forward(ctx, ids, batch, seq_len, /*training=*/true, &state));
+  MOE_ASSIGN_OR_RETURN(Tensor dlogits,
+                       Tensor::Empty({t, spec_.vocab_size}, DType::kF32, device_));
   ModelLoss out;
-  MOE_ASSIGN_OR_RETURN(out.loss, Run(ctx, ids, targets, batch, seq_len, /*backward=*/true,
-                                     grad_scale, &out.aux_total, nullptr));
+  MOE_ASSIGN_OR_RETURN(out.loss,
+                       CrossEntropyForwardBackward(ctx, state.logits, targets, grad_scale, dlogits));
+  out.aux_total = state.aux_total;
+  MOE_RETURN_IF_ERROR(Backward(ctx, ids, state, dlogits, grad_scale));
   return out;
 }
 
 StatusOr<double> Model::Loss(ExecContext& ctx, const TensorView& ids, const TensorView& targets,
                              int64_t batch, int64_t seq_len) {
-  double aux = 0.0;
-  return Run(ctx, ids, targets, batch, seq_len, /*backward=*/false, 1.0f, &aux, nullptr);
+  MOE_RETURN_IF_ERROR(CheckTensor("targets", targets, DType::kI32, device_, {batch * seq_len}));
+  ForwardState state;
+  MOE_RETURN_IF_ERROR(Forward(ctx, ids, batch, seq_len, /*training=*/false, &state));
+  return CrossEntropyLoss(ctx, state.logits, targets);
 }
 
 StatusOr<Tensor> Model::LastLogits(ExecContext& ctx, const TensorView& ids, int64_t batch,
                                    int64_t seq_len) {
-  double aux = 0.0;
-  Tensor logits;
-  MOE_RETURN_IF_ERROR(
-      Run(ctx, ids, TensorView(), batch, seq_len, false, 1.0f, &aux, &logits).status());
-  MOE_ASSIGN_OR_RETURN(Tensor host, CopyTo(ctx, logits, Device::Cpu()));
+  ForwardState state;
+  MOE_RETURN_IF_ERROR(Forward(ctx, ids, batch, seq_len, /*training=*/false, &state));
+  MOE_ASSIGN_OR_RETURN(Tensor host, CopyTo(ctx, state.logits, Device::Cpu()));
   MOE_ASSIGN_OR_RETURN(Tensor last, Tensor::Empty({batch, spec_.vocab_size}, DType::kF32, Device::Cpu()));
   for (int64_t b = 0; b < batch; ++b) {
     const float* row = host.data<float>() + ((b + 1) * seq_len - 1) * spec_.vocab_size;
@@ -432,6 +454,7 @@ StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache
   auto empty = [&](Shape shape, DType dtype) { return Tensor::Empty(shape, dtype, dev); };
   auto as_bsm = [&](const Tensor& x) { return TensorView(x.data(), x.dtype(), bsm, dev); };
 
+  s->seq_len = seq_len;
   s->h_in = h_in;
   MOE_ASSIGN_OR_RETURN(s->n1, empty(tokens, dt));
   MOE_ASSIGN_OR_RETURN(s->rstd1, empty({t}, DType::kF32));
@@ -452,26 +475,8 @@ StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache
   MOE_RETURN_IF_ERROR(RMSNormForward(ctx, s->h_mid, P(L.ffn_norm).compute, spec_.norm_eps, s->n2, s->rstd2));
   MOE_ASSIGN_OR_RETURN(Tensor ffn_out, empty(tokens, dt));
   if (L.moe) {
-    const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute, P(L.w2).compute};
-    if (distributed()) {
-      // Distributed runs are CPU only, so the host clock measures the layer's work; on CUDA this
-      // timing would need a stream sync before each clock read.
-      const auto t0 = std::chrono::steady_clock::now();
-      MOE_ASSIGN_OR_RETURN(*aux, ParallelMoEForward(ctx, moe_config, views, s->n2, ffn_out,
-                                                    parallel_state, *exchanger_, modes_[l], comm_,
-                                                    L.expert_bias, shard_groups_.get()));
-      if (parallel_state == &parallel_states_[l]) {
-        moe_ms_[l] += std::chrono::duration<double, std::milli>(
-                          std::chrono::steady_clock::now() - t0).count();
-        const std::vector<int64_t>& offsets = parallel_state->local.plan.offsets_host;
-        for (size_t e = 0; e + 1 < offsets.size(); ++e) {
-          moe_max_rows_[l] = std::max(moe_max_rows_[l], offsets[e + 1] - offsets[e]);
-        }
-      }
-    } else {
-      MOE_ASSIGN_OR_RETURN(*aux, MoEForward(ctx, moe_config, views, s->n2, ffn_out, moe_state,
-                                            nullptr, L.expert_bias));
-    }
+    MOE_ASSIGN_OR_RETURN(*aux, MoELayerForward(ctx, l, pass == Pass::kTrain, moe_config,
+                                               moe_state, parallel_state, s->n2, ffn_out));
   } else {
     *aux = AuxLossValues{};
     const int64_t hd = spec_.dense_ffn_dim;
@@ -570,106 +575,151 @@ StatusOr<Tensor> Model::InferenceForward(ExecContext& ctx, const TensorView& ids
   return CopyTo(ctx, logits, Device::Cpu());
 }
 
-StatusOr<double> Model::Run(ExecContext& ctx, const TensorView& ids, const TensorView& targets,
-                            int64_t batch, int64_t seq_len, bool backward, float grad_scale,
-                            double* aux_total, Tensor* logits_out) {
-  const int64_t t = batch * seq_len, m = spec_.model_dim, v = spec_.vocab_size;
-  const DType dt = spec_.dtype;
-  const Device dev = device_;
-  MOE_RETURN_IF_ERROR(CheckTensor("ids", ids, DType::kI32, dev, {t}));
-  if (logits_out == nullptr) MOE_RETURN_IF_ERROR(CheckTensor("targets", targets, DType::kI32, dev, {t}));
-  const Shape tokens{t, m};
-  const Shape bsm{batch, seq_len, m};
-  auto empty = [&](Shape shape, DType dtype) { return Tensor::Empty(shape, dtype, dev); };
-  auto as_bsm = [&](const Tensor& x) { return TensorView(x.data(), x.dtype(), bsm, dev); };
+StatusOr<AuxLossValues> Model::MoELayerForward(ExecContext& ctx, int l, bool training,
+                                               const MoELayerConfig& config, MoEState* state,
+                                               ParallelMoEState* parallel_state,
+                                               const TensorView& x, const TensorView& y) {
+  const Layer& L = layers_[l];
+  const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute,
+                            P(L.w2).compute};
+  if (!distributed()) {
+    return MoEForward(ctx, config, views, x, y, state, nullptr, L.expert_bias);
+  }
+  const bool timed = training && measured_[l];
+  StreamTimer timer = StreamTimer::For(ctx);
+  if (timed) MOE_RETURN_IF_ERROR(timer.Start());
+  MOE_ASSIGN_OR_RETURN(const AuxLossValues aux,
+                       ParallelMoEForward(ctx, config, views, x, y, parallel_state, *exchanger_,
+                                          modes_[l], comm_, L.expert_bias, shard_groups_.get()));
+  if (timed) {
+    MOE_ASSIGN_OR_RETURN(const double ms, timer.StopMs());
+    moe_ms_[l] += ms;
+  }
+  if (training) {
+    const std::vector<int64_t>& offsets = parallel_state->local.plan.offsets_host;
+    for (size_t e = 0; e + 1 < offsets.size(); ++e) {
+      moe_max_rows_[l] = std::max(moe_max_rows_[l], offsets[e + 1] - offsets[e]);
+    }
+  }
+  return aux;
+}
 
-  MOE_ASSIGN_OR_RETURN(Tensor h, empty(tokens, dt));
+Status Model::MoELayerBackward(ExecContext& ctx, int l, const TensorView& dy, const TensorView& dx,
+                               float grad_scale) {
+  const Layer& L = layers_[l];
+  const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute,
+                            P(L.w2).compute};
+  const MoEGradViews grads{P(L.router).grad, P(L.w1).grad, P(L.w3).grad, P(L.w2).grad};
+  if (!distributed()) {
+    return MoEBackward(ctx, L.moe_config, views, moe_states_[l], dy, dx, grads,
+                       /*accumulate_grads=*/true, grad_scale);
+  }
+  StreamTimer timer = StreamTimer::For(ctx);
+  if (measured_[l]) MOE_RETURN_IF_ERROR(timer.Start());
+  MOE_RETURN_IF_ERROR(ParallelMoEBackward(ctx, L.moe_config, views, parallel_states_[l], dy, dx,
+                                          grads, /*accumulate_grads=*/true, grad_scale));
+  if (measured_[l]) {
+    MOE_ASSIGN_OR_RETURN(const double ms, timer.StopMs());
+    moe_ms_[l] += ms;
+  }
+  return absl::OkStatus();
+}
+
+Status Model::Forward(ExecContext& ctx, const TensorView& ids, int64_t batch, int64_t seq_len,
+                      bool training, ForwardState* state) {
+  const int64_t t = batch * seq_len;
+  MOE_RETURN_IF_ERROR(CheckTensor("ids", ids, DType::kI32, device_, {t}));
+  MOE_ASSIGN_OR_RETURN(Tensor h, Tensor::Empty({t, spec_.model_dim}, spec_.dtype, device_));
   MOE_RETURN_IF_ERROR(EmbeddingForward(ctx, ids, P(embedding_).compute, h));
-  std::vector<Activations> acts(layers_.size());
-  *aux_total = 0.0;
+  state->blocks.resize(layers_.size());
+  state->aux_total = 0.0;
   for (size_t l = 0; l < layers_.size(); ++l) {
     AuxLossValues aux;
-    MOE_ASSIGN_OR_RETURN(h, BlockForward(ctx, static_cast<int>(l), Pass::kFull, nullptr,
+    MOE_ASSIGN_OR_RETURN(h, BlockForward(ctx, static_cast<int>(l),
+                                         training ? Pass::kTrain : Pass::kFull, nullptr,
                                          layers_[l].moe_config, &moe_states_[l],
-                                         &parallel_states_[l], h, batch, seq_len, &acts[l], &aux));
-    *aux_total += aux.total;
-    if (backward) last_aux_[l] = aux;
+                                         &parallel_states_[l], h, batch, seq_len,
+                                         &state->blocks[l], &aux));
+    state->aux_total += aux.total;
+    if (training) last_aux_[l] = aux;
   }
-  Tensor nf, rstdf;
-  MOE_ASSIGN_OR_RETURN(Tensor logits, Head(ctx, h, &nf, &rstdf));
-  const bool tied = spec_.tie_embeddings;
-  const Tensor& head = tied ? P(embedding_).compute : P(lm_head_).compute;
-  if (logits_out != nullptr) {
-    *logits_out = logits;
-    return 0.0;
-  }
-  if (!backward) return CrossEntropyLoss(ctx, logits, targets);
+  state->h = h;
+  MOE_ASSIGN_OR_RETURN(state->logits, Head(ctx, h, &state->nf, &state->rstd));
+  return absl::OkStatus();
+}
 
-  MOE_ASSIGN_OR_RETURN(Tensor dlogits, empty({t, v}, DType::kF32));
-  MOE_ASSIGN_OR_RETURN(double loss, CrossEntropyForwardBackward(ctx, logits, targets, grad_scale, dlogits));
+Status Model::Backward(ExecContext& ctx, const TensorView& ids, const ForwardState& state,
+                       const Tensor& dlogits, float grad_scale) {
+  const int64_t t = state.h.dim(0);
+  const DType dt = spec_.dtype;
   Tensor dlogits_c = dlogits;
   if (dt != DType::kF32) {
-    MOE_ASSIGN_OR_RETURN(dlogits_c, empty({t, v}, dt));
+    MOE_ASSIGN_OR_RETURN(dlogits_c, Tensor::Empty(dlogits.shape(), dt, device_));
     MOE_RETURN_IF_ERROR(Cast(ctx, dlogits, dlogits_c));
   }
-  MOE_ASSIGN_OR_RETURN(Tensor dnf, empty(tokens, dt));
-  MOE_RETURN_IF_ERROR(Gemm(ctx, dlogits_c, head, dnf, {false, !tied}));
+  // logits = nf E^T (tied) or nf W_head.
+  const bool tied = spec_.tie_embeddings;
+  ModelParam& head = tied ? P(embedding_) : P(lm_head_);
+  MOE_ASSIGN_OR_RETURN(Tensor dnf, Tensor::Empty({t, spec_.model_dim}, dt, device_));
+  MOE_RETURN_IF_ERROR(Gemm(ctx, dlogits_c, head.compute, dnf, {false, !tied}));
   if (tied) {
-    MOE_RETURN_IF_ERROR(Gemm(ctx, dlogits_c, nf, P(embedding_).grad, {true, false, 1.0f, 1.0f}));
+    MOE_RETURN_IF_ERROR(Gemm(ctx, dlogits_c, state.nf, head.grad, {true, false, 1.0f, 1.0f}));
   } else {
-    MOE_RETURN_IF_ERROR(Gemm(ctx, nf, dlogits_c, P(lm_head_).grad, {true, false, 1.0f, 1.0f}));
+    MOE_RETURN_IF_ERROR(Gemm(ctx, state.nf, dlogits_c, head.grad, {true, false, 1.0f, 1.0f}));
   }
-  MOE_ASSIGN_OR_RETURN(Tensor dh, empty(tokens, dt));
-  MOE_RETURN_IF_ERROR(RMSNormBackward(ctx, h, P(final_norm_).compute, rstdf, dnf, dh, P(final_norm_).grad));
+  MOE_ASSIGN_OR_RETURN(Tensor dh, Tensor::Empty({t, spec_.model_dim}, dt, device_));
+  MOE_RETURN_IF_ERROR(RMSNormBackward(ctx, state.h, P(final_norm_).compute, state.rstd, dnf, dh,
+                                      P(final_norm_).grad));
   for (int l = static_cast<int>(layers_.size()) - 1; l >= 0; --l) {
-    Layer& L = layers_[l];
-    Activations& s = acts[l];
-    // h_out = h_mid + FFN(norm(h_mid))
-    MOE_ASSIGN_OR_RETURN(Tensor dn2, empty(tokens, dt));
-    if (L.moe) {
-      const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute, P(L.w2).compute};
-      const MoEGradViews grads{P(L.router).grad, P(L.w1).grad, P(L.w3).grad, P(L.w2).grad};
-      if (distributed()) {
-        const auto t0 = std::chrono::steady_clock::now();
-        MOE_RETURN_IF_ERROR(ParallelMoEBackward(ctx, L.moe_config, views, parallel_states_[l], dh,
-                                                dn2, grads, /*accumulate_grads=*/true,
-                                                grad_scale));
-        moe_ms_[l] += std::chrono::duration<double, std::milli>(
-                          std::chrono::steady_clock::now() - t0).count();
-      } else {
-        MOE_RETURN_IF_ERROR(MoEBackward(ctx, L.moe_config, views, moe_states_[l], dh, dn2, grads,
-                                        /*accumulate_grads=*/true, grad_scale));
-      }
-    } else {
-      const int64_t offsets[2] = {0, t};
-      MOE_RETURN_IF_ERROR(ExpertsBackward(
-          ctx, {P(L.w1).compute, P(L.w3).compute, P(L.w2).compute}, s.n2, offsets,
-          {s.dense_h1, s.dense_h3, s.dense_act}, dh, dn2, {P(L.w1).grad, P(L.w3).grad, P(L.w2).grad},
-          /*accumulate=*/true));
-    }
-    MOE_ASSIGN_OR_RETURN(Tensor dh_mid, empty(tokens, dt));
-    MOE_RETURN_IF_ERROR(RMSNormBackward(ctx, s.h_mid, P(L.ffn_norm).compute, s.rstd2, dn2, dh_mid,
-                                        P(L.ffn_norm).grad));
-    MOE_RETURN_IF_ERROR(Axpy(ctx, dh_mid, 1.0f, dh, dh_mid));
-    // h_mid = h_in + Attention(norm(h_in))
-    MOE_ASSIGN_OR_RETURN(Tensor dn1, empty(tokens, dt));
-    MOE_RETURN_IF_ERROR(DiffQkvBackward(ctx, spec_.attention, AttentionParams(L), as_bsm(s.n1),
-                                        s.attn, as_bsm(dh_mid), as_bsm(dn1),
-                                        AttentionParams(L, /*grads=*/true)));
-    MOE_ASSIGN_OR_RETURN(Tensor dh_in, empty(tokens, dt));
-    MOE_RETURN_IF_ERROR(RMSNormBackward(ctx, s.h_in, P(L.attn_norm).compute, s.rstd1, dn1, dh_in,
-                                        P(L.attn_norm).grad));
-    MOE_RETURN_IF_ERROR(Axpy(ctx, dh_in, 1.0f, dh_mid, dh_in));
-    dh = dh_in;
+    MOE_ASSIGN_OR_RETURN(dh, BlockBackward(ctx, l, state.blocks[l], dh, grad_scale));
   }
-  MOE_RETURN_IF_ERROR(EmbeddingBackward(ctx, ids, dh, P(embedding_).grad));
-  return loss;
+  return EmbeddingBackward(ctx, ids, dh, P(embedding_).grad);
+}
+
+StatusOr<Tensor> Model::BlockBackward(ExecContext& ctx, int l, const Activations& s,
+                                      const Tensor& dh_out, float grad_scale) {
+  Layer& L = layers_[l];
+  const int64_t t = dh_out.dim(0), m = spec_.model_dim;
+  const Shape bsm{t / s.seq_len, s.seq_len, m};
+  const DType dt = spec_.dtype;
+  auto empty = [&]() { return Tensor::Empty({t, m}, dt, device_); };
+  auto as_bsm = [&](const Tensor& x) { return TensorView(x.data(), x.dtype(), bsm, device_); };
+
+  // h_out = h_mid + FFN(norm(h_mid))
+  MOE_ASSIGN_OR_RETURN(Tensor dn2, empty());
+  if (L.moe) {
+    MOE_RETURN_IF_ERROR(MoELayerBackward(ctx, l, dh_out, dn2, grad_scale));
+  } else {
+    const int64_t offsets[2] = {0, t};
+    MOE_RETURN_IF_ERROR(ExpertsBackward(
+        ctx, {P(L.w1).compute, P(L.w3).compute, P(L.w2).compute}, s.n2, offsets,
+        {s.dense_h1, s.dense_h3, s.dense_act}, dh_out, dn2,
+        {P(L.w1).grad, P(L.w3).grad, P(L.w2).grad}, /*accumulate=*/true));
+  }
+  MOE_ASSIGN_OR_RETURN(Tensor dh_mid, empty());
+  MOE_RETURN_IF_ERROR(RMSNormBackward(ctx, s.h_mid, P(L.ffn_norm).compute, s.rstd2, dn2, dh_mid,
+                                      P(L.ffn_norm).grad));
+  MOE_RETURN_IF_ERROR(Axpy(ctx, dh_mid, 1.0f, dh_out, dh_mid));
+  // h_mid = h_in + Attention(norm(h_in))
+  MOE_ASSIGN_OR_RETURN(Tensor dn1, empty());
+  MOE_RETURN_IF_ERROR(DiffQkvBackward(ctx, spec_.attention, AttentionParams(L), as_bsm(s.n1),
+                                      s.attn, as_bsm(dh_mid), as_bsm(dn1),
+                                      AttentionParams(L, /*grads=*/true)));
+  MOE_ASSIGN_OR_RETURN(Tensor dh_in, empty());
+  MOE_RETURN_IF_ERROR(RMSNormBackward(ctx, s.h_in, P(L.attn_norm).compute, s.rstd1, dn1, dh_in,
+                                      P(L.attn_norm).grad));
+  MOE_RETURN_IF_ERROR(Axpy(ctx, dh_in, 1.0f, dh_mid, dh_in));
+  return dh_in;
+}
+
+const MoEState& Model::RoutedState(int l) const {
+  return distributed() ? parallel_states_[l].local : moe_states_[l];
 }
 
 Status Model::UpdateExpertBiases(ExecContext& ctx) {
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& layer = layers_[l];
-    const MoEState& state = distributed() ? parallel_states_[l].local : moe_states_[l];
+    const MoEState& state = RoutedState(static_cast<int>(l));
     if (!layer.expert_bias.defined() || !state.valid) continue;
     MOE_RETURN_IF_ERROR(CountExperts(ctx, state.topk_idx, layer.expert_counts));
     // The world's counts, so every rank's bias moves identically (and as on one rank).
@@ -693,8 +743,7 @@ StatusOr<std::vector<RoutingStats>> Model::MoEStats(ExecContext& ctx) const {
   std::vector<RoutingStats> stats(layers_.size());
   for (size_t l = 0; l < layers_.size(); ++l) {
     if (!layers_[l].moe) continue;
-    MOE_ASSIGN_OR_RETURN(stats[l], smoe::MoEStats(ctx, distributed() ? parallel_states_[l].local
-                                                                      : moe_states_[l]));
+    MOE_ASSIGN_OR_RETURN(stats[l], smoe::MoEStats(ctx, RoutedState(static_cast<int>(l))));
   }
   return stats;
 }

@@ -154,12 +154,14 @@ class Model {
   std::vector<std::pair<std::string, TensorView>> Buffers() const;
 
   // Multi-rank: the parallel mode of MoE layer `layer` from the next forward on (default
-  // r1.d1.flat); every rank must set the same. Ignored on a single rank.
-  void SetParallelMode(int layer, const ParallelMode& mode);
+  // r1.d1.flat); every rank must set the same. Ignored on a single rank. `measure`: time the
+  // layer's training forwards and backwards from now on (StreamTimer: on CUDA two stream syncs
+  // each, so only while the adaptive controller explores).
+  void SetParallelMode(int layer, const ParallelMode& mode, bool measure = false);
   const ParallelMode& parallel_mode(int layer) const { return modes_[layer]; }
-  // Multi-rank, per layer: milliseconds spent in ParallelMoEForward + ParallelMoEBackward
-  // (steady_clock, this rank) and the most rows any one expert got from this rank's tokens
-  // (the plan), both over the training forwards since ResetMoEProfile. Zeros on a single rank.
+  // Multi-rank, per layer, over the training forwards since ResetMoEProfile: milliseconds spent in
+  // ParallelMoEForward + ParallelMoEBackward while measured (else 0), and the most rows any one
+  // expert got from this rank's tokens (the plan). Zeros on a single rank.
   void ResetMoEProfile();
   const std::vector<double>& moe_ms() const { return moe_ms_; }
   const std::vector<int64_t>& moe_max_rows() const { return moe_max_rows_; }
@@ -217,10 +219,12 @@ class Model {
   const ModelParam& P(int index) const { return params_[index]; }
   // The attention block's compute-dtype weights, or (grads) their f32 gradients.
   DiffQkvParams AttentionParams(const Layer& layer, bool grads = false);
-  // How a block's attention runs: over whole sequences (kFull, training and evaluation), the same
-  // then storing its keys and values into an empty cache (kPrefill), or one new token per sequence
-  // against the cache (kDecode, seq_len 1).
-  enum class Pass { kFull, kPrefill, kDecode };
+  struct ForwardState;
+  // How a block runs: over whole sequences for training (kTrain: the aux values are kept and
+  // measured MoE layers timed) or evaluation (kFull), the same then storing its keys and values
+  // into an empty cache (kPrefill), or one new token per sequence against the cache (kDecode,
+  // seq_len 1).
+  enum class Pass { kTrain, kFull, kPrefill, kDecode };
   // Block `l`'s forward over h_in [B * S, M]; `s` receives what its backward needs, the MoE layer
   // runs with `moe_config` into `moe_state` (multi-rank: `parallel_state`) and *aux receives its
   // aux-loss values (zeros for a dense layer). Returns h_out.
@@ -229,17 +233,36 @@ class Model {
                                               ParallelMoEState* parallel_state,
                                               const Tensor& h_in, int64_t batch, int64_t seq_len,
                                               Activations* s, AuxLossValues* aux);
+  // Block `l`'s backward from dh_out [B * S, M] and the activations of its kTrain forward: returns
+  // dh_in and adds the block's weight gradients (loss scaled by grad_scale).
+  [[nodiscard]] StatusOr<Tensor> BlockBackward(ExecContext& ctx, int l, const Activations& s,
+                                               const Tensor& dh_out, float grad_scale);
+  // The one place that runs an MoE layer: the single-rank layer, or on several ranks the parallel
+  // one in the layer's mode, timed while measured (training forwards only).
+  [[nodiscard]] StatusOr<AuxLossValues> MoELayerForward(ExecContext& ctx, int l, bool training,
+                                                        const MoELayerConfig& config,
+                                                        MoEState* state,
+                                                        ParallelMoEState* parallel_state,
+                                                        const TensorView& x, const TensorView& y);
+  [[nodiscard]] Status MoELayerBackward(ExecContext& ctx, int l, const TensorView& dy,
+                                        const TensorView& dx, float grad_scale);
+  // The routing state of layer l's last training or evaluation forward.
+  const MoEState& RoutedState(int l) const;
   // Final RMSNorm (into *nf, *rstd) and LM head: logits [T, V] f32 of h [T, M].
   [[nodiscard]] StatusOr<Tensor> Head(ExecContext& ctx, const Tensor& h, Tensor* nf, Tensor* rstd);
+  // Embedding -> blocks (kTrain when training, else kFull, into the model's routing states) ->
+  // head, keeping what Backward needs in *state.
+  [[nodiscard]] Status Forward(ExecContext& ctx, const TensorView& ids, int64_t batch,
+                               int64_t seq_len, bool training, ForwardState* state);
+  // From dlogits [T, V] f32 back through the head, the blocks (BlockBackward) and the embedding,
+  // adding to the f32 gradients.
+  [[nodiscard]] Status Backward(ExecContext& ctx, const TensorView& ids, const ForwardState& state,
+                                const Tensor& dlogits, float grad_scale);
   // Embedding -> blocks (kPrefill or kDecode with their caches) -> the last position's logits on
   // the host.
   [[nodiscard]] StatusOr<Tensor> InferenceForward(ExecContext& ctx, const TensorView& ids,
                                                   int64_t batch, int64_t seq_len, Pass pass,
                                                   DecodeState* state);
-  [[nodiscard]] StatusOr<double> Run(ExecContext& ctx, const TensorView& ids,
-                                     const TensorView& targets, int64_t batch, int64_t seq_len,
-                                     bool backward, float grad_scale, double* aux_total,
-                                     Tensor* last_logits);
 
   ModelSpec spec_;
   Device device_;
@@ -254,6 +277,7 @@ class Model {
   std::unique_ptr<ExpertShardGroups> shard_groups_;  // over comm_, for the r | s slice groups
   std::vector<ParallelMoEState> parallel_states_;
   std::vector<ParallelMode> modes_;
+  std::vector<bool> measured_;  // per layer: time the MoE layer (SetParallelMode)
   std::vector<double> moe_ms_;
   std::vector<int64_t> moe_max_rows_;
   std::vector<AuxLossValues> last_aux_;

@@ -501,7 +501,7 @@ Status Trainer::ChooseModes() {
     MOE_ASSIGN_OR_RETURN(const int64_t bucket, AgreedCapacityBucket(comm_, prev_max_rows_[l]));
     keys_[l] = AdaptKey{l, bucket, model_->TopK(l)};
     MOE_ASSIGN_OR_RETURN(const ParallelMode mode, controller_->Choose(keys_[l]));
-    model_->SetParallelMode(l, mode);
+    model_->SetParallelMode(l, mode, /*measure=*/controller_->Measuring(keys_[l]));
   }
   model_->ResetMoEProfile();
   return absl::OkStatus();
