@@ -1,12 +1,14 @@
 #include "runtime/train/checkpoint/checkpoint.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -277,6 +279,23 @@ void RemoveLeftoverTemps(const fs::path& root) {
   }
 }
 
+// The same status with `context` before its message.
+Status WithContext(const Status& status, absl::string_view context) {
+  return Status(status.code(), absl::StrCat(context, ": ", status.message()));
+}
+
+// SMOE_TEST_CRASH_BEFORE_RENAME=<step> (see the header): dies as in a power cut, just before the
+// rename that publishes the checkpoint.
+void MaybeCrashBeforeRename(int64_t step) {
+  const char* value = std::getenv("SMOE_TEST_CRASH_BEFORE_RENAME");
+  int64_t crash_step = -1;
+  if (value != nullptr && absl::SimpleAtoi(value, &crash_step) && crash_step == step) {
+    MOE_LOG(WARNING) << "SMOE_TEST_CRASH_BEFORE_RENAME=" << value
+                     << ": raising SIGKILL before publishing the checkpoint of step " << step;
+    ::raise(SIGKILL);
+  }
+}
+
 class ManifestErrors : public google::protobuf::io::ErrorCollector {
  public:
   explicit ManifestErrors(std::string path) : path_(std::move(path)) {}
@@ -364,8 +383,10 @@ Status SaveCheckpoint(ExecContext& ctx, const std::string& root, const Checkpoin
   if (error) return FsError("cannot create", temp, error);
   if (Status status = WriteCheckpointFiles(ctx, temp, meta, tensors); !status.ok()) {
     (void)RemoveAll(temp);
-    return status;
+    return WithContext(status, absl::StrCat("checkpoint ", name, " not written under ", root,
+                                            " (the checkpoints already there are untouched)"));
   }
+  MaybeCrashBeforeRename(meta.step);
 
   // rename() cannot replace a non-empty directory: move an existing checkpoint of this step aside
   // first. A crash in between leaves the new one complete under its tmp.* name and the old one

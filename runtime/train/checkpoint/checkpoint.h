@@ -20,7 +20,11 @@
 // giving the reason; that name is no checkpoint to any reader, so a person can inspect it.
 //
 // One writer per root at a time (the trainer's rank 0); not safe against concurrent writers.
-
+//
+// Test hook: with the environment variable SMOE_TEST_CRASH_BEFORE_RENAME=<step>, SaveCheckpoint
+// of that step raises SIGKILL after its files are written and fsynced under tmp.step_*, before the
+// rename that publishes them (tests/e2e/checkpoint_fault_test.sh, crash_before_rename). Other
+// values and other steps are ignored.
 #pragma once
 
 #include <cstdint>
@@ -64,8 +68,10 @@ std::string CheckpointDirName(int64_t step);
 // other checkpoints under root once.
 // A checkpoint already present for the same step is replaced atomically.
 // Names must be unique and non-empty; views contiguous. Device tensors are copied to the host
-// (synchronizing ctx's stream). Errors: InvalidArgument for bad arguments (naming the tensor),
-// Internal/DataLoss with the path and errno text for file-system failures.
+// (synchronizing ctx's stream). Errors: InvalidArgument for bad arguments (naming the tensor);
+// for file-system failures (a full disk, RLIMIT_FSIZE: the process must ignore SIGXFSZ to get
+// the error) the status of that failure, its message prefixed with the checkpoint being written
+// and naming the path and the errno text; the checkpoints already under root are then untouched.
 [[nodiscard]] Status SaveCheckpoint(ExecContext& ctx, const std::string& root,
                                     const CheckpointMeta& meta,
                                     const std::vector<NamedTensor>& tensors, int keep_last);

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -286,6 +287,7 @@ class Trainer {
   double loss_ema_ = 0.0;
   int64_t ema_count_ = 0;
   bool tty_ = false;
+  bool nan_injected_ = false;  // train.debug_nan_step already applied (once per process)
   Clock::time_point start_;
   int64_t start_step_ = 0;
 };
@@ -461,13 +463,14 @@ Status Trainer::SaveCheckpoint() {
 Status Trainer::Rollback(absl::string_view reason) {
   StatusOr<LoadedCheckpoint> latest = LoadLatest(/*at_start=*/false);
   if (!latest.ok()) {
-    MOE_LOG(WARNING) << reason << " at step " << step_ << ", but no checkpoint to roll back to ("
-                     << latest.status().message() << "); continuing";
+    MOE_LOG(WARNING) << reason << " at step " << step_ + 1
+                     << ", but no checkpoint to roll back to (" << latest.status().message()
+                     << "); continuing";
     return absl::OkStatus();
   }
   MOE_RETURN_IF_ERROR(RestoreModelState(*ctx_, *latest, *model_));
   MOE_RETURN_IF_ERROR(model_->SyncComputeCopies(*ctx_));
-  const int64_t from = step_;
+  const int64_t from = step_ + 1;  // the step that failed, numbered as in metrics.jsonl
   step_ = latest->meta.step;
   // Skip the data that led to the spike: keep the loader where it is.
   lr_scale_ *= train_.spike_lr_factor() > 0 ? train_.spike_lr_factor() : 0.5;
@@ -561,6 +564,15 @@ StatusOr<bool> Trainer::Step(double* loss, double* aux, double* grad_norm, doubl
       layer_aux_[l].top1_lbl += a.top1_lbl / accum;
       layer_aux_[l].total += a.total / accum;
     }
+  }
+  if (train_.debug_nan_step() == step_ + 1 && !nan_injected_) {
+    // A deterministic non-finite gradient (train.debug_nan_step), to test nan_policy end to end;
+    // once, so that a rollback does not meet it again.
+    nan_injected_ = true;
+    MOE_LOG(WARNING) << "train.debug_nan_step: poisoning the gradients of step " << step_ + 1
+                     << " with NaN";
+    MOE_RETURN_IF_ERROR(Fill(*ctx_, model_->params().front().grad,
+                             std::numeric_limits<double>::quiet_NaN()));
   }
   MOE_RETURN_IF_ERROR(Fill(*ctx_, norm_sq_, 0.0));
   if (!distributed()) {
@@ -713,10 +725,13 @@ StatusOr<TrainSummary> Trainer::Run() {
     MOE_ASSIGN_OR_RETURN(bool applied, Step(&loss, &aux, &grad_norm, lr));
     if (!applied) {
       ++skipped_;
-      MOE_LOG(WARNING) << "step " << step_ << ": non-finite loss (" << loss << ") or gradient norm ("
-                       << grad_norm << "); update skipped (" << skipped_ << " so far)";
+      // Steps are numbered from 1 here, as in metrics.jsonl.
+      MOE_LOG(WARNING) << "step " << step_ + 1 << ": non-finite loss (" << loss
+                       << ") or gradient norm (" << grad_norm << "); update skipped (" << skipped_
+                       << " so far)";
       if (train_.nan_policy() == proto::TrainConfig::ABORT) {
-        return absl::DataLossError(absl::StrCat("non-finite loss or gradient at step ", step_));
+        return absl::DataLossError(
+            absl::StrCat("non-finite loss or gradient at step ", step_ + 1));
       }
       if (train_.nan_policy() == proto::TrainConfig::ROLLBACK) {
         MOE_RETURN_IF_ERROR(Rollback("non-finite loss or gradient"));

@@ -92,6 +92,7 @@ double LearningRateAt(const proto::TrainConfig& train, int64_t step);
 // through PrepareCheckpointDir (checkpoint.h; rank 0 decides for every rank): resumes from the
 // newest valid checkpoint when checkpoint.resume is set and one exists; FailedPrecondition
 // (before any step) when checkpoints exist and none is valid; invalid ones are moved aside.
+// train.debug_nan_step = N > 0 fills step N's gradients with NaN once (for fault tests).
 [[nodiscard]] StatusOr<TrainSummary> Train(const proto::RunConfig& config,
                                            const TrainerOptions& options);
 

@@ -1,5 +1,8 @@
 #include "runtime/train/checkpoint/checkpoint.h"
 
+#include <signal.h>
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -441,6 +444,34 @@ TEST(PrepareCheckpointDirTest, ResumesFromTheNewestValidAndMovesNewerInvalidOnes
   EXPECT_EQ(chosen.dir, (fs::path(root) / "step_00000005").string());
   EXPECT_THAT(Entries(root), ::testing::ElementsAre("step_00000003", "step_00000005",
                                                     "step_00000010.invalid"));
+}
+
+// A write that fails part-way (here RLIMIT_FSIZE, as a full disk) is a clear error naming the
+// file, and leaves the earlier checkpoints as they were and no temporary directory.
+TEST(CheckpointTest, FailedWriteLeavesThePreviousCheckpoints) {
+  const std::string root = FreshRoot();
+  ExecContext& ctx = ExecContext::Cpu();
+  MOE_ASSERT_OK(SaveCheckpoint(ctx, root, Meta(1), State(1).Named(), /*keep_last=*/2));
+  const std::string blob = ReadFile(fs::path(root) / "step_00000001" / "tensors.bin");
+
+  rlimit saved_limit{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &saved_limit), 0);
+  struct sigaction ignore {}, saved_action {};
+  ignore.sa_handler = SIG_IGN;
+  ASSERT_EQ(sigaction(SIGXFSZ, &ignore, &saved_action), 0);
+  rlimit small = saved_limit;
+  small.rlim_cur = 100;  // bytes: the blob needs more
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  const Status status = SaveCheckpoint(ctx, root, Meta(2), State(2).Named(), 2);
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &saved_limit), 0);
+  ASSERT_EQ(sigaction(SIGXFSZ, &saved_action, nullptr), 0);
+
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kInternal,
+                               AllOf(HasSubstr("checkpoint step_00000002 not written"),
+                                     HasSubstr("tensors.bin"), HasSubstr("File too large"))));
+  EXPECT_THAT(Entries(root), ::testing::ElementsAre("step_00000001"));
+  EXPECT_EQ(ReadFile(fs::path(root) / "step_00000001" / "tensors.bin"), blob);
+  MOE_EXPECT_OK(LoadCheckpoint((fs::path(root) / "step_00000001").string()).status());
 }
 
 }  // namespace

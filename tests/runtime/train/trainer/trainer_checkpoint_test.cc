@@ -1,5 +1,6 @@
 // The trainer's side of issue 15: what a run does with invalid checkpoints before its first step
-// (refuse, or with checkpoint.resume=false move them aside), and retention across a whole run.
+// (refuse, or with checkpoint.resume=false move them aside), retention across a whole run, and
+// train.debug_nan_step under each nan_policy.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -119,6 +120,72 @@ TEST(TrainerCheckpointTest, ResumesBelowInvalidCheckpointsAndKeepsTheNewValidOne
   EXPECT_EQ(resumed.steps_done, 14);
   EXPECT_THAT(Entries(dir), ElementsAre("step_00000010", "step_00000010.invalid",
                                         "step_00000012.invalid", "step_00000014"));
+}
+
+// train.debug_nan_step with SKIP_STEP: that step's update is dropped and the run goes on. Step 1
+// poisoned, step 2 trained: the checkpoint of step 2 must hold the AdamW moments of exactly one
+// update, m = (1 - beta1) g and v = (1 - beta2) g^2, so v = (1 - beta2) / (1 - beta1)^2 m^2 in
+// every element (an applied NaN update would leave NaN, two updates break the relation).
+TEST(TrainerCheckpointTest, DebugNanStepIsSkipped) {
+  const std::string dir = FreshDir();
+  const proto::RunConfig config = SmallRun(
+      dir, 2, {"train.debug_nan_step=1", "checkpoint.interval=1", "checkpoint.keep_last=0"});
+  MOE_ASSERT_OK_AND_ASSIGN(TrainSummary summary, RunTraining(config));
+  EXPECT_EQ(summary.steps_done, 2);
+  EXPECT_EQ(summary.skipped_steps, 1);
+  EXPECT_EQ(summary.rollbacks, 0);
+  EXPECT_TRUE(std::isfinite(summary.final_loss));
+  // A skipped step trains nothing, so it writes no checkpoint.
+  EXPECT_THAT(Entries(dir), ElementsAre("step_00000002"));
+
+  ExecContext& ctx = ExecContext::Cpu();
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Model> model,
+                           Model::Create(SpecFromConfig(config, DType::kF32), Device::Cpu()));
+  MOE_ASSERT_OK_AND_ASSIGN(LoadedCheckpoint step2,
+                           LoadCheckpoint((fs::path(dir) / "step_00000002").string()));
+  EXPECT_EQ(step2.meta.skipped_steps, 1);
+  std::vector<NamedTensor> tensors;
+  for (ModelParam& p : model->params()) {
+    tensors.push_back({p.name, p.master});
+    tensors.push_back({p.name + ".adam_m", p.m});
+    tensors.push_back({p.name + ".adam_v", p.v});
+  }
+  MOE_ASSERT_OK(RestoreTensors(ctx, step2, tensors));
+  const double b1 = config.train().beta1(), b2 = config.train().beta2();
+  const double ratio = (1 - b2) / ((1 - b1) * (1 - b1));
+  int64_t nonzero = 0;
+  for (ModelParam& p : model->params()) {
+    const float* w = p.master.data<float>();
+    const float* m = p.m.data<float>();
+    const float* v = p.v.data<float>();
+    for (int64_t i = 0; i < p.master.numel(); ++i) {
+      ASSERT_TRUE(std::isfinite(w[i]) && std::isfinite(m[i]) && std::isfinite(v[i]))
+          << p.name << "[" << i << "]";
+      const double expected = ratio * double{m[i]} * m[i];
+      ASSERT_NEAR(v[i], expected, 1e-4 * expected + 1e-30) << p.name << "[" << i << "]";
+      nonzero += m[i] != 0.0f;
+    }
+  }
+  EXPECT_GT(nonzero, 0) << "no update at all";
+}
+
+// train.debug_nan_step with ROLLBACK: the run goes back to the last checkpoint once and finishes.
+TEST(TrainerCheckpointTest, DebugNanStepRollsBack) {
+  const std::string dir = FreshDir();
+  MOE_ASSERT_OK_AND_ASSIGN(
+      TrainSummary summary,
+      RunTraining(SmallRun(dir, 6, {"train.debug_nan_step=4", "train.nan_policy=ROLLBACK",
+                            "checkpoint.interval=2"})));
+  EXPECT_EQ(summary.steps_done, 6);
+  EXPECT_EQ(summary.rollbacks, 1);
+  EXPECT_TRUE(std::isfinite(summary.final_loss));
+}
+
+TEST(TrainerCheckpointTest, DebugNanStepMustNotBeNegative) {
+  proto::RunConfig config = SmallRun(FreshDir(), 1);
+  MOE_ASSERT_OK(ApplyOverride(&config, "train.debug_nan_step=-1"));
+  EXPECT_THAT(ValidateConfig(config),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("train.debug_nan_step")));
 }
 
 }  // namespace
