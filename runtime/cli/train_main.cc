@@ -131,6 +131,9 @@ int Main(int argc, char** argv) {
   }
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
+  // A write past RLIMIT_FSIZE then fails with EFBIG, reported like a full disk, instead of
+  // killing the process half-way through a checkpoint.
+  std::signal(SIGXFSZ, SIG_IGN);
   TrainerOptions options;
   options.metrics_path = metrics;
   options.progress_bar = progress;

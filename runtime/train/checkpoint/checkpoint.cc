@@ -1,12 +1,14 @@
 #include "runtime/train/checkpoint/checkpoint.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -241,13 +243,57 @@ Status WriteCheckpointFiles(ExecContext& ctx, const fs::path& dir, const Checkpo
   return SyncDirectory(dir.string());
 }
 
-Status Prune(const fs::path& root, int keep_last) {
+// Retention (see SaveCheckpoint in the header). `written`, just saved, is kept unread.
+Status Prune(const fs::path& root, int keep_last, const fs::path& written) {
   if (keep_last <= 0) return absl::OkStatus();
   MOE_ASSIGN_OR_RETURN(auto dirs, ListCheckpointDirs(root));
-  for (size_t i = static_cast<size_t>(keep_last); i < dirs.size(); ++i) {
-    MOE_RETURN_IF_ERROR(RemoveAll(dirs[i].second));
+  int kept = 1;  // `written`
+  for (const auto& [step, dir] : dirs) {
+    if (dir == written) continue;
+    StatusOr<LoadedCheckpoint> checkpoint = LoadCheckpoint(dir.string());
+    if (!checkpoint.ok()) {
+      if (!IsInvalidCheckpoint(checkpoint.status())) return checkpoint.status();
+      MOE_RETURN_IF_ERROR(
+          MoveAsideInvalidCheckpoint(dir.string(), checkpoint.status().message()).status());
+      continue;
+    }
+    if (kept < keep_last) {
+      ++kept;
+      continue;
+    }
+    MOE_RETURN_IF_ERROR(RemoveAll(dir));
   }
   return SyncDirectory(root.string());
+}
+
+// Removes the tmp.* directories a crash left under root (logged; a failure only warns).
+void RemoveLeftoverTemps(const fs::path& root) {
+  std::error_code error;
+  for (fs::directory_iterator it(root, error), end; !error && it != end; it.increment(error)) {
+    if (absl::StartsWith(it->path().filename().string(), kTempPrefix)) {
+      MOE_LOG(INFO) << "removing leftover temporary checkpoint " << it->path().string();
+      if (Status status = RemoveAll(it->path()); !status.ok()) {
+        MOE_LOG(WARNING) << status.message();
+      }
+    }
+  }
+}
+
+// The same status with `context` before its message.
+Status WithContext(const Status& status, absl::string_view context) {
+  return Status(status.code(), absl::StrCat(context, ": ", status.message()));
+}
+
+// SMOE_TEST_CRASH_BEFORE_RENAME=<step> (see the header): dies as in a power cut, just before the
+// rename that publishes the checkpoint.
+void MaybeCrashBeforeRename(int64_t step) {
+  const char* value = std::getenv("SMOE_TEST_CRASH_BEFORE_RENAME");
+  int64_t crash_step = -1;
+  if (value != nullptr && absl::SimpleAtoi(value, &crash_step) && crash_step == step) {
+    MOE_LOG(WARNING) << "SMOE_TEST_CRASH_BEFORE_RENAME=" << value
+                     << ": raising SIGKILL before publishing the checkpoint of step " << step;
+    ::raise(SIGKILL);
+  }
 }
 
 class ManifestErrors : public google::protobuf::io::ErrorCollector {
@@ -337,8 +383,10 @@ Status SaveCheckpoint(ExecContext& ctx, const std::string& root, const Checkpoin
   if (error) return FsError("cannot create", temp, error);
   if (Status status = WriteCheckpointFiles(ctx, temp, meta, tensors); !status.ok()) {
     (void)RemoveAll(temp);
-    return status;
+    return WithContext(status, absl::StrCat("checkpoint ", name, " not written under ", root,
+                                            " (the checkpoints already there are untouched)"));
   }
+  MaybeCrashBeforeRename(meta.step);
 
   // rename() cannot replace a non-empty directory: move an existing checkpoint of this step aside
   // first. A crash in between leaves the new one complete under its tmp.* name and the old one
@@ -354,13 +402,14 @@ Status SaveCheckpoint(ExecContext& ctx, const std::string& root, const Checkpoin
   if (error) return FsError("cannot rename", temp, error);
   MOE_RETURN_IF_ERROR(SyncDirectory(root));
   if (!replaced.empty()) MOE_RETURN_IF_ERROR(RemoveAll(replaced));
-  return Prune(root_path, keep_last);
+  return Prune(root_path, keep_last, final_dir);
 }
 
 StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& dir) {
   const fs::path dir_path(dir);
   const std::string manifest_path = (dir_path / kManifestFile).string();
   MOE_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(manifest_path));
+  if (text.empty()) return absl::DataLossError(absl::StrCat(manifest_path, ": empty file"));
 
   LoadedCheckpoint checkpoint;
   checkpoint.dir = dir;
@@ -432,14 +481,7 @@ StatusOr<LoadedCheckpoint> LoadLatestCheckpoint(const std::string& root) {
   if (!fs::is_directory(root_path, error)) {
     return absl::NotFoundError(absl::StrCat("no checkpoint directory ", root));
   }
-  for (fs::directory_iterator it(root_path, error), end; !error && it != end; it.increment(error)) {
-    if (absl::StartsWith(it->path().filename().string(), kTempPrefix)) {
-      MOE_LOG(INFO) << "removing leftover temporary checkpoint " << it->path().string();
-      if (Status status = RemoveAll(it->path()); !status.ok()) {
-        MOE_LOG(WARNING) << status.message();
-      }
-    }
-  }
+  RemoveLeftoverTemps(root_path);
   MOE_ASSIGN_OR_RETURN(auto dirs, ListCheckpointDirs(root_path));
   for (const auto& [step, dir] : dirs) {
     StatusOr<LoadedCheckpoint> checkpoint = LoadCheckpoint(dir.string());
@@ -449,6 +491,72 @@ StatusOr<LoadedCheckpoint> LoadLatestCheckpoint(const std::string& root) {
   }
   return absl::NotFoundError(absl::StrCat("no valid checkpoint under ", root, " (",
                                           dirs.size(), " invalid)"));
+}
+
+bool IsInvalidCheckpoint(const Status& status) {
+  return absl::IsDataLoss(status) || absl::IsNotFound(status);
+}
+
+StatusOr<std::string> MoveAsideInvalidCheckpoint(const std::string& dir,
+                                                 absl::string_view reason) {
+  const fs::path from(dir);
+  const std::string base = absl::StrCat(from.filename().string(), ".invalid");
+  fs::path to = from.parent_path() / base;
+  std::error_code error;
+  // rename() would silently replace an empty directory of the chosen name: take a free one.
+  for (int n = 1;; ++n) {
+    const bool taken = fs::exists(to, error);
+    if (error) return FsError("cannot check", to, error);
+    if (!taken) break;
+    to = from.parent_path() / absl::StrCat(base, ".", n);
+  }
+  fs::rename(from, to, error);
+  if (error) return FsError("cannot move aside the invalid checkpoint", from, error);
+  MOE_RETURN_IF_ERROR(SyncDirectory(from.parent_path().string()));
+  MOE_LOG(WARNING) << "invalid checkpoint " << from.string() << " (" << reason
+                   << ") moved aside to " << to.string() << " (not deleted; it is no longer read)";
+  return to.string();
+}
+
+StatusOr<LoadedCheckpoint> PrepareCheckpointDir(const std::string& root, bool resume) {
+  const fs::path root_path(root);
+  std::error_code error;
+  if (!fs::is_directory(root_path, error)) {
+    return absl::NotFoundError(absl::StrCat("no checkpoint directory ", root));
+  }
+  RemoveLeftoverTemps(root_path);
+  MOE_ASSIGN_OR_RETURN(auto dirs, ListCheckpointDirs(root_path));
+  std::vector<std::pair<fs::path, Status>> invalid;
+  StatusOr<LoadedCheckpoint> chosen = absl::NotFoundError(
+      resume ? absl::StrCat("no checkpoint under ", root)
+             : absl::StrCat("not resuming (checkpoint.resume is false) from ", root));
+  for (const auto& [step, dir] : dirs) {
+    StatusOr<LoadedCheckpoint> checkpoint = LoadCheckpoint(dir.string());
+    if (checkpoint.ok()) {
+      if (!resume) continue;
+      chosen = *std::move(checkpoint);
+      break;
+    }
+    if (!IsInvalidCheckpoint(checkpoint.status())) return checkpoint.status();
+    invalid.emplace_back(dir, checkpoint.status());
+  }
+  if (resume && !chosen.ok() && !invalid.empty()) {
+    std::string list;
+    for (const auto& [dir, status] : invalid) {
+      absl::StrAppend(&list, "\n  ", dir.string(), ": ", status.message());
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint.dir ", root, " holds ", invalid.size(), " checkpoint(s) and none is valid:",
+        list,
+        "\nNothing was changed and no step was trained. To go on, either move them out of ",
+        root, " (to inspect them, or to resume from another copy put there), or start from step "
+        "0 on purpose with --set checkpoint.resume=false (they are then moved aside as "
+        "step_*.invalid, not deleted)."));
+  }
+  for (const auto& [dir, status] : invalid) {
+    MOE_RETURN_IF_ERROR(MoveAsideInvalidCheckpoint(dir.string(), status.message()).status());
+  }
+  return chosen;
 }
 
 Status RestoreTensors(ExecContext& ctx, const LoadedCheckpoint& checkpoint,

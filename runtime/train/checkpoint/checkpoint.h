@@ -13,13 +13,25 @@
 // and LoadLatestCheckpoint removes. Readers trust nothing: every manifest is parsed and every
 // tensor's CRC-32C checked before a checkpoint counts as valid.
 //
+// Invalid checkpoints (issue 15): a step_* directory that LoadCheckpoint rejects (DataLoss or
+// NotFound: a manifest that does not parse, a size or CRC-32C that does not match tensors.bin, a
+// missing file) is never deleted and never counted. Retention and PrepareCheckpointDir rename it
+// to step_<step>.invalid (step_<step>.invalid.1, .2, ... when that name is taken) with a WARNING
+// giving the reason; that name is no checkpoint to any reader, so a person can inspect it.
+//
 // One writer per root at a time (the trainer's rank 0); not safe against concurrent writers.
+//
+// Test hook: with the environment variable SMOE_TEST_CRASH_BEFORE_RENAME=<step>, SaveCheckpoint
+// of that step raises SIGKILL after its files are written and fsynced under tmp.step_*, before the
+// rename that publishes them (tests/e2e/checkpoint_fault_test.sh, crash_before_rename). Other
+// values and other steps are ignored.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "absl/strings/string_view.h"
 #include "runtime/core/status.h"
 #include "runtime/device/exec_context.h"
 #include "runtime/proto/checkpoint.pb.h"
@@ -48,11 +60,18 @@ struct CheckpointMeta {
 std::string CheckpointDirName(int64_t step);
 
 // Writes the checkpoint of meta.step under `root` (created if missing) as described above, then
-// deletes the oldest step_* directories so that at most `keep_last` remain (0 keeps all).
+// applies retention when keep_last > 0 (0 keeps all and reads nothing): the new checkpoint is
+// always kept; every other step_* directory is verified with LoadCheckpoint, newest first; an
+// invalid one is moved aside (see above), and of the valid ones the newest keep_last - 1 are kept
+// and the rest deleted. So at most keep_last valid checkpoints remain, and a valid one is never
+// deleted while an invalid one is kept. Cost: each save with keep_last > 0 reads the blobs of the
+// other checkpoints under root once.
 // A checkpoint already present for the same step is replaced atomically.
 // Names must be unique and non-empty; views contiguous. Device tensors are copied to the host
-// (synchronizing ctx's stream). Errors: InvalidArgument for bad arguments (naming the tensor),
-// Internal/DataLoss with the path and errno text for file-system failures.
+// (synchronizing ctx's stream). Errors: InvalidArgument for bad arguments (naming the tensor);
+// for file-system failures (a full disk, RLIMIT_FSIZE: the process must ignore SIGXFSZ to get
+// the error) the status of that failure, its message prefixed with the checkpoint being written
+// and naming the path and the errno text; the checkpoints already under root are then untouched.
 [[nodiscard]] Status SaveCheckpoint(ExecContext& ctx, const std::string& root,
                                     const CheckpointMeta& meta,
                                     const std::vector<NamedTensor>& tensors, int keep_last);
@@ -70,9 +89,34 @@ struct LoadedCheckpoint {
 
 // The newest valid checkpoint under `root`. Invalid ones (manifest that does not parse, a failed
 // checksum, a missing or truncated file) are reported with MOE_LOG(WARNING) and the reason and
-// skipped in favour of the previous one. Leftover tmp.* directories are ignored and removed.
-// NotFound when root holds no valid checkpoint (or does not exist).
+// skipped in favour of the previous one (left where they are). Leftover tmp.* directories are
+// ignored and removed. NotFound when root holds no valid checkpoint (or does not exist).
 [[nodiscard]] StatusOr<LoadedCheckpoint> LoadLatestCheckpoint(const std::string& root);
+
+// True for the codes with which LoadCheckpoint rejects a checkpoint as invalid (DataLoss,
+// NotFound); other codes are failures to read it, which say nothing about the checkpoint.
+bool IsInvalidCheckpoint(const Status& status);
+
+// Renames the checkpoint directory `dir` to "<dir>.invalid", or "<dir>.invalid.<n>" with the
+// smallest n >= 1 whose name is free, fsyncs its parent and logs a WARNING naming both paths and
+// `reason`. Returns the new path. Internal with the path and the error text when the rename fails.
+[[nodiscard]] StatusOr<std::string> MoveAsideInvalidCheckpoint(const std::string& dir,
+                                                               absl::string_view reason);
+
+// What a training run does with its checkpoint root before its first step (in a multi-rank run,
+// rank 0 only; the others then LoadCheckpoint the directory it chose). Leftover tmp.* directories
+// are removed first; then, with
+//   resume = true: the step_* directories are verified newest first until a valid one, which is
+//     returned; the invalid ones newer than it are moved aside (MoveAsideInvalidCheckpoint).
+//     When root holds step_* directories and none is valid: FailedPrecondition naming each one
+//     and what is wrong with it, and saying how to go on (move them out of root, or start fresh
+//     with checkpoint.resume=false); nothing under root is changed then.
+//   resume = false: every step_* directory is verified; the invalid ones are moved aside, the
+//     valid ones left alone; returns NotFound (nothing to resume from).
+// NotFound when root does not exist or holds no step_* directory. Errors reading a checkpoint
+// other than its being invalid (IsInvalidCheckpoint) are returned as they are.
+[[nodiscard]] StatusOr<LoadedCheckpoint> PrepareCheckpointDir(const std::string& root,
+                                                              bool resume);
 
 // Copies each named tensor from `checkpoint` into the given contiguous views (on any device;
 // synchronizes ctx's stream before returning). InvalidArgument naming the tensor when a name is

@@ -255,6 +255,7 @@ void ValidateTrain(const proto::TrainConfig& train, Checker& check) {
                 "0 (off) or > 1 (a factor over the running mean loss)");
   check.Require(train.spike_lr_factor() > 0 && train.spike_lr_factor() <= 1,
                 "train.spike_lr_factor", absl::StrCat(train.spike_lr_factor()), "in (0, 1]");
+  check.AtLeast("train.debug_nan_step", train.debug_nan_step(), int64_t{0});
 }
 
 void ValidateData(const proto::RunConfig& config, Checker& check) {

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -248,8 +249,10 @@ class Trainer {
   // Sums `values` over the ranks (f32) and divides by W: the mean over ranks. Collective.
   Status MeanOverRanks(std::vector<double>* values);
   // Every rank's view of a checkpoint: the newest one under checkpoint.dir, the same on every rank
-  // (an error on all ranks otherwise). Collective when distributed.
-  StatusOr<LoadedCheckpoint> LoadLatest();
+  // (an error on all ranks otherwise). Collective when distributed. Rank 0 chooses it, `at_start`
+  // through PrepareCheckpointDir (invalid checkpoints moved aside, or a refusal when none is
+  // valid), otherwise through LoadLatestCheckpoint; the other ranks then load and verify it.
+  StatusOr<LoadedCheckpoint> LoadLatest(bool at_start);
   // Chooses every MoE layer's mode for this step (collective: the capacity buckets).
   Status ChooseModes();
   // Reports the measured MoE times of this step to the controller.
@@ -285,6 +288,7 @@ class Trainer {
   double loss_ema_ = 0.0;
   int64_t ema_count_ = 0;
   bool tty_ = false;
+  bool nan_injected_ = false;  // train.debug_nan_step already applied (once per process)
   Clock::time_point start_;
   int64_t start_step_ = 0;
 };
@@ -374,8 +378,9 @@ Status Trainer::Setup() {
 }
 
 Status Trainer::MaybeResume() {
-  if (!config_.checkpoint().resume() || config_.checkpoint().dir().empty()) return absl::OkStatus();
-  StatusOr<LoadedCheckpoint> latest = LoadLatest();
+  // Also without checkpoint.resume: invalid checkpoints are moved aside before retention runs.
+  if (config_.checkpoint().dir().empty()) return absl::OkStatus();
+  StatusOr<LoadedCheckpoint> latest = LoadLatest(/*at_start=*/true);
   if (absl::IsNotFound(latest.status())) return absl::OkStatus();
   MOE_RETURN_IF_ERROR(latest.status());
   MOE_RETURN_IF_ERROR(RestoreModelState(*ctx_, *latest, *model_));
@@ -388,14 +393,34 @@ Status Trainer::MaybeResume() {
   return absl::OkStatus();
 }
 
-StatusOr<LoadedCheckpoint> Trainer::LoadLatest() {
-  StatusOr<LoadedCheckpoint> latest = LoadLatestCheckpoint(config_.checkpoint().dir());
-  if (!distributed()) return latest;
+StatusOr<LoadedCheckpoint> Trainer::LoadLatest(bool at_start) {
+  const std::string& root = config_.checkpoint().dir();
+  auto choose = [&]() {
+    return at_start ? PrepareCheckpointDir(root, config_.checkpoint().resume())
+                    : LoadLatestCheckpoint(root);
+  };
+  if (!distributed()) return choose();
   // -1: none found, -2: an error; the ranks must agree, or none uses what it read.
+  auto code = [](const StatusOr<LoadedCheckpoint>& c) -> int64_t {
+    return c.ok() ? c->meta.step : absl::IsNotFound(c.status()) ? -1 : -2;
+  };
   MOE_ASSIGN_OR_RETURN(Tensor mine, Tensor::Empty({1}, DType::kI64, Device::Cpu()));
   MOE_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty({world_}, DType::kI64, Device::Cpu()));
-  mine.data<int64_t>()[0] = latest.ok() ? latest->meta.step
-                            : absl::IsNotFound(latest.status()) ? -1 : -2;
+  // Only rank 0 may move checkpoints aside, so it chooses first and the others follow.
+  StatusOr<LoadedCheckpoint> latest =
+      leader() ? choose() : absl::NotFoundError(absl::StrCat("no checkpoint under ", root));
+  mine.data<int64_t>()[0] = leader() ? code(latest) : 0;
+  MOE_RETURN_IF_ERROR(comm_->AllGather(*ctx_, mine, all));
+  const int64_t chosen = all.data<int64_t>()[0];
+  if (chosen == -2) {
+    if (leader()) return latest.status();
+    return absl::AbortedError(absl::StrCat("rank 0 could not use checkpoint.dir ", root,
+                                           " (its error says why)"));
+  }
+  if (!leader() && chosen >= 0) {
+    latest = LoadCheckpoint((std::filesystem::path(root) / CheckpointDirName(chosen)).string());
+  }
+  mine.data<int64_t>()[0] = code(latest);
   MOE_RETURN_IF_ERROR(comm_->AllGather(*ctx_, mine, all));
   for (int r = 0; r < world_; ++r) {
     if (all.data<int64_t>()[r] != mine.data<int64_t>()[0]) {
@@ -443,15 +468,16 @@ Status Trainer::SaveCheckpoint() {
 }
 
 Status Trainer::Rollback(absl::string_view reason) {
-  StatusOr<LoadedCheckpoint> latest = LoadLatest();
+  StatusOr<LoadedCheckpoint> latest = LoadLatest(/*at_start=*/false);
   if (!latest.ok()) {
-    MOE_LOG(WARNING) << reason << " at step " << step_ << ", but no checkpoint to roll back to ("
-                     << latest.status().message() << "); continuing";
+    MOE_LOG(WARNING) << reason << " at step " << step_ + 1
+                     << ", but no checkpoint to roll back to (" << latest.status().message()
+                     << "); continuing";
     return absl::OkStatus();
   }
   MOE_RETURN_IF_ERROR(RestoreModelState(*ctx_, *latest, *model_));
   MOE_RETURN_IF_ERROR(model_->SyncComputeCopies(*ctx_));
-  const int64_t from = step_;
+  const int64_t from = step_ + 1;  // the step that failed, numbered as in metrics.jsonl
   step_ = latest->meta.step;
   // Skip the data that led to the spike: keep the loader where it is.
   lr_scale_ *= train_.spike_lr_factor() > 0 ? train_.spike_lr_factor() : 0.5;
@@ -545,6 +571,15 @@ StatusOr<bool> Trainer::Step(double* loss, double* aux, double* grad_norm, doubl
       layer_aux_[l].top1_lbl += a.top1_lbl / accum;
       layer_aux_[l].total += a.total / accum;
     }
+  }
+  if (train_.debug_nan_step() == step_ + 1 && !nan_injected_) {
+    // A deterministic non-finite gradient (train.debug_nan_step), to test nan_policy end to end;
+    // once, so that a rollback does not meet it again.
+    nan_injected_ = true;
+    MOE_LOG(WARNING) << "train.debug_nan_step: poisoning the gradients of step " << step_ + 1
+                     << " with NaN";
+    MOE_RETURN_IF_ERROR(Fill(*ctx_, model_->params().front().grad,
+                             std::numeric_limits<double>::quiet_NaN()));
   }
   MOE_RETURN_IF_ERROR(Fill(*ctx_, norm_sq_, 0.0));
   if (!distributed()) {
@@ -702,10 +737,13 @@ StatusOr<TrainSummary> Trainer::Run() {
     MOE_ASSIGN_OR_RETURN(bool applied, Step(&loss, &aux, &grad_norm, lr));
     if (!applied) {
       ++skipped_;
-      MOE_LOG(WARNING) << "step " << step_ << ": non-finite loss (" << loss << ") or gradient norm ("
-                       << grad_norm << "); update skipped (" << skipped_ << " so far)";
+      // Steps are numbered from 1 here, as in metrics.jsonl.
+      MOE_LOG(WARNING) << "step " << step_ + 1 << ": non-finite loss (" << loss
+                       << ") or gradient norm (" << grad_norm << "); update skipped (" << skipped_
+                       << " so far)";
       if (train_.nan_policy() == proto::TrainConfig::ABORT) {
-        return absl::DataLossError(absl::StrCat("non-finite loss or gradient at step ", step_));
+        return absl::DataLossError(
+            absl::StrCat("non-finite loss or gradient at step ", step_ + 1));
       }
       if (train_.nan_policy() == proto::TrainConfig::ROLLBACK) {
         MOE_RETURN_IF_ERROR(Rollback("non-finite loss or gradient"));

@@ -88,8 +88,11 @@ std::vector<ParallelMode> ParallelCandidates(int world, int node_size, int shard
 // Learning rate at optimizer step `step` (0-based): linear warmup to lr, cosine to min_lr.
 double LearningRateAt(const proto::TrainConfig& train, int64_t step);
 
-// Trains `config` (validated) and returns a summary. Resumes from the newest valid checkpoint
-// when checkpoint.resume is set and one exists.
+// Trains `config` (validated) and returns a summary. Before the first step, checkpoint.dir goes
+// through PrepareCheckpointDir (checkpoint.h; rank 0 decides for every rank): resumes from the
+// newest valid checkpoint when checkpoint.resume is set and one exists; FailedPrecondition
+// (before any step) when checkpoints exist and none is valid; invalid ones are moved aside.
+// train.debug_nan_step = N > 0 fills step N's gradients with NaN once (for fault tests).
 [[nodiscard]] StatusOr<TrainSummary> Train(const proto::RunConfig& config,
                                            const TrainerOptions& options);
 

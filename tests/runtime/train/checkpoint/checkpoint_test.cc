@@ -1,5 +1,8 @@
 #include "runtime/train/checkpoint/checkpoint.h"
 
+#include <signal.h>
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -20,6 +23,7 @@ namespace {
 namespace fs = std::filesystem;
 using ::smoe::testing::StatusIs;
 using ::testing::AllOf;
+using ::testing::ContainsRegex;
 using ::testing::HasSubstr;
 
 // A fresh, empty checkpoint root per test.
@@ -296,6 +300,178 @@ TEST(CheckpointTest, SaveValidatesItsArguments) {
   EXPECT_THAT(SaveCheckpoint(ctx, root, Meta(1), state.Named(), -1),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("keep_last")));
   EXPECT_FALSE(fs::exists(fs::path(root) / "step_00000001"));
+}
+
+// The two corruptions of issue 15's report.
+void EmptyManifest(const fs::path& dir) {
+  std::ofstream(dir / "manifest.textproto", std::ios::trunc);
+}
+void TruncateBlob(const fs::path& dir) {
+  const fs::path blob = dir / "tensors.bin";
+  fs::resize_file(blob, fs::file_size(blob) / 2);
+}
+
+std::string ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Rule: retention counts only valid checkpoints. With the newest one invalid, saving keeps the
+// previous valid one instead of deleting it (before issue 15 it kept the invalid one).
+TEST(CheckpointRetentionTest, NeverDeletesAValidCheckpointToKeepAnInvalidOne) {
+  const std::string root = FreshRoot();
+  ExecContext& ctx = ExecContext::Cpu();
+  MOE_ASSERT_OK(SaveCheckpoint(ctx, root, Meta(1), State(1).Named(), /*keep_last=*/2));
+  MOE_ASSERT_OK(SaveCheckpoint(ctx, root, Meta(2), State(2).Named(), /*keep_last=*/2));
+  TruncateBlob(fs::path(root) / "step_00000002");
+  MOE_ASSERT_OK(SaveCheckpoint(ctx, root, Meta(3), State(3).Named(), /*keep_last=*/2));
+  EXPECT_THAT(Entries(root),
+              ::testing::ElementsAre("step_00000001", "step_00000002.invalid", "step_00000003"));
+  MOE_EXPECT_OK(LoadCheckpoint((fs::path(root) / "step_00000001").string()).status());
+  MOE_EXPECT_OK(LoadCheckpoint((fs::path(root) / "step_00000003").string()).status());
+}
+
+// Rule: the issue's scenario for retention. All checkpoints are invalid and have higher steps than
+// a new run's: each new valid checkpoint must survive, and keep_last of them remain.
+TEST(CheckpointRetentionTest, KeepsTheNewValidCheckpointsWhenTheNewerOnesAreInvalid) {
+  const std::string root = FreshRoot();
+  ExecContext& ctx = ExecContext::Cpu();
+  MOE_ASSERT_OK(SaveCheckpoint(ctx, root, Meta(10), State(10).Named(), /*keep_last=*/2));
+  MOE_ASSERT_OK(SaveCheckpoint(ctx, root, Meta(12), State(12).Named(), /*keep_last=*/2));
+  EmptyManifest(fs::path(root) / "step_00000010");
+  TruncateBlob(fs::path(root) / "step_00000012");
+  for (int64_t step : {5, 8, 9}) {
+    MOE_ASSERT_OK(SaveCheckpoint(ctx, root, Meta(step), State(step).Named(), /*keep_last=*/2));
+  }
+  EXPECT_THAT(Entries(root), ::testing::ElementsAre("step_00000008", "step_00000009",
+                                                    "step_00000010.invalid",
+                                                    "step_00000012.invalid"));
+  MOE_ASSERT_OK_AND_ASSIGN(LoadedCheckpoint loaded, LoadLatestCheckpoint(root));
+  EXPECT_EQ(loaded.meta.step, 9);
+}
+
+// Rule: invalid checkpoints are moved aside under a name that says so, never deleted; a taken
+// name gets a numeric suffix; the warning gives the reason.
+TEST(CheckpointRetentionTest, InvalidCheckpointsAreMovedAsideWithTheirContents) {
+  const std::string root = FreshRoot();
+  ExecContext& ctx = ExecContext::Cpu();
+  MOE_ASSERT_OK(SaveCheckpoint(ctx, root, Meta(4), State(4).Named(), /*keep_last=*/1));
+  const fs::path step4 = fs::path(root) / "step_00000004";
+  EmptyManifest(step4);
+  const std::string blob = ReadFile(step4 / "tensors.bin");
+  fs::create_directory(fs::path(root) / "step_00000004.invalid");  // taken: an earlier one
+
+  ::testing::internal::CaptureStderr();
+  MOE_ASSERT_OK(SaveCheckpoint(ctx, root, Meta(5), State(5).Named(), /*keep_last=*/1));
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_THAT(Entries(root), ::testing::ElementsAre("step_00000004.invalid",
+                                                    "step_00000004.invalid.1", "step_00000005"));
+  const fs::path moved = fs::path(root) / "step_00000004.invalid.1";
+  EXPECT_EQ(ReadFile(moved / "tensors.bin"), blob);
+  EXPECT_EQ(ReadFile(moved / "manifest.textproto"), "");
+  EXPECT_THAT(log, AllOf(ContainsRegex("W [0-9:]+ checkpoint.cc:[0-9]+] invalid checkpoint "),
+                         HasSubstr(step4.string()), HasSubstr("manifest.textproto: empty file"),
+                         HasSubstr(moved.string())));
+
+  MOE_ASSERT_OK_AND_ASSIGN(std::string again,
+                           MoveAsideInvalidCheckpoint((fs::path(root) / "step_00000005").string(),
+                                                      "a test"));
+  EXPECT_EQ(again, (fs::path(root) / "step_00000005.invalid").string());
+}
+
+// Rule: a root that holds checkpoints, none valid, is refused (resume) with every checkpoint and
+// its fault named and the two ways on; nothing is changed.
+TEST(PrepareCheckpointDirTest, RefusesWhenNoCheckpointIsValid) {
+  const std::string root = FreshRoot();
+  ExecContext& ctx = ExecContext::Cpu();
+  MOE_ASSERT_OK(SaveCheckpoint(ctx, root, Meta(5), State(5).Named(), /*keep_last=*/2));
+  MOE_ASSERT_OK(SaveCheckpoint(ctx, root, Meta(10), State(10).Named(), /*keep_last=*/2));
+  EmptyManifest(fs::path(root) / "step_00000005");
+  TruncateBlob(fs::path(root) / "step_00000010");
+  const std::vector<std::string> before = Entries(root);
+
+  EXPECT_THAT(
+      PrepareCheckpointDir(root, /*resume=*/true),
+      StatusIs(absl::StatusCode::kFailedPrecondition,
+               AllOf(HasSubstr((fs::path(root) / "step_00000005").string() +
+                               ": " + (fs::path(root) / "step_00000005").string() +
+                               "/manifest.textproto: empty file"),
+                     HasSubstr((fs::path(root) / "step_00000010").string() + ": " +
+                               (fs::path(root) / "step_00000010").string() + "/tensors.bin"),
+                     HasSubstr("manifest says"), HasSubstr("none is valid"),
+                     HasSubstr("move them out of " + root),
+                     HasSubstr("--set checkpoint.resume=false"))));
+  EXPECT_EQ(Entries(root), before);
+  // A root without checkpoints (only other files), or none at all, is a fresh start: NotFound.
+  const fs::path empty = fs::path(root + "_empty");
+  fs::remove_all(empty);
+  fs::create_directories(empty);
+  std::ofstream(empty / "metrics.jsonl") << "{}\n";
+  EXPECT_THAT(PrepareCheckpointDir(empty.string(), true),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("no checkpoint under")));
+  EXPECT_THAT(PrepareCheckpointDir(root + "_absent", true),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("no checkpoint directory")));
+}
+
+// Rule: without resume, invalid checkpoints are moved aside (not deleted), valid ones left, and
+// nothing is resumed.
+TEST(PrepareCheckpointDirTest, WithoutResumeMovesInvalidOnesAside) {
+  const std::string root = FreshRoot();
+  ExecContext& ctx = ExecContext::Cpu();
+  for (int64_t step : {3, 5, 10}) {
+    MOE_ASSERT_OK(SaveCheckpoint(ctx, root, Meta(step), State(step).Named(), /*keep_last=*/0));
+  }
+  EmptyManifest(fs::path(root) / "step_00000005");
+  TruncateBlob(fs::path(root) / "step_00000010");
+  EXPECT_THAT(PrepareCheckpointDir(root, /*resume=*/false),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("not resuming")));
+  EXPECT_THAT(Entries(root), ::testing::ElementsAre("step_00000003", "step_00000005.invalid",
+                                                    "step_00000010.invalid"));
+}
+
+// Rule: with resume, the newest valid checkpoint is chosen and the invalid ones above it are
+// moved aside, so that retention cannot later count them.
+TEST(PrepareCheckpointDirTest, ResumesFromTheNewestValidAndMovesNewerInvalidOnesAside) {
+  const std::string root = FreshRoot();
+  ExecContext& ctx = ExecContext::Cpu();
+  for (int64_t step : {3, 5, 10}) {
+    MOE_ASSERT_OK(SaveCheckpoint(ctx, root, Meta(step), State(step).Named(), /*keep_last=*/0));
+  }
+  fs::create_directory(fs::path(root) / "tmp.step_00000011.77");
+  TruncateBlob(fs::path(root) / "step_00000010");
+  MOE_ASSERT_OK_AND_ASSIGN(LoadedCheckpoint chosen, PrepareCheckpointDir(root, /*resume=*/true));
+  EXPECT_EQ(chosen.meta.step, 5);
+  EXPECT_EQ(chosen.dir, (fs::path(root) / "step_00000005").string());
+  EXPECT_THAT(Entries(root), ::testing::ElementsAre("step_00000003", "step_00000005",
+                                                    "step_00000010.invalid"));
+}
+
+// A write that fails part-way (here RLIMIT_FSIZE, as a full disk) is a clear error naming the
+// file, and leaves the earlier checkpoints as they were and no temporary directory.
+TEST(CheckpointTest, FailedWriteLeavesThePreviousCheckpoints) {
+  const std::string root = FreshRoot();
+  ExecContext& ctx = ExecContext::Cpu();
+  MOE_ASSERT_OK(SaveCheckpoint(ctx, root, Meta(1), State(1).Named(), /*keep_last=*/2));
+  const std::string blob = ReadFile(fs::path(root) / "step_00000001" / "tensors.bin");
+
+  rlimit saved_limit{};
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &saved_limit), 0);
+  struct sigaction ignore {}, saved_action {};
+  ignore.sa_handler = SIG_IGN;
+  ASSERT_EQ(sigaction(SIGXFSZ, &ignore, &saved_action), 0);
+  rlimit small = saved_limit;
+  small.rlim_cur = 100;  // bytes: the blob needs more
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  const Status status = SaveCheckpoint(ctx, root, Meta(2), State(2).Named(), 2);
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &saved_limit), 0);
+  ASSERT_EQ(sigaction(SIGXFSZ, &saved_action, nullptr), 0);
+
+  EXPECT_THAT(status, StatusIs(absl::StatusCode::kInternal,
+                               AllOf(HasSubstr("checkpoint step_00000002 not written"),
+                                     HasSubstr("tensors.bin"), HasSubstr("File too large"))));
+  EXPECT_THAT(Entries(root), ::testing::ElementsAre("step_00000001"));
+  EXPECT_EQ(ReadFile(fs::path(root) / "step_00000001" / "tensors.bin"), blob);
+  MOE_EXPECT_OK(LoadCheckpoint((fs::path(root) / "step_00000001").string()).status());
 }
 
 }  // namespace
