@@ -96,6 +96,7 @@ StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device 
     }
   }
   std::unique_ptr<Model> model(new Model(spec, device));
+  model->comm_ = comm != nullptr ? comm : SingleRankCommunicator();
   int64_t local_experts = spec.moe.num_experts;
   if (comm != nullptr && comm->size() > 1) {
     const int w = comm->size();
@@ -723,7 +724,7 @@ Status Model::UpdateExpertBiases(ExecContext& ctx) {
     if (!layer.expert_bias.defined() || !state.valid) continue;
     MOE_RETURN_IF_ERROR(CountExperts(ctx, state.topk_idx, layer.expert_counts));
     // The world's counts, so every rank's bias moves identically (and as on one rank).
-    if (distributed()) MOE_RETURN_IF_ERROR(comm_->AllReduceSum(ctx, layer.expert_counts));
+    MOE_RETURN_IF_ERROR(comm_->AllReduceSum(ctx, layer.expert_counts));
     MOE_RETURN_IF_ERROR(UpdateExpertBias(ctx, layer.expert_counts, spec_.bias_update_rate,
                                          spec_.bias_bound, layer.expert_bias));
   }

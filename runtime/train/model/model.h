@@ -269,8 +269,8 @@ class Model {
   std::vector<ModelParam> params_;
   std::vector<Layer> layers_;
   std::vector<MoEState> moe_states_;
+  Communicator* comm_ = nullptr;  // never null: SingleRankCommunicator() on one rank
   // Multi-rank.
-  Communicator* comm_ = nullptr;
   int world_ = 1;
   ExpertShardLayout layout_;
   std::unique_ptr<RowExchanger> exchanger_;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -169,7 +170,6 @@ StatusOr<std::vector<NamedTensor>> GlobalStateTensors(ExecContext& ctx, Model& m
 
 // Restores the model state from a checkpoint in the global layout; an expert shard takes its slice.
 Status RestoreModelState(ExecContext& ctx, const LoadedCheckpoint& checkpoint, Model& model) {
-  if (!model.distributed()) return RestoreTensors(ctx, checkpoint, StateTensors(model));
   std::vector<StateTensor> state = ModelState(model);
   std::vector<NamedTensor> named;
   std::vector<Tensor> full(state.size());
@@ -191,8 +191,8 @@ Status RestoreModelState(ExecContext& ctx, const LoadedCheckpoint& checkpoint, M
   return absl::OkStatus();
 }
 
-// The ranks of this run: MPI's world when launched by mpirun with more than one rank, else null
-// (single rank; MPI is then never initialized, so a plain run stays as it was).
+// The ranks of this run: MPI's world when launched by mpirun with more than one rank, else the
+// single-rank communicator (MPI is then never initialized, so a plain run stays as it was).
 StatusOr<Communicator*> WorldCommunicator() {
   for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"}) {
     const char* value = std::getenv(var);
@@ -206,7 +206,7 @@ StatusOr<Communicator*> WorldCommunicator() {
 #endif
     }
   }
-  return static_cast<Communicator*>(nullptr);
+  return SingleRankCommunicator();
 }
 
 // This rank's GPU when ranks share a machine: local rank (Open MPI's, else the world rank)
@@ -233,20 +233,47 @@ class Trainer {
   StatusOr<TrainSummary> Run();
 
  private:
+  // What one optimizer step did. Not applied: the loss or the gradient norm was not finite, and
+  // the weights were left as they were.
+  struct StepResult {
+    bool applied = false;
+    double loss = 0.0;       // mean over the micro-batches and ranks
+    double aux = 0.0;        // aux losses' weighted total, likewise
+    double grad_norm = 0.0;  // global, before clipping
+  };
+
   Status Setup();
   Status MaybeResume();
   Status SaveCheckpoint();
-  Status Rollback(absl::string_view reason);
+  // Restores the newest checkpoint with the learning rate scaled down; false (after a warning)
+  // when there is none to roll back to.
+  StatusOr<bool> Rollback(absl::string_view reason);
+  // A step whose loss or gradient norm was not finite, by train.nan_policy: abort, roll back, or
+  // skip. A skip and a rollback both count toward train.max_skipped_steps; a rollback with no
+  // checkpoint to return to is a skip.
+  Status HandleNonFiniteStep(const StepResult& result);
   StatusOr<double> Evaluate();
-  // One optimizer step; returns false when it was skipped (non-finite).
-  StatusOr<bool> Step(double* loss, double* aux, double* grad_norm, double lr);
-  void WriteMetrics(double loss, double aux, double grad_norm, double lr, double tokens_per_s,
-                    int64_t host_syncs, const std::vector<RoutingStats>& stats, double eval_loss);
+  StatusOr<StepResult> Step(double lr);
+  // All-reduces the replicated parameters' gradients (the experts' arrive reduced) and returns the
+  // global gradient norm: one host sync.
+  StatusOr<double> ReduceGradients();
+  // Whether any rank was asked to stop (collective).
+  StatusOr<bool> StopRequested();
+  // Statistics, evaluation, metrics, progress and checkpoints after applied step step_.
+  // host_syncs_before: the context's count when the step began (the step's syncs include the
+  // routing statistics').
+  Status AfterStep(const StepResult& result, double lr, double seconds, int64_t host_syncs_before,
+                   TrainSummary* summary);
+  void WriteMetrics(const StepResult& result, double lr, double tokens_per_s, int64_t host_syncs,
+                    const std::vector<RoutingStats>& stats, double eval_loss);
   void ShowProgress(double loss, double lr, double tokens_per_s, double imbalance, bool final_line);
 
+  // Where several ranks truly work differently: CUDA devices per rank, the adaptive controller,
+  // the parallel modes in the metrics. Everything else runs one path through comm_.
   bool distributed() const { return world_ > 1; }
   bool leader() const { return rank_ == 0; }
-  // Sums `values` over the ranks (f32) and divides by W: the mean over ranks. Collective.
+  // Replaces `values` by their means over the ranks, in f64 and rank order (exact on one rank).
+  // Collective.
   Status MeanOverRanks(std::vector<double>* values);
   // Every rank's view of a checkpoint: the newest one under checkpoint.dir, the same on every rank
   // (an error on all ranks otherwise). Collective when distributed. Rank 0 chooses it, `at_start`
@@ -261,15 +288,15 @@ class Trainer {
   proto::RunConfig config_;
   const proto::TrainConfig& train_;
   TrainerOptions options_;
-  // null on a single rank. The host communicator (MPI) goes to the controller; comm_ is the one
-  // the model and the gradient reductions use: comm_ itself on CPU ranks, the staged wrapper of it
-  // (device buffers through the host) on CUDA ranks.
+  // The ranks (SingleRankCommunicator() on one). The host communicator (MPI) goes to the
+  // controller; comm_ is the one the model and the gradient reductions use: the host one on CPU
+  // ranks, its staged wrapper (device buffers through the host) on several CUDA ranks.
   Communicator* comm_ = nullptr;
   Communicator* host_comm_ = nullptr;
   std::unique_ptr<Communicator> staged_comm_;
   int world_ = 1, rank_ = 0;
   int64_t local_batch_ = 0;       // sequences per micro-batch on this rank
-  std::unique_ptr<AdaptiveController> controller_;
+  std::unique_ptr<AdaptiveController> controller_;  // several ranks only
   std::vector<AdaptKey> keys_;               // per layer, this step's controller key
   std::vector<int64_t> prev_max_rows_;       // per layer, the previous step's largest expert load
   Device device_;
@@ -278,17 +305,20 @@ class Trainer {
   DataSources data_;
   std::unique_ptr<BatchLoader> loader_;
   std::vector<AuxLossValues> layer_aux_;  // per layer, mean over the last step's micro-batches
-  Tensor ids_, targets_, norm_sq_, expert_norm_sq_;
+  Tensor ids_, targets_;
+  Tensor norm_sq_;  // [2] f32: squared gradient norms of the replicated and the expert parameters
   std::vector<int32_t> host_ids_, host_targets_;
   std::ofstream metrics_;
   int64_t step_ = 0;
   int64_t skipped_ = 0;
   int64_t rollbacks_ = 0;
+  int64_t spikes_ = 0;
   double lr_scale_ = 1.0;
   double loss_ema_ = 0.0;
   int64_t ema_count_ = 0;
   bool tty_ = false;
   bool nan_injected_ = false;  // train.debug_nan_step already applied (once per process)
+  double last_loss_ = 0.0;
   Clock::time_point start_;
   int64_t start_step_ = 0;
 };
@@ -296,10 +326,8 @@ class Trainer {
 Status Trainer::Setup() {
   MOE_ASSIGN_OR_RETURN(host_comm_, WorldCommunicator());
   comm_ = host_comm_;
-  if (comm_ != nullptr) {
-    world_ = comm_->size();
-    rank_ = comm_->rank();
-  }
+  world_ = comm_->size();
+  rank_ = comm_->rank();
   MOE_RETURN_IF_ERROR(ValidateWorld(config_, world_));
   MOE_ASSIGN_OR_RETURN(device_, ResolveDevice(config_));
   if (distributed() && device_.is_cuda()) {
@@ -318,8 +346,8 @@ Status Trainer::Setup() {
   }
   MOE_ASSIGN_OR_RETURN(ctx_, ExecContext::Create(device_));
   const int node_size = std::max(1, config_.parallel().node_size());
-  MOE_ASSIGN_OR_RETURN(model_, Model::Create(SpecFromConfig(config_, dtype), device_,
-                                             distributed() ? comm_ : nullptr, node_size));
+  MOE_ASSIGN_OR_RETURN(model_,
+                       Model::Create(SpecFromConfig(config_, dtype), device_, comm_, node_size));
   MOE_RETURN_IF_ERROR(model_->Init(*ctx_, train_.seed()));
   MOE_ASSIGN_OR_RETURN(data_, OpenData(config_));
   const int64_t b = train_.batch_size(), s = train_.seq_len();
@@ -329,8 +357,7 @@ Status Trainer::Setup() {
   loader_ = std::make_unique<BatchLoader>(data_.train.get(), b, s, train_.seed());
   MOE_ASSIGN_OR_RETURN(ids_, Tensor::Empty({local_batch_ * s}, DType::kI32, device_));
   MOE_ASSIGN_OR_RETURN(targets_, Tensor::Empty({local_batch_ * s}, DType::kI32, device_));
-  MOE_ASSIGN_OR_RETURN(norm_sq_, Tensor::Empty({1}, DType::kF32, device_));
-  MOE_ASSIGN_OR_RETURN(expert_norm_sq_, Tensor::Empty({1}, DType::kF32, device_));
+  MOE_ASSIGN_OR_RETURN(norm_sq_, Tensor::Empty({2}, DType::kF32, device_));
   tty_ = leader() && options_.progress_bar && isatty(fileno(stderr));
   if (distributed()) {
     const proto::ParallelConfig& pc = config_.parallel();
@@ -399,7 +426,6 @@ StatusOr<LoadedCheckpoint> Trainer::LoadLatest(bool at_start) {
     return at_start ? PrepareCheckpointDir(root, config_.checkpoint().resume())
                     : LoadLatestCheckpoint(root);
   };
-  if (!distributed()) return choose();
   // -1: none found, -2: an error; the ranks must agree, or none uses what it read.
   auto code = [](const StatusOr<LoadedCheckpoint>& c) -> int64_t {
     return c.ok() ? c->meta.step : absl::IsNotFound(c.status()) ? -1 : -2;
@@ -444,16 +470,13 @@ Status Trainer::SaveCheckpoint() {
   meta.rng_seed = train_.seed();
   meta.skipped_steps = skipped_;
   meta.lr_scale = lr_scale_;
-  if (!distributed()) {
-    return smoe::SaveCheckpoint(*ctx_, c.dir(), meta, StateTensors(*model_), c.keep_last());
-  }
   std::vector<Tensor> storage;
   MOE_ASSIGN_OR_RETURN(std::vector<NamedTensor> tensors,
                        GlobalStateTensors(*ctx_, *model_, &storage));
   Status saved = absl::OkStatus();
   if (leader()) {
     saved = smoe::SaveCheckpoint(*ctx_, c.dir(), meta, tensors, c.keep_last());
-    if (saved.ok()) saved = controller_->Save();
+    if (saved.ok() && controller_ != nullptr) saved = controller_->Save();
   }
   // Every rank learns whether rank 0 wrote it (and no rank reads it before it is complete).
   MOE_ASSIGN_OR_RETURN(Tensor failed, Tensor::Empty({1}, DType::kI32, Device::Cpu()));
@@ -467,14 +490,14 @@ Status Trainer::SaveCheckpoint() {
   return absl::OkStatus();
 }
 
-Status Trainer::Rollback(absl::string_view reason) {
+StatusOr<bool> Trainer::Rollback(absl::string_view reason) {
   StatusOr<LoadedCheckpoint> latest = LoadLatest(/*at_start=*/false);
-  if (!latest.ok()) {
-    MOE_LOG(WARNING) << reason << " at step " << step_ + 1
-                     << ", but no checkpoint to roll back to (" << latest.status().message()
-                     << "); continuing";
-    return absl::OkStatus();
+  if (absl::IsNotFound(latest.status())) {
+    MOE_LOG(WARNING) << reason << " at step " << step_ + 1 << ", but no checkpoint to roll back to ("
+                     << latest.status().message() << ")";
+    return false;
   }
+  MOE_RETURN_IF_ERROR(latest.status());
   MOE_RETURN_IF_ERROR(RestoreModelState(*ctx_, *latest, *model_));
   MOE_RETURN_IF_ERROR(model_->SyncComputeCopies(*ctx_));
   const int64_t from = step_ + 1;  // the step that failed, numbered as in metrics.jsonl
@@ -485,6 +508,29 @@ Status Trainer::Rollback(absl::string_view reason) {
   ema_count_ = 0;
   MOE_LOG(WARNING) << reason << " at step " << from << ": rolled back to step " << step_
                    << " and scaled the learning rate by " << lr_scale_;
+  return true;
+}
+
+Status Trainer::HandleNonFiniteStep(const StepResult& result) {
+  ++skipped_;
+  // Steps are numbered from 1 here, as in metrics.jsonl.
+  MOE_LOG(WARNING) << "step " << step_ + 1 << ": non-finite loss (" << result.loss
+                   << ") or gradient norm (" << result.grad_norm << "); update skipped ("
+                   << skipped_ << " so far)";
+  if (train_.nan_policy() == proto::TrainConfig::ABORT) {
+    return absl::DataLossError(absl::StrCat("non-finite loss or gradient at step ", step_ + 1));
+  }
+  if (train_.max_skipped_steps() > 0 && skipped_ > train_.max_skipped_steps()) {
+    return absl::DataLossError(absl::StrCat(skipped_,
+                                            " non-finite steps: more than train.max_skipped_steps = ",
+                                            train_.max_skipped_steps()));
+  }
+  if (train_.nan_policy() == proto::TrainConfig::ROLLBACK) {
+    MOE_ASSIGN_OR_RETURN(const bool rolled_back, Rollback("non-finite loss or gradient"));
+    if (rolled_back) return absl::OkStatus();
+    MOE_LOG(WARNING) << "step " << step_ + 1 << " counts as skipped";
+  }
+  ++step_;
   return absl::OkStatus();
 }
 
@@ -500,23 +546,24 @@ StatusOr<double> Trainer::Evaluate() {
     MOE_ASSIGN_OR_RETURN(double loss, model_->Loss(*ctx_, ids_, targets_, local_batch_, s));
     total += loss;
   }
-  if (distributed()) {
-    std::vector<double> mean = {total};
-    MOE_RETURN_IF_ERROR(MeanOverRanks(&mean));
-    total = mean[0];
-  }
-  return total / batches;
+  std::vector<double> mean = {total};
+  MOE_RETURN_IF_ERROR(MeanOverRanks(&mean));
+  return mean[0] / batches;
 }
 
 Status Trainer::MeanOverRanks(std::vector<double>* values) {
-  MOE_ASSIGN_OR_RETURN(Tensor buffer, Tensor::Empty({static_cast<int64_t>(values->size())},
-                                                    DType::kF32, Device::Cpu()));
-  for (size_t i = 0; i < values->size(); ++i) {
-    buffer.data<float>()[i] = static_cast<float>((*values)[i]);
-  }
-  MOE_RETURN_IF_ERROR(comm_->AllReduceSum(*ctx_, buffer));
-  for (size_t i = 0; i < values->size(); ++i) {
-    (*values)[i] = static_cast<double>(buffer.data<float>()[i]) / world_;
+  // The communicators reduce f32 at most, so the doubles travel as raw 64-bit words (AllGather
+  // moves bytes) and are summed here in rank order.
+  const int64_t n = static_cast<int64_t>(values->size());
+  MOE_ASSIGN_OR_RETURN(Tensor mine, Tensor::Empty({n}, DType::kI64, Device::Cpu()));
+  MOE_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty({world_ * n}, DType::kI64, Device::Cpu()));
+  std::memcpy(mine.data(), values->data(), n * sizeof(double));
+  MOE_RETURN_IF_ERROR(host_comm_->AllGather(ExecContext::Cpu(), mine, all));
+  const double* gathered = reinterpret_cast<const double*>(all.data());
+  for (int64_t i = 0; i < n; ++i) {
+    double sum = 0.0;
+    for (int r = 0; r < world_; ++r) sum += gathered[r * n + i];
+    (*values)[i] = sum / world_;
   }
   return absl::OkStatus();
 }
@@ -543,27 +590,26 @@ Status Trainer::ReportModes() {
   return absl::OkStatus();
 }
 
-StatusOr<bool> Trainer::Step(double* loss, double* aux, double* grad_norm, double lr) {
+StatusOr<Trainer::StepResult> Trainer::Step(double lr) {
   const int64_t s = train_.seq_len();
   const int accum = std::max(1, train_.grad_accum());
   for (int l = 0; l < config_.model().num_layers(); ++l) {
     if (model_->is_moe_layer(l)) MOE_RETURN_IF_ERROR(model_->SetTopK(l, TopKForLayer(config_, l, step_)));
   }
-  if (distributed()) MOE_RETURN_IF_ERROR(ChooseModes());
+  if (controller_ != nullptr) MOE_RETURN_IF_ERROR(ChooseModes());
   MOE_RETURN_IF_ERROR(model_->ZeroGrads(*ctx_));
-  *loss = 0.0;
-  *aux = 0.0;
+  StepResult result;
   layer_aux_.assign(config_.model().num_layers(), AuxLossValues{});
+  // The global mean's gradient: each rank's local mean over W, each micro-batch's over accum.
+  const float scale = 1.0f / static_cast<float>(accum * world_);
   for (int micro = 0; micro < accum; ++micro) {
     loader_->Next(&host_ids_, &host_targets_);
     MOE_RETURN_IF_ERROR(UploadSlice(*ctx_, host_ids_, rank_, ids_));
     MOE_RETURN_IF_ERROR(UploadSlice(*ctx_, host_targets_, rank_, targets_));
-    // The global mean's gradient: each rank's local mean over W.
-    const float scale = distributed() ? 1.0f / static_cast<float>(accum * world_) : 1.0f / accum;
     MOE_ASSIGN_OR_RETURN(ModelLoss ml,
                          model_->ForwardBackward(*ctx_, ids_, targets_, local_batch_, s, scale));
-    *loss += ml.loss / accum;
-    *aux += ml.aux_total / accum;
+    result.loss += ml.loss / accum;
+    result.aux += ml.aux_total / accum;
     for (size_t l = 0; l < layer_aux_.size(); ++l) {
       const AuxLossValues& a = model_->LastAuxLosses()[l];
       layer_aux_[l].lbl += a.lbl / accum;
@@ -572,6 +618,18 @@ StatusOr<bool> Trainer::Step(double* loss, double* aux, double* grad_norm, doubl
       layer_aux_[l].total += a.total / accum;
     }
   }
+  if (controller_ != nullptr) MOE_RETURN_IF_ERROR(ReportModes());
+  std::vector<double> means = {result.loss, result.aux};
+  for (const AuxLossValues& a : layer_aux_) {
+    means.insert(means.end(), {a.lbl, a.z_loss, a.top1_lbl, a.total});
+  }
+  MOE_RETURN_IF_ERROR(MeanOverRanks(&means));
+  result.loss = means[0];
+  result.aux = means[1];
+  for (size_t l = 0; l < layer_aux_.size(); ++l) {
+    layer_aux_[l] = {means[2 + 4 * l], means[3 + 4 * l], means[4 + 4 * l], means[5 + 4 * l]};
+  }
+
   if (train_.debug_nan_step() == step_ + 1 && !nan_injected_) {
     // A deterministic non-finite gradient (train.debug_nan_step), to test nan_policy end to end;
     // once, so that a rollback does not meet it again.
@@ -581,50 +639,12 @@ StatusOr<bool> Trainer::Step(double* loss, double* aux, double* grad_norm, doubl
     MOE_RETURN_IF_ERROR(Fill(*ctx_, model_->params().front().grad,
                              std::numeric_limits<double>::quiet_NaN()));
   }
-  MOE_RETURN_IF_ERROR(Fill(*ctx_, norm_sq_, 0.0));
-  if (!distributed()) {
-    for (ModelParam& p : model_->params()) {
-      MOE_RETURN_IF_ERROR(AccumulateSquaredNorm(*ctx_, p.grad, norm_sq_));
-    }
-    MOE_ASSIGN_OR_RETURN(Tensor norm_host, CopyTo(*ctx_, norm_sq_, Device::Cpu()));
-    *grad_norm = std::sqrt(static_cast<double>(norm_host.data<float>()[0]));
-  } else {
-    MOE_RETURN_IF_ERROR(ReportModes());
-    std::vector<double> means(2 + 4 * layer_aux_.size());
-    means[0] = *loss;
-    means[1] = *aux;
-    for (size_t l = 0; l < layer_aux_.size(); ++l) {
-      means[2 + 4 * l] = layer_aux_[l].lbl;
-      means[3 + 4 * l] = layer_aux_[l].z_loss;
-      means[4 + 4 * l] = layer_aux_[l].top1_lbl;
-      means[5 + 4 * l] = layer_aux_[l].total;
-    }
-    MOE_RETURN_IF_ERROR(MeanOverRanks(&means));
-    *loss = means[0];
-    *aux = means[1];
-    for (size_t l = 0; l < layer_aux_.size(); ++l) {
-      layer_aux_[l] = {means[2 + 4 * l], means[3 + 4 * l], means[4 + 4 * l], means[5 + 4 * l]};
-    }
-    // Replicated gradients: this rank's share, summed over the ranks. Expert shards arrive summed.
-    MOE_RETURN_IF_ERROR(Fill(*ctx_, expert_norm_sq_, 0.0));
-    for (ModelParam& p : model_->params()) {
-      if (p.expert_shard) {
-        MOE_RETURN_IF_ERROR(AccumulateSquaredNorm(*ctx_, p.grad, expert_norm_sq_));
-      } else {
-        MOE_RETURN_IF_ERROR(comm_->AllReduceSum(*ctx_, p.grad));
-        MOE_RETURN_IF_ERROR(AccumulateSquaredNorm(*ctx_, p.grad, norm_sq_));
-      }
-    }
-    MOE_RETURN_IF_ERROR(comm_->AllReduceSum(*ctx_, expert_norm_sq_));
-    MOE_ASSIGN_OR_RETURN(Tensor norm_host, CopyTo(*ctx_, norm_sq_, Device::Cpu()));
-    MOE_ASSIGN_OR_RETURN(Tensor expert_norm_host, CopyTo(*ctx_, expert_norm_sq_, Device::Cpu()));
-    *grad_norm = std::sqrt(static_cast<double>(norm_host.data<float>()[0]) +
-                           static_cast<double>(expert_norm_host.data<float>()[0]));
-  }
-  if (!std::isfinite(*loss) || !std::isfinite(*grad_norm)) return false;
+  MOE_ASSIGN_OR_RETURN(result.grad_norm, ReduceGradients());
+  if (!std::isfinite(result.loss) || !std::isfinite(result.grad_norm)) return result;
+
   const double clip = train_.grad_clip();
   const float grad_scale =
-      clip > 0 && *grad_norm > clip ? static_cast<float>(clip / *grad_norm) : 1.0f;
+      clip > 0 && result.grad_norm > clip ? static_cast<float>(clip / result.grad_norm) : 1.0f;
   for (ModelParam& p : model_->params()) {
     const AdamWConfig adam{static_cast<float>(lr), static_cast<float>(train_.beta1()),
                            static_cast<float>(train_.beta2()), static_cast<float>(train_.eps()),
@@ -634,12 +654,41 @@ StatusOr<bool> Trainer::Step(double* loss, double* aux, double* grad_norm, doubl
                                   shadow ? p.compute.view() : TensorView()));
   }
   MOE_RETURN_IF_ERROR(model_->UpdateExpertBiases(*ctx_));
-  return true;
+  result.applied = true;
+  return result;
 }
 
-void Trainer::WriteMetrics(double loss, double aux, double grad_norm, double lr,
-                           double tokens_per_s, int64_t host_syncs,
-                           const std::vector<RoutingStats>& stats, double eval_loss) {
+StatusOr<double> Trainer::ReduceGradients() {
+  const TensorView replicated(norm_sq_.data(), DType::kF32, {1}, device_);
+  const TensorView experts(norm_sq_.data<float>() + 1, DType::kF32, {1}, device_);
+  MOE_RETURN_IF_ERROR(Fill(*ctx_, norm_sq_, 0.0));
+  for (ModelParam& p : model_->params()) {
+    if (p.expert_shard) {
+      // Already summed over the ranks by ParallelMoEBackward; each rank holds its own shard.
+      MOE_RETURN_IF_ERROR(AccumulateSquaredNorm(*ctx_, p.grad, experts));
+    } else {
+      MOE_RETURN_IF_ERROR(comm_->AllReduceSum(*ctx_, p.grad));
+      MOE_RETURN_IF_ERROR(AccumulateSquaredNorm(*ctx_, p.grad, replicated));
+    }
+  }
+  MOE_RETURN_IF_ERROR(comm_->AllReduceSum(*ctx_, experts));
+  MOE_ASSIGN_OR_RETURN(Tensor host, CopyTo(*ctx_, norm_sq_, Device::Cpu()));
+  return std::sqrt(static_cast<double>(host.data<float>()[0]) +
+                   static_cast<double>(host.data<float>()[1]));
+}
+
+StatusOr<bool> Trainer::StopRequested() {
+  MOE_ASSIGN_OR_RETURN(Tensor flag, Tensor::Empty({1}, DType::kI32, Device::Cpu()));
+  flag.data<int32_t>()[0] =
+      options_.stop_requested != nullptr && options_.stop_requested->load() ? 1 : 0;
+  // A signal may reach the ranks at different steps: stop when any rank was asked to.
+  MOE_RETURN_IF_ERROR(host_comm_->AllReduceSum(ExecContext::Cpu(), flag));
+  return flag.data<int32_t>()[0] > 0;
+}
+
+void Trainer::WriteMetrics(const StepResult& result, double lr, double tokens_per_s,
+                           int64_t host_syncs, const std::vector<RoutingStats>& stats,
+                           double eval_loss) {
   if (!metrics_.is_open()) return;
   // Model FLOPs at this step's top-k; peak memory: the allocator's high-water mark so far.
   const double tflops = tokens_per_s * model_->FlopsPerToken(train_.seq_len()) / 1e12;
@@ -648,7 +697,8 @@ void Trainer::WriteMetrics(double loss, double aux, double grad_norm, double lr,
       "{\"step\": %d, \"loss\": %.6f, \"aux_loss\": %.6f, \"lr\": %.6g, \"grad_norm\": %.6g, "
       "\"tokens_per_s\": %.1f, \"tflops\": %.4g, \"peak_mem_mib\": %.1f, \"host_syncs\": %d, "
       "\"skipped_steps\": %d",
-      step_, loss, aux, lr, grad_norm, tokens_per_s, tflops, peak_mib, host_syncs, skipped_);
+      step_, result.loss, result.aux, lr, result.grad_norm, tokens_per_s, tflops, peak_mib,
+      host_syncs, skipped_);
   if (eval_loss >= 0) absl::StrAppend(&line, absl::StrFormat(", \"eval_loss\": %.6f", eval_loss));
   absl::StrAppend(&line, ", \"moe\": [");
   bool first = true;
@@ -697,6 +747,40 @@ void Trainer::ShowProgress(double loss, double lr, double tokens_per_s, double i
   }
 }
 
+Status Trainer::AfterStep(const StepResult& result, double lr, double seconds,
+                          int64_t host_syncs_before, TrainSummary* summary) {
+  const int64_t tokens_per_step = static_cast<int64_t>(train_.batch_size()) * train_.seq_len() *
+                                  std::max(1, train_.grad_accum());
+  const double tokens_per_s = tokens_per_step / std::max(seconds, 1e-9);
+  MOE_ASSIGN_OR_RETURN(std::vector<RoutingStats> stats, model_->MoEStats(*ctx_));
+  const int64_t host_syncs = ctx_->host_syncs() - host_syncs_before;
+  double imbalance = 0.0;
+  for (size_t l = 0; l < stats.size(); ++l) {
+    if (model_->is_moe_layer(static_cast<int>(l))) imbalance = std::max(imbalance, stats[l].max_rel_dev);
+  }
+  double eval_loss = -1.0;
+  const bool last = step_ == train_.steps();
+  if ((train_.eval_interval() > 0 && step_ % train_.eval_interval() == 0) || last) {
+    MOE_ASSIGN_OR_RETURN(eval_loss, Evaluate());
+    summary->final_eval_loss = eval_loss;
+    if (tty_) std::fputc('\n', stderr);
+    if (leader()) {
+      MOE_LOG(INFO) << absl::StrFormat("step %d: held-out loss %.4f (train %.4f)", step_,
+                                       eval_loss, result.loss);
+    }
+  }
+  WriteMetrics(result, lr, tokens_per_s, host_syncs, stats, eval_loss);
+  const bool log_step = train_.log_interval() > 0 && step_ % train_.log_interval() == 0;
+  if (leader() && (last || log_step || tty_)) {
+    ShowProgress(result.loss, lr, tokens_per_s, imbalance, last);
+  }
+  const proto::CheckpointConfig& ckpt = config_.checkpoint();
+  if (ckpt.interval() > 0 && (step_ % ckpt.interval() == 0 || last)) {
+    MOE_RETURN_IF_ERROR(SaveCheckpoint());
+  }
+  return absl::OkStatus();
+}
+
 StatusOr<TrainSummary> Trainer::Run() {
   MOE_RETURN_IF_ERROR(Setup());
   MOE_RETURN_IF_ERROR(MaybeResume());
@@ -713,86 +797,35 @@ StatusOr<TrainSummary> Trainer::Run() {
   TrainSummary summary;
   start_ = Clock::now();
   start_step_ = step_;
-  const int64_t tokens_per_step = static_cast<int64_t>(train_.batch_size()) * train_.seq_len() *
-                                  std::max(1, train_.grad_accum());
-  const proto::CheckpointConfig& ckpt = config_.checkpoint();
-  double loss = 0.0;
   while (step_ < train_.steps()) {
-    bool stop = options_.stop_requested != nullptr && options_.stop_requested->load();
-    if (distributed()) {
-      // A signal may reach the ranks at different steps: stop when any rank was asked to.
-      MOE_ASSIGN_OR_RETURN(Tensor flag, Tensor::Empty({1}, DType::kI32, Device::Cpu()));
-      flag.data<int32_t>()[0] = stop ? 1 : 0;
-      MOE_RETURN_IF_ERROR(comm_->AllReduceSum(*ctx_, flag));
-      stop = flag.data<int32_t>()[0] > 0;
-    }
-    if (stop) {
-      summary.stopped_early = true;
-      break;
-    }
+    MOE_ASSIGN_OR_RETURN(summary.stopped_early, StopRequested());
+    if (summary.stopped_early) break;
     const Clock::time_point t0 = Clock::now();
     const int64_t syncs_before = ctx_->host_syncs();
     const double lr = LearningRateAt(train_, step_) * lr_scale_;
-    double aux = 0.0, grad_norm = 0.0;
-    MOE_ASSIGN_OR_RETURN(bool applied, Step(&loss, &aux, &grad_norm, lr));
-    if (!applied) {
-      ++skipped_;
-      // Steps are numbered from 1 here, as in metrics.jsonl.
-      MOE_LOG(WARNING) << "step " << step_ + 1 << ": non-finite loss (" << loss
-                       << ") or gradient norm (" << grad_norm << "); update skipped (" << skipped_
-                       << " so far)";
-      if (train_.nan_policy() == proto::TrainConfig::ABORT) {
-        return absl::DataLossError(
-            absl::StrCat("non-finite loss or gradient at step ", step_ + 1));
-      }
-      if (train_.nan_policy() == proto::TrainConfig::ROLLBACK) {
-        MOE_RETURN_IF_ERROR(Rollback("non-finite loss or gradient"));
-        continue;
-      }
-      if (train_.max_skipped_steps() > 0 && skipped_ > train_.max_skipped_steps()) {
-        return absl::DataLossError(absl::StrCat(skipped_, " non-finite steps: more than train.max_skipped_steps = ",
-                                                train_.max_skipped_steps()));
-      }
-      ++step_;
+    MOE_ASSIGN_OR_RETURN(const StepResult result, Step(lr));
+    last_loss_ = result.loss;
+    if (!result.applied) {
+      MOE_RETURN_IF_ERROR(HandleNonFiniteStep(result));
       continue;
     }
-    // Loss spike: compare with the running mean of recent steps (after it has settled).
+    // A loss spike against the running mean of recent steps (once it has settled) rolls back.
+    // With no checkpoint to return to, the step (already applied) stands.
     if (train_.spike_threshold() > 0 && ema_count_ >= 20 &&
-        loss > train_.spike_threshold() * loss_ema_) {
-      MOE_RETURN_IF_ERROR(Rollback(absl::StrFormat("loss spike %.4f > %.1f x running mean %.4f",
-                                                   loss, train_.spike_threshold(), loss_ema_)));
-      continue;
+        result.loss > train_.spike_threshold() * loss_ema_) {
+      ++spikes_;
+      MOE_ASSIGN_OR_RETURN(const bool rolled_back,
+                           Rollback(absl::StrFormat("loss spike %.4f > %.1f x running mean %.4f",
+                                                    result.loss, train_.spike_threshold(),
+                                                    loss_ema_)));
+      if (rolled_back) continue;
+      MOE_LOG(WARNING) << "step " << step_ + 1 << " stands: its update was applied";
     }
-    loss_ema_ = ema_count_ == 0 ? loss : 0.95 * loss_ema_ + 0.05 * loss;
+    loss_ema_ = ema_count_ == 0 ? result.loss : 0.95 * loss_ema_ + 0.05 * result.loss;
     ++ema_count_;
     ++step_;
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    const double tokens_per_s = tokens_per_step / std::max(seconds, 1e-9);
-    MOE_ASSIGN_OR_RETURN(std::vector<RoutingStats> stats, model_->MoEStats(*ctx_));
-    const int64_t host_syncs = ctx_->host_syncs() - syncs_before;
-    double imbalance = 0.0;
-    for (size_t l = 0; l < stats.size(); ++l) {
-      if (model_->is_moe_layer(static_cast<int>(l))) imbalance = std::max(imbalance, stats[l].max_rel_dev);
-    }
-    double eval_loss = -1.0;
-    const bool last = step_ == train_.steps();
-    if ((train_.eval_interval() > 0 && step_ % train_.eval_interval() == 0) || last) {
-      MOE_ASSIGN_OR_RETURN(eval_loss, Evaluate());
-      summary.final_eval_loss = eval_loss;
-      if (tty_) std::fputc('\n', stderr);
-      if (leader()) {
-        MOE_LOG(INFO) << absl::StrFormat("step %d: held-out loss %.4f (train %.4f)", step_,
-                                         eval_loss, loss);
-      }
-    }
-    WriteMetrics(loss, aux, grad_norm, lr, tokens_per_s, host_syncs, stats, eval_loss);
-    const bool log_step = train_.log_interval() > 0 && step_ % train_.log_interval() == 0;
-    if (leader() && (last || log_step || tty_)) {
-      ShowProgress(loss, lr, tokens_per_s, imbalance, last);
-    }
-    if (ckpt.interval() > 0 && (step_ % ckpt.interval() == 0 || last)) {
-      MOE_RETURN_IF_ERROR(SaveCheckpoint());
-    }
+    MOE_RETURN_IF_ERROR(AfterStep(result, lr, seconds, syncs_before, &summary));
   }
   if (summary.stopped_early) {
     if (tty_) std::fputc('\n', stderr);
@@ -800,9 +833,10 @@ StatusOr<TrainSummary> Trainer::Run() {
     MOE_RETURN_IF_ERROR(SaveCheckpoint());
   }
   summary.steps_done = step_;
-  summary.final_loss = loss;
+  summary.final_loss = last_loss_;
   summary.skipped_steps = skipped_;
   summary.rollbacks = rollbacks_;
+  summary.loss_spikes = spikes_;
   summary.leader = leader();
   return summary;
 }

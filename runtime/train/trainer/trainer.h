@@ -21,7 +21,7 @@
 //     1 / (W grad_accum); the replicated parameters' gradients are all-reduced (summed); the
 //     experts' come out of ParallelMoEBackward summed over ranks. The gradient norm is the
 //     replicated part plus the all-reduced expert shards' part. Reported loss, aux losses and eval
-//     loss are means over ranks (an f32 all-reduce). moe.global_lbl sums the LBL counts over the
+//     loss are means over ranks (in f64, rank order). moe.global_lbl sums the LBL counts over the
 //     world; the expert-bias update uses the world's counts.
 //   Experts: rank r holds its E / W experts (E >= W, E % W == 0) or, with E < W (W % E == 0 and
 //     H % (W / E) == 0), its H / s wide shard of one expert over s = W / E ranks (model.h);
@@ -72,6 +72,7 @@ struct TrainSummary {
   double final_eval_loss = -1.0;  // -1: not evaluated
   int64_t skipped_steps = 0;
   int64_t rollbacks = 0;
+  int64_t loss_spikes = 0;        // detected (train.spike_threshold), rolled back or not
   bool stopped_early = false;     // by stop_requested
   bool leader = true;             // rank 0 (the rank that reports) of a multi-rank run
 };
