@@ -3,6 +3,11 @@
 //
 // Ops take `ExecContext& ctx` and enqueue their work on ctx.stream() (CPU work runs inline).
 // The CUDA types are forward-declared so that CPU-only code need not include CUDA headers.
+//
+// Memory: a CUDA context registers its stream with its device's caching allocator and with the
+// device's pinned staging allocator for its lifetime (runtime/memory/allocator.h), so that
+// contexts on different streams can share them: a block freed by one stream's work is not
+// handed to another stream before that work has completed.
 #pragma once
 
 #include <memory>
@@ -41,7 +46,13 @@ class ExecContext {
   ExecContext& operator=(const ExecContext&) = delete;
 
   Device device() const { return device_; }
+  // Memory for work on this context's stream (CUDA: the device allocator's view for the stream;
+  // a block used by another stream too must be synchronized by its user before it is freed).
   Allocator* allocator() const { return allocator_; }
+  // Pinned host memory for staging host <-> device copies on this context's stream: a block freed
+  // right after enqueuing a copy is not rewritten before that copy has completed. The CPU
+  // allocator on a CPU context.
+  Allocator* host_staging() const { return host_staging_; }
   CudaStream stream() const { return stream_; }
   CublasHandle cublas() const { return cublas_; }
   CublasLtHandle cublas_lt() const { return cublas_lt_; }
@@ -57,10 +68,15 @@ class ExecContext {
 
  private:
   explicit ExecContext(Device device, Allocator* allocator);
+  // CUDA: the stream (created when null), BLAS handles and the allocators' registrations.
+  [[nodiscard]] Status InitCuda(CudaStream stream);
   void ReleaseRetiredWorkspaces();
 
   Device device_;
   Allocator* allocator_;
+  Allocator* host_staging_;
+  CachingAllocator* device_pool_ = nullptr;   // CUDA: the registrations this context holds
+  CachingAllocator* staging_pool_ = nullptr;
   CudaStream stream_ = nullptr;
   bool owns_stream_ = true;
   CublasHandle cublas_ = nullptr;
