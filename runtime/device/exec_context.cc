@@ -1,5 +1,7 @@
 #include "runtime/device/exec_context.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 
 #if MOE_WITH_CUDA
@@ -68,7 +70,6 @@ ExecContext& ExecContext::Cpu() {
 
 ExecContext::~ExecContext() {
   if (device_.is_cuda()) (void)Synchronize();
-  ReleaseRetiredWorkspaces();
   allocator_->Free(workspace_);
   // The stream's work has completed: the allocators may hand its blocks to other streams.
   const StreamId id = reinterpret_cast<StreamId>(stream_);
@@ -83,17 +84,12 @@ ExecContext::~ExecContext() {
 
 StatusOr<void*> ExecContext::Workspace(size_t bytes) {
   if (bytes <= workspace_bytes_) return workspace_;
-  MOE_ASSIGN_OR_RETURN(void* fresh, allocator_->Allocate(bytes));
-  if (workspace_ != nullptr) {
-    // The stream may still read the old block: free it only after the next Synchronize.
-    if (device_.is_cuda()) {
-      retired_workspaces_.push_back(workspace_);
-    } else {
-      allocator_->Free(workspace_);
-    }
-  }
+  const size_t capacity = internal::WorkspaceCapacity(workspace_bytes_, bytes);
+  MOE_ASSIGN_OR_RETURN(void* fresh, allocator_->Allocate(capacity));
+  // Work already enqueued may still read the old block; the allocator reuses it in stream order.
+  allocator_->Free(workspace_);
   workspace_ = fresh;
-  workspace_bytes_ = bytes;
+  workspace_bytes_ = capacity;
   return workspace_;
 }
 
@@ -103,13 +99,15 @@ Status ExecContext::Synchronize() {
     MOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   }
 #endif
-  ReleaseRetiredWorkspaces();
   return absl::OkStatus();
 }
 
-void ExecContext::ReleaseRetiredWorkspaces() {
-  for (void* block : retired_workspaces_) allocator_->Free(block);
-  retired_workspaces_.clear();
+namespace internal {
+
+size_t WorkspaceCapacity(size_t current, size_t requested) {
+  const size_t grown = std::max(requested, current + current / 2);
+  return (grown + kAllocationAlignment - 1) / kAllocationAlignment * kAllocationAlignment;
 }
 
+}  // namespace internal
 }  // namespace smoe

@@ -10,8 +10,8 @@
 // handed to another stream before that work has completed.
 #pragma once
 
+#include <cstddef>
 #include <memory>
-#include <vector>
 
 #include "runtime/core/status.h"
 #include "runtime/device/device.h"
@@ -57,9 +57,10 @@ class ExecContext {
   CublasHandle cublas() const { return cublas_; }
   CublasLtHandle cublas_lt() const { return cublas_lt_; }
 
-  // Scratch memory of at least `bytes`, valid until the next Workspace call on this context
-  // (stream-ordered: work already enqueued may still read the previous workspace, so it is kept
-  // alive until Synchronize). Grows, never shrinks.
+  // Scratch memory of at least `bytes`, valid until the next Workspace call on this context.
+  // Grows, never shrinks, and geometrically (internal::WorkspaceCapacity), so that requests that
+  // grow a little each call (decode: one more cached token) reallocate O(log) times. The block
+  // it replaces is freed in stream order (work already enqueued may still read it).
   [[nodiscard]] StatusOr<void*> Workspace(size_t bytes);
   size_t workspace_bytes() const { return workspace_bytes_; }
 
@@ -70,7 +71,6 @@ class ExecContext {
   explicit ExecContext(Device device, Allocator* allocator);
   // CUDA: the stream (created when null), BLAS handles and the allocators' registrations.
   [[nodiscard]] Status InitCuda(CudaStream stream);
-  void ReleaseRetiredWorkspaces();
 
   Device device_;
   Allocator* allocator_;
@@ -83,7 +83,12 @@ class ExecContext {
   CublasLtHandle cublas_lt_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
-  std::vector<void*> retired_workspaces_;
 };
+
+namespace internal {
+// The capacity a workspace of `current` bytes grows to for a request of `requested` > current
+// bytes: at least 1.5 x current, rounded up to kAllocationAlignment.
+size_t WorkspaceCapacity(size_t current, size_t requested);
+}  // namespace internal
 
 }  // namespace smoe

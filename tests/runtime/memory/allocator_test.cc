@@ -8,6 +8,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "runtime/device/exec_context.h"
 #include "tests/testing/status_matchers.h"
 
 namespace smoe {
@@ -306,6 +307,44 @@ TEST(StreamOrderedAllocatorTest, ABlockWithoutAMarkerGoesBackToTheSystem) {
   EXPECT_EQ(system.frees, 1);
   EXPECT_EQ(allocator.stats().bytes_reserved, 0u);
   EXPECT_EQ(allocator.stats().bytes_in_use, 0u);
+}
+
+TEST(ExecContextTest, WorkspaceGrowsGeometrically) {
+  // Decode asks for a little more workspace each token; capacities grow by 1.5x at least.
+  size_t capacity = 0;
+  int reallocations = 0;
+  const int tokens = 100000;
+  for (int length = 1; length <= tokens; ++length) {
+    const size_t request = 64 * static_cast<size_t>(length + 2) + 4096;
+    if (request <= capacity) continue;
+    const size_t grown = internal::WorkspaceCapacity(capacity, request);
+    EXPECT_GE(grown, request);
+    EXPECT_GE(grown, capacity + capacity / 2);
+    EXPECT_EQ(grown % kAllocationAlignment, 0u);
+    capacity = grown;
+    ++reallocations;
+  }
+  // log_1.5(6.4 MB / 4 KB) ~ 18.
+  EXPECT_LE(reallocations, 20);
+  EXPECT_EQ(internal::WorkspaceCapacity(0, 1), kAllocationAlignment);
+  EXPECT_EQ(internal::WorkspaceCapacity(1024, 1025), 1536u);
+  EXPECT_EQ(internal::WorkspaceCapacity(1024, 4000), 4096u);
+}
+
+TEST(ExecContextTest, GrowingWorkspaceRequestsAllocateLogarithmicallyOften) {
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<ExecContext> ctx, ExecContext::Create(Device::Cpu()));
+  const size_t before = ctx->allocator()->stats().num_allocations;
+  const void* last = nullptr;
+  int changes = 0;
+  for (int length = 1; length <= 20000; ++length) {
+    MOE_ASSERT_OK_AND_ASSIGN(void* w, ctx->Workspace(16 * sizeof(float) * (length + 2)));
+    if (w != last) ++changes;
+    last = w;
+  }
+  // 192 bytes to 1.3 MB in 1.5x steps: log_1.5(20002 / 3) ~ 22 (one per token: 20000).
+  EXPECT_LE(changes, 24);
+  EXPECT_LE(ctx->allocator()->stats().num_allocations - before, 24u);
+  EXPECT_GE(ctx->workspace_bytes(), 16 * sizeof(float) * 20002);
 }
 
 TEST(CpuAllocatorTest, AlignedAndAccounted) {
