@@ -209,7 +209,9 @@ TEST(DecodeCudaTest, GrowingCacheReallocatesTheWorkspaceLogarithmicallyOften) {
     MOE_ASSERT_OK(DecodeAttention(*ctx, q, cache, out));
     if (ctx->workspace_bytes() != last) ++workspace_changes;
     last = ctx->workspace_bytes();
-    if (step % 64 == 0) MOE_ASSERT_OK(ctx->Synchronize());  // a sampler reads the logits
+    if (step % 64 == 0) {
+      MOE_ASSERT_OK(ctx->Synchronize());  // a sampler reads the logits
+    }
   }
   MOE_ASSERT_OK(ctx->Synchronize());
   EXPECT_LE(workspace_changes, 16u);  // 1000 without geometric growth
