@@ -2,8 +2,11 @@
 // ExecContexts on different streams, and the pinned staging of host-to-device copies. A stream is
 // held back by a host function waiting on a gate, so work enqueued behind it is certainly still
 // pending when the test frees or reuses memory.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdint>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -75,6 +78,36 @@ TEST(StreamOrderedCudaTest, AnotherStreamDoesNotReuseABlockItsStreamStillUses) {
   MOE_ASSERT_OK_AND_ASSIGN(void* later, b->allocator()->Allocate(kBytes));
   EXPECT_TRUE(later == p || later == q);
   b->allocator()->Free(later);
+#endif
+}
+
+// A host-to-device Copy returns before its stream reaches the copy, and the source may be
+// refilled or freed at once (the trainer refills its token ids, aux_loss_cuda.cu passes a
+// temporary): the copy reads a pinned staging block, not the source.
+TEST(StreamOrderedCudaTest, HostToDeviceCopyTakesTheSourceAsItWasAtTheCall) {
+  MOE_SKIP_WITHOUT_CUDA();
+#if MOE_WITH_CUDA
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<ExecContext> ctx, ExecContext::Create(Device::Cuda(0)));
+  constexpr int64_t kCount = 4099;
+  MOE_ASSERT_OK_AND_ASSIGN(Tensor device,
+                           Tensor::Empty({kCount}, DType::kI32, Device::Cuda(0), ctx->allocator()));
+  const size_t staged_before = ctx->host_staging()->stats().num_allocations;
+  Gate gate;
+  MOE_ASSERT_OK(gate.Close(*ctx));
+  auto source = std::make_unique<std::vector<int32_t>>(kCount);
+  for (int64_t i = 0; i < kCount; ++i) (*source)[i] = static_cast<int32_t>(3 * i + 1);
+  // No fatal assertion until the gate is open: the stream's host function reads it.
+  MOE_EXPECT_OK(Copy(*ctx, TensorView(source->data(), DType::kI32, {kCount}, Device::Cpu()),
+                     device));
+  const cudaError_t pending = cudaStreamQuery(ctx->stream());
+  EXPECT_EQ(pending, cudaErrorNotReady) << "Copy waited for its stream (a host sync)";
+  EXPECT_EQ(ctx->host_staging()->stats().num_allocations, staged_before + 1)
+      << "the copy did not go through pinned staging memory";
+  std::fill(source->begin(), source->end(), -7);  // refilled, then freed, while the copy waits
+  source.reset();
+  gate.Open();
+  MOE_ASSERT_OK_AND_ASSIGN(Tensor host, CopyTo(*ctx, device, Device::Cpu()));
+  for (int64_t i = 0; i < kCount; ++i) ASSERT_EQ(host.data<int32_t>()[i], 3 * i + 1) << i;
 #endif
 }
 
