@@ -10,6 +10,7 @@
 #include "runtime/device/cuda_error.h"
 #include "runtime/device/cuda_utils.cuh"
 #include "runtime/tensor/tensor.h"
+#include "runtime/tensor/tensor_ops.h"
 
 namespace smoe {
 namespace {
@@ -182,10 +183,11 @@ Status AuxLossGradientCuda(ExecContext& ctx, const float* probs, const AuxRowBuf
                            double z_factor, float* d_logits) {
   MOE_ASSIGN_OR_RETURN(Tensor device_g,
                        Tensor::Empty({e}, DType::kF32, ctx.device(), ctx.allocator()));
-  const std::vector<float> host_g(g.begin(), g.end());
-  // From pageable memory the copy has staged host_g before it returns, so host_g may die here.
-  MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(device_g.data(), host_g.data(), e * sizeof(float),
-                                           cudaMemcpyHostToDevice, ctx.stream()));
+  std::vector<float> host_g(g.begin(), g.end());
+  // host_g dies on return, before the stream may have read it: Copy stages it through pinned
+  // memory that is reused only after the copy has completed (no host sync).
+  MOE_RETURN_IF_ERROR(
+      Copy(ctx, TensorView(host_g.data(), DType::kF32, {e}, Device::Cpu()), device_g));
   AuxGradientKernel<<<CeilDiv(t, kWarpsPerBlock), kWarpsPerBlock * 32, 0, ctx.stream()>>>(
       probs, rows.lse, rows.arg_max, device_g.data<float>(), t, static_cast<int>(e),
       static_cast<float>(top1_argmax), static_cast<float>(z_factor), d_logits);

@@ -1,5 +1,6 @@
 #include "runtime/blas/gemm.h"
 
+#include <cstdint>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -133,19 +134,7 @@ Status GroupedGemm(ExecContext& ctx, const TensorView& a, const TensorView& b,
   // Validate the shapes once on the whole operands (B as one group), then run group by group.
   const TensorView b0(b.data(), b.dtype(), {b.dim(1), b.dim(2)}, b.device());
   MOE_ASSIGN_OR_RETURN(GemmProblem p, MakeProblem(ctx, a, b0, c, options, 2));
-  const int64_t b_stride = b.dim(1) * b.dim(2);
-  std::vector<GemmProblem> groups;
-  groups.reserve(offsets.size());
-  for (int64_t g = 0; g + 1 < static_cast<int64_t>(offsets.size()); ++g) {
-    GemmProblem q = p;
-    q.m = offsets[g + 1] - offsets[g];
-    if (q.m == 0 || q.n == 0) continue;  // an empty group writes nothing
-    q.a = AdvanceConst(p.a, offsets[g] * p.lda, p.ab_dtype);
-    q.b = AdvanceConst(p.b, g * b_stride, p.ab_dtype);
-    q.c = Advance(p.c, offsets[g] * p.ldc, p.c_dtype);
-    groups.push_back(q);
-  }
-  return RunGroups(ctx, groups);
+  return RunGroups(ctx, internal::GroupedGemmGroups(p, offsets, b.dim(1) * b.dim(2)));
 }
 
 Status GroupedGemmRaggedK(ExecContext& ctx, const TensorView& a, const TensorView& b,
@@ -161,21 +150,64 @@ Status GroupedGemmRaggedK(ExecContext& ctx, const TensorView& a, const TensorVie
   GemmOptions transposed = options;
   transposed.trans_a = true;
   MOE_ASSIGN_OR_RETURN(GemmProblem p, MakeProblem(ctx, a, b, c0, transposed, 2));
-  const int64_t c_stride = c.dim(1) * c.dim(2);
   if (p.m == 0 || p.n == 0) return absl::OkStatus();
-  std::vector<GemmProblem> groups;
-  groups.reserve(c.dim(0));
-  for (int64_t g = 0; g < c.dim(0); ++g) {
-    GemmProblem q = p;
-    q.k = offsets[g + 1] - offsets[g];  // k == 0 still scales C by beta
-    q.a = AdvanceConst(p.a, offsets[g] * p.lda, p.ab_dtype);
-    q.b = AdvanceConst(p.b, offsets[g] * p.ldb, p.ab_dtype);
-    q.c = Advance(p.c, g * c_stride, p.c_dtype);
-    groups.push_back(q);
-  }
-  return RunGroups(ctx, groups);
+  return RunGroups(ctx, internal::RaggedKGroups(p, offsets, c.dim(1) * c.dim(2)));
 }
 
+namespace internal {
+
+std::vector<GemmProblem> GroupedGemmGroups(const GemmProblem& whole,
+                                           std::span<const int64_t> offsets, int64_t stride) {
+  std::vector<GemmProblem> groups;
+  groups.reserve(offsets.size());
+  for (int64_t g = 0; g + 1 < static_cast<int64_t>(offsets.size()); ++g) {
+    GemmProblem q = whole;
+    q.m = offsets[g + 1] - offsets[g];
+    if (q.m == 0 || q.n == 0) continue;  // an empty group writes nothing
+    q.a = AdvanceConst(whole.a, offsets[g] * whole.lda, whole.ab_dtype);
+    q.b = AdvanceConst(whole.b, g * stride, whole.ab_dtype);
+    q.c = Advance(whole.c, offsets[g] * whole.ldc, whole.c_dtype);
+    groups.push_back(q);
+  }
+  return groups;
+}
+
+std::vector<GemmProblem> RaggedKGroups(const GemmProblem& whole, std::span<const int64_t> offsets,
+                                       int64_t stride) {
+  std::vector<GemmProblem> groups;
+  groups.reserve(offsets.size());
+  for (int64_t g = 0; g + 1 < static_cast<int64_t>(offsets.size()); ++g) {
+    GemmProblem q = whole;
+    q.k = offsets[g + 1] - offsets[g];  // k == 0 still scales C by beta
+    q.a = AdvanceConst(whole.a, offsets[g] * whole.lda, whole.ab_dtype);
+    q.b = AdvanceConst(whole.b, offsets[g] * whole.ldb, whole.ab_dtype);
+    q.c = Advance(whole.c, g * stride, whole.c_dtype);
+    groups.push_back(q);
+  }
+  return groups;
+}
+
+bool MeetsGroupedAlignment(const GemmProblem& p) {
+  if (p.ab_dtype != DType::kBF16) return true;
+  auto aligned = [](int64_t bytes) { return bytes % kGroupedGemmAlignment == 0; };
+  auto at = [&](const void* ptr) {
+    return aligned(static_cast<int64_t>(reinterpret_cast<uintptr_t>(ptr)));
+  };
+  const int64_t ab = static_cast<int64_t>(DTypeSize(p.ab_dtype));
+  const int64_t c = static_cast<int64_t>(DTypeSize(p.c_dtype));
+  return at(p.a) && at(p.b) && at(p.c) && aligned(p.lda * ab) && aligned(p.ldb * ab) &&
+         aligned(p.ldc * c);
+}
+
+GroupRoute RouteGroup(const GemmProblem& p, const GemmProblem& first, bool grouped_rejected) {
+  if (p.m == 0 || p.n == 0) return GroupRoute::kSkip;
+  const bool alone = p.k == 0 || (p.ab_dtype == DType::kF32 && p.c_dtype == DType::kBF16) ||
+                     p.batch != 1 || p.ab_dtype != first.ab_dtype ||
+                     p.c_dtype != first.c_dtype || grouped_rejected || !MeetsGroupedAlignment(p);
+  return alone ? GroupRoute::kAlone : GroupRoute::kGrouped;
+}
+
+}  // namespace internal
 }  // namespace smoe
 
 #if !MOE_WITH_CUDA

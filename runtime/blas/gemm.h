@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "runtime/core/status.h"
 #include "runtime/device/exec_context.h"
@@ -69,11 +70,39 @@ struct GemmProblem {
   float alpha = 1.0f, beta = 0.0f;
 };
 
+// The groups of a grouped GEMM, laid out as GroupedGemm and GroupedGemmRaggedK pass them to a
+// backend: `whole` is group 0's problem over the whole operands (m or k unset), offsets the
+// validated group offsets, `stride` the elements between consecutive B (GroupedGemm) or C
+// (GroupedGemmRaggedK) matrices. GroupedGemm drops groups without rows.
+std::vector<GemmProblem> GroupedGemmGroups(const GemmProblem& whole,
+                                           std::span<const int64_t> offsets, int64_t stride);
+std::vector<GemmProblem> RaggedKGroups(const GemmProblem& whole, std::span<const int64_t> offsets,
+                                       int64_t stride);
+
+// cuBLAS's grouped (and batched) GEMMs read their matrix pointers from device memory, where
+// cuBLAS cannot check them, and with bf16 inputs they need every matrix 16-byte aligned (a
+// misaligned one faults: "misaligned address"). Here that means: the A, B and C pointers of the
+// group, and its leading dimensions in bytes (so that every row starts aligned), are multiples of
+// kGroupedGemmAlignment. An M, H or H/r that is not a multiple of 8 breaks it (group g's rows
+// start at offsets[g] * M elements). f32 inputs have no such rule.
+inline constexpr int64_t kGroupedGemmAlignment = 16;
+bool MeetsGroupedAlignment(const GemmProblem& p);
+
+// How GroupedGemmCuda runs one group `p` of a grouped GEMM whose first group is `first`:
+//   kSkip     nothing to write (m == 0 or n == 0);
+//   kAlone    one cublasGemmEx (or our k == 0 / f32 x f32 -> bf16 paths), which sees the
+//             pointers: k == 0, f32 x f32 -> bf16, batch != 1, dtypes unlike `first`'s, a dtype
+//             pair the grouped call rejected (`grouped_rejected`), or !MeetsGroupedAlignment;
+//   kGrouped  in a cublasGemmGroupedBatchedEx call.
+// Pure host logic (tested on the CPU).
+enum class GroupRoute { kSkip, kAlone, kGrouped };
+GroupRoute RouteGroup(const GemmProblem& p, const GemmProblem& first, bool grouped_rejected);
+
 [[nodiscard]] Status GemmCpu(const GemmProblem& p);
 [[nodiscard]] Status GemmCuda(ExecContext& ctx, const GemmProblem& p);
 // The groups of one grouped GEMM (batch == 1 each, any m, n, k including 0), as few cuBLAS calls
-// as cuBLAS takes: cublasGemmGroupedBatchedEx for the dtype combinations it supports (one call
-// per up to kMaxGroupsPerCall groups), GemmCuda group by group otherwise.
+// as cuBLAS takes: cublasGemmGroupedBatchedEx for the groups RouteGroup sends there (one call per
+// up to kMaxGroupsPerCall groups), GemmCuda group by group for the others.
 [[nodiscard]] Status GroupedGemmCuda(ExecContext& ctx, std::span<const GemmProblem> groups);
 
 }  // namespace internal

@@ -17,7 +17,10 @@
 // combination the grouped API rejects falls back to one cublasGemmEx per group, and is logged once:
 // CUBLAS_STATUS_NOT_SUPPORTED for any pair, and also CUBLAS_STATUS_INVALID_VALUE for the mixed
 // bf16 x bf16 -> f32 pair, whose support the cuBLAS documentation does not list (both statuses
-// are returned before any work is enqueued).
+// are returned before any work is enqueued). cuBLAS cannot check the alignment of pointers it
+// reads from device memory, and its bf16 kernels fault on misaligned ones: a group whose
+// host-known pointers or leading dimensions are not 16-byte aligned goes to cublasGemmEx too
+// (RouteGroup in gemm.h; a shape with M, H or H/r not a multiple of 8 does that).
 #include <cublas_v2.h>
 
 #include <algorithm>
@@ -194,18 +197,20 @@ Status CallGroupedCublas(ExecContext& ctx, std::span<const GemmProblem> groups, 
 }  // namespace
 
 Status GroupedGemmCuda(ExecContext& ctx, std::span<const GemmProblem> groups) {
-  // Groups with nothing to multiply, and f32 x f32 -> bf16 (see the top of this file), go alone.
+  // Groups with nothing to multiply are skipped; k == 0, f32 x f32 -> bf16 (see the top of this
+  // file) and bf16 groups whose pointers or leading dimensions are not 16-byte aligned go alone.
   std::vector<GemmProblem> batch;
   batch.reserve(groups.size());
   for (const GemmProblem& p : groups) {
-    if (p.m == 0 || p.n == 0) continue;
-    const bool alone = p.k == 0 || (p.ab_dtype == DType::kF32 && p.c_dtype == DType::kBF16) ||
-                       p.batch != 1 || p.ab_dtype != groups[0].ab_dtype ||
-                       p.c_dtype != groups[0].c_dtype || grouped_unsupported[DTypePairIndex(p)];
-    if (alone) {
-      MOE_RETURN_IF_ERROR(GemmCuda(ctx, p));
-    } else {
-      batch.push_back(p);
+    switch (RouteGroup(p, groups[0], grouped_unsupported[DTypePairIndex(p)])) {
+      case GroupRoute::kSkip:
+        break;
+      case GroupRoute::kAlone:
+        MOE_RETURN_IF_ERROR(GemmCuda(ctx, p));
+        break;
+      case GroupRoute::kGrouped:
+        batch.push_back(p);
+        break;
     }
   }
   for (size_t begin = 0; begin < batch.size(); begin += kMaxGroupsPerCall) {

@@ -5,9 +5,12 @@
 #include <nccl.h>
 
 #include <cstring>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/comm/staging.h"
 #include "runtime/device/cuda_error.h"
 #include "runtime/tensor/tensor_ops.h"
 
@@ -263,7 +266,11 @@ StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(Communicator& boo
 
   ncclComm_t comm = nullptr;
   MOE_NCCL_RETURN_IF_ERROR(ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank()));
-  return NcclGroup::Wrap(comm, cuda_device);
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> group, NcclGroup::Wrap(comm, cuda_device));
+  // NCCL takes device buffers only; host buffers are staged through device memory.
+  Communicator* raw = group.get();
+  return StagingCommunicator(raw, std::move(group),
+                             std::make_shared<DeviceBufferStager>(cuda_device));
 }
 
 }  // namespace smoe

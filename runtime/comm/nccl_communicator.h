@@ -2,9 +2,15 @@
 // (CMake option MOE_WITH_NCCL, on when nccl.h and libnccl are found; link smoe_nccl, which defines
 // MOE_WITH_NCCL=1 for its users).
 //
-// One rank per process and GPU. Buffers are contiguous tensors on the communicator's CUDA device;
-// collectives are enqueued on ctx.stream() (ctx on that device) and return without waiting: the
-// results are ready in stream order, like any op's. The collectives:
+// One rank per process and GPU. Buffers are contiguous tensors on the communicator's CUDA device
+// or on the host; collectives are enqueued on ctx.stream() (ctx on that device). With device
+// buffers only they return without waiting: the results are ready in stream order, like any op's.
+// Host buffers (the global LBL's expert counts, the trainer's flags and loss sums) are staged
+// through device memory (runtime/comm/staging.h, DeviceBufferStager): copied in on ctx's stream
+// (through pinned staging memory, no host sync), the collective on the device copies, and copied
+// back, which synchronizes ctx's stream: a call with a host output is blocking, like a host
+// communicator's. A call with host buffers only may pass the CPU context: it then runs on the
+// communicator's own stream on its device. The collectives:
 //   AllReduceSum (f32, i32, i64): ncclAllReduce. Deterministic for a fixed group and NCCL
 //     configuration (the same algorithm and channel count give the same summation order).
 //   AllGather (any dtype, as bytes): ncclAllGather.

@@ -3,11 +3,16 @@
 //
 // Ops take `ExecContext& ctx` and enqueue their work on ctx.stream() (CPU work runs inline).
 // The CUDA types are forward-declared so that CPU-only code need not include CUDA headers.
+//
+// Memory: a CUDA context registers its stream with its device's caching allocator and with the
+// device's pinned staging allocator for its lifetime (runtime/memory/allocator.h), so that
+// contexts on different streams can share them: a block freed by one stream's work is not
+// handed to another stream before that work has completed.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <vector>
 
 #include "runtime/core/status.h"
 #include "runtime/device/device.h"
@@ -42,14 +47,21 @@ class ExecContext {
   ExecContext& operator=(const ExecContext&) = delete;
 
   Device device() const { return device_; }
+  // Memory for work on this context's stream (CUDA: the device allocator's view for the stream;
+  // a block used by another stream too must be synchronized by its user before it is freed).
   Allocator* allocator() const { return allocator_; }
+  // Pinned host memory for staging host <-> device copies on this context's stream: a block freed
+  // right after enqueuing a copy is not rewritten before that copy has completed. The CPU
+  // allocator on a CPU context.
+  Allocator* host_staging() const { return host_staging_; }
   CudaStream stream() const { return stream_; }
   CublasHandle cublas() const { return cublas_; }
   CublasLtHandle cublas_lt() const { return cublas_lt_; }
 
-  // Scratch memory of at least `bytes`, valid until the next Workspace call on this context
-  // (stream-ordered: work already enqueued may still read the previous workspace, so it is kept
-  // alive until Synchronize). Grows, never shrinks.
+  // Scratch memory of at least `bytes`, valid until the next Workspace call on this context.
+  // Grows, never shrinks, and geometrically (internal::WorkspaceCapacity), so that requests that
+  // grow a little each call (decode: one more cached token) reallocate O(log) times. The block
+  // it replaces is freed in stream order (work already enqueued may still read it).
   [[nodiscard]] StatusOr<void*> Workspace(size_t bytes);
   size_t workspace_bytes() const { return workspace_bytes_; }
 
@@ -62,10 +74,14 @@ class ExecContext {
 
  private:
   explicit ExecContext(Device device, Allocator* allocator);
-  void ReleaseRetiredWorkspaces();
+  // CUDA: the stream (created when null), BLAS handles and the allocators' registrations.
+  [[nodiscard]] Status InitCuda(CudaStream stream);
 
   Device device_;
   Allocator* allocator_;
+  Allocator* host_staging_;
+  CachingAllocator* device_pool_ = nullptr;   // CUDA: the registrations this context holds
+  CachingAllocator* staging_pool_ = nullptr;
   CudaStream stream_ = nullptr;
   bool owns_stream_ = true;
   CublasHandle cublas_ = nullptr;
@@ -73,7 +89,12 @@ class ExecContext {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   int64_t host_syncs_ = 0;
-  std::vector<void*> retired_workspaces_;
 };
+
+namespace internal {
+// The capacity a workspace of `current` bytes grows to for a request of `requested` > current
+// bytes: at least 1.5 x current, rounded up to kAllocationAlignment.
+size_t WorkspaceCapacity(size_t current, size_t requested);
+}  // namespace internal
 
 }  // namespace smoe

@@ -38,6 +38,29 @@ void GenerateHost(const TensorView& dst, F f) {
   }
 }
 
+#if MOE_WITH_CUDA
+// Host to device. The source may change or die as soon as Copy returns (the trainer refills its
+// token buffers, callers pass temporaries), and an async copy from pageable memory may read it
+// later, so it goes through pinned staging memory: the host copies it there, the device copy
+// reads the staging block, and the pinned allocator hands that block out again only after the
+// copy has completed (a marker recorded at Free). No host sync. Larger copies wait instead.
+Status CopyHostToDevice(ExecContext& ctx, const TensorView& src, const TensorView& dst) {
+  const size_t bytes = src.nbytes();
+  if (bytes > internal::kMaxStagedCopyBytes) {
+    MOE_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(dst.data(), src.data(), bytes, cudaMemcpyDefault, ctx.stream()));
+    return ctx.Synchronize();
+  }
+  Allocator* staging = ctx.host_staging();
+  MOE_ASSIGN_OR_RETURN(void* block, staging->Allocate(bytes));
+  std::memcpy(block, src.data(), bytes);
+  const cudaError_t error =
+      cudaMemcpyAsync(dst.data(), block, bytes, cudaMemcpyDefault, ctx.stream());
+  staging->Free(block);
+  return CudaStatus(error, "cudaMemcpyAsync (host to device, staged)");
+}
+#endif
+
 }  // namespace
 
 Status Copy(ExecContext& ctx, const TensorView& src, const TensorView& dst) {
@@ -59,6 +82,7 @@ Status Copy(ExecContext& ctx, const TensorView& src, const TensorView& dst) {
   if (!ctx.device().is_cuda()) {
     return BadArgument("ctx.device", ctx.device().ToString(), "a CUDA context for a CUDA copy");
   }
+  if (src.device().is_cpu()) return CopyHostToDevice(ctx, src, dst);
   MOE_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(dst.data(), src.data(), src.nbytes(), cudaMemcpyDefault, ctx.stream()));
   if (dst.device().is_cpu()) return ctx.Synchronize();

@@ -6,6 +6,7 @@
 // for the same (seed, offset), in f32; in bf16 the f32 value is rounded to nearest even.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "runtime/core/status.h"
@@ -16,6 +17,9 @@ namespace smoe {
 
 // dst = src. Same dtype and element count; any pair of devices. Copies that end on the host
 // synchronize ctx's stream before returning (the data is ready to read); others are async.
+// A host source may be changed or freed as soon as Copy returns: host-to-device copies of up to
+// internal::kMaxStagedCopyBytes go through ctx.host_staging() (pinned; no host sync); larger
+// ones synchronize ctx's stream (checkpoint loads, not the training loop).
 [[nodiscard]] Status Copy(ExecContext& ctx, const TensorView& src, const TensorView& dst);
 // A new contiguous tensor on `device` holding src's values.
 [[nodiscard]] StatusOr<Tensor> CopyTo(ExecContext& ctx, const TensorView& src, Device device);
@@ -35,6 +39,7 @@ namespace smoe {
                           const TensorView& out);
 
 namespace internal {
+inline constexpr size_t kMaxStagedCopyBytes = size_t{16} << 20;
 // Backends, called after validation. Sizes are element counts; pointers are device pointers.
 enum class RandomKind { kUniform, kNormal };
 [[nodiscard]] Status FillCuda(ExecContext& ctx, const TensorView& dst, double value);

@@ -187,6 +187,37 @@ TEST(DecodeCudaTest, EqualsLastRowOfCausalAttentionOnTheGpu) {
   EXPECT_TRUE(testing::AllClose(decoded, expected, Tolerance{1e-5, 1e-4}));
 }
 
+// Generating token by token: the decode workspace grows by B * n_q floats per token. It must not
+// reach cudaMalloc once per token (nor leave a trail of too-small cached blocks): the context's
+// workspace grows geometrically, so 1000 tokens cost a handful of device allocations.
+TEST(DecodeCudaTest, GrowingCacheReallocatesTheWorkspaceLogarithmicallyOften) {
+  MOE_SKIP_WITHOUT_CUDA();
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<ExecContext> ctx, ExecContext::Create(Device::Cuda()));
+  const int64_t B = 1, n_q = 8, n_k = 2, n_v = 4, D = 64, steps = 1000;
+  MOE_ASSERT_OK_AND_ASSIGN(KvCache cache,
+                           KvCache::Create(*ctx, B, steps, n_k, n_v, D, DType::kF32));
+  Tensor k = *Tensor::Empty({B, 1, n_k, D}, DType::kF32, Device::Cuda());
+  Tensor v = *Tensor::Empty({B, 1, n_v, D}, DType::kF32, Device::Cuda());
+  Tensor q = *Tensor::Empty({B, n_q, D}, DType::kF32, Device::Cuda());
+  Tensor out = *Tensor::Empty({B, n_q, D}, DType::kF32, Device::Cuda());
+  for (Tensor* t : {&k, &v, &q}) MOE_ASSERT_OK(FillNormal(*ctx, *t, 5, 0, 0.0f, 1.0f));
+  MOE_ASSERT_OK_AND_ASSIGN(Allocator * device, AllocatorFor(Device::Cuda()));
+  const size_t before = device->stats().num_system_allocations;
+  size_t workspace_changes = 0, last = ctx->workspace_bytes();
+  for (int64_t step = 0; step < steps; ++step) {
+    MOE_ASSERT_OK(cache.Append(*ctx, k, v));
+    MOE_ASSERT_OK(DecodeAttention(*ctx, q, cache, out));
+    if (ctx->workspace_bytes() != last) ++workspace_changes;
+    last = ctx->workspace_bytes();
+    if (step % 64 == 0) {
+      MOE_ASSERT_OK(ctx->Synchronize());  // a sampler reads the logits
+    }
+  }
+  MOE_ASSERT_OK(ctx->Synchronize());
+  EXPECT_LE(workspace_changes, 16u);  // 1000 without geometric growth
+  EXPECT_LE(device->stats().num_system_allocations - before, 16u);
+}
+
 TEST(DiffQkvParityTest, BlockForwardAndBackward) {
   MOE_SKIP_WITHOUT_CUDA();
   const DiffQkvConfig c{48, 4, 1, 2, 64, 32, true, 10000.0};

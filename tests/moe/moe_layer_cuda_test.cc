@@ -1,7 +1,9 @@
 // The MoE layer on CUDA against the same layer on the CPU: same parameters (Philox init is
 // bit-identical across devices), same inputs; outputs, aux loss and every gradient compared.
-// Skips itself without a GPU.
+// The GPU cases skip themselves without a GPU; the check of the reference's inputs runs anywhere.
+#include <cstdint>
 #include <tuple>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -22,21 +24,30 @@ struct Result {
   int64_t dropped = 0;
 };
 
-Result RunLayer(ExecContext& ctx, MoELayerConfig config, int64_t tokens) {
+// An input of the layer (x or dy) in `dtype`: N(0, 1) drawn in f32 (Philox: the same on every
+// device), holding the values that `values_of` stores, i.e. rounded through bf16 when `values_of`
+// is bf16 whatever `dtype` is. The f32 CPU reference of a bf16 GPU run takes its inputs so: on
+// unrounded x the fp32 router sends some tokens to other experts than the bf16 run's.
+Tensor Input(ExecContext& ctx, Shape shape, uint64_t seed, DType dtype, DType values_of) {
+  Tensor drawn = *Tensor::Empty(shape, DType::kF32, ctx.device());
+  MOE_CHECK_OK(FillNormal(ctx, drawn, seed, 0, 0.0f, 1.0f));
+  Tensor stored = *Tensor::Empty(shape, values_of, ctx.device());
+  MOE_CHECK_OK(Cast(ctx, drawn, stored));
+  Tensor input = *Tensor::Empty(shape, dtype, ctx.device());
+  MOE_CHECK_OK(Cast(ctx, stored, input));
+  return input;
+}
+
+// `inputs_of`: the dtype of the run whose inputs this run takes (see Input).
+Result RunLayer(ExecContext& ctx, MoELayerConfig config, int64_t tokens, DType inputs_of) {
   Result r;
   std::unique_ptr<MoELayer> layer = *MoELayer::Create(config, ctx.device());
   MOE_CHECK_OK(layer->InitParameters(ctx, 31));
-  // Inputs drawn in f32 on the host, then cast: identical on both devices.
-  Tensor x32 = *Tensor::Empty({tokens, config.model_dim}, DType::kF32, ctx.device());
-  Tensor dy32 = *Tensor::Empty({tokens, config.model_dim}, DType::kF32, ctx.device());
-  MOE_CHECK_OK(FillNormal(ctx, x32, 3, 0, 0.0f, 1.0f));
-  MOE_CHECK_OK(FillNormal(ctx, dy32, 4, 0, 0.0f, 1.0f));
-  Tensor x = *Tensor::Empty(x32.shape(), config.dtype, ctx.device());
-  Tensor dy = *Tensor::Empty(x32.shape(), config.dtype, ctx.device());
-  Tensor y = *Tensor::Empty(x32.shape(), config.dtype, ctx.device());
-  Tensor dx = *Tensor::Empty(x32.shape(), config.dtype, ctx.device());
-  MOE_CHECK_OK(Cast(ctx, x32, x));
-  MOE_CHECK_OK(Cast(ctx, dy32, dy));
+  const Shape shape = {tokens, config.model_dim};
+  Tensor x = Input(ctx, shape, 3, config.dtype, inputs_of);
+  Tensor dy = Input(ctx, shape, 4, config.dtype, inputs_of);
+  Tensor y = *Tensor::Empty(shape, config.dtype, ctx.device());
+  Tensor dx = *Tensor::Empty(shape, config.dtype, ctx.device());
   const AuxLossValues aux = *layer->Forward(ctx, x, y);
   MOE_CHECK_OK(layer->Backward(ctx, dy, dx));
   MOE_CHECK_OK(ctx.Synchronize());
@@ -74,12 +85,13 @@ TEST_P(MoELayerCudaTest, MatchesCpu) {
   config.dtype = DType::kF32;
   config.aux.lbl_coef = 0.01f;
   config.aux.z_coef = 0.001f;
-  const Result cpu = RunLayer(ExecContext::Cpu(), config, tokens);
+  const Result cpu = RunLayer(ExecContext::Cpu(), config, tokens, /*inputs_of=*/dtype);
   config.dtype = dtype;
   std::unique_ptr<ExecContext> gpu = *ExecContext::Create(Device::Cuda(0));
-  const Result cuda = RunLayer(*gpu, config, tokens);
-  // bf16 runs are compared with the f32 CPU run: a routing flip from a rounded logit is possible
-  // only through x, which is cast identically; the router itself is fp32 on both.
+  const Result cuda = RunLayer(*gpu, config, tokens, dtype);
+  // bf16 runs are compared with the f32 CPU run on the same (bf16-valued) x and dy, so the fp32
+  // routers see the same x and choose the same experts; the bf16 expert weights and activations
+  // stay within the tolerance.
   const testing::Tolerance tol = dtype == DType::kF32 ? testing::Tolerance{1e-4, 1e-3}
                                                       : testing::Tolerance{5e-2, 5e-2};
   EXPECT_EQ(cuda.dropped, cpu.dropped);
@@ -90,6 +102,19 @@ TEST_P(MoELayerCudaTest, MatchesCpu) {
   EXPECT_TRUE(testing::AllClose(cuda.dw1, cpu.dw1, tol)) << "dw1";
   EXPECT_TRUE(testing::AllClose(cuda.dw3, cpu.dw3, tol)) << "dw3";
   EXPECT_TRUE(testing::AllClose(cuda.dw2, cpu.dw2, tol)) << "dw2";
+}
+
+// Runs without a GPU: the f32 reference of a bf16 run takes exactly the bf16 run's inputs.
+TEST(MoELayerCudaReferenceTest, Bf16RunsReferenceTakesTheBf16Inputs) {
+  ExecContext& cpu = ExecContext::Cpu();
+  const Shape shape = {333, 64};
+  for (uint64_t seed : {3, 4}) {  // x, dy
+    const auto reference = ToDoubles(Input(cpu, shape, seed, DType::kF32, DType::kBF16));
+    const auto bf16 = ToDoubles(Input(cpu, shape, seed, DType::kBF16, DType::kBF16));
+    const auto unrounded = ToDoubles(Input(cpu, shape, seed, DType::kF32, DType::kF32));
+    EXPECT_EQ(reference, bf16) << "seed " << seed;
+    EXPECT_NE(reference, unrounded) << "seed " << seed << ": bf16 rounding changes the draw";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -1,5 +1,8 @@
 // CUDA vs CPU parity for the runtime's kernels. Skips itself without a GPU.
+#include <cstdint>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "runtime/blas/gemm.h"
@@ -105,6 +108,34 @@ TEST(GemmParityTest, GroupedManyGroupsAccumulating) {
                               }))
           << DTypeName(in) << " -> " << DTypeName(out);
     }
+  }
+}
+
+// bf16 shapes whose group pointers break cuBLAS's 16-byte rule for its grouped call (M = 12 and
+// H = 20 are not multiples of 8; so rows start 24 and 40 bytes apart): those groups run one
+// cublasGemmEx each (RouteGroup) instead of faulting with a misaligned address.
+TEST(GemmParityTest, GroupedBf16MisalignedGroups) {
+  MOE_SKIP_WITHOUT_CUDA();
+  const std::vector<int64_t> offsets = {0, 3, 3, 10, 17};
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{12, 24}, {16, 20}};  // (M, H)
+  for (const auto& [model, ffn] : shapes) {
+    const int64_t rows = offsets.back(), experts = static_cast<int64_t>(offsets.size()) - 1;
+    EXPECT_TRUE(CheckParity({Input("x", {rows, model}, DType::kBF16),
+                             Input("w", {experts, model, ffn}, DType::kBF16),
+                             Output("h", {rows, ffn}, DType::kBF16,
+                                    GemmTolerance(DType::kBF16, model))},
+                            [&](ExecContext& ctx, const std::vector<TensorView>& t) {
+                              return GroupedGemm(ctx, t[0], t[1], t[2], offsets);
+                            }))
+        << "M " << model << ", H " << ffn;
+    EXPECT_TRUE(CheckParity({Input("x", {rows, model}, DType::kBF16),
+                             Input("dh", {rows, ffn}, DType::kBF16),
+                             Output("dw", {experts, model, ffn}, DType::kF32,
+                                    GemmTolerance(DType::kF32, rows))},
+                            [&](ExecContext& ctx, const std::vector<TensorView>& t) {
+                              return GroupedGemmRaggedK(ctx, t[0], t[1], t[2], offsets);
+                            }))
+        << "M " << model << ", H " << ffn;
   }
 }
 

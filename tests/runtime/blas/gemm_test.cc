@@ -1,7 +1,10 @@
 #include "runtime/blas/gemm.h"
 
+#include <cstdint>
 #include <limits>
+#include <span>
 #include <tuple>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -138,6 +141,126 @@ TEST(GemmTest, BadInputsNameTheArgument) {
   TensorView gpu_view(a.data(), DType::kF32, {4, 3}, Device::Cuda(0));
   EXPECT_THAT(Gemm(ctx, gpu_view, bb, c),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("a.device: got cuda:0")));
+}
+
+// Alignment routing (host logic of the CUDA grouped GEMM, runs on the CPU): cuBLAS's grouped bf16
+// GEMM reads its pointers from device memory and faults on misaligned ones, so every group whose
+// pointers (base + the offsets of the host-known group layout) or leading dimensions are not
+// 16-byte aligned must go to a per-group cublasGemmEx. No memory is touched: addresses only.
+const void* At(uintptr_t address) { return reinterpret_cast<const void*>(address); }
+
+// The expert forward x W: A = xs [rows, model] (bf16), B = W [E, model, ffn], C [rows, ffn].
+std::vector<internal::GemmProblem> ExpertForwardGroups(int64_t model, int64_t ffn, DType dtype,
+                                                       std::span<const int64_t> offsets,
+                                                       uintptr_t a_base = 0x100000) {
+  internal::GemmProblem whole;
+  whole.a = At(a_base);
+  whole.b = At(0x200000);
+  whole.c = const_cast<void*>(At(0x300000));
+  whole.ab_dtype = whole.c_dtype = dtype;
+  whole.n = ffn;
+  whole.k = model;
+  whole.lda = model;
+  whole.ldb = ffn;
+  whole.ldc = ffn;
+  return internal::GroupedGemmGroups(whole, offsets, model * ffn);
+}
+
+std::vector<internal::GroupRoute> Routes(const std::vector<internal::GemmProblem>& groups) {
+  std::vector<internal::GroupRoute> routes;
+  for (const internal::GemmProblem& g : groups) {
+    routes.push_back(internal::RouteGroup(g, groups[0], /*grouped_rejected=*/false));
+  }
+  return routes;
+}
+
+TEST(GemmAlignmentRoutingTest, GroupLayoutFollowsTheOffsets) {
+  const std::vector<int64_t> offsets = {0, 3, 3, 8};
+  const auto groups = ExpertForwardGroups(12, 20, DType::kBF16, offsets);
+  ASSERT_EQ(groups.size(), 2u);  // the empty expert 1 is dropped
+  EXPECT_EQ(groups[1].m, 5);
+  EXPECT_EQ(groups[1].a, At(0x100000 + 3 * 12 * 2));       // row 3 of xs
+  EXPECT_EQ(groups[1].b, At(0x200000 + 2 * 12 * 20 * 2));  // expert 2's weights
+  EXPECT_EQ(groups[1].c, At(0x300000 + 3 * 20 * 2));
+}
+
+TEST(GemmAlignmentRoutingTest, AlignedBf16ShapesStayGrouped) {
+  // M and H multiples of 8: every group's pointers and rows are 16-byte aligned, whatever the
+  // (odd) row counts of the experts.
+  const std::vector<int64_t> offsets = {0, 3, 3, 10, 17};
+  for (const auto route : Routes(ExpertForwardGroups(16, 24, DType::kBF16, offsets))) {
+    EXPECT_EQ(route, internal::GroupRoute::kGrouped);
+  }
+}
+
+TEST(GemmAlignmentRoutingTest, Bf16ModelDimNotAMultipleOf8GoesAlone) {
+  // M = 12: xs rows are 24 bytes apart; expert 1 starts at byte 72 of xs.
+  const std::vector<int64_t> offsets = {0, 3, 7};
+  for (const auto route : Routes(ExpertForwardGroups(12, 24, DType::kBF16, offsets))) {
+    EXPECT_EQ(route, internal::GroupRoute::kAlone);
+  }
+}
+
+TEST(GemmAlignmentRoutingTest, Bf16FfnDimNotAMultipleOf8GoesAlone) {
+  // H = 20 (or H/r = 20 in a sliced mode): W and h rows are 40 bytes apart.
+  const std::vector<int64_t> offsets = {0, 8, 16};
+  for (const auto route : Routes(ExpertForwardGroups(16, 20, DType::kBF16, offsets))) {
+    EXPECT_EQ(route, internal::GroupRoute::kAlone);
+  }
+}
+
+TEST(GemmAlignmentRoutingTest, MisalignedBasePointerGoesAlone) {
+  const std::vector<int64_t> offsets = {0, 8, 16};
+  const auto routes = Routes(ExpertForwardGroups(16, 24, DType::kBF16, offsets, 0x100008));
+  for (const auto route : routes) EXPECT_EQ(route, internal::GroupRoute::kAlone);
+}
+
+TEST(GemmAlignmentRoutingTest, WeightGradientGroupsFollowTheRaggedK) {
+  // dW = xs^T dh over each expert's rows: A = xs [rows, M], B = dh [rows, H/r], C [E, M, H/r].
+  auto groups = [](int64_t model, int64_t width) {
+    internal::GemmProblem whole;
+    whole.a = At(0x100000);
+    whole.b = At(0x200000);
+    whole.c = const_cast<void*>(At(0x300000));
+    whole.ab_dtype = DType::kBF16;
+    whole.c_dtype = DType::kF32;
+    whole.trans_a = true;
+    whole.m = model;
+    whole.n = width;
+    whole.lda = model;
+    whole.ldb = width;
+    whole.ldc = width;
+    const std::vector<int64_t> offsets = {0, 5, 5, 12};
+    return internal::RaggedKGroups(whole, offsets, model * width);
+  };
+  const auto aligned = groups(16, 24);
+  ASSERT_EQ(aligned.size(), 3u);
+  EXPECT_EQ(aligned[2].k, 7);
+  EXPECT_EQ(aligned[2].b, At(0x200000 + 5 * 24 * 2));
+  EXPECT_EQ(internal::RouteGroup(aligned[0], aligned[0], false), internal::GroupRoute::kGrouped);
+  EXPECT_EQ(internal::RouteGroup(aligned[1], aligned[0], false), internal::GroupRoute::kAlone)
+      << "k == 0 (an expert without rows) scales C alone";
+  EXPECT_EQ(internal::RouteGroup(aligned[2], aligned[0], false), internal::GroupRoute::kGrouped);
+  const auto sliced = groups(16, 12);  // H/r = 12
+  EXPECT_EQ(internal::RouteGroup(sliced[0], sliced[0], false), internal::GroupRoute::kAlone);
+  EXPECT_EQ(internal::RouteGroup(sliced[2], sliced[0], false), internal::GroupRoute::kAlone);
+}
+
+TEST(GemmAlignmentRoutingTest, F32HasNoAlignmentRuleAndOtherRoutesHold) {
+  const std::vector<int64_t> offsets = {0, 3, 7};
+  const auto f32 = ExpertForwardGroups(12, 20, DType::kF32, offsets, 0x100004);
+  for (const auto route : Routes(f32)) EXPECT_EQ(route, internal::GroupRoute::kGrouped);
+  EXPECT_EQ(internal::RouteGroup(f32[1], f32[0], /*grouped_rejected=*/true),
+            internal::GroupRoute::kAlone);
+  internal::GemmProblem narrow = f32[1];
+  narrow.c_dtype = DType::kBF16;  // f32 x f32 -> bf16: no such cuBLAS type combination
+  EXPECT_EQ(internal::RouteGroup(narrow, f32[0], false), internal::GroupRoute::kAlone);
+  internal::GemmProblem empty = f32[1];
+  empty.n = 0;
+  EXPECT_EQ(internal::RouteGroup(empty, f32[0], false), internal::GroupRoute::kSkip);
+  EXPECT_TRUE(internal::MeetsGroupedAlignment(f32[1]));
+  const auto bf16 = ExpertForwardGroups(12, 24, DType::kBF16, offsets);
+  EXPECT_FALSE(internal::MeetsGroupedAlignment(bf16[1]));
 }
 
 }  // namespace

@@ -3,7 +3,9 @@
 // AllReduceSum multiplies by size, AllGather repeats `in` size times, ReduceScatterSum gives
 // size x segment rank of `in` (f32), and AllToAllV receives, from every rank, this rank's own
 // send segment `rank` (recv_counts[i] must equal send_counts[rank]). It rejects any non-host
-// buffer with FailedPrecondition (as MPI would fail) and counts its calls.
+// buffer with FailedPrecondition (as MPI would fail) and counts its calls. Given another device
+// to accept (`accepts`, e.g. cuda:0 for a stand-in of NCCL), it takes only buffers labelled with
+// that device instead, and reads and writes them as host memory (tests label host memory so).
 #pragma once
 
 #include <cstring>
@@ -17,7 +19,8 @@ namespace smoe::testing {
 
 class MirrorHostCommunicator final : public Communicator {
  public:
-  MirrorHostCommunicator(int rank, int size) : rank_(rank), size_(size) {}
+  MirrorHostCommunicator(int rank, int size, Device accepts = Device::Cpu())
+      : rank_(rank), size_(size), accepts_(accepts) {}
   int rank() const override { return rank_; }
   int size() const override { return size_; }
 
@@ -91,19 +94,20 @@ class MirrorHostCommunicator final : public Communicator {
     ++splits;
     // A sub-group of 1 rank per color: enough to tell the wrapper forwards to the split group.
     (void)key;
-    return std::unique_ptr<Communicator>(new MirrorHostCommunicator(0, 1 + color));
+    return std::unique_ptr<Communicator>(new MirrorHostCommunicator(0, 1 + color, accepts_));
   }
 
-  int calls = 0;  // collectives that reached the fake with host buffers
+  int calls = 0;  // buffers that reached the fake's collectives
   int barriers = 0;
   int splits = 0;
   std::vector<const void*> seen;  // data pointers handed to the collectives, in order
 
  private:
   Status Host(absl::string_view name, const TensorView& t) {
-    if (!t.device().is_cpu()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat(name, " on ", t.device().ToString(), ": the fake takes host buffers"));
+    if (t.device() != accepts_) {
+      return absl::FailedPreconditionError(absl::StrCat(name, " on ", t.device().ToString(),
+                                                        ": the fake takes ", accepts_.ToString(),
+                                                        " buffers"));
     }
     MOE_RETURN_IF_ERROR(CheckContiguous(name, t));
     ++calls;
@@ -113,6 +117,7 @@ class MirrorHostCommunicator final : public Communicator {
 
   int rank_;
   int size_;
+  Device accepts_;
 };
 
 }  // namespace smoe::testing
