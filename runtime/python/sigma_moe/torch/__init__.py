@@ -9,6 +9,7 @@ MoE(model_dim, ffn_dim, num_experts, top_k=1, capacity_factor=0.0, lbl_coef=0.01
 torch.nn.Module that owns its parameters as torch Parameters:
     w_gate [M, E] float32 (the router is fp32 whatever the activation dtype),
     w1, w3 [E, M, H] and w2 [E, H, M] in the layer's dtype (float32 or bfloat16).
+(sigma_moe.torch.convert loads the per-expert nn.Linear and fused layouts of other frameworks.)
 forward(x [..., M]) returns y [..., M] = sum_k gate[t, k] * SwiGLU_{e(t, k)}(x[t]) (softmax router
 over all E experts, top-K with ties to the lower index, gates not renormalized unless asked,
 dropped choices contribute 0) and sets
@@ -366,5 +367,7 @@ class DiffQKVAttention(nn.Module):
                 f"rope_theta={self.rope_theta}, dtype={self.dtype}")
 
 
+from sigma_moe.torch import convert  # noqa: E402
+
 __all__ = ["MoE", "moe_forward", "DiffQKVAttention", "diffqkv_attention", "current_stream",
-           "custom_ops"]
+           "custom_ops", "convert"]
