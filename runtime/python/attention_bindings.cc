@@ -5,12 +5,14 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "attention/diffqkv.h"
 #include "runtime/python/context.h"
 #include "runtime/python/dlpack.h"
 #include "runtime/python/errors.h"
+#include "runtime/python/state_handle.h"
 
 namespace smoe::python {
 namespace {
@@ -167,6 +169,20 @@ void BindAttention(py::module_& m) {
       .def(
           "lse", [](const DiffQkvState& s) { return Export(s.saved.lse); },
           "[B, n_q, S] f32: log-sum-exp of every softmax row.");
+
+  m.def(
+      "diffqkv_state_handle",
+      [](std::shared_ptr<DiffQkvState> state) {
+        return MakeStateHandle(std::move(state), StateKind::kDiffQkv);
+      },
+      arg("state"),
+      "A DLPack capsule of a [1] int64 CPU tensor that owns `state` (state_handle.h).");
+  m.def(
+      "diffqkv_state_from_handle",
+      [](py::handle handle) {
+        return StateFromHandleOrThrow<DiffQkvState>(handle, StateKind::kDiffQkv, "handle");
+      },
+      arg("handle"), "The DiffQkvState a diffqkv_state_handle tensor owns (ValueError if none).");
 
   m.def(
       "diffqkv_forward",

@@ -16,12 +16,14 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "moe/moe_layer.h"
 #include "runtime/device/exec_context.h"
 #include "runtime/python/attention_bindings.h"
 #include "runtime/python/context.h"
 #include "runtime/python/dlpack.h"
 #include "runtime/python/errors.h"
+#include "runtime/python/state_handle.h"
 
 namespace smoe::python {
 namespace {
@@ -132,7 +134,10 @@ void BindMoE(py::module_& m) {
       .def("logits", [](const MoEState& s) { return Export(s.logits); })
       .def("probs", [](const MoEState& s) { return Export(s.probs); })
       .def("topk_idx", [](const MoEState& s) { return Export(s.topk_idx); })
-      .def("gates", [](const MoEState& s) { return Export(s.gates); });
+      .def("gates", [](const MoEState& s) { return Export(s.gates); })
+      .def(
+          "d_logits_aux", [](const MoEState& s) { return Export(s.d_logits_aux); },
+          "[T, E] f32: the aux losses' gradient with respect to the router logits (scale 1).");
 
   m.def(
       "moe_forward",
@@ -157,10 +162,26 @@ void BindMoE(py::module_& m) {
   m.def(
       "moe_backward",
       [](const MoELayerConfig& config, py::handle w_gate, py::handle w1, py::handle w3,
-         py::handle w2, const MoEState& state, py::handle dy, py::handle dx, py::handle g_w_gate,
+         py::handle w2, const MoEState& saved, py::handle dy, py::handle dx, py::handle g_w_gate,
          py::handle g_w1, py::handle g_w3, py::handle g_w2, bool accumulate,
-         float aux_grad_scale, uintptr_t stream) {
+         float aux_grad_scale, py::handle x, uintptr_t stream) {
         BorrowedTensor dy_t = Take(dy, "dy"), dx_t = Take(dx, "dx");
+        BorrowedTensor x_t = Take(x, "x", /*allow_none=*/true);
+        // A copy of the state (its tensors are shared, not copied) reading the x given.
+        MoEState state = saved;
+        if (!x.is_none()) {
+          const TensorView& xv = x_t.view();
+          if (!saved.valid || xv.shape() != saved.x.shape() || xv.dtype() != saved.x.dtype() ||
+              xv.device() != saved.x.device()) {
+            ThrowIfError(BadArgument(
+                "x",
+                absl::StrCat(xv.shape().ToString(), " ", DTypeName(xv.dtype()), " on ",
+                             xv.device().ToString()),
+                absl::StrCat("the forward's x: ", saved.x.shape().ToString(), " ",
+                             DTypeName(saved.x.dtype()), " on ", saved.x.device().ToString())));
+          }
+          state.x = xv;
+        }
         BorrowedTensor wg = Take(w_gate, "w_gate"), w1_t = Take(w1, "w1"), w3_t = Take(w3, "w3"),
                        w2_t = Take(w2, "w2");
         BorrowedTensor gwg = Take(g_w_gate, "grad_w_gate"), gw1 = Take(g_w1, "grad_w1"),
@@ -172,9 +193,47 @@ void BindMoE(py::module_& m) {
       },
       arg("config"), arg("w_gate"), arg("w1"), arg("w3"), arg("w2"), arg("state"), arg("dy"),
       arg("dx"), arg("grad_w_gate"), arg("grad_w1"), arg("grad_w3"), arg("grad_w2"),
-      py::kw_only(), arg("accumulate") = false, arg("aux_grad_scale") = 1.0f, arg("stream") = 0,
+      py::kw_only(), arg("accumulate") = false, arg("aux_grad_scale") = 1.0f,
+      arg("x") = py::none(), arg("stream") = 0,
       "Writes dx (overwrite) and the f32 parameter gradients (overwrite, or add when accumulate); "
-      "the aux losses' gradient enters scaled by aux_grad_scale.");
+      "the aux losses' gradient enters scaled by aux_grad_scale. `x`, when given, is read instead "
+      "of the forward's x (same shape, dtype, device, and the same values).");
+
+  m.def(
+      "moe_state_with_aux_buffer",
+      [](const MoEState& saved) {
+        if (!saved.valid) {
+          ThrowIfError(absl::FailedPreconditionError("MoE state: not from a successful forward"));
+        }
+        // A copy (its tensors shared) whose aux gradient is a fresh buffer of the same shape.
+        auto state = std::make_shared<MoEState>(saved);
+        const Device device = saved.d_logits_aux.device();
+        DeviceGuard guard(device);
+        state->d_logits_aux =
+            ValueOrThrow(Tensor::Empty(saved.d_logits_aux.shape(), DType::kF32, device));
+        return py::make_tuple(state, Export(state->d_logits_aux));
+      },
+      arg("state"),
+      "(a copy of `state` sharing its tensors but for d_logits_aux, that new uninitialized "
+      "[T, E] f32 buffer as a DLPack capsule). Fill the buffer (e.g. with state.d_logits_aux() "
+      "times the aux loss's incoming gradient, on the device) and pass the copy to moe_backward "
+      "with aux_grad_scale=1: the aux gradient's scale never goes through the host.");
+
+  m.def(
+      "moe_state_handle",
+      [](std::shared_ptr<MoEState> state) {
+        return MakeStateHandle(std::move(state), StateKind::kMoE);
+      },
+      arg("state"),
+      "A DLPack capsule of a [1] int64 CPU tensor that owns `state` (state_handle.h): "
+      "torch.from_dlpack it, pass the tensor around, get the state back with "
+      "moe_state_from_handle.");
+  m.def(
+      "moe_state_from_handle",
+      [](py::handle handle) {
+        return StateFromHandleOrThrow<MoEState>(handle, StateKind::kMoE, "handle");
+      },
+      arg("handle"), "The MoEState a moe_state_handle tensor owns (ValueError if none).");
 
   m.def(
       "moe_stats",

@@ -3,6 +3,7 @@
 #include <Python.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -141,6 +142,7 @@ namespace {
 // Keeps the exported Tensor (and so its storage) alive until the consumer's deleter call.
 struct ExportContext {
   Tensor tensor;
+  std::shared_ptr<void> keep_alive;
   std::vector<int64_t> shape;
   DLManagedTensor managed;
 };
@@ -158,8 +160,8 @@ void DestroyCapsule(PyObject* capsule) {
 
 }  // namespace
 
-py::capsule ToCapsule(const Tensor& tensor) {
-  auto* export_ctx = new ExportContext{tensor, {}, {}};
+py::capsule ToCapsule(const Tensor& tensor, std::shared_ptr<void> keep_alive) {
+  auto* export_ctx = new ExportContext{tensor, std::move(keep_alive), {}, {}};
   export_ctx->shape.assign(tensor.shape().begin(), tensor.shape().end());
   dlpack::DLTensor& dl = export_ctx->managed.dl_tensor;
   // DLPack wants a non-null pointer even for an empty tensor.

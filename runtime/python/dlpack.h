@@ -15,6 +15,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <memory>
 
 #include "runtime/core/status.h"
 #include "runtime/tensor/tensor.h"
@@ -83,7 +84,8 @@ class BorrowedTensor {
 [[nodiscard]] StatusOr<BorrowedTensor> Borrow(pybind11::handle object, absl::string_view name,
                                               bool allow_none = false);
 
-// A "dltensor" capsule sharing `tensor`'s storage (the capsule keeps it alive).
-pybind11::capsule ToCapsule(const Tensor& tensor);
+// A "dltensor" capsule sharing `tensor`'s storage (the capsule keeps it alive, and then the
+// consumer's tensor does). `keep_alive`, when given, is released with the storage.
+pybind11::capsule ToCapsule(const Tensor& tensor, std::shared_ptr<void> keep_alive = nullptr);
 
 }  // namespace smoe::python

@@ -1,27 +1,39 @@
 """PyTorch modules running sigma-moe's kernels: the MoE layer (DESIGN.md section 5) and the
 DiffQKV attention block (DiffQKVAttention, section 7; documented on the class).
 
+Both run through torch.library custom ops (sigma_moe.torch.custom_ops: torch.ops.sigma_moe.moe,
+torch.ops.sigma_moe.diffqkv, with fake implementations and registered autograd), so
+torch.compile(model, fullgraph=True) traces through them with no graph break.
+
 MoE(model_dim, ffn_dim, num_experts, top_k=1, capacity_factor=0.0, lbl_coef=0.01, ...) is a
 torch.nn.Module that owns its parameters as torch Parameters:
     w_gate [M, E] float32 (the router is fp32 whatever the activation dtype),
     w1, w3 [E, M, H] and w2 [E, H, M] in the layer's dtype (float32 or bfloat16).
+(sigma_moe.torch.convert loads the per-expert nn.Linear and fused layouts of other frameworks.)
 forward(x [..., M]) returns y [..., M] = sum_k gate[t, k] * SwiGLU_{e(t, k)}(x[t]) (softmax router
 over all E experts, top-K with ties to the lower index, gates not renormalized unless asked,
 dropped choices contribute 0) and sets
     aux_loss    the weighted aux-loss total (lbl_coef * LBL + z_coef * z-loss + top1_lbl_coef *
                 Top-1 LBL), a differentiable 0-dim float32 tensor: add it to the training loss;
-    aux_values  {"lbl", "z_loss", "top1_lbl", "total"} as Python floats, for logging;
+    aux_values  {"lbl", "z_loss", "top1_lbl", "total"} as Python floats, for logging (read from
+                a CPU tensor the forward fills: no device sync);
     last_state  the C++ MoEState of that forward (routing_stats(), dropped read it).
+All three survive torch.compile: the compiled forward sets the tensors behind them (aux_loss,
+the aux-values tensor and the state handle), and aux_values / last_state are read from those
+tensors on access, outside the compiled region.
 
-Gradients flow to x and to every parameter through a torch.autograd.Function whose backward
-calls the C++ backward once; the gradient of aux_loss enters that same call scaled by the
-incoming gradient of aux_loss (0 when aux_loss is not part of the loss). bf16 parameter
-gradients come back from C++ in f32 and are cast to the parameter dtype here.
+Gradients flow to x and to every parameter through the op's registered backward, which calls the
+C++ backward once; the gradient of aux_loss enters that same call scaled by the incoming
+gradient of aux_loss (0 when aux_loss is not part of the loss). bf16 parameter gradients come
+back from C++ in f32 and are cast to the parameter dtype.
 
 Inputs are checked: x must be a contiguous float tensor of the layer's dtype on the parameters'
 device with last dimension M (ValueError otherwise). CUDA tensors run on torch's current CUDA
-stream; each forward synchronizes that stream twice (expert offsets, aux-loss values, as the C++
-layer does) and a backward that receives a gradient for aux_loss reads it on the host once.
+stream; each forward synchronizes that stream twice, inside the C++ layer (the per-expert row
+offsets the grouped GEMMs are launched with, and the aux-loss values; inside the op, so not a
+graph break); the Python side adds no sync (aux_loss is filled on the device, aux_values is a CPU
+tensor), and the backward has none (the gradient of aux_loss scales the aux gradient on the
+device).
 """
 
 from __future__ import annotations
@@ -33,15 +45,8 @@ import torch
 from torch import nn
 
 from sigma_moe import _C
-
-_DTYPE_NAMES = {torch.float32: "f32", torch.bfloat16: "bf16"}
-
-
-def current_stream(t: torch.Tensor) -> int:
-    """The cudaStream_t of torch's current stream on t's device as an int (0 for CPU tensors)."""
-    if t.is_cuda:
-        return torch.cuda.current_stream(t.device).cuda_stream
-    return 0
+from sigma_moe.torch import custom_ops
+from sigma_moe.torch.custom_ops import _DTYPE_NAMES, aux_values_dict, current_stream
 
 
 def _check_like_parameters(x: torch.Tensor, param: torch.Tensor, owner: str) -> None:
@@ -56,60 +61,26 @@ def _check_like_parameters(x: torch.Tensor, param: torch.Tensor, owner: str) -> 
                          "contiguous one (call .contiguous())")
 
 
-def _plain(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    # torch refuses to export tensors that require grad through DLPack; the kernels never record a
-    # graph, so the detached alias (same storage, no copy) is what crosses the boundary.
-    return None if t is None else t.detach()
-
-
-class _MoEFunction(torch.autograd.Function):
-    """y, aux_total = MoE(x; w_gate, w1, w3, w2); `out` (a dict) receives the C++ state."""
-
-    @staticmethod
-    def forward(ctx, x, w_gate, w1, w3, w2, config, out):
-        y = torch.empty_like(x)
-        state, aux = _C.moe_forward(
-            config, _plain(w_gate), _plain(w1), _plain(w3), _plain(w2), _plain(x), y,
-            stream=current_stream(x))
-        # The C++ state keeps a view of x: saving x keeps it alive, and torch's version counter
-        # reports an in-place change of x or of a parameter before backward.
-        ctx.save_for_backward(x, w_gate, w1, w3, w2)
-        ctx.config = config
-        ctx.state = state
-        out["state"] = state
-        out["aux"] = aux
-        return y, torch.tensor(aux["total"], dtype=torch.float32, device=x.device)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy, d_aux):
-        x, w_gate, w1, w3, w2 = ctx.saved_tensors
-        dy = dy.contiguous()
-        dx = torch.empty_like(x)
-        grads = [torch.empty(w.shape, dtype=torch.float32, device=w.device)
-                 for w in (w_gate, w1, w3, w2)]
-        aux_scale = 0.0 if d_aux is None else float(d_aux)
-        _C.moe_backward(
-            ctx.config, _plain(w_gate), _plain(w1), _plain(w3), _plain(w2), ctx.state, dy, dx,
-            *grads, aux_grad_scale=aux_scale, stream=current_stream(dy))
-        need = ctx.needs_input_grad
-        out = [dx if need[0] else None]
-        for i, (w, g) in enumerate(zip((w_gate, w1, w3, w2), grads)):
-            out.append((g if g.dtype == w.dtype else g.to(w.dtype)) if need[i + 1] else None)
-        return (*out, None, None)
-
-
-# torch.compile: dynamo cannot trace into the extension, so the layer is an explicit graph break
-# (compiled code runs around it; the autograd.Function still provides the backward).
+# The functional forms below return the C++ state objects and Python floats, which a compiled
+# graph cannot hold: they run eagerly (an explicit graph break under torch.compile). Inside
+# compiled code call the modules, or the custom ops torch.ops.sigma_moe.moe / .diffqkv directly.
 @torch.compiler.disable
 def moe_forward(x: torch.Tensor, w_gate: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor,
                 w2: torch.Tensor, config: "_C.MoEConfig"):
     """Functional form: (y [T, M], aux_total, state, aux_values) for contiguous x [T, M].
 
-    Differentiable with respect to x and the four weights (see the module docstring)."""
-    out: dict = {}
-    y, aux_total = _MoEFunction.apply(x, w_gate, w1, w3, w2, config, out)
-    return y, aux_total, out["state"], out["aux"]
+    Differentiable with respect to x and the four weights (see the module docstring). The
+    config's M, H, E and dtype must be the weights' (ValueError naming w1 otherwise)."""
+    expected = (config.num_experts, config.model_dim, config.ffn_dim)
+    if tuple(w1.shape) != expected:
+        raise ValueError(f"w1: got shape {tuple(w1.shape)}, expected [E, M, H] = "
+                         f"{list(expected)} (the config's)")
+    if _DTYPE_NAMES.get(w1.dtype) != config.dtype:
+        raise ValueError(f"w1: got dtype {w1.dtype}, expected {config.dtype} (the config's)")
+    y, aux_total, values, handle = torch.ops.sigma_moe.moe(
+        x, w_gate, w1, w3, w2, config.top_k, config.capacity_factor, config.renormalize,
+        config.lbl_coef, config.z_coef, config.top1_lbl_coef)
+    return y, aux_total, _C.moe_state_from_handle(handle), aux_values_dict(values)
 
 
 class MoE(nn.Module):
@@ -151,8 +122,8 @@ class MoE(nn.Module):
         self.w2 = nn.Parameter(torch.empty(e, h, m, dtype=dtype, device=device))
         self.reset_parameters()
         self.aux_loss: Optional[torch.Tensor] = None
-        self.aux_values: Optional[dict] = None
-        self.last_state: Optional[_C.MoEState] = None
+        self._aux_values: Optional[torch.Tensor] = None  # [4] f64 CPU, custom_ops.AUX_KEYS
+        self._state: Optional[torch.Tensor] = None  # the C++ state's handle
 
     def reset_parameters(self) -> None:
         """w_gate, w1, w3 ~ N(0, 1/M), w2 ~ N(0, 1/H) (as MoELayer::InitParameters), torch's RNG."""
@@ -194,10 +165,22 @@ class MoE(nn.Module):
         self._check_input(x)
         # The router runs in fp32 whatever the module was cast to (e.g. by .to(torch.bfloat16)).
         w_gate = self.w_gate if self.w_gate.dtype == torch.float32 else self.w_gate.float()
-        y, aux_total, state, aux = moe_forward(x.reshape(-1, self.model_dim), w_gate, self.w1,
-                                               self.w3, self.w2, self.config())
-        self.aux_loss, self.aux_values, self.last_state = aux_total, aux, state
+        y, aux_total, values, state = torch.ops.sigma_moe.moe(
+            x.reshape(-1, self.model_dim), w_gate, self.w1, self.w3, self.w2, self.top_k,
+            float(self.capacity_factor), bool(self.renormalize), float(self.lbl_coef),
+            float(self.z_coef), float(self.top1_lbl_coef))
+        self.aux_loss, self._aux_values, self._state = aux_total, values, state
         return y.reshape(x.shape)
+
+    @property
+    def aux_values(self) -> Optional[dict]:
+        """{"lbl", "z_loss", "top1_lbl", "total"} of the last forward as Python floats."""
+        return aux_values_dict(self._aux_values)
+
+    @property
+    def last_state(self) -> Optional["_C.MoEState"]:
+        """The C++ MoEState of the last forward (kept alive by the module until the next)."""
+        return None if self._state is None else _C.moe_state_from_handle(self._state)
 
     def routing_stats(self) -> dict:
         """Balance metrics of the last forward (routing_stats.h; host sync): tokens_per_expert,
@@ -211,61 +194,17 @@ class MoE(nn.Module):
         """Rows dropped by capacity in the last forward."""
         return 0 if self.last_state is None else self.last_state.dropped
 
+    def __getstate__(self):
+        # The last forward's outputs (a graph node, a C++ state): neither copied nor pickled.
+        state = self.__dict__.copy()
+        state["aux_loss"] = state["_aux_values"] = state["_state"] = None
+        return state
+
     def extra_repr(self) -> str:
         return (f"model_dim={self.model_dim}, ffn_dim={self.ffn_dim}, "
                 f"num_experts={self.num_experts}, top_k={self.top_k}, "
                 f"capacity_factor={self.capacity_factor}, lbl_coef={self.lbl_coef}, "
                 f"dtype={self.dtype}")
-
-
-class _DiffQkvFunction(torch.autograd.Function):
-    """y = DiffQKV(x; w_q, w_k, w_v, w_o, [w_gate, w_up, w_down], [q_norm, k_norm]).
-
-    Absent optional weights are None; `out` (a dict) receives the C++ state."""
-
-    @staticmethod
-    def forward(ctx, x, config, out, *weights):
-        y = torch.empty_like(x)
-        ctx.empty = x.numel() == 0
-        if ctx.empty:
-            # No token, no work: the C++ block's [B*S, ...] views reject T = 0.
-            ctx.save_for_backward(x, *weights)
-            out["state"] = None
-            return y
-        w = [_plain(t) for t in weights]
-        state = _C.diffqkv_forward(
-            config, *w[:4], _plain(x), y, w_gate=w[4], w_up=w[5], w_down=w[6], q_norm=w[7],
-            k_norm=w[8], stream=current_stream(x))
-        # The backward reads x and the weights again: saving them keeps them alive, and torch's
-        # version counter reports an in-place change before backward.
-        ctx.save_for_backward(x, *weights)
-        ctx.config = config
-        ctx.state = state
-        out["state"] = state
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        x, *weights = ctx.saved_tensors
-        dy = dy.contiguous()
-        dx = torch.empty_like(x)
-        # The block accumulates its weight gradients into zeroed f32 buffers (diffqkv.h).
-        grads = [None if w is None else torch.zeros(w.shape, dtype=torch.float32, device=w.device)
-                 for w in weights]
-        w = [_plain(t) for t in weights]
-        need = ctx.needs_input_grad
-        if ctx.empty:
-            return (dx if need[0] else None, None, None,
-                    *[g if need[i + 3] else None for i, g in enumerate(grads)])
-        _C.diffqkv_backward(
-            ctx.config, *w[:4], _plain(x), ctx.state, dy, dx, *grads[:4], w_gate=w[4], w_up=w[5],
-            w_down=w[6], q_norm=w[7], k_norm=w[8], grad_w_gate=grads[4], grad_w_up=grads[5],
-            grad_w_down=grads[6], grad_q_norm=grads[7], grad_k_norm=grads[8],
-            stream=current_stream(dy))
-        grads = [g if g is None else g.to(w.dtype) for g, w in zip(grads, weights)]
-        return (dx if need[0] else None, None, None,
-                *[g if need[i + 3] else None for i, g in enumerate(grads)])
 
 
 @torch.compiler.disable
@@ -280,10 +219,19 @@ def diffqkv_attention(x: torch.Tensor, config: "_C.DiffQkvConfig", w_q: torch.Te
 
     Differentiable with respect to x and every weight given (see DiffQKVAttention); w_gate, w_up,
     w_down exactly when config.d_aug > 0, q_norm and k_norm exactly when config.qk_norm."""
-    out: dict = {}
-    y = _DiffQkvFunction.apply(x, config, out, w_q, w_k, w_v, w_o, w_gate, w_up, w_down, q_norm,
-                               k_norm)
-    return y, out["state"]
+    for name, t, used in (("w_gate", w_gate, config.d_aug > 0), ("w_up", w_up, config.d_aug > 0),
+                          ("w_down", w_down, config.d_aug > 0), ("q_norm", q_norm, config.qk_norm),
+                          ("k_norm", k_norm, config.qk_norm)):
+        if used and t is None:
+            raise ValueError(f"{name}: got None, expected a tensor (config "
+                             f"{'d_aug > 0' if name.startswith('w') else 'qk_norm'})")
+        if not used and t is not None:
+            raise ValueError(f"{name}: got a tensor, expected None (not config "
+                             f"{'d_aug > 0' if name.startswith('w') else 'qk_norm'})")
+    y, handle = torch.ops.sigma_moe.diffqkv(
+        x, w_q, w_k, w_v, w_o, w_gate, w_up, w_down, q_norm, k_norm, config.n_q, config.n_k,
+        config.n_v, config.head_dim, config.rope_theta)
+    return y, None if x.numel() == 0 else _C.diffqkv_state_from_handle(handle)
 
 
 class DiffQKVAttention(nn.Module):
@@ -361,7 +309,7 @@ class DiffQKVAttention(nn.Module):
             for name in ("q_norm", "k_norm"):
                 self.register_parameter(name, None)
         self.reset_parameters()
-        self.last_state: Optional[_C.DiffQkvState] = None
+        self._state: Optional[torch.Tensor] = None  # the C++ state's handle
 
     def reset_parameters(self) -> None:
         """As Model::Init (see the class docstring), drawn from torch's RNG in float32."""
@@ -395,16 +343,22 @@ class DiffQKVAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        optional = {name: getattr(self, name) for name in self._OPTIONAL}
-        y, state = diffqkv_attention(x, self._config, self.w_q, self.w_k, self.w_v, self.w_o,
-                                     **optional)
-        self.last_state = state
+        y, state = torch.ops.sigma_moe.diffqkv(
+            x, self.w_q, self.w_k, self.w_v, self.w_o, self.w_gate, self.w_up, self.w_down,
+            self.q_norm, self.k_norm, self.n_q, self.n_k, self.n_v, self.head_dim,
+            self.rope_theta)
+        self._state = None if x.numel() == 0 else state
         return y
 
+    @property
+    def last_state(self) -> Optional["_C.DiffQkvState"]:
+        """The C++ DiffQkvState of the last forward (None after an empty input)."""
+        return None if self._state is None else _C.diffqkv_state_from_handle(self._state)
+
     def __getstate__(self):
-        # last_state holds C++ activations of one forward: neither copied nor pickled.
+        # The C++ state of the last forward holds activations: neither copied nor pickled.
         state = self.__dict__.copy()
-        state["last_state"] = None
+        state["_state"] = None
         return state
 
     def extra_repr(self) -> str:
@@ -413,4 +367,7 @@ class DiffQKVAttention(nn.Module):
                 f"rope_theta={self.rope_theta}, dtype={self.dtype}")
 
 
-__all__ = ["MoE", "moe_forward", "DiffQKVAttention", "diffqkv_attention", "current_stream"]
+from sigma_moe.torch import convert  # noqa: E402
+
+__all__ = ["MoE", "moe_forward", "DiffQKVAttention", "diffqkv_attention", "current_stream",
+           "custom_ops", "convert"]
