@@ -1,5 +1,5 @@
 // MoELayer: one Sigma-MoE-Tiny MoE layer, Route -> Plan -> Dispatch -> Experts -> Combine, and its
-// backward (DESIGN.md section 5). One API on CPU and CUDA.
+// backward (docs/design.md section 5). One API on CPU and CUDA.
 //
 // Parameters (owned by the layer, on its device):
 //   w_gate [M, E] f32 (the router is fp32 whatever the activation dtype),

@@ -1,4 +1,4 @@
-// The MoE layer over the ranks of an MoE group, in every parallel mode (DESIGN.md section 6).
+// The MoE layer over the ranks of an MoE group, in every parallel mode (docs/design.md section 6).
 //
 // Layout (never changes between modes; the router w_gate [M, E] f32 is replicated):
 //   E >= W (E % W == 0): rank g owns the E_l = E / W experts [g * E_l, (g + 1) * E_l) whole:

@@ -1,4 +1,4 @@
-// The adaptive parallel-mode controller (DESIGN.md section 6; Tutel's adaptive parallelism
+// The adaptive parallel-mode controller (docs/design.md section 6; Tutel's adaptive parallelism
 // switching). Host-only policy: it picks a ParallelMode per MoE layer and step from measured step
 // times, it never launches a kernel.
 //

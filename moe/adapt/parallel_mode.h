@@ -1,4 +1,4 @@
-// The parallel mode of one MoE layer for one step (DESIGN.md section 6). A value type: the
+// The parallel mode of one MoE layer for one step (docs/design.md section 6). A value type: the
 // controller (moe/adapt/controller.h) picks one per layer and step, the layer executes it; the
 // parameter layout is the same in every mode, so switching moves no parameter bytes.
 #pragma once

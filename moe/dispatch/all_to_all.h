@@ -1,4 +1,4 @@
-// Row exchange between the ranks of an MoE group (DESIGN.md section 6, dispatch across ranks).
+// Row exchange between the ranks of an MoE group (docs/design.md section 6, dispatch across ranks).
 //
 // Every rank sends W segments of rows (segment j to rank j) and receives W segments (segment i
 // from rank i), in rank order. Two algorithms give bit-identical results:

@@ -1,7 +1,7 @@
 #include "moe/dispatch/permute.h"
 
 #include "absl/strings/str_cat.h"
-#include "moe/dispatch/permute_reference.h"
+#include "moe/dispatch/permute_cpu.h"
 
 namespace smoe {
 namespace {

@@ -1,4 +1,4 @@
-// Dispatch and combine over a RoutingPlan (DESIGN.md section 5, steps 3 and 5), and their
+// Dispatch and combine over a RoutingPlan (docs/design.md section 5, steps 3 and 5), and their
 // backward.
 //
 // Letters: T tokens, K choices, M model dim, R = plan.num_rows() rows kept.

@@ -1,4 +1,4 @@
-// The routing plan of an MoE layer (DESIGN.md section 5, step 2): where each (token, choice) pair
+// The routing plan of an MoE layer (docs/design.md section 5, step 2): where each (token, choice) pair
 // lands in the expert-sorted buffer, which pairs are dropped for capacity, and the per-expert
 // counts and offsets that the grouped expert GEMMs need.
 //

@@ -1,4 +1,4 @@
-// The SwiGLU expert MLP over ragged expert groups (DESIGN.md sections 5.4 and 6).
+// The SwiGLU expert MLP over ragged expert groups (docs/design.md sections 5 and 6).
 //
 // Rows of the expert-sorted buffer xs [R, M] come in E_l groups: expert e owns rows
 // [offsets[e], offsets[e+1]) (possibly none). For each expert e, with X_e its rows:
@@ -39,7 +39,7 @@
 
 namespace smoe {
 
-// Expert weights (DESIGN.md section 6): w1, w3 [E_l, M, H], w2 [E_l, H, M].
+// Expert weights (docs/design.md section 6): w1, w3 [E_l, M, H], w2 [E_l, H, M].
 struct ExpertWeights {
   TensorView w1, w3, w2;
 };

@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "moe/router/expert_load.h"
 #include "moe/router/router_internal.h"
-#include "moe/router/router_reference.h"
+#include "moe/router/router_cpu.h"
 
 namespace smoe {
 namespace {

@@ -1,4 +1,4 @@
-// Router auxiliary losses (DESIGN.md section 5) and their exact gradient w.r.t. the logits.
+// Router auxiliary losses (docs/design.md section 5) and their exact gradient w.r.t. the logits.
 //
 // Letters: T tokens on this rank, E experts, K choices per token.
 //   c_i   = number of (token, choice) pairs of topk_idx routed to expert i (before any capacity

@@ -2,7 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "moe/router/router_internal.h"
-#include "moe/router/router_reference.h"
+#include "moe/router/router_cpu.h"
 #include "runtime/blas/gemm.h"
 #include "runtime/nn/softmax.h"
 #include "runtime/tensor/tensor_ops.h"

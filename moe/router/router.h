@@ -1,4 +1,4 @@
-// The MoE router (DESIGN.md section 5, step 1): logits = x W_g in fp32, probabilities = softmax
+// The MoE router (docs/design.md section 5, step 1): logits = x W_g in fp32, probabilities = softmax
 // over all E experts, top-K selection (optionally biased, for aux-loss-free balancing) and the
 // gates.
 //

@@ -47,7 +47,7 @@ struct AuxRowBuffers {
                                      const AuxRowBuffers& rows, std::vector<int64_t>* counts,
                                      std::vector<double>* p_sum, double* lse_sq_sum,
                                      double* max_p_sum);
-// Phase 2: d_logits from the host-computed coefficients (router_reference.h AuxGradient).
+// Phase 2: d_logits from the host-computed coefficients (router_cpu.h AuxGradient).
 [[nodiscard]] Status AuxLossGradientCuda(ExecContext& ctx, const float* probs,
                                          const AuxRowBuffers& rows, int64_t t, int64_t e,
                                          const std::vector<double>& g, double top1_argmax,

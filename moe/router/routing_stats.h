@@ -1,4 +1,4 @@
-// Load-balance metrics of one routing (DESIGN.md section 5), for logging and studies.
+// Load-balance metrics of one routing (docs/design.md section 5), for logging and studies.
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Communicator: the collectives a group of ranks needs (DESIGN.md section 6).
+// Communicator: the collectives a group of ranks needs (docs/design.md section 6).
 //
 // Every rank of a group calls every collective in the same order, also with zero-sized buffers.
 // Buffers are contiguous tensors on the device the implementation expects (host tensors for the

@@ -1,4 +1,4 @@
-// NCCL communicator for GPU ranks (DESIGN.md section 6). Built only with CUDA and NCCL
+// NCCL communicator for GPU ranks (docs/design.md section 6). Built only with CUDA and NCCL
 // (CMake option MOE_WITH_NCCL, on when nccl.h and libnccl are found; link smoe_nccl, which defines
 // MOE_WITH_NCCL=1 for its users).
 //

@@ -1,4 +1,4 @@
-// The one place where a C++ Status becomes a Python exception (DESIGN.md section 9):
+// The one place where a C++ Status becomes a Python exception (docs/design.md section 9):
 // InvalidArgument -> ValueError, every other error -> RuntimeError; the message is the C++ one.
 #pragma once
 

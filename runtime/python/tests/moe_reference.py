@@ -1,4 +1,4 @@
-"""A plain PyTorch MoE layer, written from DESIGN.md section 5, to check sigma_moe against.
+"""A plain PyTorch MoE layer, written from docs/design.md section 5, to check sigma_moe against.
 
 Softmax router over all E experts (fp32 or wider), top-K by logit with ties to the lower index,
 gates = probs at the chosen experts (optionally renormalized), Tutel priority order for capacity

@@ -1,5 +1,5 @@
 """sigma_moe.torch.DiffQKVAttention against a plain PyTorch block written here from the math
-(DESIGN.md section 7, attention/diffqkv.h): forward, the gradients of x and of every parameter,
+(docs/design.md section 7, attention/diffqkv.h): forward, the gradients of x and of every parameter,
 for MHA, GQA and DiffQKV head maps with and without augmented Q and QK-norm; the saved state; a
 tiny model that trains; bad inputs that raise; CUDA against CPU (skipped without a GPU)."""
 
@@ -47,7 +47,7 @@ def reference(x, p, n_q, n_k, n_v, head_dim, d_aug, qk_norm, rope_theta, details
     b, s, _ = x.shape
     q = x @ p["w_q"]
     if d_aug > 0:
-        # AugQ replaces q (no residual): attention/aug_q.h, DESIGN.md section 7.
+        # AugQ replaces q (no residual): attention/aug_q.h, docs/design.md section 7.
         q = (nn.functional.silu(q @ p["w_gate"]) * (q @ p["w_up"])) @ p["w_down"]
     q = q.reshape(b, s, n_q, head_dim)
     k = (x @ p["w_k"]).reshape(b, s, n_k, head_dim)

@@ -1,4 +1,4 @@
-// The language model that sigma-moe-train trains (DESIGN.md section 8):
+// The language model that sigma-moe-train trains (docs/design.md section 8):
 //   embedding -> L x [RMSNorm, DiffQKV attention, residual, RMSNorm, MoE (or dense SwiGLU), residual]
 //   -> RMSNorm -> LM head (tied to the embedding or not) -> cross-entropy (fp32) + the layers' aux losses.
 // Hand-written backward through the whole model.
@@ -9,7 +9,7 @@
 // ForwardBackward calls (gradient accumulation), then the optimizer.
 // Token ids and targets are device tensors [B * S] i32 (B sequences of S tokens).
 //
-// Multi-rank (Create with a communicator of W > 1 ranks; DESIGN.md section 6): the W ranks are one
+// Multi-rank (Create with a communicator of W > 1 ranks; docs/design.md section 6): the W ranks are one
 // data-parallel group and one MoE group. Every parameter is replicated except the MoE experts
 // (moe/parallel_moe_layer.h ExpertShardLayout), in master, compute copy, gradient and moments of
 // layers.<l>.moe.w1/w3/w2 (ModelParam::expert_shard): with E >= W rank g holds its E_l = E / W

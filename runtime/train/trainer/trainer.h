@@ -1,4 +1,4 @@
-// The training loop of sigma-moe-train (DESIGN.md section 8, issue 5).
+// The training loop of sigma-moe-train (docs/design.md section 8, issue 5).
 //
 // Per optimizer step: the progressive top-k schedule, grad_accum micro-batches of forward and
 // backward, a non-finite check (loss and global gradient norm), clipping, AdamW on the fp32
@@ -13,7 +13,7 @@
 // cuda:(local rank % visible GPUs), local rank from OMPI_COMM_WORLD_LOCAL_RANK else r, so ranks
 // may share one GPU; the model's collectives go through StagedCommunicator over MPI (device
 // buffers staged through the host: correct, slow; for testing the GPU paths). The W ranks are
-// one data-parallel group and one MoE group (DESIGN.md section 6):
+// one data-parallel group and one MoE group (docs/design.md section 6):
 //   Data: a step's global batch is what one rank with train.batch_size reads; rank r trains on
 //     its contiguous slice of batch_size / W sequences (batch_size % W == 0, else InvalidArgument
 //     naming train.batch_size), so W ranks train on exactly the single-rank data.

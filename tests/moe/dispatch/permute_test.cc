@@ -5,7 +5,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "moe/dispatch/permute_reference.h"
+#include "moe/dispatch/permute_cpu.h"
 #include "runtime/tensor/tensor_ops.h"
 #include "tests/moe/dispatch/dispatch_testing.h"
 #include "tests/testing/compare.h"

@@ -5,7 +5,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "moe/router/router.h"
-#include "moe/router/router_reference.h"
+#include "moe/router/router_cpu.h"
 #include "runtime/nn/softmax.h"
 #include "tests/testing/compare.h"
 #include "tests/testing/fake_communicator.h"

@@ -6,7 +6,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "moe/router/router_reference.h"
+#include "moe/router/router_cpu.h"
 #include "runtime/tensor/tensor_ops.h"
 #include "tests/testing/compare.h"
 #include "tests/testing/gradcheck.h"

@@ -1,4 +1,4 @@
-"""PyTorch modules running sigma-moe's kernels: the MoE layer (DESIGN.md section 5) and the
+"""PyTorch modules running sigma-moe's kernels: the MoE layer (docs/design.md section 5) and the
 DiffQKV attention block (DiffQKVAttention, section 7; documented on the class).
 
 Both run through torch.library custom ops (sigma_moe.torch.custom_ops: torch.ops.sigma_moe.moe,
@@ -235,7 +235,7 @@ def diffqkv_attention(x: torch.Tensor, config: "_C.DiffQkvConfig", w_q: torch.Te
 
 
 class DiffQKVAttention(nn.Module):
-    """Sigma's DiffQKV causal self-attention block (attention/diffqkv.h, DESIGN.md section 7).
+    """Sigma's DiffQKV causal self-attention block (attention/diffqkv.h, docs/design.md section 7).
 
         q = x W_q [B, S, n_q*D]; q' = W_down(silu(q W_gate) * (q W_up)) when d_aug > 0 (AugQ
         replaces q, no residual), else q; k = x W_k [.., n_k*D]; v = x W_v [.., n_v*D];
