@@ -107,6 +107,11 @@ Status RowExchanger::Exchange(ExecContext& ctx, AllToAllAlgorithm algorithm,
 // Regrouping copies row ranges with Copy on views (stream-ordered for device buffers, memmove on
 // the host). Step 2 reads the peers' counts on the host: for device buffers that is one stream
 // synchronization per 2dh exchange (the sizes of phase 1 and 2 depend on them).
+TwoDimSplits TwoDimSplitsOf(int rank, int node_size) {
+  const int node = rank / node_size, local = rank % node_size;
+  return TwoDimSplits{{node, local}, {local, node}};
+}
+
 Status RowExchanger::ExchangeTwoDim(ExecContext& ctx, const TensorView& send,
                                     std::span<const int64_t> send_rows, const TensorView& recv,
                                     std::span<const int64_t> recv_rows) {
@@ -116,8 +121,9 @@ Status RowExchanger::ExchangeTwoDim(ExecContext& ctx, const TensorView& send,
   const int node = comm_->rank() / n;
   const int local = comm_->rank() % n;
   if (intra_node_ == nullptr || inter_node_ == nullptr) {
-    MOE_ASSIGN_OR_RETURN(intra_node_, comm_->Split(node, local));
-    MOE_ASSIGN_OR_RETURN(inter_node_, comm_->Split(local, node));
+    const TwoDimSplits splits = TwoDimSplitsOf(comm_->rank(), n);
+    MOE_ASSIGN_OR_RETURN(intra_node_, comm_->Split(splits.intra_node.color, splits.intra_node.key));
+    MOE_ASSIGN_OR_RETURN(inter_node_, comm_->Split(splits.inter_node.color, splits.inter_node.key));
   }
   if (intra_node_->size() != n || intra_node_->rank() != local || inter_node_->size() != m ||
       inter_node_->rank() != node) {

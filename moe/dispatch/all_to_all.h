@@ -64,4 +64,17 @@ class RowExchanger {
   std::unique_ptr<Communicator> inter_node_;  // ranks with this local index, by node
 };
 
+// The Communicator::Split arguments of the 2dh sub-groups of `rank` in a group of `world` ranks,
+// `node_size` per node (rank = node * node_size + local): the intra-node group (color node, key
+// local) and the inter-node group (color local, key node). The same for every transport: MPI's
+// Split, ncclCommSplit.
+struct SplitArgs {
+  int color = 0;
+  int key = 0;
+};
+struct TwoDimSplits {
+  SplitArgs intra_node, inter_node;
+};
+TwoDimSplits TwoDimSplitsOf(int rank, int node_size);
+
 }  // namespace smoe

@@ -4,12 +4,16 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstring>
 #include <memory>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/comm/collective_watchdog.h"
 #include "runtime/comm/staging.h"
 #include "runtime/device/cuda_error.h"
 #include "runtime/tensor/tensor_ops.h"
@@ -32,6 +36,32 @@ Status NcclStatus(ncclResult_t result, absl::string_view what) {
 }
 
 #define MOE_NCCL_RETURN_IF_ERROR(expr) MOE_RETURN_IF_ERROR(NcclStatus((expr), #expr))
+
+using Clock = std::chrono::steady_clock;
+
+std::chrono::milliseconds TimeoutOf(const NcclOptions& options) {
+  const double seconds = options.timeout_s > 0 ? options.timeout_s : 600.0;
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000.0));
+}
+
+// Non-blocking communicators (the only kind made here) may answer a call with ncclInProgress:
+// the call then completes in the background, and the communicator's state says when. Waits for it
+// up to `timeout` (then aborts `comm`: a peer that never arrives must not hang this rank).
+Status Finish(ncclComm_t comm, ncclResult_t result, absl::string_view what,
+              std::chrono::milliseconds timeout) {
+  const Clock::time_point deadline = Clock::now() + timeout;
+  while (result == ncclInProgress) {
+    if (Clock::now() > deadline) {
+      ncclCommAbort(comm);
+      return absl::DeadlineExceededError(
+          absl::StrCat(what, ": not done after ", timeout.count() / 1000.0,
+                       " s (parallel.comm_timeout_s): a rank died or stalled; aborted"));
+    }
+    std::this_thread::yield();
+    if (ncclCommGetAsyncError(comm, &result) != ncclSuccess) break;
+  }
+  return NcclStatus(result, what);
+}
 
 // NCCL's reduction dtypes; collectives that move bytes use ncclUint8 instead.
 StatusOr<ncclDataType_t> NcclSumType(absl::string_view name, const TensorView& t) {
@@ -64,24 +94,43 @@ class DeviceGuard {
   Status status_;
 };
 
+// The configuration of every communicator made here: non-blocking, so that a dead or stalled peer
+// can be given up (ncclCommGetAsyncError, ncclCommAbort) instead of blocking this rank for ever.
+ncclConfig_t NonBlockingConfig() {
+  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+  config.blocking = 0;
+  return config;
+}
+
 class NcclGroup final : public Communicator {
  public:
-  // Takes ownership of `comm`.
-  static StatusOr<std::unique_ptr<Communicator>> Wrap(ncclComm_t comm, int device) {
-    std::unique_ptr<NcclGroup> group(new NcclGroup(comm, device));
-    MOE_NCCL_RETURN_IF_ERROR(ncclCommUserRank(comm, &group->rank_));
-    MOE_NCCL_RETURN_IF_ERROR(ncclCommCount(comm, &group->size_));
+  // Takes ownership of `comm` (initialized, or still initializing: Wrap waits for it).
+  static StatusOr<std::unique_ptr<Communicator>> Wrap(ncclComm_t comm, int device,
+                                                      const NcclOptions& options) {
+    std::unique_ptr<NcclGroup> group(new NcclGroup(comm, device, options));
+    MOE_RETURN_IF_ERROR(Finish(comm, ncclInProgress, "ncclCommInitRankConfig", group->timeout_));
+    MOE_RETURN_IF_ERROR(group->Call(ncclCommUserRank(comm, &group->rank_), "ncclCommUserRank"));
+    MOE_RETURN_IF_ERROR(group->Call(ncclCommCount(comm, &group->size_), "ncclCommCount"));
     MOE_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&group->barrier_stream_,
                                                        cudaStreamNonBlocking));
     MOE_ASSIGN_OR_RETURN(group->barrier_buffer_,
                          Tensor::Empty({1}, DType::kI32, Device::Cuda(device)));
+    NcclGroup* raw = group.get();
+    group->watchdog_ = std::make_unique<CollectiveWatchdog>(
+        group->timeout_, std::chrono::milliseconds(100),
+        CollectiveWatchdog::Hooks{[raw] { return raw->AsyncError(); },
+                                  [raw] {
+                                    raw->aborted_ = true;
+                                    ncclCommAbort(raw->comm_);
+                                  }});
     return std::unique_ptr<Communicator>(std::move(group));
   }
 
   ~NcclGroup() override {
+    watchdog_.reset();  // its thread may abort comm_: stop it first
     DeviceGuard guard(device_);
     if (barrier_stream_ != nullptr) cudaStreamDestroy(barrier_stream_);
-    ncclCommDestroy(comm_);
+    if (!aborted_) ncclCommDestroy(comm_);
   }
 
   int rank() const override { return rank_; }
@@ -94,10 +143,11 @@ class NcclGroup final : public Communicator {
     if (buffer.numel() == 0) return absl::OkStatus();
     DeviceGuard guard(device_);
     MOE_RETURN_IF_ERROR(guard.status());
-    MOE_NCCL_RETURN_IF_ERROR(ncclAllReduce(buffer.data(), buffer.data(),
-                                           static_cast<size_t>(buffer.numel()), type, ncclSum,
-                                           comm_, ctx.stream()));
-    return absl::OkStatus();
+    return Enqueued(ctx.stream(),
+                    Call(ncclAllReduce(buffer.data(), buffer.data(),
+                                       static_cast<size_t>(buffer.numel()), type, ncclSum, comm_,
+                                       ctx.stream()),
+                         "ncclAllReduce"));
   }
 
   Status AllGather(ExecContext& ctx, const TensorView& in, const TensorView& out) override {
@@ -114,9 +164,9 @@ class NcclGroup final : public Communicator {
     if (in.numel() == 0) return absl::OkStatus();
     DeviceGuard guard(device_);
     MOE_RETURN_IF_ERROR(guard.status());
-    MOE_NCCL_RETURN_IF_ERROR(
-        ncclAllGather(in.data(), out.data(), in.nbytes(), ncclUint8, comm_, ctx.stream()));
-    return absl::OkStatus();
+    return Enqueued(ctx.stream(), Call(ncclAllGather(in.data(), out.data(), in.nbytes(), ncclUint8,
+                                                     comm_, ctx.stream()),
+                                       "ncclAllGather"));
   }
 
   Status ReduceScatterSum(ExecContext& ctx, const TensorView& in, const TensorView& out) override {
@@ -134,10 +184,10 @@ class NcclGroup final : public Communicator {
     if (out.numel() == 0) return absl::OkStatus();
     DeviceGuard guard(device_);
     MOE_RETURN_IF_ERROR(guard.status());
-    MOE_NCCL_RETURN_IF_ERROR(ncclReduceScatter(in.data(), out.data(),
-                                               static_cast<size_t>(out.numel()), type, ncclSum,
-                                               comm_, ctx.stream()));
-    return absl::OkStatus();
+    return Enqueued(ctx.stream(),
+                    Call(ncclReduceScatter(in.data(), out.data(), static_cast<size_t>(out.numel()),
+                                           type, ncclSum, comm_, ctx.stream()),
+                         "ncclReduceScatter"));
   }
 
   Status AllToAllV(ExecContext& ctx, const TensorView& send, std::span<const int64_t> send_counts,
@@ -173,6 +223,7 @@ class NcclGroup final : public Communicator {
                                                send_at[rank_ + 1] - send_at[rank_],
                                                cudaMemcpyDeviceToDevice, ctx.stream()));
     }
+    MOE_RETURN_IF_ERROR(watchdog_->status());
     MOE_NCCL_RETURN_IF_ERROR(ncclGroupStart());
     // Every call between ncclGroupStart and ncclGroupEnd only records work; on an error the group
     // is still closed so that NCCL's group state stays balanced.
@@ -190,31 +241,69 @@ class NcclGroup final : public Communicator {
                             "ncclRecv");
       }
     }
-    const Status ended = NcclStatus(ncclGroupEnd(), "ncclGroupEnd");
+    const Status ended = Call(ncclGroupEnd(), "ncclGroupEnd");
     MOE_RETURN_IF_ERROR(queued);
-    return ended;
+    return Enqueued(ctx.stream(), ended);
   }
 
   Status Barrier() override {
     DeviceGuard guard(device_);
     MOE_RETURN_IF_ERROR(guard.status());
-    MOE_NCCL_RETURN_IF_ERROR(ncclAllReduce(barrier_buffer_.data(), barrier_buffer_.data(), 1,
-                                           ncclInt32, ncclSum, comm_, barrier_stream_));
-    MOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(barrier_stream_));
-    return absl::OkStatus();
+    MOE_RETURN_IF_ERROR(Enqueued(barrier_stream_,
+                                 Call(ncclAllReduce(barrier_buffer_.data(), barrier_buffer_.data(),
+                                                    1, ncclInt32, ncclSum, comm_, barrier_stream_),
+                                      "ncclAllReduce (barrier)")));
+    // Wait without blocking in the driver, so that the watchdog's verdict ends the wait.
+    while (true) {
+      const cudaError_t state = cudaStreamQuery(barrier_stream_);
+      if (state == cudaSuccess) return absl::OkStatus();
+      if (state != cudaErrorNotReady) return CudaStatus(state, "cudaStreamQuery (barrier)");
+      MOE_RETURN_IF_ERROR(watchdog_->status());
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
   }
 
   StatusOr<std::unique_ptr<Communicator>> Split(int color, int key) override {
     if (color < 0) return BadArgument("color", absl::StrCat(color), ">= 0");
     DeviceGuard guard(device_);
     MOE_RETURN_IF_ERROR(guard.status());
+    MOE_RETURN_IF_ERROR(watchdog_->status());
     ncclComm_t sub = nullptr;
-    MOE_NCCL_RETURN_IF_ERROR(ncclCommSplit(comm_, color, key, &sub, nullptr));
-    return Wrap(sub, device_);
+    ncclConfig_t config = NonBlockingConfig();
+    MOE_RETURN_IF_ERROR(Call(ncclCommSplit(comm_, color, key, &sub, &config), "ncclCommSplit"));
+    return Wrap(sub, device_, options_);
   }
 
  private:
-  NcclGroup(ncclComm_t comm, int device) : comm_(comm), device_(device) {}
+  NcclGroup(ncclComm_t comm, int device, const NcclOptions& options)
+      : comm_(comm), device_(device), options_(options), timeout_(TimeoutOf(options)) {}
+
+  // A call on comm_, completed (non-blocking communicators may still be working on it), as Status.
+  // After the watchdog gave the communicator up, its verdict.
+  Status Call(ncclResult_t result, absl::string_view what) {
+    if (watchdog_ != nullptr) MOE_RETURN_IF_ERROR(watchdog_->status());
+    return Finish(comm_, result, what, timeout_);
+  }
+
+  // After a collective was enqueued on `stream` (status `enqueued`): the watchdog times it until a
+  // CUDA event recorded behind it completes.
+  Status Enqueued(cudaStream_t stream, Status enqueued) {
+    MOE_RETURN_IF_ERROR(enqueued);
+    cudaEvent_t raw = nullptr;
+    MOE_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&raw, cudaEventDisableTiming));
+    std::shared_ptr<CUevent_st> event(raw, [](cudaEvent_t e) { cudaEventDestroy(e); });
+    MOE_CUDA_RETURN_IF_ERROR(cudaEventRecord(raw, stream));
+    return watchdog_->Watch([event] { return cudaEventQuery(event.get()) != cudaErrorNotReady; });
+  }
+
+  // The communicator's asynchronous error (a failed peer, a network error), OK while healthy.
+  Status AsyncError() {
+    ncclResult_t state = ncclSuccess;
+    const ncclResult_t queried = ncclCommGetAsyncError(comm_, &state);
+    if (queried != ncclSuccess) return NcclStatus(queried, "ncclCommGetAsyncError");
+    if (state == ncclSuccess || state == ncclInProgress) return absl::OkStatus();
+    return NcclStatus(state, "NCCL (asynchronous error)");
+  }
 
   Status CheckContext(ExecContext& ctx) const {
     if (ctx.device() != Device::Cuda(device_)) {
@@ -234,6 +323,10 @@ class NcclGroup final : public Communicator {
 
   ncclComm_t comm_;
   int device_;
+  NcclOptions options_;
+  std::chrono::milliseconds timeout_;
+  std::atomic<bool> aborted_{false};
+  std::unique_ptr<CollectiveWatchdog> watchdog_;
   int rank_ = 0;
   int size_ = 1;
   cudaStream_t barrier_stream_ = nullptr;
@@ -243,7 +336,8 @@ class NcclGroup final : public Communicator {
 }  // namespace
 
 StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(Communicator& bootstrap,
-                                                               int cuda_device) {
+                                                               int cuda_device,
+                                                               const NcclOptions& options) {
   if (cuda_device < 0 || cuda_device >= CudaDeviceCount()) {
     return BadArgument("cuda_device", absl::StrCat(cuda_device),
                        absl::StrCat("a visible CUDA device (", CudaDeviceCount(), " visible)"));
@@ -265,8 +359,12 @@ StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(Communicator& boo
   std::memcpy(&id, all.data(), sizeof(id));
 
   ncclComm_t comm = nullptr;
-  MOE_NCCL_RETURN_IF_ERROR(ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank()));
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> group, NcclGroup::Wrap(comm, cuda_device));
+  ncclConfig_t config = NonBlockingConfig();
+  const ncclResult_t started =
+      ncclCommInitRankConfig(&comm, bootstrap.size(), id, bootstrap.rank(), &config);
+  MOE_RETURN_IF_ERROR(Finish(comm, started, "ncclCommInitRankConfig", TimeoutOf(options)));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> group,
+                       NcclGroup::Wrap(comm, cuda_device, options));
   // NCCL takes device buffers only; host buffers are staged through device memory.
   Communicator* raw = group.get();
   return StagingCommunicator(raw, std::move(group),

@@ -18,7 +18,8 @@
 //   AllToAllV (any dtype, as bytes): one NCCL group of ncclSend / ncclRecv per peer, skipping
 //     zero counts; this rank's own segment is a device-to-device copy on the stream.
 //   Barrier: an all-reduce of one element on the communicator's own stream, then a host wait on
-//     that stream (the only collective that blocks the host). It orders ranks, not other streams.
+//     that stream that the watchdog can end (the only collective that blocks the host). It orders
+//     ranks, not other streams.
 //   Split: ncclCommSplit (a collective over this group; color >= 0).
 // Zero-element collectives return at once: their sizes agree on every rank, so every rank skips.
 // Every call switches to the communicator's device for its duration and restores the caller's.
@@ -33,14 +34,26 @@
 
 namespace smoe {
 
+struct NcclOptions {
+  // Seconds a collective (or the communicator's creation) may take before this rank gives up on a
+  // dead or stalled peer: the communicator is aborted (ncclCommAbort) and this and every later call
+  // fail with DeadlineExceeded. An asynchronous NCCL error (a peer's connection lost) aborts at
+  // once, with NCCL's message. <= 0 means 600.
+  double timeout_s = 600.0;
+};
+
 // A communicator over the ranks of `bootstrap` (same ranks, same order) on CUDA device
 // `cuda_device` of this process. Collective over `bootstrap`: its rank 0 creates the NCCL unique
 // id and shares it with an AllGather of its bytes on host buffers, then every rank joins with
 // ncclCommInitRank (which blocks until all ranks have joined). `bootstrap` is only used during
 // the call (MPI for several processes, SingleRankCommunicator() for one).
 // InvalidArgument for a device index that is not visible; Internal for NCCL errors.
+// The communicator is non-blocking (ncclConfig_t.blocking = 0): every call waits for NCCL's
+// background work with a deadline, and a CollectiveWatchdog (collective_watchdog.h) times each
+// enqueued collective through a CUDA event behind it, polling ncclCommGetAsyncError; sub-groups
+// from Split inherit the options.
 [[nodiscard]] StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(
-    Communicator& bootstrap, int cuda_device);
+    Communicator& bootstrap, int cuda_device, const NcclOptions& options = {});
 
 }  // namespace smoe
 

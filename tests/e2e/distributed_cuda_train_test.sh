@@ -20,7 +20,7 @@ trap 'rm -rf "$work"' EXIT
 steps=4
 args=(--device=cuda --no_progress --set train.dtype=f32
       --set model.num_layers=2 --set model.model_dim=32 --set attention.n_q=2 --set attention.n_k=1
-      --set attention.n_v=2 --set attention.head_dim=16 --set attention.d_aug=32
+      --set attention.n_v=2 --set attention.head_dim=64 --set attention.d_aug=32
       --set moe.num_experts=4 --set moe.ffn_dim=16 --set moe.top_k=2 --set "moe.topk_schedule=[]"
       --set moe.capacity_factor=0 --set moe.lbl_coef=0.01 --set moe.global_lbl=true
       --set moe.top1_lbl_coef=0 --set moe.z_coef=0.001

@@ -303,6 +303,12 @@ void ValidateParallel(const proto::ParallelConfig& parallel, Checker& check) {
   check.AtLeast("parallel.node_size", parallel.node_size(), 0);
   check.AtLeast("parallel.trials", parallel.trials(), 0);
   check.AtLeast("parallel.warmup", parallel.warmup(), 0);
+  const std::string& comm = parallel.comm();
+  check.Require(comm.empty() || comm == "auto" || comm == "nccl" || comm == "staged",
+                "parallel.comm", absl::StrCat("\"", comm, "\""), "\"auto\", \"nccl\" or \"staged\"");
+  check.Require(parallel.comm_timeout_s() >= 0 && std::isfinite(parallel.comm_timeout_s()),
+                "parallel.comm_timeout_s", absl::StrCat(parallel.comm_timeout_s()),
+                "finite and >= 0 (0 = 600)");
 }
 
 }  // namespace

@@ -18,11 +18,15 @@
 #include "moe/adapt/controller.h"
 #include "runtime/comm/communicator.h"
 #include "runtime/comm/staged_communicator.h"
+#if MOE_WITH_NCCL
+#include "runtime/comm/nccl_communicator.h"
+#endif
 #include "runtime/core/logging.h"
 #include "runtime/core/philox.h"
 #include "runtime/nn/adamw.h"
 #include "runtime/tensor/tensor_ops.h"
 #include "runtime/train/checkpoint/checkpoint.h"
+#include "runtime/train/trainer/comm_choice.h"
 #include "runtime/train/trainer/memory_plan.h"
 #include "runtime/train/data/batch_loader.h"
 #include "runtime/train/data/dataset.h"
@@ -209,12 +213,24 @@ StatusOr<Communicator*> WorldCommunicator() {
   return SingleRankCommunicator();
 }
 
-// This rank's GPU when ranks share a machine: local rank (Open MPI's, else the world rank)
-// modulo the visible GPUs, so 2 ranks on 1 GPU share cuda:0.
-Device RankDevice(int world_rank) {
-  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
-  const int rank = local != nullptr ? std::atoi(local) : world_rank;
-  return Device::Cuda(rank % std::max(1, CudaDeviceCount()));
+#if MOE_WITH_NCCL
+constexpr bool kNcclBuilt = true;
+#else
+constexpr bool kNcclBuilt = false;
+#endif
+
+// This rank's GPU: its local rank modulo the visible GPUs (one GPU per rank when they suffice; 2
+// ranks on 1 GPU share cuda:0).
+Device RankDevice(const LocalRank& local) {
+  return Device::Cuda(local.rank % std::max(1, CudaDeviceCount()));
+}
+
+// Whether every node has a GPU per rank (collective over `host`: every rank must choose alike).
+StatusOr<bool> EveryNodeFits(Communicator& host, const LocalRank& local) {
+  MOE_ASSIGN_OR_RETURN(Tensor misfits, Tensor::Empty({1}, DType::kI32, Device::Cpu()));
+  misfits.data<int32_t>()[0] = local.size <= CudaDeviceCount() ? 0 : 1;
+  MOE_RETURN_IF_ERROR(host.AllReduceSum(ExecContext::Cpu(), misfits));
+  return misfits.data<int32_t>()[0] == 0;
 }
 
 // The progress line (terminal) or log line.
@@ -243,6 +259,8 @@ class Trainer {
   };
 
   Status Setup();
+  // CUDA ranks: this rank's GPU and the communicator for device buffers (parallel.comm).
+  Status ConnectDevices();
   Status MaybeResume();
   Status SaveCheckpoint();
   // Restores the newest checkpoint with the learning rate scaled down; false (after a warning)
@@ -288,12 +306,13 @@ class Trainer {
   proto::RunConfig config_;
   const proto::TrainConfig& train_;
   TrainerOptions options_;
-  // The ranks (SingleRankCommunicator() on one). The host communicator (MPI) goes to the
-  // controller; comm_ is the one the model and the gradient reductions use: the host one on CPU
-  // ranks, its staged wrapper (device buffers through the host) on several CUDA ranks.
+  // The ranks (SingleRankCommunicator() on one). The host communicator (MPI) carries the flags,
+  // means and the controller's timings; comm_ is the one the model and the gradient reductions use
+  // (comm_choice.h): the host one on CPU ranks, NCCL with one GPU per rank, else the staged wrapper
+  // of the host one (device buffers through the host).
   Communicator* comm_ = nullptr;
   Communicator* host_comm_ = nullptr;
-  std::unique_ptr<Communicator> staged_comm_;
+  std::unique_ptr<Communicator> device_comm_;
   int world_ = 1, rank_ = 0;
   int64_t local_batch_ = 0;       // sequences per micro-batch on this rank
   std::unique_ptr<AdaptiveController> controller_;  // several ranks only
@@ -330,13 +349,7 @@ Status Trainer::Setup() {
   rank_ = comm_->rank();
   MOE_RETURN_IF_ERROR(ValidateWorld(config_, world_));
   MOE_ASSIGN_OR_RETURN(device_, ResolveDevice(config_));
-  if (distributed() && device_.is_cuda()) {
-    // No NCCL here: ranks may share one GPU, which NCCL refuses; MPI moves device buffers staged
-    // through the host (slow, for exercising the GPU paths).
-    device_ = RankDevice(rank_);
-    staged_comm_ = StagedCommunicator(host_comm_);
-    comm_ = staged_comm_.get();
-  }
+  if (device_.is_cuda()) MOE_RETURN_IF_ERROR(ConnectDevices());
   MOE_ASSIGN_OR_RETURN(DType dtype, ResolveDType(config_, device_));
   if (device_.is_cuda()) {
     // Stop before allocating rather than fail late: the plan against the device's free memory.
@@ -401,6 +414,28 @@ Status Trainer::Setup() {
                 << " tokens), held-out " << data_.heldout->name();
   MOE_LOG(INFO) << absl::StrFormat("token-unigram entropy of the training data: %.3f nats",
                                    UnigramEntropy(*data_.train));
+  return absl::OkStatus();
+}
+
+Status Trainer::ConnectDevices() {
+  const LocalRank local = LocalRankFromEnvironment(rank_, world_);
+  RankLayout layout{world_, true, local.size, CudaDeviceCount(), true};
+  MOE_ASSIGN_OR_RETURN(layout.every_node_fits, EveryNodeFits(*host_comm_, local));
+  MOE_ASSIGN_OR_RETURN(const CommChoice choice,
+                       ChooseCommunicator(config_.parallel().comm(), layout, kNcclBuilt));
+  if (choice.kind == CommKind::kHost) return absl::OkStatus();
+  if (world_ > 1) device_ = RankDevice(local);
+  if (leader()) MOE_LOG(INFO) << "device collectives: " << choice.reason;
+  if (choice.kind == CommKind::kStaged) {
+    device_comm_ = StagedCommunicator(host_comm_);
+  } else {
+#if MOE_WITH_NCCL
+    NcclOptions options;
+    options.timeout_s = config_.parallel().comm_timeout_s();
+    MOE_ASSIGN_OR_RETURN(device_comm_, CreateNcclCommunicator(*host_comm_, device_.index, options));
+#endif
+  }
+  comm_ = device_comm_.get();
   return absl::OkStatus();
 }
 

@@ -2,6 +2,7 @@
 // argument; algorithm names round-trip. Multi-rank behaviour (2dh == flat) is all_to_all_mpi_test.
 #include "moe/dispatch/all_to_all.h"
 
+#include <map>
 #include <cstring>
 #include <vector>
 
@@ -131,6 +132,32 @@ TEST(RowExchangerTest, RejectsBadArgumentsNamingThem) {
   // The failed calls wrote nothing the valid one depends on.
   MOE_EXPECT_OK(exchange(send, four, recv, four));
   EXPECT_EQ(std::memcmp(send.data(), recv.data(), send.nbytes()), 0);
+}
+
+// The 2dh split plan, simulated over every rank as Split groups them (by color, ranked by key):
+// each intra-node group is one node's ranks by local index, each inter-node group the ranks of one
+// local index by node, as ExchangeTwoDim expects of any transport (MPI or ncclCommSplit).
+TEST(TwoDimSplitsTest, GroupsAreNodesAndLocalIndices) {
+  for (const auto& [world, node_size] : {std::pair{8, 4}, std::pair{16, 8}, std::pair{12, 3},
+                                         std::pair{64, 8}, std::pair{4, 1}, std::pair{4, 4}}) {
+    // color -> (key, rank) pairs, for both kinds of group.
+    std::map<int, std::vector<std::pair<int, int>>> intra, inter;
+    for (int rank = 0; rank < world; ++rank) {
+      const TwoDimSplits s = TwoDimSplitsOf(rank, node_size);
+      intra[s.intra_node.color].push_back({s.intra_node.key, rank});
+      inter[s.inter_node.color].push_back({s.inter_node.key, rank});
+    }
+    ASSERT_EQ(static_cast<int>(intra.size()), world / node_size) << world << "/" << node_size;
+    ASSERT_EQ(static_cast<int>(inter.size()), node_size) << world << "/" << node_size;
+    for (auto& [node, members] : intra) {
+      std::sort(members.begin(), members.end());
+      for (int i = 0; i < node_size; ++i) EXPECT_EQ(members[i].second, node * node_size + i);
+    }
+    for (auto& [local, members] : inter) {
+      std::sort(members.begin(), members.end());
+      for (int i = 0; i < world / node_size; ++i) EXPECT_EQ(members[i].second, i * node_size + local);
+    }
+  }
 }
 
 }  // namespace

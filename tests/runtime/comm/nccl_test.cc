@@ -148,6 +148,9 @@ TEST_F(NcclCommunicatorTest, ParallelMoELayerRunsOnTheGpu) {
   config.ffn_dim = 8;
   config.num_experts = 4;
   config.top_k = 2;
+  // The global LBL all-reduces the expert counts over the group: on device buffers here.
+  config.aux.lbl_coef = 0.1f;
+  config.aux.global_lbl = true;
   const int64_t m = 16, h = 8, e = 4, t = 23;
   const Tensor host[6] = {RandomNormal({m, e}, 1), RandomNormal({e, m, h}, 2),
                           RandomNormal({e, m, h}, 3), RandomNormal({e, h, m}, 4),
@@ -157,7 +160,9 @@ TEST_F(NcclCommunicatorTest, ParallelMoELayerRunsOnTheGpu) {
   MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RowExchanger> gpu_ex, RowExchanger::Create(comm_.get()));
   MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RowExchanger> cpu_ex,
                            RowExchanger::Create(SingleRankCommunicator()));
-  for (const ParallelMode mode : {ParallelMode{1, 1}, ParallelMode{1, 3}}) {
+  // r = 0 gathers the experts and reduce-scatters their gradients; r = 1 exchanges the tokens
+  // (all-to-all), also in 3 pipelined chunks.
+  for (const ParallelMode mode : {ParallelMode{0, 1}, ParallelMode{1, 1}, ParallelMode{1, 3}}) {
     Tensor y_host = HostTensor({t, m}), y_dev = DeviceEmpty({t, m}, DType::kF32);
     Tensor dx_host = HostTensor({t, m}), dx_dev = DeviceEmpty({t, m}, DType::kF32);
     MoEParams grads_host{HostTensor({m, e}), HostTensor({e, m, h}), HostTensor({e, m, h}),
