@@ -24,7 +24,7 @@ StatusOr<AttentionDims> ValidateQkv(const ExecContext& ctx, const TensorView& q,
   MOE_RETURN_IF_ERROR(internal::CheckHeadCounts(d.n_q, d.n_k, d.n_v));
   if (d.head_dim < 1) return BadArgument("q.head_dim", absl::StrCat(d.head_dim), ">= 1");
   if (ctx.device().is_cuda() && !CudaSupportsHeadDim(d.head_dim)) {
-    return BadArgument("q.head_dim", absl::StrCat(d.head_dim), "64, 96 or 128 on CUDA");
+    return BadArgument("q.head_dim", absl::StrCat(d.head_dim), "32, 64, 96 or 128 on CUDA");
   }
   return d;
 }
@@ -36,7 +36,7 @@ Shape HeadsShape(const AttentionDims& d, int64_t heads) {
 }  // namespace
 
 bool CudaSupportsHeadDim(int64_t head_dim) {
-  return head_dim == 64 || head_dim == 96 || head_dim == 128;
+  return head_dim == 32 || head_dim == 64 || head_dim == 96 || head_dim == 128;
 }
 
 namespace internal {

@@ -15,7 +15,7 @@
 // lse f32. Accumulation is fp32 on CUDA; on the CPU, f32 runs the OpenBLAS path of
 // attention_core_blas.h (fp32 products, softmax sums in double) and bf16 the plain-loop reference
 // of attention_core_cpu.h (fp64). Every output is overwritten.
-// CPU: any D >= 1. CUDA: D in {64, 96, 128} (a fused tiled kernel with online softmax: no S x S
+// CPU: any D >= 1. CUDA: D in {32, 64, 96, 128} (a fused tiled kernel with online softmax: no S x S
 // matrix in memory); workspace: B * n_q * S floats for backward. Deterministic on each backend
 // (fixed reduction order, no atomics). No host synchronization. Tensors contiguous, on the
 // device of ctx.

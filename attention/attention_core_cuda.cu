@@ -290,10 +290,12 @@ struct KernelTag {
 template <typename Fn>
 Status Dispatch(DType dtype, int64_t head_dim, Fn&& fn) {
   if (dtype == DType::kF32) {
+    if (head_dim == 32) return fn(KernelTag<float, 32>{});
     if (head_dim == 64) return fn(KernelTag<float, 64>{});
     if (head_dim == 96) return fn(KernelTag<float, 96>{});
     if (head_dim == 128) return fn(KernelTag<float, 128>{});
   } else {
+    if (head_dim == 32) return fn(KernelTag<BF16, 32>{});
     if (head_dim == 64) return fn(KernelTag<BF16, 64>{});
     if (head_dim == 96) return fn(KernelTag<BF16, 96>{});
     if (head_dim == 128) return fn(KernelTag<BF16, 128>{});

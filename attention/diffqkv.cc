@@ -52,7 +52,7 @@ Status ValidateDiffQkvConfig(const DiffQkvConfig& c, Device device) {
     return BadArgument("head_dim", absl::StrCat(c.head_dim), "even and >= 2 (RoPE pairs)");
   }
   if (device.is_cuda() && !CudaSupportsHeadDim(c.head_dim)) {
-    return BadArgument("head_dim", absl::StrCat(c.head_dim), "64, 96 or 128 on CUDA");
+    return BadArgument("head_dim", absl::StrCat(c.head_dim), "32, 64, 96 or 128 on CUDA");
   }
   if (c.d_aug < 0) return BadArgument("d_aug", absl::StrCat(c.d_aug), ">= 0");
   if (!(c.rope_theta > 0.0)) return BadArgument("rope_theta", absl::StrCat(c.rope_theta), "> 0");

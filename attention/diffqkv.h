@@ -8,7 +8,7 @@
 // x, y, dy, dx: [B, S, M]. Activations and parameters share one dtype: f32 (CPU or CUDA) or bf16
 // (CUDA; the CPU reference accepts it too); softmax statistics and RMSNorm rstd are f32. The weight
 // gradients are f32 and accumulated (grad += ..., callers zero them), as every weight gradient in
-// sigma-moe; dx is overwritten. On CUDA, D must be 64, 96 or 128.
+// sigma-moe; dx is overwritten. On CUDA, D must be 32, 64, 96 or 128.
 // Temporaries and saved activations come from ctx's allocator; no host sync. Deterministic.
 #pragma once
 

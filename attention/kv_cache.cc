@@ -108,7 +108,7 @@ Status DecodeAttention(ExecContext& ctx, const TensorView& q, const KvCache& cac
   MOE_RETURN_IF_ERROR(internal::CheckHeadCounts(n_q, cache.n_k(), cache.n_v()));
   if (cache.length() < 1) return BadArgument("cache.length", "0", ">= 1 (append the token first)");
   if (ctx.device().is_cuda() && !CudaSupportsHeadDim(D)) {
-    return BadArgument("q.head_dim", absl::StrCat(D), "64, 96 or 128 on CUDA");
+    return BadArgument("q.head_dim", absl::StrCat(D), "32, 64, 96 or 128 on CUDA");
   }
   const internal::DecodeProblem p{B,
                                   cache.capacity(),

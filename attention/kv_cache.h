@@ -10,7 +10,7 @@
 //   out[b, i] = sum_{t < length} softmax_t(q[b, i] . k[b, t, kh(i)] / sqrt(D)) v[b, t, vh(i)]
 // with kh(i) = floor(i * n_k / n_q) and vh(i) = floor(i * n_v / n_q): the last row of causal
 // attention over the cached tokens. f32 or bf16 (the cache's dtype); fp32 accumulation on CUDA.
-// CUDA (D in {64, 96, 128}) splits the cache into chunks of kDecodeChunk positions: scores per
+// CUDA (D in {32, 64, 96, 128}) splits the cache into chunks of kDecodeChunk positions: scores per
 // (chunk, K head) for all the query heads that share it, softmax statistics per query head, then
 // V per (chunk, V head): each cache element is read from memory once. Workspace:
 // B * n_q * (length + 2 + chunks * D) floats. Deterministic; no host sync.

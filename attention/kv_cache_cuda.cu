@@ -172,6 +172,8 @@ Status Launch(ExecContext& ctx, const internal::DecodeProblem& dp) {
 template <typename T>
 Status LaunchForDim(ExecContext& ctx, const internal::DecodeProblem& p) {
   switch (p.head_dim) {
+    case 32:
+      return Launch<T, 32>(ctx, p);
     case 64:
       return Launch<T, 64>(ctx, p);
     case 96:

@@ -1,5 +1,5 @@
 // CUDA vs CPU parity for the attention kernels: the flash forward/backward on a grid of shapes
-// (T = 1, T not a multiple of the tiles, B > 1, D in {64, 96, 128}, several (n_q, n_k, n_v)),
+// (T = 1, T not a multiple of the tiles, B > 1, D in {32, 64, 96, 128}, several (n_q, n_k, n_v)),
 // RoPE, QK-norm, decode over multi-chunk caches, and the whole DiffQKV block (AugQ's SwiGLU gate is
 // runtime/nn/swiglu, whose parity test is in tests/moe/experts/experts_cuda_test.cc).
 // Skips itself without a GPU.
@@ -66,7 +66,7 @@ TEST_P(AttentionParityTest, ForwardAndBackwardMatchCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Grid, AttentionParityTest,
                          ::testing::Combine(::testing::Values(1, 2), ::testing::Values(1, 37, 70),
-                                            ::testing::Values(64, 96, 128),
+                                            ::testing::Values(32, 64, 96, 128),
                                             ::testing::Values(std::make_tuple(4, 4, 4),
                                                               std::make_tuple(4, 1, 2),
                                                               std::make_tuple(6, 2, 3)),
@@ -145,7 +145,7 @@ TEST_P(DecodeParityTest, MatchesCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Grid, DecodeParityTest,
                          ::testing::Combine(::testing::Values(1, 200, 1000),
-                                            ::testing::Values(64, 96, 128),
+                                            ::testing::Values(32, 64, 96, 128),
                                             ::testing::Values(std::make_tuple(16, 2, 8),
                                                               std::make_tuple(4, 4, 4),
                                                               std::make_tuple(6, 3, 2))));

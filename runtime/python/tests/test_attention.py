@@ -384,7 +384,7 @@ def test_bad_module_arguments():
     # head_dim 8 is fine on CPU, not for the CUDA kernels (checked without a GPU).
     config = DiffQkvConfig(M, 4, 2, 2, D)
     config.validate()
-    with pytest.raises(ValueError, match="head_dim: got 8, expected 64, 96 or 128 on CUDA"):
+    with pytest.raises(ValueError, match="head_dim: got 8, expected 32, 64, 96 or 128 on CUDA"):
         config.validate(cuda=True)
 
 
@@ -491,7 +491,7 @@ def test_in_place_change_before_backward_is_reported():
 
 
 # ---------------------------------------------------------------------------------------------
-# CUDA against CPU (run on a GPU machine; skipped here). The CUDA kernels take D in {64, 96, 128}.
+# CUDA against CPU (run on a GPU machine; skipped here). The CUDA kernels take D in {32, 64, 96, 128}.
 
 def cuda_vs_cpu(dtype, heads, d_aug, qk_norm, tol, relative_norm=False):
     n_q, n_k, n_v = heads

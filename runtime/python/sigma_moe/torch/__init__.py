@@ -246,7 +246,7 @@ class DiffQKVAttention(nn.Module):
 
     Args:
       model_dim, n_q, n_k, n_v, head_dim: M, the query / key / value head counts (n_k and n_v
-        divide n_q: MHA is n_k = n_v = n_q, GQA n_k = n_v < n_q) and D (even; 64, 96 or 128 on
+        divide n_q: MHA is n_k = n_v = n_q, GQA n_k = n_v < n_q) and D (even; 32, 64, 96 or 128 on
         CUDA).
       d_aug: width of the augmented-Q MLP (0: none).
       qk_norm: per-head RMSNorm of queries and keys.
