@@ -79,7 +79,8 @@ StatusOr<MemoryPlan> PlanMemory(const proto::RunConfig& config, Device device, D
       local_matrices += 3 * m * hd;
       matmul_params += 3 * m * hd;
       act += 3 * t * hd * c;
-      moe_transient = std::max(moe_transient, 2 * t * hd * c + t * m * 4);
+      moe_transient =
+          std::max(moe_transient, 2 * t * hd * c + (c == 4 ? t * m * 4 : 3 * m * hd * c));
       continue;
     }
     const double k = MaxTopK(moe, l);
@@ -94,9 +95,12 @@ StatusOr<MemoryPlan> PlanMemory(const proto::RunConfig& config, Device device, D
     // Routing (f32 logits, probabilities, aux-loss gradient; top-k ids and gates; the plan's
     // per-row slots), dispatched rows xs, ys [R, M] and h1, h3, act [R, H].
     act += 3 * t * e * 4 + 2 * t * k * 4 + rows * 16 + 2 * rows * m * c + 3 * rows * h * c;
-    // Backward: dys, dxs [R, M], dh1, dh3 [R, H], an f32 [R, M] accumulator, the router's
-    // dx [T, M] and scaled aux gradient [T, E] f32, and the router's f32 copy of x.
-    moe_transient = std::max(moe_transient, 2 * rows * m * c + 2 * rows * h * c + rows * m * 4 +
+    // Backward: dys, dxs [R, M], dh1, dh3 [R, H], in f32 an [R, M] f32 term (calibrated, see
+    // below), in bf16 the three bf16 weight-gradient products of the local experts
+    // (moe/experts/experts.h), the router's dx [T, M] and scaled aux gradient [T, E] f32, and the
+    // router's f32 copy of x.
+    const double grad_products = c == 4 ? rows * m * 4 : 3 * e * local_expert_share * m * h * c;
+    moe_transient = std::max(moe_transient, 2 * rows * m * c + 2 * rows * h * c + grad_products +
                                                 t * m * c + t * e * 4 + t * m * 4);
   }
   plan.parameters = static_cast<int64_t>(matrices + f32_only);
