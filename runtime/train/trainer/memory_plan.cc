@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "runtime/train/model/sync_budget.h"
 
 namespace smoe {
 namespace {
@@ -128,7 +129,7 @@ StatusOr<MemoryPlan> PlanMemory(const proto::RunConfig& config, Device device, D
   int moe_layers = 0;
   for (int l = 0; l < mc.num_layers(); ++l) moe_layers += IsDense(moe, l) ? 0 : 1;
   plan.host_syncs_per_step =
-      int64_t{std::max(1, config.train().grad_accum())} * (2 * moe_layers + 1) + 1 + 2 * moe_layers;
+      SyncBudget().StepTotal(moe_layers, std::max(1, config.train().grad_accum()));
   plan.reserve_bytes = device.is_cuda() ? kCudaReserveBytes : 0;
   return plan;
 }
