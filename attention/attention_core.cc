@@ -1,5 +1,7 @@
 #include "attention/attention_core.h"
 
+#include <atomic>
+
 #include "absl/strings/str_cat.h"
 #include "attention/attention_core_blas.h"
 #include "attention/attention_core_cpu.h"
@@ -33,13 +35,61 @@ Shape HeadsShape(const AttentionDims& d, int64_t heads) {
   return {d.batch, d.seq, heads, d.head_dim};
 }
 
+bool UseCudnn(const AttentionDims& d, DType dtype) {
+  return internal::ChooseCudaAttentionPath(dtype, d.head_dim, internal::CudnnAttentionBuilt(),
+                                           CudaAttentionKernelsOnly()) ==
+         internal::CudaAttentionPath::kCudnn;
+}
+
 }  // namespace
 
 bool CudaSupportsHeadDim(int64_t head_dim) {
   return head_dim == 32 || head_dim == 64 || head_dim == 96 || head_dim == 128;
 }
 
+namespace {
+std::atomic<bool> kernels_only{false};
+}  // namespace
+
+void SetCudaAttentionKernelsOnly(bool value) { kernels_only.store(value); }
+bool CudaAttentionKernelsOnly() { return kernels_only.load(); }
+
 namespace internal {
+
+CudaAttentionPath ChooseCudaAttentionPath(DType dtype, int64_t head_dim, bool cudnn_built,
+                                          bool kernels_only) {
+  const bool cudnn = cudnn_built && !kernels_only && dtype == DType::kBF16 && head_dim > 0 &&
+                     head_dim % 8 == 0 && head_dim <= 128;
+  return cudnn ? CudaAttentionPath::kCudnn : CudaAttentionPath::kKernels;
+}
+
+bool CudnnAttentionBuilt() {
+#if MOE_WITH_CUDNN
+  return true;
+#else
+  return false;
+#endif
+}
+
+SdpaGraphKey MakeSdpaGraphKey(int device, AttentionPass pass, const AttentionDims& dims,
+                              DType dtype) {
+  return SdpaGraphKey{device,   pass,     dtype,    dims.batch,   dims.seq,
+                      dims.n_q, dims.n_k, dims.n_v, dims.head_dim};
+}
+
+size_t SdpaGraphKeyHash::operator()(const SdpaGraphKey& key) const {
+  size_t h = 0;
+  auto mix = [&h](int64_t v) {
+    h ^= std::hash<int64_t>()(v) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+  };
+  for (int64_t v : {int64_t{key.device}, static_cast<int64_t>(key.pass),
+                    static_cast<int64_t>(key.dtype), key.batch, key.seq, key.n_q, key.n_k,
+                    key.n_v, key.head_dim}) {
+    mix(v);
+  }
+  return h;
+}
+
 Status CheckHeadCounts(int64_t n_q, int64_t n_k, int64_t n_v) {
   if (n_q < 1) return BadArgument("n_q", absl::StrCat(n_q), ">= 1");
   if (n_k < 1 || n_q % n_k != 0) {
@@ -59,6 +109,12 @@ Status AttentionForward(ExecContext& ctx, const TensorView& q, const TensorView&
   MOE_RETURN_IF_ERROR(CheckArg("lse", ctx, lse, DType::kF32, {d.batch, d.n_q, d.seq}));
   if (q.empty()) return absl::OkStatus();
   if (ctx.device().is_cuda()) {
+    if (UseCudnn(d, q.dtype())) {
+      MOE_ASSIGN_OR_RETURN(const bool ran,
+                           internal::AttentionForwardCudnn(ctx, d, q.data(), k.data(), v.data(),
+                                                           out.data(), lse.data<float>()));
+      if (ran) return absl::OkStatus();
+    }
     return internal::AttentionForwardCuda(ctx, d, q.dtype(), q.data(), k.data(), v.data(),
                                           out.data(), lse.data<float>());
   }
@@ -85,6 +141,13 @@ Status AttentionBackward(ExecContext& ctx, const TensorView& q, const TensorView
   MOE_RETURN_IF_ERROR(CheckArg("dv", ctx, dv, q.dtype(), HeadsShape(d, d.n_v)));
   if (q.empty()) return absl::OkStatus();
   if (ctx.device().is_cuda()) {
+    if (UseCudnn(d, q.dtype())) {
+      MOE_ASSIGN_OR_RETURN(const bool ran, internal::AttentionBackwardCudnn(
+                                               ctx, d, q.data(), k.data(), v.data(), out.data(),
+                                               lse.data<float>(), dout.data(), dq.data(),
+                                               dk.data(), dv.data()));
+      if (ran) return absl::OkStatus();
+    }
     return internal::AttentionBackwardCuda(ctx, d, q.dtype(), q.data(), k.data(), v.data(),
                                            out.data(), lse.data<float>(), dout.data(), dq.data(),
                                            dk.data(), dv.data());
@@ -100,6 +163,21 @@ Status AttentionBackward(ExecContext& ctx, const TensorView& q, const TensorView
   }
   return absl::OkStatus();
 }
+
+#if !MOE_WITH_CUDNN
+namespace internal {
+int64_t CudnnAttentionRuns() { return 0; }
+StatusOr<bool> AttentionForwardCudnn(ExecContext&, const AttentionDims&, const void*, const void*,
+                                     const void*, void*, float*) {
+  return false;
+}
+StatusOr<bool> AttentionBackwardCudnn(ExecContext&, const AttentionDims&, const void*,
+                                      const void*, const void*, const void*, const float*,
+                                      const void*, void*, void*, void*) {
+  return false;
+}
+}  // namespace internal
+#endif
 
 #if !MOE_WITH_CUDA
 namespace internal {

@@ -1,8 +1,11 @@
 // DiffQKV attention benchmarks (a program, not a test): prints one JSON line per measurement.
 //
 //   attention_train_fwd_bwd: causal flash attention forward + backward (n_q=16, n_k=2, n_v=8,
-//                            D=96); on a GPU B=4, S=4096, bf16 (target <= 2.0 ms on an H100);
-//                            on the CPU a small f32 shape through the reference.
+//                            D=96); on a GPU B=4, S=4096, bf16 (target <= 2.0 ms on an H100),
+//                            once on the default path (cuDNN's fused attention in a cuDNN build)
+//                            and once on our kernels, each line naming the path that ran
+//                            ("cudnn" or "kernels"); on the CPU a small f32 shape through the
+//                            reference.
 //   attention_decode:        one new token per sequence over a KV cache of the same heads; on a GPU
 //                            B=4, caches of 8192 and 32768, bf16 (target <= 0.11 ms at 32K), with
 //                            the GB/s of K and V cache read; on the CPU a small cache.
@@ -59,7 +62,11 @@ double TimeMs(ExecContext& ctx, int iters, Run run) {
   return *ms;
 }
 
-void BenchTrain(ExecContext& ctx, int64_t B, int64_t S, DType dtype, int iters) {
+// kernels_only: SetCudaAttentionKernelsOnly for this measurement.
+void BenchTrain(ExecContext& ctx, int64_t B, int64_t S, DType dtype, int iters,
+                bool kernels_only = false) {
+  SetCudaAttentionKernelsOnly(kernels_only);
+  const int64_t cudnn_runs = internal::CudnnAttentionRuns();
   Tensor q = Random(ctx, {B, S, kNq, kD}, dtype, 1), k = Random(ctx, {B, S, kNk, kD}, dtype, 2);
   Tensor v = Random(ctx, {B, S, kNv, kD}, dtype, 3), dout = Random(ctx, {B, S, kNq, kD}, dtype, 4);
   Tensor out = Empty(ctx, {B, S, kNq, kD}, dtype), lse = Empty(ctx, {B, kNq, S}, DType::kF32);
@@ -69,14 +76,19 @@ void BenchTrain(ExecContext& ctx, int64_t B, int64_t S, DType dtype, int iters) 
     MOE_RETURN_IF_ERROR(AttentionForward(ctx, q, k, v, out, lse));
     return AttentionBackward(ctx, q, k, v, out, lse, dout, dq, dk, dv);
   });
+  SetCudaAttentionKernelsOnly(false);
+  const char* path = ctx.device().is_cpu() ? "cpu"
+                     : internal::CudnnAttentionRuns() > cudnn_runs ? "cudnn"
+                                                                   : "kernels";
   // Causal: half of the S x S scores. Forward 2 GEMMs, backward 5 (one recomputes the scores).
   const double fwd_flops = 4.0 * B * kNq * double(S) * S * kD / 2.0;
   const double tflops = 3.5 * fwd_flops / (ms * 1e-3) / 1e12;
   std::printf(
-      "{\"name\":\"attention_train_fwd_bwd\",\"device\":\"%s\",\"dtype\":\"%s\",\"B\":%lld,"
+      "{\"name\":\"attention_train_fwd_bwd\",\"device\":\"%s\",\"path\":\"%s\","
+      "\"dtype\":\"%s\",\"B\":%lld,"
       "\"S\":%lld,\"n_q\":%lld,\"n_k\":%lld,\"n_v\":%lld,\"D\":%lld,\"ms\":%.4f,"
       "\"tflops\":%.3f,\"peak_fraction\":%s,\"ceiling_tflops\":%.1f,\"target_ms\":2.0}\n",
-      ctx.device().ToString().c_str(), std::string(DTypeName(dtype)).c_str(), (long long)B,
+      ctx.device().ToString().c_str(), path, std::string(DTypeName(dtype)).c_str(), (long long)B,
       (long long)S, (long long)kNq, (long long)kNk, (long long)kNv, (long long)kD, ms, tflops,
       PeakFraction(ctx, tflops / g_ceiling_tflops).c_str(), g_ceiling_tflops);
 }
@@ -135,6 +147,9 @@ int Main(int argc, char** argv) {
   g_ceiling_tflops = *tflops;
   g_ceiling_gbps = *gbps;
   BenchTrain(**ctx, 4, 4096, DType::kBF16, iters > 0 ? iters : 10);
+  if (internal::CudnnAttentionBuilt()) {  // our kernels on the same problem, for comparison
+    BenchTrain(**ctx, 4, 4096, DType::kBF16, iters > 0 ? iters : 3, /*kernels_only=*/true);
+  }
   for (int64_t cache : {8192, 32768}) BenchDecode(**ctx, 4, cache, DType::kBF16, iters > 0 ? iters : 100);
   return 0;
 }

@@ -6,6 +6,10 @@
 // initialized random router; peak_fraction is against a bf16 8192^3 GEMM measured in the same run.
 // On the CPU: the tiny preset's shape (M=128, H=64, E=96, T=4096, f32), against an f32 GEMM.
 // FLOPs counted: experts 18 * R * M * H (3 matrices; forward 1x, backward 2x), router 6 * T * M * E.
+// The pass is the trainer's: MoEForwardDeferAux (the aux values stay on the device; one host sync,
+// the expert offsets) and MoEBackward accumulating into f32 gradients (in bf16 the grouped
+// products with bf16 outputs and the fused f32 accumulation, moe/experts/experts.h);
+// "host_syncs" is the count one forward + backward made (budget: 1).
 // Timing: warm-up, then the median of repeated runs (CUDA events on the GPU, steady_clock on CPU).
 // Flags: --device=cpu|cuda, --tokens=N (one shape), --iters=N.
 #include <cstdio>
@@ -34,23 +38,37 @@ Status RunShape(ExecContext& ctx, const MoELayerConfig& config, int64_t tokens, 
   MOE_ASSIGN_OR_RETURN(Tensor dx, Tensor::Empty(shape, config.dtype, ctx.device()));
   MOE_RETURN_IF_ERROR(FillNormal(ctx, x, 7, 0, 0.0f, 1.0f));
   MOE_RETURN_IF_ERROR(FillNormal(ctx, dy, 8, 0, 0.0f, 1.0f));
-  MOE_ASSIGN_OR_RETURN(double ms, MedianMs(ctx, 2, iters, [&]() -> Status {
-    MOE_RETURN_IF_ERROR(layer->Forward(ctx, x, y).status());
-    return layer->Backward(ctx, dy, dx);
-  }));
-  const double rows = static_cast<double>(tokens) * config.top_k - layer->dropped();
+  MoEState state;
+  const MoEParamViews params = layer->param_views();
+  const MoEGradViews grads = layer->grad_views();
+  for (const TensorView& g : {grads.w_gate, grads.w1, grads.w3, grads.w2}) {
+    MOE_RETURN_IF_ERROR(Fill(ctx, g, 0.0));
+  }
+  auto pass = [&]() -> Status {
+    MOE_RETURN_IF_ERROR(MoEForwardDeferAux(ctx, config, params, x, y, &state));
+    return MoEBackward(ctx, config, params, state, dy, dx, grads, /*accumulate_grads=*/true);
+  };
+  const int64_t syncs_before = ctx.host_syncs();
+  MOE_RETURN_IF_ERROR(pass());
+  const int64_t host_syncs = ctx.host_syncs() - syncs_before;
+  MOE_ASSIGN_OR_RETURN(double ms, MedianMs(ctx, 2, iters, pass));
+  const double rows = static_cast<double>(tokens) * config.top_k - state.plan.dropped_host;
   const double flops = 18.0 * rows * config.model_dim * config.ffn_dim +
                        6.0 * tokens * config.model_dim * config.num_experts;
   const double tflops = flops / (ms * 1e-3) / 1e12;
-  MOE_ASSIGN_OR_RETURN(RoutingStats stats, layer->Stats(ctx));
+  MOE_ASSIGN_OR_RETURN(RoutingStats stats, MoEStats(ctx, state));
+  const int64_t dropped = state.plan.dropped_host;
   std::printf(
       "{\"impl\": \"%s\", \"tokens\": %lld, \"M\": %lld, \"H\": %lld, \"E\": %d, \"K\": %d, "
       "\"dtype\": \"%s\", \"ms_fwd_bwd\": %.4f, \"tflops\": %.2f, \"peak_fraction\": %.4f, "
-      "\"gemm_ceiling_tflops\": %.2f, \"max_rel_dev\": %.3f, \"dropped\": %lld}\n",
+      "\"gemm_ceiling_tflops\": %.2f, \"max_rel_dev\": %.3f, \"dropped\": %lld, "
+      "\"host_syncs\": %lld, \"target_ms\": %s}\n",
       impl, static_cast<long long>(tokens), static_cast<long long>(config.model_dim),
       static_cast<long long>(config.ffn_dim), config.num_experts, config.top_k,
       std::string(DTypeName(config.dtype)).c_str(), ms, tflops, tflops / ceiling_tflops,
-      ceiling_tflops, stats.max_rel_dev, static_cast<long long>(layer->dropped()));
+      ceiling_tflops, stats.max_rel_dev, static_cast<long long>(dropped),
+      static_cast<long long>(host_syncs),
+      !ctx.device().is_cuda() ? "null" : tokens == 16384 ? "0.9" : tokens == 65536 ? "2.8" : "null");
   std::fflush(stdout);
   return absl::OkStatus();
 }

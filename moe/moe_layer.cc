@@ -46,10 +46,9 @@ Status CheckActivation(absl::string_view name, const MoELayerConfig& c, const Ex
 
 namespace internal {
 
-StatusOr<AuxLossValues> RouteAndPermute(ExecContext& ctx, const MoELayerConfig& config,
-                                        const TensorView& w_gate, const TensorView& x,
-                                        Communicator* comm, const TensorView& expert_bias,
-                                        MoEState* state) {
+Status RouteAndPermute(ExecContext& ctx, const MoELayerConfig& config, const TensorView& w_gate,
+                       const TensorView& x, Communicator* comm, const TensorView& expert_bias,
+                       MoEState* state) {
   const int64_t t = x.dim(0), m = config.model_dim;
   const int64_t e = config.num_experts, k = config.top_k;
   const Device device = ctx.device();
@@ -64,17 +63,16 @@ StatusOr<AuxLossValues> RouteAndPermute(ExecContext& ctx, const MoELayerConfig& 
   const RouterConfig router{config.num_experts, config.top_k, config.renormalize};
   MOE_RETURN_IF_ERROR(RouterForward(ctx, router, x, w_gate, expert_bias, s.logits, s.probs,
                                     s.topk_idx, s.gates));
-  MOE_ASSIGN_OR_RETURN(AuxLossValues aux,
-                       AuxLossForwardBackward(ctx, config.aux, s.logits, s.probs, s.topk_idx,
-                                              comm != nullptr ? comm : SingleRankCommunicator(),
-                                              s.d_logits_aux));
+  MOE_ASSIGN_OR_RETURN(s.aux_values, Tensor::Empty({kAuxLossValues}, DType::kF32, device));
+  MOE_RETURN_IF_ERROR(AuxLossForwardBackwardInto(ctx, config.aux, s.logits, s.probs, s.topk_idx,
+                                                 comm != nullptr ? comm : SingleRankCommunicator(),
+                                                 s.d_logits_aux, s.aux_values));
 
   // 2. Plan (the host sync: offsets for the grouped GEMMs), 3. dispatch.
   const PlanConfig plan{config.num_experts, config.top_k, config.capacity_factor};
   MOE_RETURN_IF_ERROR(BuildRoutingPlan(ctx, plan, s.topk_idx, &s.plan));
   MOE_ASSIGN_OR_RETURN(s.xs, Tensor::Empty({s.plan.num_rows(), m}, config.dtype, device));
-  MOE_RETURN_IF_ERROR(Permute(ctx, s.plan, x, s.xs));
-  return aux;
+  return Permute(ctx, s.plan, x, s.xs);
 }
 
 Status RouterBackwardAddDx(ExecContext& ctx, const MoELayerConfig& config, const TensorView& w_gate,
@@ -115,6 +113,13 @@ StatusOr<AuxLossValues> MoEForward(ExecContext& ctx, const MoELayerConfig& confi
                                    const MoEParamViews& params, const TensorView& x,
                                    const TensorView& y, MoEState* state, Communicator* comm,
                                    const TensorView& expert_bias) {
+  MOE_RETURN_IF_ERROR(MoEForwardDeferAux(ctx, config, params, x, y, state, comm, expert_bias));
+  return ReadAuxLossValues(ctx, state->aux_values);
+}
+
+Status MoEForwardDeferAux(ExecContext& ctx, const MoELayerConfig& config,
+                          const MoEParamViews& params, const TensorView& x, const TensorView& y,
+                          MoEState* state, Communicator* comm, const TensorView& expert_bias) {
   MOE_RETURN_IF_ERROR(ValidateMoEConfig(config));
   MOE_RETURN_IF_ERROR(CheckParams(config, params, ctx.device()));
   MOE_RETURN_IF_ERROR(CheckActivation("x", config, ctx, x, -1));
@@ -123,8 +128,8 @@ StatusOr<AuxLossValues> MoEForward(ExecContext& ctx, const MoELayerConfig& confi
   const Device device = ctx.device();
   MoEState& s = *state;
   s.valid = false;
-  MOE_ASSIGN_OR_RETURN(AuxLossValues aux, internal::RouteAndPermute(ctx, config, params.w_gate, x,
-                                                                    comm, expert_bias, state));
+  MOE_RETURN_IF_ERROR(
+      internal::RouteAndPermute(ctx, config, params.w_gate, x, comm, expert_bias, state));
   const int64_t rows = s.plan.num_rows();
 
   // 4. Experts over ragged groups.
@@ -140,7 +145,7 @@ StatusOr<AuxLossValues> MoEForward(ExecContext& ctx, const MoELayerConfig& confi
   s.x = x;
   s.top_k = config.top_k;
   s.valid = true;
-  return aux;
+  return absl::OkStatus();
 }
 
 Status MoEBackward(ExecContext& ctx, const MoELayerConfig& config, const MoEParamViews& params,

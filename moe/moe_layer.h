@@ -12,8 +12,9 @@
 // Backward(dy [T, M], dx [T, M]) writes dx (overwrite) and the parameter gradients. The aux losses'
 // gradient (their coefficients included) is part of it: the training loss is main loss + aux total.
 //
-// Host syncs: one per Forward (the per-expert row offsets for the grouped GEMMs) plus one for the
-// aux-loss values; Stats() syncs.
+// Host syncs: one per Forward (the per-expert row offsets for the grouped GEMMs) plus one to return
+// the aux-loss values; MoEForwardDeferAux leaves them on the device and makes only the first.
+// Backward makes none. Stats() syncs.
 #pragma once
 
 #include <memory>
@@ -59,6 +60,7 @@ struct MoEState {
   int top_k = 0;
   TensorView x;
   Tensor logits, probs, topk_idx, gates, d_logits_aux;
+  Tensor aux_values;  // [kAuxLossValues] f32 on the device: lbl, z_loss, top1_lbl, total
   RoutingPlan plan;
   Tensor xs, h1, h3, act, ys;
 };
@@ -73,6 +75,14 @@ struct MoEState {
                                                  const TensorView& y, MoEState* state,
                                                  Communicator* comm = nullptr,
                                                  const TensorView& expert_bias = {});
+// MoEForward without the aux-loss values' host sync: they stay in state->aux_values (on ctx's
+// device) until the caller reads them (ReadAuxLossValues) or adds them up on the device. One host
+// sync: the plan's offsets.
+[[nodiscard]] Status MoEForwardDeferAux(ExecContext& ctx, const MoELayerConfig& config,
+                                        const MoEParamViews& params, const TensorView& x,
+                                        const TensorView& y, MoEState* state,
+                                        Communicator* comm = nullptr,
+                                        const TensorView& expert_bias = {});
 [[nodiscard]] Status MoEBackward(ExecContext& ctx, const MoELayerConfig& config,
                                  const MoEParamViews& params, const MoEState& state,
                                  const TensorView& dy, const TensorView& dx,
@@ -88,13 +98,12 @@ namespace internal {
 //
 // Route (fp32 logits, softmax, top-K, the aux losses and their gradient), plan, and permute x into
 // state->xs [R, M] in global expert order. Fills state's logits, probs, topk_idx, gates,
-// d_logits_aux, plan and xs; leaves valid, top_k and x to the caller. One host sync (the plan).
-[[nodiscard]] StatusOr<AuxLossValues> RouteAndPermute(ExecContext& ctx,
-                                                      const MoELayerConfig& config,
-                                                      const TensorView& w_gate, const TensorView& x,
-                                                      Communicator* comm,
-                                                      const TensorView& expert_bias,
-                                                      MoEState* state);
+// d_logits_aux, aux_values (on the device), plan and xs; leaves valid, top_k and x to the caller.
+// One host sync (the plan).
+[[nodiscard]] Status RouteAndPermute(ExecContext& ctx, const MoELayerConfig& config,
+                                     const TensorView& w_gate, const TensorView& x,
+                                     Communicator* comm, const TensorView& expert_bias,
+                                     MoEState* state);
 // Router backward of the forward saved in `state`: dgates [T, K] f32 and the aux losses' gradient
 // (times aux_grad_scale) -> logits -> x, added into dx [T, M], and -> w_gate into dw_gate
 // (overwritten, or added to when accumulate_grads).

@@ -551,9 +551,9 @@ StatusOr<AuxLossValues> ParallelMoEForward(ExecContext& ctx, const MoELayerConfi
   s.xe = s.h1 = s.h3 = s.act = Tensor();
   s.local.h1 = s.local.h3 = s.local.act = Tensor();
 
-  MOE_ASSIGN_OR_RETURN(AuxLossValues aux, internal::RouteAndPermute(ctx, config, local.w_gate, x,
-                                                                    aux_comm, expert_bias,
-                                                                    &s.local));
+  MOE_RETURN_IF_ERROR(internal::RouteAndPermute(ctx, config, local.w_gate, x, aux_comm,
+                                                expert_bias, &s.local));
+  MOE_ASSIGN_OR_RETURN(const AuxLossValues aux, ReadAuxLossValues(ctx, s.local.aux_values));
   if (mode.r == 0) {
     MOE_RETURN_IF_ERROR(GatherSlices(ctx, config, local, comm, u, s));
     MOE_RETURN_IF_ERROR(ForwardReplicated(ctx, config, s));

@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "runtime/blas/gemm.h"
+#include "runtime/core/bf16.h"
 #include "runtime/nn/swiglu.h"
 #include "runtime/tensor/tensor_ops.h"
 
@@ -107,9 +108,23 @@ Status ExpertsBackward(ExecContext& ctx, const ExpertWeights& w, const TensorVie
   MOE_RETURN_IF_ERROR(
       CheckOperand("grads.dw2", ctx, grads.dw2, DType::kF32, {d.experts, d.h, d.m}));
 
-  const GemmOptions weight_grad{.beta = accumulate ? 1.0f : 0.0f};
+  // f32: the weight-gradient products go straight into the f32 gradients (beta = 1 accumulates).
+  // bf16: into bf16 scratch, each rounded once, then one kernel adds all three to the f32
+  // gradients: every product is a grouped GEMM with one dtype throughout, the pair cuBLAS's
+  // grouped GEMM takes (it has no bf16 -> f32 pair, which ran one cublasGemmEx per expert).
+  const bool f32 = d.dtype == DType::kF32;
+  const GemmOptions weight_grad{.beta = f32 && accumulate ? 1.0f : 0.0f};
+  Tensor g1, g3, g2;
+  if (!f32) {
+    MOE_ASSIGN_OR_RETURN(g1, Tensor::Empty(grads.dw1.shape(), d.dtype, ctx.device(), ctx.allocator()));
+    MOE_ASSIGN_OR_RETURN(g3, Tensor::Empty(grads.dw3.shape(), d.dtype, ctx.device(), ctx.allocator()));
+    MOE_ASSIGN_OR_RETURN(g2, Tensor::Empty(grads.dw2.shape(), d.dtype, ctx.device(), ctx.allocator()));
+  }
+  const TensorView dw1 = f32 ? grads.dw1 : g1.view();
+  const TensorView dw3 = f32 ? grads.dw3 : g3.view();
+  const TensorView dw2 = f32 ? grads.dw2 : g2.view();
   // dys is fully consumed (dact, dW2) before dxs is written, so dxs may alias dys.
-  MOE_RETURN_IF_ERROR(GroupedGemmRaggedK(ctx, saved.act, dys, grads.dw2, offsets, weight_grad));
+  MOE_RETURN_IF_ERROR(GroupedGemmRaggedK(ctx, saved.act, dys, dw2, offsets, weight_grad));
   MOE_ASSIGN_OR_RETURN(Tensor dh1,
                        Tensor::Empty({d.rows, d.h}, d.dtype, ctx.device(), ctx.allocator()));
   MOE_ASSIGN_OR_RETURN(Tensor dh3,
@@ -117,23 +132,51 @@ Status ExpertsBackward(ExecContext& ctx, const ExpertWeights& w, const TensorVie
   MOE_RETURN_IF_ERROR(GroupedGemm(ctx, dys, w.w2, dh1, offsets, {.trans_b = true}));
   // dact is dead once read: dh1 overwrites it in place (SwiGLUBackward allows the alias).
   MOE_RETURN_IF_ERROR(SwiGLUBackward(ctx, saved.h1, saved.h3, dh1, dh1, dh3));
-  MOE_RETURN_IF_ERROR(GroupedGemmRaggedK(ctx, xs, dh1, grads.dw1, offsets, weight_grad));
-  MOE_RETURN_IF_ERROR(GroupedGemmRaggedK(ctx, xs, dh3, grads.dw3, offsets, weight_grad));
-
-  // bf16 dxs: sum both products in an f32 buffer so the result is rounded once, not twice.
-  Tensor dxs_f32;
-  const bool widen = d.dtype != DType::kF32 && d.rows > 0;
-  if (widen) {
-    MOE_ASSIGN_OR_RETURN(dxs_f32,
-                         Tensor::Empty({d.rows, d.m}, DType::kF32, ctx.device(), ctx.allocator()));
+  MOE_RETURN_IF_ERROR(GroupedGemmRaggedK(ctx, xs, dh1, dw1, offsets, weight_grad));
+  MOE_RETURN_IF_ERROR(GroupedGemmRaggedK(ctx, xs, dh3, dw3, offsets, weight_grad));
+  if (!f32) {
+    MOE_RETURN_IF_ERROR(internal::AddWeightGrads(ctx, {g1.view(), g3.view(), g2.view()},
+                                                 {grads.dw1, grads.dw3, grads.dw2}, accumulate));
   }
-  const TensorView& dx_out = widen ? dxs_f32.view() : dxs;
-  MOE_RETURN_IF_ERROR(GroupedGemm(ctx, dh1, w.w1, dx_out, offsets, {.trans_b = true}));
-  MOE_RETURN_IF_ERROR(
-      GroupedGemm(ctx, dh3, w.w3, dx_out, offsets, {.trans_b = true, .beta = 1.0f}));
-  if (widen) MOE_RETURN_IF_ERROR(Cast(ctx, dxs_f32, dxs));
+  // xs is read for the last time above, so dxs may alias it. In bf16 the first product is
+  // rounded into dxs and the second is added to it in fp32 and rounded again (beta = 1).
+  MOE_RETURN_IF_ERROR(GroupedGemm(ctx, dh1, w.w1, dxs, offsets, {.trans_b = true}));
+  return GroupedGemm(ctx, dh3, w.w3, dxs, offsets, {.trans_b = true, .beta = 1.0f});
+}
+
+namespace internal {
+
+Status AddWeightGrads(ExecContext& ctx, const std::array<TensorView, 3>& parts,
+                      const std::array<TensorView, 3>& grads, bool accumulate) {
+  for (int i = 0; i < 3; ++i) {
+    MOE_RETURN_IF_ERROR(CheckOperand(absl::StrCat("parts[", i, "]"), ctx, parts[i], DType::kBF16,
+                                     parts[i].shape()));
+    MOE_RETURN_IF_ERROR(CheckOperand(absl::StrCat("grads[", i, "]"), ctx, grads[i], DType::kF32,
+                                     parts[i].shape()));
+  }
+  if (ctx.device().is_cuda()) {
+    return AddWeightGradsCuda(ctx, {parts[0].data<BF16>(), parts[1].data<BF16>(), parts[2].data<BF16>()},
+                              {grads[0].data<float>(), grads[1].data<float>(), grads[2].data<float>()},
+                              {parts[0].numel(), parts[1].numel(), parts[2].numel()}, accumulate);
+  }
+  for (int i = 0; i < 3; ++i) {
+    const BF16* part = parts[i].data<BF16>();
+    float* grad = grads[i].data<float>();
+    for (int64_t j = 0, n = parts[i].numel(); j < n; ++j) {
+      grad[j] = accumulate ? grad[j] + BF16ToFloat(part[j]) : BF16ToFloat(part[j]);
+    }
+  }
   return absl::OkStatus();
 }
+
+#if !MOE_WITH_CUDA
+Status AddWeightGradsCuda(ExecContext&, const std::array<const BF16*, 3>&,
+                          const std::array<float*, 3>&, const std::array<int64_t, 3>&, bool) {
+  return absl::FailedPreconditionError("AddWeightGrads on CUDA, but this build has no CUDA backend");
+}
+#endif
+
+}  // namespace internal
 
 Status InitExpertWeights(ExecContext& ctx, const ExpertWeights& w, const ExpertInit& init) {
   MOE_ASSIGN_OR_RETURN(const Dims d, CheckWeights(ctx, w));

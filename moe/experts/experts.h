@@ -15,8 +15,13 @@
 //   offsets: host, E_l + 1 entries, offsets[0] == 0, non-decreasing, offsets[E_l] == R.
 // Math: fp32 accumulation in every GEMM (runtime/blas/gemm.h). With D = bf16, h1 and h3 are
 // rounded to bf16 before the activation (they are what backward sees), act is rounded before the
-// second GEMM, the scratch dact, dh1, dh3 are bf16, and dxs is summed over both input-gradient
-// GEMMs in fp32 and rounded once.
+// second GEMM, the scratch dact, dh1, dh3 are bf16, and the backward rounds twice more:
+//   - each weight-gradient product (X_e^T dh1, X_e^T dh3, act^T dY) is rounded to bf16 once, then
+//     added to (or, without `accumulate`, written into) the f32 gradient in f32;
+//   - dxs = bf16(dh3 W3^T + bf16(dh1 W1^T)): the first product rounded, the second added to it in
+//     fp32 and the sum rounded.
+// So every product is a grouped GEMM whose inputs and output share the dtype (the pairs cuBLAS's
+// grouped GEMM takes), and no bf16 product runs expert by expert. With D = f32 nothing is rounded.
 // Outputs: ys, saved and dxs are overwritten. ys may alias xs, and dxs may alias dys or xs (each
 // is written only after the aliased input is read for the last time); nothing else may alias.
 // Weight gradients are overwritten, or added to when `accumulate` (gradient accumulation over
@@ -24,15 +29,20 @@
 // accumulating).
 // Launches (CUDA): one grouped GEMM call per matrix product (three forward; six backward, dxs
 // taking two, the second accumulating with beta = 1), one elementwise SwiGLU kernel each way, and
-// for bf16 one cast of dxs; no host sync (offsets are already on the host: the caller's copy of the
-// counts is the one sync of an expert pass). Scratch: backward allocates two [R, H] buffers of D
-// (plus one f32 [R, M] when D is bf16) from ctx's allocator, released on return (stream-ordered).
+// for bf16 one kernel adding the three bf16 weight-gradient products to the f32 gradients
+// (internal::AddWeightGrads); no host sync (offsets are already on the host: the caller's copy of
+// the counts is the one sync of an expert pass). An expert without rows adds one small launch per
+// product that writes its zero (or scaled) block. Scratch: backward allocates two [R, H] buffers of
+// D, and when D is bf16 three bf16 buffers the size of dw1, dw3 and dw2 (3 E_l M H elements), from
+// ctx's allocator, released on return (stream-ordered).
 // Deterministic: the same inputs give bit-identical outputs on the same backend.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <span>
 
+#include "runtime/core/bf16.h"
 #include "runtime/core/status.h"
 #include "runtime/device/exec_context.h"
 #include "runtime/tensor/tensor.h"
@@ -78,6 +88,17 @@ struct ExpertInit {
   float std_in = 0.02f;
   float std_out = 0.02f;
 };
+namespace internal {
+// grads[i] (f32) = parts[i] (bf16, the same shape) widened, added to grads[i] when `accumulate`:
+// the three weight gradients of a bf16 backward in one launch on CUDA (a loop on the CPU).
+// Deterministic, elementwise; no host sync.
+[[nodiscard]] Status AddWeightGrads(ExecContext& ctx, const std::array<TensorView, 3>& parts,
+                                    const std::array<TensorView, 3>& grads, bool accumulate);
+[[nodiscard]] Status AddWeightGradsCuda(ExecContext& ctx, const std::array<const BF16*, 3>& parts,
+                                        const std::array<float*, 3>& grads,
+                                        const std::array<int64_t, 3>& sizes, bool accumulate);
+}  // namespace internal
+
 [[nodiscard]] Status InitExpertWeights(ExecContext& ctx, const ExpertWeights& w,
                                        const ExpertInit& init);
 uint64_t ExpertInitStreamLength(int64_t experts, int64_t m, int64_t h);

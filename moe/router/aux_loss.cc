@@ -7,6 +7,7 @@
 #include "moe/router/expert_load.h"
 #include "moe/router/router_internal.h"
 #include "moe/router/router_cpu.h"
+#include "runtime/tensor/tensor_ops.h"
 
 namespace smoe {
 namespace {
@@ -28,10 +29,10 @@ Status AllReduceCounts(ExecContext& ctx, Communicator* comm, std::vector<int64_t
 
 }  // namespace
 
-StatusOr<AuxLossValues> AuxLossForwardBackward(ExecContext& ctx, const AuxLossConfig& config,
-                                               const TensorView& logits, const TensorView& probs,
-                                               const TensorView& topk_idx, Communicator* comm,
-                                               const TensorView& d_logits) {
+Status AuxLossForwardBackwardInto(ExecContext& ctx, const AuxLossConfig& config,
+                                  const TensorView& logits, const TensorView& probs,
+                                  const TensorView& topk_idx, Communicator* comm,
+                                  const TensorView& d_logits, const TensorView& values) {
   MOE_RETURN_IF_ERROR(CheckCoef("config.lbl_coef", config.lbl_coef));
   MOE_RETURN_IF_ERROR(CheckCoef("config.z_coef", config.z_coef));
   MOE_RETURN_IF_ERROR(CheckCoef("config.top1_lbl_coef", config.top1_lbl_coef));
@@ -46,58 +47,87 @@ StatusOr<AuxLossValues> AuxLossForwardBackward(ExecContext& ctx, const AuxLossCo
                        absl::StrCat("[T, K] with 1 <= K <= E = ", e));
   }
   MOE_RETURN_IF_ERROR(CheckRouterArg("d_logits", ctx, d_logits, DType::kF32, {t, e}));
+  MOE_RETURN_IF_ERROR(CheckRouterArg("values", ctx, values, DType::kF32, {kAuxLossValues}));
 
   // Counts are all-reduced by every rank whenever global_lbl, also with T == 0, so that the
-  // group's collectives stay matched.
-  Communicator* group = config.global_lbl ? comm : nullptr;
-  if (ctx.device().is_cpu()) {
+  // group's collectives stay matched. A group of one rank has nothing to add.
+  Communicator* group = config.global_lbl && comm != nullptr && comm->size() > 1 ? comm : nullptr;
+  if (ctx.device().is_cpu() || t == 0) {
     std::vector<int64_t> counts(e, 0);
     if (t > 0) {
       TensorView counts_view(counts.data(), DType::kI64, {e}, Device::Cpu());
       MOE_RETURN_IF_ERROR(CountExperts(ctx, topk_idx, counts_view));
     }
     MOE_RETURN_IF_ERROR(AllReduceCounts(ctx, group, &counts));
-    if (t == 0) return AuxLossValues{};
-    return router_reference::AuxLoss(config, logits.data<float>(), probs.data<float>(), t, e,
-                                     router_reference::Shares(counts), d_logits.data<float>());
+    if (t == 0) return Fill(ctx, values, 0.0);
+    const AuxLossValues v =
+        router_reference::AuxLoss(config, logits.data<float>(), probs.data<float>(), t, e,
+                                  router_reference::Shares(counts), d_logits.data<float>());
+    float* out = values.data<float>();
+    out[0] = static_cast<float>(v.lbl);
+    out[1] = static_cast<float>(v.z_loss);
+    out[2] = static_cast<float>(v.top1_lbl);
+    out[3] = static_cast<float>(v.total);
+    return absl::OkStatus();
   }
 
-  std::vector<int64_t> counts(e, 0);
-  router_reference::AuxSums sums;
-  sums.t = t;
-  sums.e = e;
-  sums.p_sum.assign(e, 0.0);
-  Tensor lse, max_p, arg_max;
-  internal::AuxRowBuffers rows;
-  if (t > 0) {
-    MOE_ASSIGN_OR_RETURN(lse, Tensor::Empty({t}, DType::kF32, ctx.device(), ctx.allocator()));
-    MOE_ASSIGN_OR_RETURN(max_p, Tensor::Empty({t}, DType::kF32, ctx.device(), ctx.allocator()));
-    MOE_ASSIGN_OR_RETURN(arg_max, Tensor::Empty({t}, DType::kI32, ctx.device(), ctx.allocator()));
-    rows = {lse.data<float>(), max_p.data<float>(), arg_max.data<int32_t>()};
-    MOE_RETURN_IF_ERROR(internal::AuxLossSumsCuda(ctx, logits.data<float>(), probs.data<float>(),
-                                                  topk_idx.data<int32_t>(), t, e, k, rows, &counts,
-                                                  &sums.p_sum, &sums.lse_sq_sum, &sums.max_p_sum));
+  const Device device = ctx.device();
+  MOE_ASSIGN_OR_RETURN(Tensor lse, Tensor::Empty({t}, DType::kF32, device, ctx.allocator()));
+  MOE_ASSIGN_OR_RETURN(Tensor max_p, Tensor::Empty({t}, DType::kF32, device, ctx.allocator()));
+  MOE_ASSIGN_OR_RETURN(Tensor arg_max, Tensor::Empty({t}, DType::kI32, device, ctx.allocator()));
+  MOE_ASSIGN_OR_RETURN(Tensor counts, Tensor::Empty({e}, DType::kI64, device, ctx.allocator()));
+  // p_sum [E] and the two row sums as doubles (an i64 tensor: the same width).
+  MOE_ASSIGN_OR_RETURN(Tensor sums, Tensor::Empty({e + 2}, DType::kI64, device, ctx.allocator()));
+  const internal::AuxRowBuffers rows{lse.data<float>(), max_p.data<float>(),
+                                     arg_max.data<int32_t>()};
+  MOE_RETURN_IF_ERROR(internal::AuxLossSumsCuda(
+      ctx, logits.data<float>(), probs.data<float>(), topk_idx.data<int32_t>(), t, e, k, rows,
+      counts.data<int64_t>(), static_cast<double*>(sums.data())));
+  if (group != nullptr) {
+    // The group's communicator takes host buffers here: through the host (the one sync).
+    MOE_ASSIGN_OR_RETURN(Tensor host, CopyTo(ctx, counts, Device::Cpu()));
+    MOE_RETURN_IF_ERROR(group->AllReduceSum(ctx, host));
+    MOE_RETURN_IF_ERROR(Copy(ctx, host, counts));
   }
-  MOE_RETURN_IF_ERROR(AllReduceCounts(ctx, group, &counts));
-  if (t == 0) return AuxLossValues{};
-  sums.f = router_reference::Shares(counts);
-  const router_reference::AuxGradient grad = router_reference::AuxCoefficients(config, sums);
-  MOE_RETURN_IF_ERROR(internal::AuxLossGradientCuda(ctx, probs.data<float>(), rows, t, e, grad.g,
-                                                    grad.top1_argmax, grad.z_factor,
-                                                    d_logits.data<float>()));
-  return grad.values;
+  return internal::AuxLossGradientCuda(ctx, config, probs.data<float>(), rows, t, e,
+                                       counts.data<int64_t>(),
+                                       static_cast<const double*>(sums.data()),
+                                       d_logits.data<float>(), values.data<float>());
+}
+
+StatusOr<AuxLossValues> ReadAuxLossValues(ExecContext& ctx, const TensorView& values) {
+  MOE_RETURN_IF_ERROR(CheckTensor("values", values, DType::kF32, values.device(), {kAuxLossValues}));
+  Tensor host_copy;
+  const float* v = nullptr;
+  if (values.device().is_cpu()) {
+    v = values.data<float>();
+  } else {
+    MOE_ASSIGN_OR_RETURN(host_copy, CopyTo(ctx, values, Device::Cpu()));
+    v = host_copy.data<float>();
+  }
+  return AuxLossValues{v[0], v[1], v[2], v[3]};
+}
+
+StatusOr<AuxLossValues> AuxLossForwardBackward(ExecContext& ctx, const AuxLossConfig& config,
+                                               const TensorView& logits, const TensorView& probs,
+                                               const TensorView& topk_idx, Communicator* comm,
+                                               const TensorView& d_logits) {
+  MOE_ASSIGN_OR_RETURN(Tensor values,
+                       Tensor::Empty({kAuxLossValues}, DType::kF32, ctx.device(), ctx.allocator()));
+  MOE_RETURN_IF_ERROR(
+      AuxLossForwardBackwardInto(ctx, config, logits, probs, topk_idx, comm, d_logits, values));
+  return ReadAuxLossValues(ctx, values);
 }
 
 #if !MOE_WITH_CUDA
 namespace internal {
 Status AuxLossSumsCuda(ExecContext&, const float*, const float*, const int32_t*, int64_t, int64_t,
-                       int64_t, const AuxRowBuffers&, std::vector<int64_t>*, std::vector<double>*,
-                       double*, double*) {
+                       int64_t, const AuxRowBuffers&, int64_t*, double*) {
   return absl::FailedPreconditionError(
       "AuxLossForwardBackward on CUDA, but this build has no CUDA backend");
 }
-Status AuxLossGradientCuda(ExecContext&, const float*, const AuxRowBuffers&, int64_t, int64_t,
-                           const std::vector<double>&, double, double, float*) {
+Status AuxLossGradientCuda(ExecContext&, const AuxLossConfig&, const float*, const AuxRowBuffers&,
+                           int64_t, int64_t, const int64_t*, const double*, float*, float*) {
   return absl::FailedPreconditionError(
       "AuxLossForwardBackward on CUDA, but this build has no CUDA backend");
 }

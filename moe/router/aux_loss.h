@@ -42,13 +42,28 @@ struct AuxLossValues {
 // `comm` may be null (a single rank); it is used only when global_lbl. Every rank of the group
 // must call this collectively when global_lbl. The communicator gets host buffers: on CUDA the E
 // counts are copied to the host, all-reduced, and used there.
-// Host synchronization: on CUDA this synchronizes ctx's stream once, to bring the per-expert sums
-// and counts to the host (the values are returned on the host); d_logits is then written by
-// work enqueued on the stream (not yet complete on return).
+// Host synchronization: on CUDA this synchronizes ctx's stream once, to return the values on the
+// host (ReadAuxLossValues); AuxLossForwardBackwardInto leaves them on the device instead. The
+// sums, the loss values and the gradient's coefficients are all computed on the device; only
+// global_lbl over a communicator of more than one rank takes the E counts through the host (one
+// sync). d_logits is written by work enqueued on the stream.
 // Deterministic: fixed-order reductions on both backends (integer atomics only for the counts).
 [[nodiscard]] StatusOr<AuxLossValues> AuxLossForwardBackward(
     ExecContext& ctx, const AuxLossConfig& config, const TensorView& logits,
     const TensorView& probs, const TensorView& topk_idx, Communicator* comm,
     const TensorView& d_logits);
+
+// The values as a device tensor: [kAuxLossValues] f32, in the order lbl, z_loss, top1_lbl, total.
+inline constexpr int64_t kAuxLossValues = 4;
+// AuxLossForwardBackward with the values written (overwritten) into `values` [kAuxLossValues] f32
+// on ctx's device: no host sync on CUDA (but for global_lbl over several ranks, see above).
+[[nodiscard]] Status AuxLossForwardBackwardInto(ExecContext& ctx, const AuxLossConfig& config,
+                                                const TensorView& logits, const TensorView& probs,
+                                                const TensorView& topk_idx, Communicator* comm,
+                                                const TensorView& d_logits,
+                                                const TensorView& values);
+// `values` [kAuxLossValues] f32 (host or ctx's device) on the host: one host sync for a device
+// tensor.
+[[nodiscard]] StatusOr<AuxLossValues> ReadAuxLossValues(ExecContext& ctx, const TensorView& values);
 
 }  // namespace smoe

@@ -111,13 +111,54 @@ __global__ void RowSumsKernel(const float* lse, const float* max_p, int64_t rows
   }
 }
 
-// d_logits[t, c] = p (dp - sum_c' dp p) + z_factor lse_t p, dp = g[c] + [c == arg max] top1.
+// The coefficients of router_cpu.h AuxCoefficients on the device, in its order and in double:
+// coef[0] = top1_argmax, coef[1] = z_factor, coef[2 + i] = g[i]; values = (lbl, z_loss, top1_lbl,
+// total). One block: thread 0 forms the scalar sums sequentially, then the threads write g.
+__global__ void AuxCoefficientsKernel(AuxLossConfig config, const int64_t* counts,
+                                      const double* sums, int64_t rows, int e, float* coef,
+                                      float* values) {
+  __shared__ double total_count, mean_max, p_sq;
+  const double t = static_cast<double>(rows), ed = static_cast<double>(e);
+  if (threadIdx.x == 0) {
+    int64_t total = 0;
+    for (int i = 0; i < e; ++i) total += counts[i];
+    total_count = static_cast<double>(total);
+    mean_max = sums[e + 1] / t;
+    double lbl = 0.0, sq = 0.0;
+    for (int i = 0; i < e; ++i) {
+      const double f = total > 0 ? static_cast<double>(counts[i]) / total_count : 0.0;
+      const double p_mean = sums[i] / t;
+      lbl += f * p_mean;
+      sq += p_mean * p_mean;
+    }
+    p_sq = sq;
+    const double z_loss = sums[e] / t, top1 = ed * sq / mean_max;
+    values[0] = static_cast<float>(ed * lbl);
+    values[1] = static_cast<float>(z_loss);
+    values[2] = static_cast<float>(top1);
+    values[3] = static_cast<float>(config.lbl_coef * (ed * lbl) + config.z_coef * z_loss +
+                                   config.top1_lbl_coef * top1);
+    coef[0] = static_cast<float>(-config.top1_lbl_coef * ed * sq / (mean_max * mean_max * t));
+    coef[1] = static_cast<float>(config.z_coef * 2.0 / t);
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < e; i += blockDim.x) {
+    const double f = total_count > 0 ? static_cast<double>(counts[i]) / total_count : 0.0;
+    const double p_mean = sums[i] / t;
+    coef[2 + i] = static_cast<float>(config.lbl_coef * ed * f / t +
+                                     config.top1_lbl_coef * ed * 2.0 * p_mean / (t * mean_max));
+  }
+}
+
+// d_logits[t, c] = p (dp - sum_c' dp p) + z_factor lse_t p, dp = g[c] + [c == arg max] top1,
+// with top1 = coef[0], z_factor = coef[1], g = coef + 2.
 __global__ void AuxGradientKernel(const float* probs, const float* lse, const int32_t* arg_max,
-                                  const float* g, int64_t rows, int e, float top1_argmax,
-                                  float z_factor, float* d_logits) {
+                                  const float* coef, int64_t rows, int e, float* d_logits) {
   const int64_t row = blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= rows) return;
+  const float top1_argmax = coef[0], z_factor = coef[1];
+  const float* g = coef + 2;
   const float* pr = probs + row * e;
   const int arg = arg_max[row];
   float dot = 0.0f;
@@ -136,22 +177,14 @@ namespace internal {
 
 Status AuxLossSumsCuda(ExecContext& ctx, const float* logits, const float* probs,
                        const int32_t* topk_idx, int64_t t, int64_t e, int64_t k,
-                       const AuxRowBuffers& rows, std::vector<int64_t>* counts,
-                       std::vector<double>* p_sum, double* lse_sq_sum, double* max_p_sum) {
+                       const AuxRowBuffers& rows, int64_t* counts, double* sums) {
   const int ei = static_cast<int>(e);
   const int64_t chunks = (t + kRowsPerChunk - 1) / kRowsPerChunk;
   MOE_ASSIGN_OR_RETURN(Tensor partial,
                        Tensor::Empty({chunks * e}, DType::kI64, ctx.device(), ctx.allocator()));
-  // [E] p sums, then the two row sums, as doubles (stored in an i64 tensor: same width).
-  MOE_ASSIGN_OR_RETURN(Tensor sums,
-                       Tensor::Empty({e + 2}, DType::kI64, ctx.device(), ctx.allocator()));
-  MOE_ASSIGN_OR_RETURN(Tensor device_counts,
-                       Tensor::Empty({e}, DType::kI64, ctx.device(), ctx.allocator()));
   double* partial_p = static_cast<double*>(partial.data());
-  double* sums_p = static_cast<double*>(sums.data());
-  int64_t* counts_p = device_counts.data<int64_t>();
 
-  MOE_RETURN_IF_ERROR(CountExpertsCuda(ctx, topk_idx, t * k, e, counts_p));
+  MOE_RETURN_IF_ERROR(CountExpertsCuda(ctx, topk_idx, t * k, e, counts));
   AuxRowKernel<<<CeilDiv(t, kWarpsPerBlock), kWarpsPerBlock * 32, 0, ctx.stream()>>>(
       logits, probs, t, ei, rows.lse, rows.max_p, rows.arg_max);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("AuxRowKernel");
@@ -160,37 +193,24 @@ Status AuxLossSumsCuda(ExecContext& ctx, const float* logits, const float* probs
                         ctx.stream()>>>(probs, t, ei, partial_p);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("ColumnPartialKernel");
   ColumnFinalKernel<<<column_blocks, kColumnThreads, 0, ctx.stream()>>>(partial_p, chunks, ei,
-                                                                        sums_p);
+                                                                        sums);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("ColumnFinalKernel");
-  RowSumsKernel<<<1, kSumThreads, 0, ctx.stream()>>>(rows.lse, rows.max_p, t, sums_p + e);
+  RowSumsKernel<<<1, kSumThreads, 0, ctx.stream()>>>(rows.lse, rows.max_p, t, sums + e);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("RowSumsKernel");
-
-  std::vector<double> host_sums(e + 2);
-  counts->assign(e, 0);
-  MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host_sums.data(), sums_p, (e + 2) * sizeof(double),
-                                           cudaMemcpyDeviceToHost, ctx.stream()));
-  MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(counts->data(), counts_p, e * sizeof(int64_t),
-                                           cudaMemcpyDeviceToHost, ctx.stream()));
-  MOE_RETURN_IF_ERROR(ctx.Synchronize());
-  p_sum->assign(host_sums.begin(), host_sums.begin() + e);
-  *lse_sq_sum = host_sums[e];
-  *max_p_sum = host_sums[e + 1];
   return absl::OkStatus();
 }
 
-Status AuxLossGradientCuda(ExecContext& ctx, const float* probs, const AuxRowBuffers& rows,
-                           int64_t t, int64_t e, const std::vector<double>& g, double top1_argmax,
-                           double z_factor, float* d_logits) {
-  MOE_ASSIGN_OR_RETURN(Tensor device_g,
-                       Tensor::Empty({e}, DType::kF32, ctx.device(), ctx.allocator()));
-  std::vector<float> host_g(g.begin(), g.end());
-  // host_g dies on return, before the stream may have read it: Copy stages it through pinned
-  // memory that is reused only after the copy has completed (no host sync).
-  MOE_RETURN_IF_ERROR(
-      Copy(ctx, TensorView(host_g.data(), DType::kF32, {e}, Device::Cpu()), device_g));
+Status AuxLossGradientCuda(ExecContext& ctx, const AuxLossConfig& config, const float* probs,
+                           const AuxRowBuffers& rows, int64_t t, int64_t e, const int64_t* counts,
+                           const double* sums, float* d_logits, float* values) {
+  MOE_ASSIGN_OR_RETURN(Tensor coef,
+                       Tensor::Empty({e + 2}, DType::kF32, ctx.device(), ctx.allocator()));
+  const int ei = static_cast<int>(e);
+  AuxCoefficientsKernel<<<1, kColumnThreads, 0, ctx.stream()>>>(config, counts, sums, t, ei,
+                                                                coef.data<float>(), values);
+  MOE_CUDA_RETURN_IF_LAUNCH_ERROR("AuxCoefficientsKernel");
   AuxGradientKernel<<<CeilDiv(t, kWarpsPerBlock), kWarpsPerBlock * 32, 0, ctx.stream()>>>(
-      probs, rows.lse, rows.arg_max, device_g.data<float>(), t, static_cast<int>(e),
-      static_cast<float>(top1_argmax), static_cast<float>(z_factor), d_logits);
+      probs, rows.lse, rows.arg_max, coef.data<float>(), t, ei, d_logits);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("AuxGradientKernel");
   return absl::OkStatus();
 }

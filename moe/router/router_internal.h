@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "moe/router/aux_loss.h"
 #include "runtime/core/status.h"
 #include "runtime/device/exec_context.h"
 #include "runtime/tensor/tensor.h"
@@ -40,17 +41,17 @@ struct AuxRowBuffers {
   float* max_p = nullptr;      // [T]
   int32_t* arg_max = nullptr;  // [T]
 };
-// Phase 1: row statistics into `rows`, then copies to the host (synchronizes ctx's stream) the
-// per-expert counts, p_sum [E] and the sums of lse^2 and max p, all in fixed reduction order.
+// Phase 1: row statistics into `rows`, the per-expert counts into counts [E] i64 and, in fixed
+// reduction order, sums [E + 2] f64: p_sum [E], then the sums of lse^2 and of max p. On the
+// device; no host sync.
 [[nodiscard]] Status AuxLossSumsCuda(ExecContext& ctx, const float* logits, const float* probs,
                                      const int32_t* topk_idx, int64_t t, int64_t e, int64_t k,
-                                     const AuxRowBuffers& rows, std::vector<int64_t>* counts,
-                                     std::vector<double>* p_sum, double* lse_sq_sum,
-                                     double* max_p_sum);
-// Phase 2: d_logits from the host-computed coefficients (router_cpu.h AuxGradient).
-[[nodiscard]] Status AuxLossGradientCuda(ExecContext& ctx, const float* probs,
-                                         const AuxRowBuffers& rows, int64_t t, int64_t e,
-                                         const std::vector<double>& g, double top1_argmax,
-                                         double z_factor, float* d_logits);
+                                     const AuxRowBuffers& rows, int64_t* counts, double* sums);
+// Phase 2, on the device from phase 1's counts (possibly all-reduced) and sums: the coefficients
+// of router_cpu.h AuxCoefficients, the values [4] f32 (lbl, z_loss, top1_lbl, total) and d_logits.
+[[nodiscard]] Status AuxLossGradientCuda(ExecContext& ctx, const AuxLossConfig& config,
+                                         const float* probs, const AuxRowBuffers& rows, int64_t t,
+                                         int64_t e, const int64_t* counts, const double* sums,
+                                         float* d_logits, float* values);
 
 }  // namespace smoe::internal

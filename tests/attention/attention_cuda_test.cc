@@ -46,18 +46,27 @@ using AttentionCase =
     std::tuple<int64_t, int64_t, int64_t, std::tuple<int64_t, int64_t, int64_t>, DType>;
 class AttentionParityTest : public ::testing::TestWithParam<AttentionCase> {};
 
+// q, k, v, dout, then the outputs out, lse, dq, dk, dv of one attention problem.
+std::vector<testing::ParityArg> AttentionArgs(int64_t B, int64_t S, int64_t D, int64_t n_q,
+                                              int64_t n_k, int64_t n_v, DType dtype,
+                                              Tolerance lse_tolerance) {
+  return {Input("q", {B, S, n_q, D}, dtype),
+          Input("k", {B, S, n_k, D}, dtype),
+          Input("v", {B, S, n_v, D}, dtype),
+          Input("dout", {B, S, n_q, D}, dtype),
+          Output("out", {B, S, n_q, D}, dtype, ValueTolerance(dtype)),
+          Output("lse", {B, n_q, S}, DType::kF32, lse_tolerance),
+          Output("dq", {B, S, n_q, D}, dtype, GradTolerance(dtype)),
+          Output("dk", {B, S, n_k, D}, dtype, GradTolerance(dtype)),
+          Output("dv", {B, S, n_v, D}, dtype, GradTolerance(dtype))};
+}
+
 TEST_P(AttentionParityTest, ForwardAndBackwardMatchCpu) {
   MOE_SKIP_WITHOUT_CUDA();
   const auto [B, S, D, heads, dtype] = GetParam();
   const auto [n_q, n_k, n_v] = heads;
   EXPECT_TRUE(CheckParity(
-      {Input("q", {B, S, n_q, D}, dtype), Input("k", {B, S, n_k, D}, dtype),
-       Input("v", {B, S, n_v, D}, dtype), Input("dout", {B, S, n_q, D}, dtype),
-       Output("out", {B, S, n_q, D}, dtype, ValueTolerance(dtype)),
-       Output("lse", {B, n_q, S}, DType::kF32, Tolerance{1e-4, 1e-4}),
-       Output("dq", {B, S, n_q, D}, dtype, GradTolerance(dtype)),
-       Output("dk", {B, S, n_k, D}, dtype, GradTolerance(dtype)),
-       Output("dv", {B, S, n_v, D}, dtype, GradTolerance(dtype))},
+      AttentionArgs(B, S, D, n_q, n_k, n_v, dtype, Tolerance{1e-4, 1e-4}),
       [](ExecContext& ctx, const std::vector<TensorView>& t) {
         MOE_RETURN_IF_ERROR(AttentionForward(ctx, t[0], t[1], t[2], t[4], t[5]));
         return AttentionBackward(ctx, t[0], t[1], t[2], t[4], t[5], t[3], t[6], t[7], t[8]);
@@ -76,6 +85,58 @@ INSTANTIATE_TEST_SUITE_P(F32, AttentionParityTest,
                                             ::testing::Values(96),
                                             ::testing::Values(std::make_tuple(8, 2, 4)),
                                             ::testing::Values(DType::kF32)));
+
+// Forward and backward of one bf16 problem against the CPU, with `kernels_only` choosing the path
+// of each pass (SetCudaAttentionKernelsOnly); returns CheckParity's verdict.
+::testing::AssertionResult PathParity(int64_t B, int64_t S, int64_t D, int64_t n_q, int64_t n_k, int64_t n_v,
+                bool forward_kernels_only, bool backward_kernels_only) {
+  ::testing::AssertionResult ok = CheckParity(
+      AttentionArgs(B, S, D, n_q, n_k, n_v, DType::kBF16, Tolerance{1e-3, 1e-3}),
+      [&](ExecContext& ctx, const std::vector<TensorView>& t) {
+        SetCudaAttentionKernelsOnly(ctx.device().is_cuda() && forward_kernels_only);
+        MOE_RETURN_IF_ERROR(AttentionForward(ctx, t[0], t[1], t[2], t[4], t[5]));
+        SetCudaAttentionKernelsOnly(ctx.device().is_cuda() && backward_kernels_only);
+        return AttentionBackward(ctx, t[0], t[1], t[2], t[4], t[5], t[3], t[6], t[7], t[8]);
+      });
+  SetCudaAttentionKernelsOnly(false);
+  return ok;
+}
+
+// bf16 runs cuDNN's fused attention in a cuDNN build and our kernels when told to; both match the
+// CPU, on DiffQKV head counts (n_k != n_v, neither nested in the other) and the benchmark's.
+TEST(AttentionPathTest, CudnnAndKernelsBothMatchCpu) {
+  MOE_SKIP_WITHOUT_CUDA();
+  for (const auto& [n_q, n_k, n_v] : {std::make_tuple(16, 2, 8), std::make_tuple(6, 2, 3)}) {
+    for (bool kernels_only : {false, true}) {
+      const int64_t runs = internal::CudnnAttentionRuns();
+      EXPECT_TRUE(PathParity(2, 70, 96, n_q, n_k, n_v, kernels_only, kernels_only))
+          << "kernels_only " << kernels_only;
+      const int64_t cudnn_runs = internal::CudnnAttentionRuns() - runs;
+      if (kernels_only || !internal::CudnnAttentionBuilt()) {
+        EXPECT_EQ(cudnn_runs, 0);
+      } else {
+        EXPECT_EQ(cudnn_runs, 2) << "a cuDNN build runs bf16 forward and backward on cuDNN";
+      }
+    }
+  }
+}
+
+// The two paths' lse is the same statistic: a forward on one and the backward on the other agree.
+TEST(AttentionPathTest, MixedPathsAgree) {
+  MOE_SKIP_WITHOUT_CUDA();
+  EXPECT_TRUE(PathParity(1, 129, 64, 4, 1, 2, /*forward_kernels_only=*/false,
+                         /*backward_kernels_only=*/true));
+  EXPECT_TRUE(PathParity(1, 129, 64, 4, 1, 2, /*forward_kernels_only=*/true,
+                         /*backward_kernels_only=*/false));
+}
+
+// Graphs are cached: the same shape again builds nothing new (timing is not asserted; the count of
+// cuDNN runs is).
+TEST(AttentionPathTest, RepeatedShapeReusesItsGraph) {
+  MOE_SKIP_WITHOUT_CUDA();
+  if (!internal::CudnnAttentionBuilt()) GTEST_SKIP() << "built without cuDNN";
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(PathParity(1, 33, 128, 8, 2, 4, false, false));
+}
 
 TEST(AttentionCudaTest, UnsupportedHeadDimIsInvalidArgument) {
   MOE_SKIP_WITHOUT_CUDA();

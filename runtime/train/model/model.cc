@@ -42,7 +42,6 @@ struct Model::ForwardState {
   Tensor h;          // the last block's output [T, M]
   Tensor nf, rstd;   // final RMSNorm output and rstd
   Tensor logits;     // [T, V] f32
-  double aux_total = 0.0;
 };
 
 Model::Model(const ModelSpec& spec, Device device) : spec_(spec), device_(device) {}
@@ -406,18 +405,68 @@ DiffQkvParams Model::AttentionParams(const Layer& L, bool grads) {
 StatusOr<ModelLoss> Model::ForwardBackward(ExecContext& ctx, const TensorView& ids,
                                            const TensorView& targets, int64_t batch,
                                            int64_t seq_len, float grad_scale) {
+  MOE_ASSIGN_OR_RETURN(Tensor sums, Tensor::Empty({StepScalarCount()}, DType::kF32, device_));
+  MOE_RETURN_IF_ERROR(Fill(ctx, sums, 0.0));
+  MOE_RETURN_IF_ERROR(
+      ForwardBackwardAccumulate(ctx, ids, targets, batch, seq_len, grad_scale, 1.0f, sums));
+  MOE_ASSIGN_OR_RETURN(Tensor host, CopyTo(ctx, sums, Device::Cpu()));  // the one read
+  const StepScalars scalars = ReadStepScalars(host.data<float>());
+  for (size_t l = 0; l < layers_.size(); ++l) last_aux_[l] = scalars.layer_aux[l];
+  return ModelLoss{scalars.loss, scalars.aux_total};
+}
+
+int64_t Model::StepScalarCount() const {
+  return 2 + kAuxLossValues * static_cast<int64_t>(layers_.size());
+}
+
+Model::StepScalars Model::ReadStepScalars(const float* sums) const {
+  StepScalars out;
+  out.loss = sums[0];
+  out.aux_total = sums[1];
+  out.layer_aux.resize(layers_.size());
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const float* a = sums + 2 + kAuxLossValues * l;
+    out.layer_aux[l] = AuxLossValues{a[0], a[1], a[2], a[3]};
+  }
+  return out;
+}
+
+Status Model::ForwardBackwardAccumulate(ExecContext& ctx, const TensorView& ids,
+                                        const TensorView& targets, int64_t batch,
+                                        int64_t seq_len, float grad_scale, float weight,
+                                        const TensorView& sums) {
   const int64_t t = batch * seq_len;
   MOE_RETURN_IF_ERROR(CheckTensor("targets", targets, DType::kI32, device_, {t}));
+  MOE_RETURN_IF_ERROR(CheckTensor("sums", sums, DType::kF32, device_, {StepScalarCount()}));
   ForwardState state;
-  MOE_RETURN_IF_ERROR(Forward(ctx, ids, batch, seq_len, /*training=*/true, &state));
-  MOE_ASSIGN_OR_RETURN(Tensor dlogits,
-                       Tensor::Empty({t, spec_.vocab_size}, DType::kF32, device_));
-  ModelLoss out;
-  MOE_ASSIGN_OR_RETURN(out.loss,
-                       CrossEntropyForwardBackward(ctx, state.logits, targets, grad_scale, dlogits));
-  out.aux_total = state.aux_total;
-  MOE_RETURN_IF_ERROR(Backward(ctx, ids, state, dlogits, grad_scale));
-  return out;
+  Tensor dlogits;
+  {
+    SyncLedger::Scope forward = SyncLedger::Charge(sync_ledger_, SyncLedger::Phase::kForward);
+    MOE_RETURN_IF_ERROR(Forward(ctx, ids, batch, seq_len, /*training=*/true, &state));
+    MOE_ASSIGN_OR_RETURN(dlogits, Tensor::Empty({t, spec_.vocab_size}, DType::kF32, device_));
+    MOE_ASSIGN_OR_RETURN(Tensor loss, Tensor::Empty({1}, DType::kF32, device_));
+    MOE_RETURN_IF_ERROR(
+        CrossEntropyForwardBackwardAsync(ctx, state.logits, targets, grad_scale, dlogits, loss));
+    // The step's scalars stay on the device: sums += weight * (loss, aux total, layers' values).
+    auto slice = [&](int64_t begin, int64_t n) {
+      return TensorView(sums.data<float>() + begin, DType::kF32, {n}, device_);
+    };
+    MOE_RETURN_IF_ERROR(Axpy(ctx, slice(0, 1), weight, loss, slice(0, 1)));
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      if (!layers_[l].moe) continue;
+      const Tensor& values = RoutedState(static_cast<int>(l)).aux_values;
+      const TensorView total(values.data<float>() + 3, DType::kF32, {1}, device_);
+      MOE_RETURN_IF_ERROR(Axpy(ctx, slice(1, 1), weight, total, slice(1, 1)));
+      const TensorView layer = slice(2 + kAuxLossValues * static_cast<int64_t>(l), kAuxLossValues);
+      MOE_RETURN_IF_ERROR(Axpy(ctx, layer, weight, values, layer));
+    }
+  }
+  {
+    SyncLedger::Scope backward = SyncLedger::Charge(sync_ledger_, SyncLedger::Phase::kBackward);
+    MOE_RETURN_IF_ERROR(Backward(ctx, ids, state, dlogits, grad_scale));
+  }
+  if (sync_ledger_ != nullptr) sync_ledger_->AddMicroBatch();
+  return absl::OkStatus();
 }
 
 StatusOr<double> Model::Loss(ExecContext& ctx, const TensorView& ids, const TensorView& targets,
@@ -444,8 +493,7 @@ StatusOr<Tensor> Model::LastLogits(ExecContext& ctx, const TensorView& ids, int6
 StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache* cache,
                                       const MoELayerConfig& moe_config, MoEState* moe_state,
                                       ParallelMoEState* parallel_state, const Tensor& h_in,
-                                      int64_t batch, int64_t seq_len, Activations* s,
-                                      AuxLossValues* aux) {
+                                      int64_t batch, int64_t seq_len, Activations* s) {
   const Layer& L = layers_[l];
   const int64_t t = batch * seq_len, m = spec_.model_dim;
   const DType dt = spec_.dtype;
@@ -476,10 +524,9 @@ StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache
   MOE_RETURN_IF_ERROR(RMSNormForward(ctx, s->h_mid, P(L.ffn_norm).compute, spec_.norm_eps, s->n2, s->rstd2));
   MOE_ASSIGN_OR_RETURN(Tensor ffn_out, empty(tokens, dt));
   if (L.moe) {
-    MOE_ASSIGN_OR_RETURN(*aux, MoELayerForward(ctx, l, pass == Pass::kTrain, moe_config,
-                                               moe_state, parallel_state, s->n2, ffn_out));
+    MOE_RETURN_IF_ERROR(MoELayerForward(ctx, l, pass == Pass::kTrain, moe_config, moe_state,
+                                        parallel_state, s->n2, ffn_out));
   } else {
-    *aux = AuxLossValues{};
     const int64_t hd = spec_.dense_ffn_dim;
     MOE_ASSIGN_OR_RETURN(s->dense_h1, empty({t, hd}, dt));
     MOE_ASSIGN_OR_RETURN(s->dense_h3, empty({t, hd}, dt));
@@ -550,7 +597,6 @@ StatusOr<Tensor> Model::InferenceForward(ExecContext& ctx, const TensorView& ids
   const int64_t t = batch * seq_len;
   MOE_ASSIGN_OR_RETURN(Tensor h, Tensor::Empty({t, spec_.model_dim}, spec_.dtype, device_));
   MOE_RETURN_IF_ERROR(EmbeddingForward(ctx, ids, P(embedding_).compute, h));
-  AuxLossValues aux;
   for (size_t l = 0; l < layers_.size(); ++l) {
     MoELayerConfig moe_config = layers_[l].moe_config;
     moe_config.capacity_factor = 0.0f;
@@ -560,7 +606,7 @@ StatusOr<Tensor> Model::InferenceForward(ExecContext& ctx, const TensorView& ids
     Activations s;
     MOE_ASSIGN_OR_RETURN(h, BlockForward(ctx, static_cast<int>(l), pass, &state->caches[l],
                                          moe_config, &moe_state, &parallel_state, h, batch,
-                                         seq_len, &s, &aux));
+                                         seq_len, &s));
   }
   // Only the last position of each sequence is needed: the final norm and head act per row.
   Tensor last = h;
@@ -576,22 +622,24 @@ StatusOr<Tensor> Model::InferenceForward(ExecContext& ctx, const TensorView& ids
   return CopyTo(ctx, logits, Device::Cpu());
 }
 
-StatusOr<AuxLossValues> Model::MoELayerForward(ExecContext& ctx, int l, bool training,
-                                               const MoELayerConfig& config, MoEState* state,
-                                               ParallelMoEState* parallel_state,
-                                               const TensorView& x, const TensorView& y) {
+Status Model::MoELayerForward(ExecContext& ctx, int l, bool training,
+                              const MoELayerConfig& config, MoEState* state,
+                              ParallelMoEState* parallel_state, const TensorView& x,
+                              const TensorView& y) {
   const Layer& L = layers_[l];
   const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute,
                             P(L.w2).compute};
   if (!distributed()) {
-    return MoEForward(ctx, config, views, x, y, state, nullptr, L.expert_bias);
+    // The aux values stay on the device (state->aux_values): the offsets are the one sync.
+    return MoEForwardDeferAux(ctx, config, views, x, y, state, nullptr, L.expert_bias);
   }
   const bool timed = training && measured_[l];
   StreamTimer timer = StreamTimer::For(ctx);
   if (timed) MOE_RETURN_IF_ERROR(timer.Start());
-  MOE_ASSIGN_OR_RETURN(const AuxLossValues aux,
-                       ParallelMoEForward(ctx, config, views, x, y, parallel_state, *exchanger_,
-                                          modes_[l], comm_, L.expert_bias, shard_groups_.get()));
+  // Returns the values on the host as well (a sync); they are also in parallel_state->local.
+  MOE_RETURN_IF_ERROR(ParallelMoEForward(ctx, config, views, x, y, parallel_state, *exchanger_,
+                                         modes_[l], comm_, L.expert_bias, shard_groups_.get())
+                          .status());
   if (timed) {
     MOE_ASSIGN_OR_RETURN(const double ms, timer.StopMs());
     moe_ms_[l] += ms;
@@ -602,7 +650,7 @@ StatusOr<AuxLossValues> Model::MoELayerForward(ExecContext& ctx, int l, bool tra
       moe_max_rows_[l] = std::max(moe_max_rows_[l], offsets[e + 1] - offsets[e]);
     }
   }
-  return aux;
+  return absl::OkStatus();
 }
 
 Status Model::MoELayerBackward(ExecContext& ctx, int l, const TensorView& dy, const TensorView& dx,
@@ -633,16 +681,12 @@ Status Model::Forward(ExecContext& ctx, const TensorView& ids, int64_t batch, in
   MOE_ASSIGN_OR_RETURN(Tensor h, Tensor::Empty({t, spec_.model_dim}, spec_.dtype, device_));
   MOE_RETURN_IF_ERROR(EmbeddingForward(ctx, ids, P(embedding_).compute, h));
   state->blocks.resize(layers_.size());
-  state->aux_total = 0.0;
   for (size_t l = 0; l < layers_.size(); ++l) {
-    AuxLossValues aux;
     MOE_ASSIGN_OR_RETURN(h, BlockForward(ctx, static_cast<int>(l),
                                          training ? Pass::kTrain : Pass::kFull, nullptr,
                                          layers_[l].moe_config, &moe_states_[l],
                                          &parallel_states_[l], h, batch, seq_len,
-                                         &state->blocks[l], &aux));
-    state->aux_total += aux.total;
-    if (training) last_aux_[l] = aux;
+                                         &state->blocks[l]));
   }
   state->h = h;
   MOE_ASSIGN_OR_RETURN(state->logits, Head(ctx, h, &state->nf, &state->rstd));
@@ -741,6 +785,7 @@ std::vector<std::pair<std::string, TensorView>> Model::Buffers() const {
 }
 
 StatusOr<std::vector<RoutingStats>> Model::MoEStats(ExecContext& ctx) const {
+  SyncLedger::Scope charge = SyncLedger::Charge(sync_ledger_, SyncLedger::Phase::kStats);
   std::vector<RoutingStats> stats(layers_.size());
   for (size_t l = 0; l < layers_.size(); ++l) {
     if (!layers_[l].moe) continue;

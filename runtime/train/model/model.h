@@ -36,6 +36,7 @@
 #include "moe/moe_layer.h"
 #include "moe/parallel_moe_layer.h"
 #include "runtime/core/status.h"
+#include "runtime/train/model/sync_budget.h"
 #include "runtime/device/exec_context.h"
 #include "runtime/tensor/tensor.h"
 
@@ -111,11 +112,29 @@ class Model {
   int TopK(int layer) const;
 
   // Forward and backward over one micro-batch; gradients (of loss * grad_scale, aux included)
-  // are added to the f32 grads. Two host syncs per MoE layer (offsets, aux values) and one for
-  // the loss.
+  // are added to the f32 grads. Host syncs: one per MoE layer (its expert offsets) and one to
+  // read the loss and the aux values (LastAuxLosses) at the end.
   [[nodiscard]] StatusOr<ModelLoss> ForwardBackward(ExecContext& ctx, const TensorView& ids,
                                                     const TensorView& targets, int64_t batch,
                                                     int64_t seq_len, float grad_scale);
+  // ForwardBackward for the training loop's sync budget (docs/design.md section 4): the loss and
+  // the aux values stay on the device, added times `weight` into sums [StepScalarCount()] f32 on
+  // the model's device: [0] the mean cross-entropy, [1] the layers' aux total, then per layer
+  // (kAuxLossValues each) lbl, z_loss, top1_lbl, total (zeros for a dense layer). The caller zeroes
+  // `sums` and reads it once per optimizer step (ReadStepScalars). Host syncs on one rank: one per
+  // MoE layer forward (its expert offsets) and none in the backward; several ranks add the
+  // parallel layer's own (moe/parallel_moe_layer.h). LastAuxLosses is not updated.
+  [[nodiscard]] Status ForwardBackwardAccumulate(ExecContext& ctx, const TensorView& ids,
+                                                 const TensorView& targets, int64_t batch,
+                                                 int64_t seq_len, float grad_scale, float weight,
+                                                 const TensorView& sums);
+  int64_t StepScalarCount() const;
+  struct StepScalars {
+    double loss = 0.0, aux_total = 0.0;
+    std::vector<AuxLossValues> layer_aux;  // per layer
+  };
+  // `sums` [StepScalarCount()] on the host, as ForwardBackwardAccumulate lays it out.
+  StepScalars ReadStepScalars(const float* sums) const;
   // Forward only: the mean cross-entropy (evaluation).
   [[nodiscard]] StatusOr<double> Loss(ExecContext& ctx, const TensorView& ids,
                                       const TensorView& targets, int64_t batch, int64_t seq_len);
@@ -134,16 +153,19 @@ class Model {
   // Both give what LastLogits gives over the whole sequences so far (up to rounding: the attention
   // paths differ), except that MoE layers route dropless here (capacity_factor is ignored: at
   // inference a token's output must not depend on the other tokens of the batch). Top-k is each
-  // layer's current one (SetTopK). Host syncs: two per MoE layer and the logits' copy.
+  // layer's current one (SetTopK). Host syncs: one per MoE layer and the logits' copy.
   [[nodiscard]] StatusOr<Tensor> Prefill(ExecContext& ctx, const TensorView& ids, int64_t batch,
                                          int64_t seq_len, int64_t capacity, DecodeState* state);
   [[nodiscard]] StatusOr<Tensor> DecodeStep(ExecContext& ctx, const TensorView& ids,
                                             DecodeState* state);
 
+  // Charges the host syncs of ForwardBackwardAccumulate (forward, backward, one micro-batch each)
+  // and MoEStats to `ledger` from now on (null: none); the ledger outlives its use.
+  void set_sync_ledger(SyncLedger* ledger) { sync_ledger_ = ledger; }
+
   // Routing statistics of every MoE layer's last forward (host sync); empty entries for dense layers.
   [[nodiscard]] StatusOr<std::vector<RoutingStats>> MoEStats(ExecContext& ctx) const;
-  // Aux-loss values of every layer's last training forward (ForwardBackward); zeros for dense
-  // layers.
+  // Aux-loss values of every layer's last ForwardBackward; zeros for dense layers.
   const std::vector<AuxLossValues>& LastAuxLosses() const { return last_aux_; }
 
   // One aux-loss-free balancing step (when spec.bias_update_rate > 0; a no-op otherwise): each MoE
@@ -226,24 +248,24 @@ class Model {
   // seq_len 1).
   enum class Pass { kTrain, kFull, kPrefill, kDecode };
   // Block `l`'s forward over h_in [B * S, M]; `s` receives what its backward needs, the MoE layer
-  // runs with `moe_config` into `moe_state` (multi-rank: `parallel_state`) and *aux receives its
-  // aux-loss values (zeros for a dense layer). Returns h_out.
+  // runs with `moe_config` into `moe_state` (multi-rank: `parallel_state`), which keep its aux-loss
+  // values on the device. Returns h_out.
   [[nodiscard]] StatusOr<Tensor> BlockForward(ExecContext& ctx, int l, Pass pass, KvCache* cache,
                                               const MoELayerConfig& moe_config, MoEState* moe_state,
                                               ParallelMoEState* parallel_state,
                                               const Tensor& h_in, int64_t batch, int64_t seq_len,
-                                              Activations* s, AuxLossValues* aux);
+                                              Activations* s);
   // Block `l`'s backward from dh_out [B * S, M] and the activations of its kTrain forward: returns
   // dh_in and adds the block's weight gradients (loss scaled by grad_scale).
   [[nodiscard]] StatusOr<Tensor> BlockBackward(ExecContext& ctx, int l, const Activations& s,
                                                const Tensor& dh_out, float grad_scale);
-  // The one place that runs an MoE layer: the single-rank layer, or on several ranks the parallel
-  // one in the layer's mode, timed while measured (training forwards only).
-  [[nodiscard]] StatusOr<AuxLossValues> MoELayerForward(ExecContext& ctx, int l, bool training,
-                                                        const MoELayerConfig& config,
-                                                        MoEState* state,
-                                                        ParallelMoEState* parallel_state,
-                                                        const TensorView& x, const TensorView& y);
+  // The one place that runs an MoE layer: the single-rank layer (one host sync, the offsets; the
+  // aux values stay in state->aux_values), or on several ranks the parallel one in the layer's
+  // mode (values in parallel_state->local.aux_values), timed while measured (training only).
+  [[nodiscard]] Status MoELayerForward(ExecContext& ctx, int l, bool training,
+                                       const MoELayerConfig& config, MoEState* state,
+                                       ParallelMoEState* parallel_state, const TensorView& x,
+                                       const TensorView& y);
   [[nodiscard]] Status MoELayerBackward(ExecContext& ctx, int l, const TensorView& dy,
                                         const TensorView& dx, float grad_scale);
   // The routing state of layer l's last training or evaluation forward.
@@ -281,6 +303,7 @@ class Model {
   std::vector<double> moe_ms_;
   std::vector<int64_t> moe_max_rows_;
   std::vector<AuxLossValues> last_aux_;
+  SyncLedger* sync_ledger_ = nullptr;
   int embedding_ = -1, final_norm_ = -1, lm_head_ = -1;
 };
 

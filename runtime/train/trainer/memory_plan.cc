@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "runtime/train/model/sync_budget.h"
 
 namespace smoe {
 namespace {
@@ -79,7 +80,8 @@ StatusOr<MemoryPlan> PlanMemory(const proto::RunConfig& config, Device device, D
       local_matrices += 3 * m * hd;
       matmul_params += 3 * m * hd;
       act += 3 * t * hd * c;
-      moe_transient = std::max(moe_transient, 2 * t * hd * c + t * m * 4);
+      moe_transient =
+          std::max(moe_transient, 2 * t * hd * c + (c == 4 ? t * m * 4 : 3 * m * hd * c));
       continue;
     }
     const double k = MaxTopK(moe, l);
@@ -94,9 +96,12 @@ StatusOr<MemoryPlan> PlanMemory(const proto::RunConfig& config, Device device, D
     // Routing (f32 logits, probabilities, aux-loss gradient; top-k ids and gates; the plan's
     // per-row slots), dispatched rows xs, ys [R, M] and h1, h3, act [R, H].
     act += 3 * t * e * 4 + 2 * t * k * 4 + rows * 16 + 2 * rows * m * c + 3 * rows * h * c;
-    // Backward: dys, dxs [R, M], dh1, dh3 [R, H], an f32 [R, M] accumulator, the router's
-    // dx [T, M] and scaled aux gradient [T, E] f32, and the router's f32 copy of x.
-    moe_transient = std::max(moe_transient, 2 * rows * m * c + 2 * rows * h * c + rows * m * 4 +
+    // Backward: dys, dxs [R, M], dh1, dh3 [R, H], in f32 an [R, M] f32 term (calibrated, see
+    // below), in bf16 the three bf16 weight-gradient products of the local experts
+    // (moe/experts/experts.h), the router's dx [T, M] and scaled aux gradient [T, E] f32, and the
+    // router's f32 copy of x.
+    const double grad_products = c == 4 ? rows * m * 4 : 3 * e * local_expert_share * m * h * c;
+    moe_transient = std::max(moe_transient, 2 * rows * m * c + 2 * rows * h * c + grad_products +
                                                 t * m * c + t * e * 4 + t * m * 4);
   }
   plan.parameters = static_cast<int64_t>(matrices + f32_only);
@@ -124,7 +129,7 @@ StatusOr<MemoryPlan> PlanMemory(const proto::RunConfig& config, Device device, D
   int moe_layers = 0;
   for (int l = 0; l < mc.num_layers(); ++l) moe_layers += IsDense(moe, l) ? 0 : 1;
   plan.host_syncs_per_step =
-      int64_t{std::max(1, config.train().grad_accum())} * (2 * moe_layers + 1) + 1 + 2 * moe_layers;
+      SyncBudget().StepTotal(moe_layers, std::max(1, config.train().grad_accum()));
   plan.reserve_bytes = device.is_cuda() ? kCudaReserveBytes : 0;
   return plan;
 }

@@ -35,10 +35,11 @@ struct MemoryPlan {
   // At the final top-k (moe.top_k), as Model::NumActivatedParameters and Model::FlopsPerToken.
   int64_t activated_parameters = 0;
   double flops_per_token = 0;
-  // Host syncs per optimizer step on the CUDA path of the code as written: per micro-batch two
-  // per MoE layer (expert offsets, aux-loss values) and one for the loss; per step one for the
-  // gradient norm and two per MoE layer for the routing statistics. metrics.jsonl reports the
-  // measured count (ExecContext::host_syncs), which the GPU check compares with this.
+  // Host syncs per optimizer step on one rank's CUDA path, the budget of SyncBudget
+  // (runtime/train/model/sync_budget.h): per micro-batch one per MoE layer (expert offsets); per
+  // step one read of the loss, aux values and gradient norm, and two per MoE layer for the routing
+  // statistics of the metrics line. metrics.jsonl reports the measured count
+  // (ExecContext::host_syncs), which the GPU check compares with this.
   int64_t host_syncs_per_step = 0;
   int64_t tokens = 0;            // per micro-batch on this rank
   int max_top_k = 1;             // the largest top-k of any MoE layer over the run

@@ -272,9 +272,9 @@ class Trainer {
   Status HandleNonFiniteStep(const StepResult& result);
   StatusOr<double> Evaluate();
   StatusOr<StepResult> Step(double lr);
-  // All-reduces the replicated parameters' gradients (the experts' arrive reduced) and returns the
-  // global gradient norm: one host sync.
-  StatusOr<double> ReduceGradients();
+  // All-reduces the replicated parameters' gradients (the experts' arrive reduced) and leaves the
+  // squared global gradient norm in step_scalars_[0] + step_scalars_[1], on the device.
+  Status ReduceGradients();
   // Whether any rank was asked to stop (collective).
   StatusOr<bool> StopRequested();
   // Statistics, evaluation, metrics, progress and checkpoints after applied step step_.
@@ -325,7 +325,9 @@ class Trainer {
   std::unique_ptr<BatchLoader> loader_;
   std::vector<AuxLossValues> layer_aux_;  // per layer, mean over the last step's micro-batches
   Tensor ids_, targets_;
-  Tensor norm_sq_;  // [2] f32: squared gradient norms of the replicated and the expert parameters
+  // [2 + Model::StepScalarCount()] f32 on the device: the squared gradient norms of the replicated
+  // and of the expert parameters, then the step's loss and aux sums; read once per step.
+  Tensor step_scalars_;
   std::vector<int32_t> host_ids_, host_targets_;
   std::ofstream metrics_;
   int64_t step_ = 0;
@@ -370,7 +372,8 @@ Status Trainer::Setup() {
   loader_ = std::make_unique<BatchLoader>(data_.train.get(), b, s, train_.seed());
   MOE_ASSIGN_OR_RETURN(ids_, Tensor::Empty({local_batch_ * s}, DType::kI32, device_));
   MOE_ASSIGN_OR_RETURN(targets_, Tensor::Empty({local_batch_ * s}, DType::kI32, device_));
-  MOE_ASSIGN_OR_RETURN(norm_sq_, Tensor::Empty({2}, DType::kF32, device_));
+  MOE_ASSIGN_OR_RETURN(step_scalars_,
+                       Tensor::Empty({2 + model_->StepScalarCount()}, DType::kF32, device_));
   tty_ = leader() && options_.progress_bar && isatty(fileno(stderr));
   if (distributed()) {
     const proto::ParallelConfig& pc = config_.parallel();
@@ -634,36 +637,21 @@ StatusOr<Trainer::StepResult> Trainer::Step(double lr) {
   if (controller_ != nullptr) MOE_RETURN_IF_ERROR(ChooseModes());
   MOE_RETURN_IF_ERROR(model_->ZeroGrads(*ctx_));
   StepResult result;
-  layer_aux_.assign(config_.model().num_layers(), AuxLossValues{});
   // The global mean's gradient: each rank's local mean over W, each micro-batch's over accum.
   const float scale = 1.0f / static_cast<float>(accum * world_);
+  // Loss and aux values stay on the device through the micro-batches and are read once, with the
+  // gradient norm, below (the host-sync budget, docs/design.md section 4).
+  MOE_RETURN_IF_ERROR(Fill(*ctx_, step_scalars_, 0.0));
+  const TensorView sums(step_scalars_.data<float>() + 2, DType::kF32,
+                        {model_->StepScalarCount()}, device_);
   for (int micro = 0; micro < accum; ++micro) {
     loader_->Next(&host_ids_, &host_targets_);
     MOE_RETURN_IF_ERROR(UploadSlice(*ctx_, host_ids_, rank_, ids_));
     MOE_RETURN_IF_ERROR(UploadSlice(*ctx_, host_targets_, rank_, targets_));
-    MOE_ASSIGN_OR_RETURN(ModelLoss ml,
-                         model_->ForwardBackward(*ctx_, ids_, targets_, local_batch_, s, scale));
-    result.loss += ml.loss / accum;
-    result.aux += ml.aux_total / accum;
-    for (size_t l = 0; l < layer_aux_.size(); ++l) {
-      const AuxLossValues& a = model_->LastAuxLosses()[l];
-      layer_aux_[l].lbl += a.lbl / accum;
-      layer_aux_[l].z_loss += a.z_loss / accum;
-      layer_aux_[l].top1_lbl += a.top1_lbl / accum;
-      layer_aux_[l].total += a.total / accum;
-    }
+    MOE_RETURN_IF_ERROR(model_->ForwardBackwardAccumulate(*ctx_, ids_, targets_, local_batch_, s,
+                                                          scale, 1.0f / accum, sums));
   }
   if (controller_ != nullptr) MOE_RETURN_IF_ERROR(ReportModes());
-  std::vector<double> means = {result.loss, result.aux};
-  for (const AuxLossValues& a : layer_aux_) {
-    means.insert(means.end(), {a.lbl, a.z_loss, a.top1_lbl, a.total});
-  }
-  MOE_RETURN_IF_ERROR(MeanOverRanks(&means));
-  result.loss = means[0];
-  result.aux = means[1];
-  for (size_t l = 0; l < layer_aux_.size(); ++l) {
-    layer_aux_[l] = {means[2 + 4 * l], means[3 + 4 * l], means[4 + 4 * l], means[5 + 4 * l]};
-  }
 
   if (train_.debug_nan_step() == step_ + 1 && !nan_injected_) {
     // A deterministic non-finite gradient (train.debug_nan_step), to test nan_policy end to end;
@@ -674,7 +662,22 @@ StatusOr<Trainer::StepResult> Trainer::Step(double lr) {
     MOE_RETURN_IF_ERROR(Fill(*ctx_, model_->params().front().grad,
                              std::numeric_limits<double>::quiet_NaN()));
   }
-  MOE_ASSIGN_OR_RETURN(result.grad_norm, ReduceGradients());
+  MOE_RETURN_IF_ERROR(ReduceGradients());
+  MOE_ASSIGN_OR_RETURN(const Tensor host, CopyTo(*ctx_, step_scalars_, Device::Cpu()));  // the read
+  const float* scalars = host.data<float>();
+  result.grad_norm = std::sqrt(static_cast<double>(scalars[0]) + static_cast<double>(scalars[1]));
+  const Model::StepScalars step = model_->ReadStepScalars(scalars + 2);
+  std::vector<double> means = {step.loss, step.aux_total};
+  for (const AuxLossValues& a : step.layer_aux) {
+    means.insert(means.end(), {a.lbl, a.z_loss, a.top1_lbl, a.total});
+  }
+  MOE_RETURN_IF_ERROR(MeanOverRanks(&means));
+  result.loss = means[0];
+  result.aux = means[1];
+  layer_aux_.assign(step.layer_aux.size(), AuxLossValues{});
+  for (size_t l = 0; l < layer_aux_.size(); ++l) {
+    layer_aux_[l] = {means[2 + 4 * l], means[3 + 4 * l], means[4 + 4 * l], means[5 + 4 * l]};
+  }
   if (!std::isfinite(result.loss) || !std::isfinite(result.grad_norm)) return result;
 
   const double clip = train_.grad_clip();
@@ -693,10 +696,9 @@ StatusOr<Trainer::StepResult> Trainer::Step(double lr) {
   return result;
 }
 
-StatusOr<double> Trainer::ReduceGradients() {
-  const TensorView replicated(norm_sq_.data(), DType::kF32, {1}, device_);
-  const TensorView experts(norm_sq_.data<float>() + 1, DType::kF32, {1}, device_);
-  MOE_RETURN_IF_ERROR(Fill(*ctx_, norm_sq_, 0.0));
+Status Trainer::ReduceGradients() {
+  const TensorView replicated(step_scalars_.data(), DType::kF32, {1}, device_);
+  const TensorView experts(step_scalars_.data<float>() + 1, DType::kF32, {1}, device_);
   for (ModelParam& p : model_->params()) {
     if (p.expert_shard) {
       // Already summed over the ranks by ParallelMoEBackward; each rank holds its own shard.
@@ -706,10 +708,7 @@ StatusOr<double> Trainer::ReduceGradients() {
       MOE_RETURN_IF_ERROR(AccumulateSquaredNorm(*ctx_, p.grad, replicated));
     }
   }
-  MOE_RETURN_IF_ERROR(comm_->AllReduceSum(*ctx_, experts));
-  MOE_ASSIGN_OR_RETURN(Tensor host, CopyTo(*ctx_, norm_sq_, Device::Cpu()));
-  return std::sqrt(static_cast<double>(host.data<float>()[0]) +
-                   static_cast<double>(host.data<float>()[1]));
+  return comm_->AllReduceSum(*ctx_, experts);
 }
 
 StatusOr<bool> Trainer::StopRequested() {

@@ -1,9 +1,11 @@
 // CUDA vs CPU parity of SwiGLU and the expert MLP (forward and backward). Skips without a GPU.
 #include <cmath>
+#include <memory>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "moe/experts/experts.h"
+#include "runtime/core/bf16.h"
 #include "runtime/nn/swiglu.h"
 #include "runtime/tensor/tensor_ops.h"
 #include "tests/testing/parity.h"
@@ -102,6 +104,53 @@ TEST(ExpertsParityTest, ForwardAndBackward) {
   }
   RunExpertsParity(cases[0], DType::kF32, /*accumulate=*/true);
   RunExpertsParity(cases[0], DType::kBF16, /*accumulate=*/true);
+}
+
+// The bf16 backward's weight-gradient rounding (experts.h): the f32 gradients it writes hold bf16
+// values, on the GPU as on the CPU, and the kernel that adds the bf16 products into the f32
+// gradients is bit-identical to the CPU loop.
+TEST(ExpertsParityTest, BF16WeightGradsRoundOnceThenAddInF32) {
+  MOE_SKIP_WITHOUT_CUDA();
+  const ExpertCase c{64, 96, {0, 0, 7, 7, 40, 41, 41}};
+  const int64_t e = 6, r = 41, m = c.m, h = c.h;
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<ExecContext> ctx, ExecContext::Create(Device::Cuda()));
+  auto make = [&](Shape shape, DType dtype, uint64_t seed, float stddev) {
+    Tensor t = Tensor::Empty(shape, dtype, Device::Cuda()).value();
+    MOE_CHECK_OK(FillNormal(*ctx, t, seed, 0, 0.0f, stddev));
+    return t;
+  };
+  Tensor xs = make({r, m}, DType::kBF16, 1, 1.0f), dys = make({r, m}, DType::kBF16, 5, 1.0f);
+  Tensor w1 = make({e, m, h}, DType::kBF16, 2, 0.1f), w3 = make({e, m, h}, DType::kBF16, 3, 0.1f);
+  Tensor w2 = make({e, h, m}, DType::kBF16, 4, 0.1f);
+  Tensor h1 = make({r, h}, DType::kBF16, 6, 1.0f), h3 = make({r, h}, DType::kBF16, 7, 1.0f);
+  Tensor act = make({r, h}, DType::kBF16, 8, 1.0f), ys = make({r, m}, DType::kBF16, 9, 1.0f);
+  Tensor dxs = make({r, m}, DType::kBF16, 10, 1.0f);
+  Tensor dw1 = make({e, m, h}, DType::kF32, 11, 1.0f), dw3 = make({e, m, h}, DType::kF32, 12, 1.0f);
+  Tensor dw2 = make({e, h, m}, DType::kF32, 13, 1.0f);
+  const ExpertWeights w{w1, w3, w2};
+  const ExpertActivations saved{h1, h3, act};
+  MOE_ASSERT_OK(ExpertsForward(*ctx, w, xs, c.offsets, saved, ys));
+  MOE_ASSERT_OK(ExpertsBackward(*ctx, w, xs, c.offsets, saved, dys, dxs, {dw1, dw3, dw2}));
+  for (const Tensor* t : {&dw1, &dw3, &dw2}) {
+    MOE_ASSERT_OK_AND_ASSIGN(Tensor host, CopyTo(*ctx, *t, Device::Cpu()));
+    for (int64_t i = 0; i < host.numel(); ++i) {
+      const float v = host.data<float>()[i];
+      ASSERT_EQ(v, RoundToBF16(v)) << "element " << i << " is not a bf16 value";
+    }
+  }
+  for (bool accumulate : {false, true}) {
+    EXPECT_TRUE(CheckParity(
+        {Input("p1", {e, m, h}, DType::kBF16), Input("p3", {3, 5}, DType::kBF16),
+         Input("p2", {e, h, m}, DType::kBF16),
+         Output("g1", {e, m, h}, DType::kF32, testing::Tolerance{0, 0}, NormalFill(21, 1.0f)),
+         Output("g3", {3, 5}, DType::kF32, testing::Tolerance{0, 0}, NormalFill(22, 1.0f)),
+         Output("g2", {e, h, m}, DType::kF32, testing::Tolerance{0, 0}, NormalFill(23, 1.0f))},
+        [&](ExecContext& run, const std::vector<TensorView>& t) {
+          return internal::AddWeightGrads(run, {t[0], t[1], t[2]}, {t[3], t[4], t[5]},
+                                          accumulate);
+        }))
+        << (accumulate ? "accumulate" : "overwrite");
+  }
 }
 
 TEST(ExpertsParityTest, InitIsBitIdentical) {

@@ -1,11 +1,13 @@
 #include "moe/experts/experts.h"
 
+#include <array>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "runtime/blas/gemm.h"
 #include "runtime/core/bf16.h"
 #include "runtime/tensor/tensor_ops.h"
 #include "tests/moe/experts/experts_reference.h"
@@ -278,6 +280,65 @@ TEST(ExpertsTest, BackwardBF16ByTolerance) {
        {std::pair{&g.dxs, &ref.dxs}, {&g.dw1, &ref.dw1}, {&g.dw3, &ref.dw3}, {&g.dw2, &ref.dw2}}) {
     EXPECT_LT(testing::Nmse(ToDoubles(*actual), *expected), 1e-4);
   }
+}
+
+// The bf16 rounding of the contract: each weight gradient is its product rounded to bf16 once
+// (here dW2 = act^T dY, recomputed by a bf16-output grouped GEMM), added to the f32 gradient in
+// f32; an empty expert adds nothing.
+TEST(ExpertsTest, BF16WeightGradsAreProductsRoundedOnceThenAddedInF32) {
+  Problem p = MakeProblem(16, 24, {0, 5, 5, 20, 33}, DType::kBF16, 71);
+  MOE_ASSERT_OK(ExpertsForward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), p.ys));
+  Tensor dys = RandomNormal({p.rows, p.m}, DType::kBF16, 72, 1.0f);
+  Grads fresh = MakeGrads(p);
+  MOE_ASSERT_OK(ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, fresh.dxs,
+                                fresh.view()));
+  for (const Tensor* t : {&fresh.dw1, &fresh.dw3, &fresh.dw2}) {
+    for (double v : ToDoubles(*t)) {
+      ASSERT_EQ(v, double{RoundToBF16(static_cast<float>(v))}) << "not a bf16 value: " << v;
+    }
+  }
+  Tensor dw2 = HostTensor({p.experts, p.h, p.m}, DType::kBF16);
+  MOE_ASSERT_OK(GroupedGemmRaggedK(Cpu(), p.act, dys, dw2, p.offsets));
+  EXPECT_EQ(ToDoubles(fresh.dw2), ToDoubles(dw2));
+
+  Grads acc = MakeGrads(p);
+  acc.dw1 = RandomNormal({p.experts, p.m, p.h}, DType::kF32, 73, 1.0f);
+  acc.dw3 = RandomNormal({p.experts, p.m, p.h}, DType::kF32, 74, 1.0f);
+  acc.dw2 = RandomNormal({p.experts, p.h, p.m}, DType::kF32, 75, 1.0f);
+  const std::vector<double> before[3] = {ToDoubles(acc.dw1), ToDoubles(acc.dw3),
+                                         ToDoubles(acc.dw2)};
+  MOE_ASSERT_OK(ExpertsBackward(Cpu(), p.weights(), p.xs, p.offsets, p.saved(), dys, acc.dxs,
+                                acc.view(), /*accumulate=*/true));
+  const Tensor* after[3] = {&acc.dw1, &acc.dw3, &acc.dw2};
+  const Tensor* part[3] = {&fresh.dw1, &fresh.dw3, &fresh.dw2};
+  for (int i = 0; i < 3; ++i) {
+    const std::vector<double> a = ToDoubles(*after[i]), f = ToDoubles(*part[i]);
+    for (size_t j = 0; j < a.size(); ++j) {
+      const float sum = static_cast<float>(before[i][j]) + static_cast<float>(f[j]);  // in f32
+      ASSERT_EQ(a[j], double{sum}) << i << ", " << j;
+    }
+  }
+  EXPECT_TRUE(testing::AllEqual(acc.dxs, fresh.dxs));
+}
+
+TEST(ExpertsTest, AddWeightGradsWritesOrAddsAndChecksDtypes) {
+  Tensor parts[3] = {FromDoubles({1.5, -2.0}, {2}, DType::kBF16),
+                     FromDoubles({0.25}, {1}, DType::kBF16),
+                     FromDoubles({3.0, 4.0, 5.0}, {3}, DType::kBF16)};
+  Tensor grads[3] = {FromDoubles({1.0, 1.0}, {2}), FromDoubles({-1.0}, {1}),
+                     FromDoubles({0.5, 0.5, 0.5}, {3})};
+  const std::array<TensorView, 3> p{parts[0], parts[1], parts[2]};
+  const std::array<TensorView, 3> g{grads[0], grads[1], grads[2]};
+  MOE_ASSERT_OK(internal::AddWeightGrads(Cpu(), p, g, /*accumulate=*/true));
+  EXPECT_EQ(ToDoubles(grads[0]), (std::vector<double>{2.5, -1.0}));
+  EXPECT_EQ(ToDoubles(grads[1]), (std::vector<double>{-0.75}));
+  EXPECT_EQ(ToDoubles(grads[2]), (std::vector<double>{3.5, 4.5, 5.5}));
+  MOE_ASSERT_OK(internal::AddWeightGrads(Cpu(), p, g, /*accumulate=*/false));
+  EXPECT_EQ(ToDoubles(grads[2]), (std::vector<double>{3.0, 4.0, 5.0}));
+  EXPECT_THAT(internal::AddWeightGrads(Cpu(), g, g, false),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("parts[0].dtype")));
+  EXPECT_THAT(internal::AddWeightGrads(Cpu(), p, p, false),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("grads[0].dtype")));
 }
 
 TEST(ExpertsTest, AccumulateAddsToExistingGradients) {

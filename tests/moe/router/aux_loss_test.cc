@@ -25,6 +25,38 @@ using testing::StatusIs;
 using testing::ToDoubles;
 using testing::ToInts;
 
+// The values left in a tensor (what the training step reads once per optimizer step) are the
+// returned ones; T == 0 gives zeros; the tensor is checked.
+TEST(AuxLossTest, ValuesIntoATensor) {
+  const Tensor logits = RandomNormal({7, 5}, DType::kF32, 3, 1.0f);
+  const Tensor probs = HostTensor({7, 5}, DType::kF32);
+  MOE_ASSERT_OK(SoftmaxRows(ExecContext::Cpu(), logits, probs));
+  const Tensor idx = FromInts({0, 1, 1, 4, 2, 0, 1}, {7, 1});
+  const Tensor d_a = HostTensor({7, 5}, DType::kF32), d_b = HostTensor({7, 5}, DType::kF32);
+  const AuxLossConfig config{.lbl_coef = 0.01f, .z_coef = 0.001f, .top1_lbl_coef = 0.1f};
+  MOE_ASSERT_OK_AND_ASSIGN(
+      AuxLossValues v,
+      AuxLossForwardBackward(ExecContext::Cpu(), config, logits, probs, idx, nullptr, d_a));
+  const Tensor values = HostTensor({kAuxLossValues}, DType::kF32);
+  MOE_ASSERT_OK(AuxLossForwardBackwardInto(ExecContext::Cpu(), config, logits, probs, idx, nullptr,
+                                           d_b, values));
+  EXPECT_TRUE(testing::AllEqual(d_a, d_b));
+  EXPECT_EQ(ToDoubles(values), (std::vector<double>{static_cast<float>(v.lbl),
+                                                    static_cast<float>(v.z_loss),
+                                                    static_cast<float>(v.top1_lbl),
+                                                    static_cast<float>(v.total)}));
+  MOE_ASSERT_OK_AND_ASSIGN(AuxLossValues read, ReadAuxLossValues(ExecContext::Cpu(), values));
+  EXPECT_EQ(read.total, static_cast<float>(v.total));
+
+  const Tensor none = HostTensor({0, 5}, DType::kF32);
+  MOE_ASSERT_OK(AuxLossForwardBackwardInto(ExecContext::Cpu(), config, none, none,
+                                           HostTensor({0, 1}, DType::kI32), nullptr, none, values));
+  EXPECT_EQ(ToDoubles(values), (std::vector<double>{0, 0, 0, 0}));
+  EXPECT_THAT(AuxLossForwardBackwardInto(ExecContext::Cpu(), config, logits, probs, idx, nullptr,
+                                         d_b, HostTensor({3}, DType::kF32)),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("values.shape")));
+}
+
 // logits [[0, 0], [ln 3, 0]] -> probs [[.5, .5], [.75, .25]]; both tokens choose expert 0.
 TEST(AuxLossTest, HandWorkedValues) {
   const Tensor logits = FromFloats({0, 0, static_cast<float>(std::log(3.0)), 0}, {2, 2});

@@ -4,6 +4,7 @@
 // that every logit and score is exact in fp32 whatever the summation order: the two backends then
 // see identical scores, including exact ties, and topk_idx must match exactly.
 #include <cmath>
+#include <memory>
 
 #include "gtest/gtest.h"
 #include "moe/router/aux_loss.h"
@@ -133,6 +134,35 @@ TEST(AuxLossParityTest, ValuesAndGradient) {
             MOE_RETURN_IF_ERROR(Fill(ctx, a[3].Rows(i, i + 1), values[i]));
           return CountExperts(ctx, idx, a[4]);
         }));
+  }
+}
+
+// The aux losses on CUDA make no host sync when their values stay on the device (the MoE
+// forward's budget: its one sync is the plan's offsets), also with global_lbl on one rank.
+TEST(AuxLossCudaTest, ValuesIntoATensorMakeNoHostSync) {
+  MOE_SKIP_WITHOUT_CUDA();
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<ExecContext> ctx, ExecContext::Create(Device::Cuda()));
+  const int64_t t = 300, e = 96;
+  auto device = [&](Shape shape, DType dtype) { return *Tensor::Empty(shape, dtype, Device::Cuda()); };
+  Tensor logits = device({t, e}, DType::kF32), probs = device({t, e}, DType::kF32);
+  Tensor idx = device({t, 1}, DType::kI32), gates = device({t, 1}, DType::kF32);
+  Tensor x = device({t, 32}, DType::kF32), w = device({32, e}, DType::kF32);
+  MOE_ASSERT_OK(FillNormal(*ctx, x, 1, 0, 0.0f, 1.0f));
+  MOE_ASSERT_OK(FillNormal(*ctx, w, 2, 0, 0.0f, 0.2f));
+  MOE_ASSERT_OK(RouterForward(*ctx, RouterConfig{static_cast<int>(e), 1, false}, x, w,
+                              TensorView(), logits, probs, idx, gates));
+  Tensor d_logits = device({t, e}, DType::kF32), values = device({kAuxLossValues}, DType::kF32);
+  for (bool global : {false, true}) {
+    const AuxLossConfig config{
+        .lbl_coef = 0.01f, .global_lbl = global, .z_coef = 0.001f, .top1_lbl_coef = 0.1f};
+    const int64_t before = ctx->host_syncs();
+    MOE_ASSERT_OK(AuxLossForwardBackwardInto(*ctx, config, logits, probs, idx,
+                                             SingleRankCommunicator(), d_logits, values));
+    EXPECT_EQ(ctx->host_syncs(), before) << "global_lbl " << global;
+    MOE_ASSERT_OK_AND_ASSIGN(AuxLossValues v, ReadAuxLossValues(*ctx, values));
+    EXPECT_EQ(ctx->host_syncs(), before + 1);
+    EXPECT_GT(v.lbl, 0.0);
+    EXPECT_NEAR(v.total, 0.01 * v.lbl + 0.001 * v.z_loss + 0.1 * v.top1_lbl, 1e-5);
   }
 }
 
