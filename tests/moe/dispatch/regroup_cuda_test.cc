@@ -15,6 +15,7 @@ namespace {
 using testing::CheckParity;
 using testing::Input;
 using testing::Output;
+using testing::ParityArgs;
 
 // S source rows, N gathered rows, C columns, dtype.
 using Case = std::tuple<int64_t, int64_t, int64_t, DType>;
@@ -31,8 +32,8 @@ TEST_P(GatherRowsParityTest, MatchesCpuExactly) {
   };
   EXPECT_TRUE(CheckParity({Input("src", {s, c}, dtype), Input("index", {n}, DType::kI32, fill_index),
                            Output("dst", {n, c}, dtype, testing::Tolerance{0.0, 0.0})},
-                          [](ExecContext& ctx, const std::vector<TensorView>& t) {
-                            return GatherRows(ctx, t[0], t[1], t[2]);
+                          [](ExecContext& ctx, const ParityArgs& t) {
+                            return GatherRows(ctx, t["src"], t["index"], t["dst"]);
                           }));
 }
 

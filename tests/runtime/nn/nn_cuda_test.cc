@@ -24,6 +24,7 @@ namespace {
 using testing::CheckParity;
 using testing::Input;
 using testing::Output;
+using testing::ParityArgs;
 using testing::Tolerance;
 
 constexpr Tolerance kExact{0.0, 0.0};
@@ -63,8 +64,8 @@ TEST_P(NnParityTest, EmbeddingForwardIsExact) {
   EXPECT_TRUE(CheckParity(
       {Input("ids", {tokens}, DType::kI32, FillIds(vocab, 3)), Input("table", {vocab, dim}, dtype),
        Output("out", {tokens, dim}, dtype, kExact)},
-      [](ExecContext& ctx, const std::vector<TensorView>& t) {
-        return EmbeddingForward(ctx, t[0], t[1], t[2]);
+      [](ExecContext& ctx, const ParityArgs& t) {
+        return EmbeddingForward(ctx, t["ids"], t["table"], t["out"]);
       }));
 }
 
@@ -77,8 +78,8 @@ TEST_P(NnParityTest, EmbeddingBackwardAccumulates) {
       {Input("ids", {tokens}, DType::kI32, FillIds(used, 4)), Input("dout", {tokens, dim}, dtype),
        Output("dtable", {vocab, dim}, DType::kF32,
               Tolerance{1e-5 * std::sqrt(double(tokens)), 1e-5}, FillNormalWith(5, 0.0f, 1.0f))},
-      [](ExecContext& ctx, const std::vector<TensorView>& t) {
-        return EmbeddingBackward(ctx, t[0], t[1], t[2]);
+      [](ExecContext& ctx, const ParityArgs& t) {
+        return EmbeddingBackward(ctx, t["ids"], t["dout"], t["dtable"]);
       }));
 }
 
@@ -88,8 +89,8 @@ TEST_P(NnParityTest, RMSNormForward) {
   EXPECT_TRUE(CheckParity({Input("x", {rows, cols}, dtype), Input("gain", {cols}, DType::kF32),
                            Output("y", {rows, cols}, dtype),
                            Output("rstd", {rows}, DType::kF32, Tolerance{1e-6, 1e-5})},
-                          [](ExecContext& ctx, const std::vector<TensorView>& t) {
-                            return RMSNormForward(ctx, t[0], t[1], 1e-5f, t[2], t[3]);
+                          [](ExecContext& ctx, const ParityArgs& t) {
+                            return RMSNormForward(ctx, t["x"], t["gain"], 1e-5f, t["y"], t["rstd"]);
                           }));
 }
 
@@ -102,8 +103,9 @@ TEST_P(NnParityTest, RMSNormBackward) {
                    Input("rstd", {rows}, DType::kF32, FillUniformWith(6, 0.5f, 1.5f)),
                    Input("dy", {rows, cols}, dtype), Output("dx", {rows, cols}, dtype),
                    Output("dgain", {cols}, DType::kF32, dgain_tol, FillNormalWith(7, 0.0f, 1.0f))},
-                  [](ExecContext& ctx, const std::vector<TensorView>& t) {
-                    return RMSNormBackward(ctx, t[0], t[1], t[2], t[3], t[4], t[5]);
+                  [](ExecContext& ctx, const ParityArgs& t) {
+                    return RMSNormBackward(ctx, t["x"], t["gain"], t["rstd"], t["dy"], t["dx"],
+                                           t["dgain"]);
                   }));
 }
 
@@ -115,17 +117,19 @@ TEST_P(NnParityTest, CrossEntropyForwardBackward) {
         CheckParity({Input("logits", {tokens, vocab}, dtype, FillNormalWith(8, 0.0f, 3.0f)),
                      Input("targets", {tokens}, DType::kI32, FillIds(vocab, 9, ignore_every)),
                      Output("dlogits", {tokens, vocab}, dtype), Output("loss", {1}, DType::kF32)},
-                    [](ExecContext& ctx, const std::vector<TensorView>& t) {
-                      return CrossEntropyForwardBackwardAsync(ctx, t[0], t[1], 0.5f, t[2], t[3]);
+                    [](ExecContext& ctx, const ParityArgs& t) {
+                      return CrossEntropyForwardBackwardAsync(ctx, t["logits"], t["targets"], 0.5f,
+                                                              t["dlogits"], t["loss"]);
                     }))
         << "ignore_every " << ignore_every;
     EXPECT_TRUE(
         CheckParity({Input("logits", {tokens, vocab}, dtype, FillNormalWith(10, 0.0f, 3.0f)),
                      Input("targets", {tokens}, DType::kI32, FillIds(vocab, 11, ignore_every)),
                      Output("loss", {1}, DType::kF32)},
-                    [](ExecContext& ctx, const std::vector<TensorView>& t) {
-                      return CrossEntropyLossAsync(ctx, t[0], t[1], t[2]);
-                    }));
+                    [](ExecContext& ctx, const ParityArgs& t) {
+                      return CrossEntropyLossAsync(ctx, t["logits"], t["targets"], t["loss"]);
+                    }))
+        << "loss only, ignore_every " << ignore_every;
   }
 }
 
@@ -191,8 +195,9 @@ TEST_P(AdamWParityTest, StepMatchesCpu) {
                    Output("m", {n}, DType::kF32, tight, FillNormalWith(17, 0.0f, 0.1f)),
                    Output("v", {n}, DType::kF32, tight, FillUniformWith(18, 0.0f, 0.01f)),
                    Output("shadow", {n}, shadow_dtype)},
-                  [&](ExecContext& ctx, const std::vector<TensorView>& t) {
-                    return AdamWStep(ctx, config, 7, 0.25f, t[1], t[0], t[2], t[3], t[4]);
+                  [&](ExecContext& ctx, const ParityArgs& t) {
+                    return AdamWStep(ctx, config, 7, 0.25f, t["params"], t["grads"], t["m"], t["v"],
+                                     t["shadow"]);
                   }));
 }
 
@@ -206,8 +211,8 @@ TEST(NnCudaTest, SquaredNormMatchesCpu) {
     EXPECT_TRUE(CheckParity({Input("g", {n}, DType::kF32),
                              Output("out", {1}, DType::kF32, Tolerance{1e-6, 1e-6},
                                     [](const TensorView& t) { t.data<float>()[0] = 2.0f; })},
-                            [](ExecContext& ctx, const std::vector<TensorView>& t) {
-                              return AccumulateSquaredNorm(ctx, t[0], t[1]);
+                            [](ExecContext& ctx, const ParityArgs& t) {
+                              return AccumulateSquaredNorm(ctx, t["g"], t["out"]);
                             }))
         << "n " << n;
   }
