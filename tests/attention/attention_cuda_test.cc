@@ -5,6 +5,7 @@
 // Skips itself without a GPU.
 #include <cmath>
 #include <memory>
+#include <string>
 #include <tuple>
 
 #include "attention/attention_core.h"
@@ -12,6 +13,7 @@
 #include "attention/kv_cache.h"
 #include "attention/qk_norm.h"
 #include "attention/rope.h"
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "runtime/tensor/tensor_ops.h"
@@ -70,18 +72,28 @@ TEST_P(AttentionParityTest, ForwardAndBackwardMatchCpu) {
       }));
 }
 
+// "B2_S37_D96_heads6q2k3v_bf16"
+std::string AttentionCaseName(const ::testing::TestParamInfo<AttentionCase>& info) {
+  const auto [B, S, D, heads, dtype] = info.param;
+  const auto [n_q, n_k, n_v] = heads;
+  return absl::StrCat("B", B, "_S", S, "_D", D, "_heads", n_q, "q", n_k, "k", n_v, "v_",
+                      DTypeName(dtype));
+}
+
 INSTANTIATE_TEST_SUITE_P(Grid, AttentionParityTest,
                          ::testing::Combine(::testing::Values(1, 2), ::testing::Values(1, 37, 70),
                                             ::testing::Values(64, 96, 128),
                                             ::testing::Values(std::make_tuple(4, 4, 4),
                                                               std::make_tuple(4, 1, 2),
                                                               std::make_tuple(6, 2, 3)),
-                                            ::testing::Values(DType::kBF16)));
+                                            ::testing::Values(DType::kBF16)),
+                         AttentionCaseName);
 INSTANTIATE_TEST_SUITE_P(F32, AttentionParityTest,
                          ::testing::Combine(::testing::Values(2), ::testing::Values(33),
                                             ::testing::Values(96),
                                             ::testing::Values(std::make_tuple(8, 2, 4)),
-                                            ::testing::Values(DType::kF32)));
+                                            ::testing::Values(DType::kF32)),
+                         AttentionCaseName);
 
 TEST(AttentionCudaTest, UnsupportedHeadDimIsInvalidArgument) {
   MOE_SKIP_WITHOUT_CUDA();
@@ -95,6 +107,7 @@ TEST(AttentionCudaTest, UnsupportedHeadDimIsInvalidArgument) {
 TEST(ElementwiseParityTest, RopeQkNorm) {
   MOE_SKIP_WITHOUT_CUDA();
   for (DType dtype : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(DTypeName(dtype));
     EXPECT_TRUE(CheckParity({Input("x", {2, 37, 3, 96}, dtype), Input("dy", {2, 37, 3, 96}, dtype),
                              Output("y", {2, 37, 3, 96}, dtype, ValueTolerance(dtype)),
                              Output("dx", {2, 37, 3, 96}, dtype, ValueTolerance(dtype))},
@@ -153,16 +166,25 @@ TEST_P(DecodeParityTest, MatchesCpu) {
   }
 }
 
+// "L200_D96_heads16q2k8v"
+std::string DecodeCaseName(const ::testing::TestParamInfo<DecodeCase>& info) {
+  const auto [L, D, heads] = info.param;
+  const auto [n_q, n_k, n_v] = heads;
+  return absl::StrCat("L", L, "_D", D, "_heads", n_q, "q", n_k, "k", n_v, "v");
+}
+
 INSTANTIATE_TEST_SUITE_P(Grid, DecodeParityTest,
                          ::testing::Combine(::testing::Values(1, 200, 1000),
                                             ::testing::Values(64, 96, 128),
                                             ::testing::Values(std::make_tuple(16, 2, 8),
                                                               std::make_tuple(4, 4, 4),
-                                                              std::make_tuple(6, 3, 2))));
+                                                              std::make_tuple(6, 3, 2))),
+                         DecodeCaseName);
 // 128 query heads on one K/V head: both the scores' and the values' shared memory exceed 48 KB.
 INSTANTIATE_TEST_SUITE_P(WideGroup, DecodeParityTest,
                          ::testing::Combine(::testing::Values(300), ::testing::Values(128),
-                                            ::testing::Values(std::make_tuple(128, 1, 1))));
+                                            ::testing::Values(std::make_tuple(128, 1, 1))),
+                         DecodeCaseName);
 
 TEST(DecodeCudaTest, EqualsLastRowOfCausalAttentionOnTheGpu) {
   MOE_SKIP_WITHOUT_CUDA();

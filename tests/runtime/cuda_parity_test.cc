@@ -1,6 +1,7 @@
 // CUDA vs CPU parity for the runtime's kernels. Skips itself without a GPU.
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -46,13 +47,22 @@ TEST_P(GemmParityTest, MatchesCpu) {
       }));
 }
 
+// "M17_N33_K65_TA_B_bf16_to_f32"
+std::string GemmCaseName(const ::testing::TestParamInfo<GemmCase>& info) {
+  const auto [mnk, ta, tb, in_dtype, out_dtype] = info.param;
+  const auto [m, n, k] = mnk;
+  return absl::StrCat("M", m, "_N", n, "_K", k, ta ? "_TA" : "_A", tb ? "_TB" : "_B", "_",
+                      DTypeName(in_dtype), "_to_", DTypeName(out_dtype));
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, GemmParityTest,
     ::testing::Combine(::testing::Values(std::make_tuple(1, 1, 1), std::make_tuple(17, 33, 65),
                                          std::make_tuple(128, 256, 64), std::make_tuple(5, 3, 0)),
                        ::testing::Bool(), ::testing::Bool(),
                        ::testing::Values(DType::kF32, DType::kBF16),
-                       ::testing::Values(DType::kF32, DType::kBF16)));
+                       ::testing::Values(DType::kF32, DType::kBF16)),
+    GemmCaseName);
 
 TEST(GemmParityTest, Batched) {
   MOE_SKIP_WITHOUT_CUDA();
@@ -68,6 +78,7 @@ TEST(GemmParityTest, GroupedWithEmptyGroups) {
   MOE_SKIP_WITHOUT_CUDA();
   const std::vector<int64_t> offsets = {0, 0, 7, 7, 40, 41, 41};
   for (DType dtype : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(DTypeName(dtype));
     EXPECT_TRUE(CheckParity({Input("x", {41, 48}, dtype),
                              Input("w", {6, 48, 24}, dtype),
                              Output("y", {41, 24}, dtype, GemmTolerance(dtype, 48))},

@@ -1,9 +1,11 @@
 // CUDA vs CPU parity of GatherRows (moe/dispatch/regroup.h): rows copied bit for bit, for every
 // word width the kernel picks (16-, 4- and 2-byte rows). Skips without a GPU.
 #include <cstdint>
+#include <string>
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "moe/dispatch/regroup.h"
 #include "runtime/core/philox.h"
@@ -37,13 +39,20 @@ TEST_P(GatherRowsParityTest, MatchesCpuExactly) {
                           }));
 }
 
+// "S37_N100_C33_f32"
+std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
+  const auto [s, n, c, dtype] = info.param;
+  return absl::StrCat("S", s, "_N", n, "_C", c, "_", DTypeName(dtype));
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, GatherRowsParityTest,
                          ::testing::Values(Case{1, 1, 1, DType::kF32},
                                            Case{37, 100, 16, DType::kF32},   // 64-byte rows
                                            Case{37, 100, 33, DType::kF32},   // 4-byte words
                                            Case{50, 70000, 8, DType::kBF16},  // > 65535 rows
                                            Case{50, 20, 33, DType::kBF16},   // 2-byte words
-                                           Case{300, 129, 64, DType::kBF16}));
+                                           Case{300, 129, 64, DType::kBF16}),
+                         CaseName);
 
 }  // namespace
 }  // namespace smoe

@@ -119,6 +119,7 @@ TEST(ExpertsParityTest, ForwardAndBackward) {
 TEST(ExpertsParityTest, InitIsBitIdentical) {
   MOE_SKIP_WITHOUT_CUDA();
   for (DType dtype : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(DTypeName(dtype));
     EXPECT_TRUE(CheckParity(
         {Output("w1", {3, 16, 24}, dtype, testing::Tolerance{0, 0}),
          Output("w3", {3, 16, 24}, dtype, testing::Tolerance{0, 0}),

@@ -4,9 +4,11 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <string>
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "runtime/core/philox.h"
 #include "runtime/nn/adamw.h"
@@ -133,11 +135,18 @@ TEST_P(NnParityTest, CrossEntropyForwardBackward) {
   }
 }
 
+// "T37_V256_M64_bf16" (for RMSNorm: T rows of M columns; V unused).
+std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
+  const auto [t, v, m, dtype] = info.param;
+  return absl::StrCat("T", t, "_V", v, "_M", m, "_", DTypeName(dtype));
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, NnParityTest,
                          ::testing::Combine(::testing::Values(1, 37, 300),
                                             ::testing::Values(33, 256, 1000),
                                             ::testing::Values(1, 64, 257),
-                                            ::testing::Values(DType::kF32, DType::kBF16)));
+                                            ::testing::Values(DType::kF32, DType::kBF16)),
+                         CaseName);
 
 TEST(NnCudaTest, EmbeddingBackwardIsBitwiseDeterministic) {
   MOE_SKIP_WITHOUT_CUDA();
@@ -180,7 +189,9 @@ TEST(NnCudaTest, CrossEntropySyncReturnsTheSameLossAsCpu) {
   EXPECT_EQ(fb_loss, gpu_loss);
 }
 
-class AdamWParityTest : public ::testing::TestWithParam<std::tuple<int64_t, DType>> {};
+// (n, shadow dtype)
+using AdamWCase = std::tuple<int64_t, DType>;
+class AdamWParityTest : public ::testing::TestWithParam<AdamWCase> {};
 
 TEST_P(AdamWParityTest, StepMatchesCpu) {
   MOE_SKIP_WITHOUT_CUDA();
@@ -201,9 +212,16 @@ TEST_P(AdamWParityTest, StepMatchesCpu) {
                   }));
 }
 
+// "n1000_bf16_shadow"
+std::string AdamWCaseName(const ::testing::TestParamInfo<AdamWCase>& info) {
+  const auto [n, shadow_dtype] = info.param;
+  return absl::StrCat("n", n, "_", DTypeName(shadow_dtype), "_shadow");
+}
+
 INSTANTIATE_TEST_SUITE_P(Sizes, AdamWParityTest,
                          ::testing::Combine(::testing::Values(1, 1000, 100003),
-                                            ::testing::Values(DType::kF32, DType::kBF16)));
+                                            ::testing::Values(DType::kF32, DType::kBF16)),
+                         AdamWCaseName);
 
 TEST(NnCudaTest, SquaredNormMatchesCpu) {
   MOE_SKIP_WITHOUT_CUDA();
