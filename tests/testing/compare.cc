@@ -5,6 +5,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "absl/strings/str_cat.h"
 #include "runtime/tensor/tensor_ops.h"
 
 namespace smoe::testing {
@@ -122,6 +123,29 @@ double Nmse(const std::vector<double>& actual, const std::vector<double>& expect
     den += expected[i] * expected[i];
   }
   return den == 0.0 ? num : num / den;
+}
+
+::testing::AssertionResult NmseWithin(const TensorView& actual, const TensorView& expected,
+                                      double max) {
+  if (actual.shape() != expected.shape()) {
+    return ::testing::AssertionFailure() << "shape " << actual.shape().ToString()
+                                         << " vs. expected " << expected.shape().ToString();
+  }
+  const std::vector<double> a = ToDoubles(actual), e = ToDoubles(expected);
+  const double nmse = Nmse(a, e);
+  if (nmse <= max) return ::testing::AssertionSuccess() << "NMSE " << nmse;
+  auto difference = [&](size_t i) {
+    const double d = std::abs(a[i] - e[i]);
+    return std::isnan(d) ? INFINITY : d;
+  };
+  size_t worst = 0;
+  for (size_t i = 1; i < a.size(); ++i) {
+    if (difference(i) > difference(worst)) worst = i;
+  }
+  return ::testing::AssertionFailure()
+         << absl::StrCat("NMSE ", nmse, " exceeds ", max, " (sum (a - e)^2 / sum e^2 over ",
+                         a.size(), " elements); largest difference at [", worst, "]: actual ",
+                         a[worst], " expected ", e[worst]);
 }
 
 }  // namespace smoe::testing

@@ -3,6 +3,7 @@
 //   EXPECT_TRUE(AllClose(actual, expected, ToleranceFor(DType::kBF16)));
 //   EXPECT_TRUE(AllEqual(actual_ids, expected_ids));           // integers, or floats bitwise
 //   EXPECT_LT(Nmse(actual, expected), 1e-6);
+//   EXPECT_TRUE(NmseWithin(actual_dw, expected_dw, 1e-6));  // the same, with a message
 // |a - e| <= atol + rtol * |e| per element; NaN never passes unless both are NaN and the
 // comparison is AllEqual. A failure prints the worst elements with their indices.
 #pragma once
@@ -32,5 +33,9 @@ std::vector<double> ToDoubles(const TensorView& t);
 ::testing::AssertionResult AllEqual(const TensorView& actual, const TensorView& expected);
 // Normalized mean squared error: sum (a - e)^2 / sum e^2 (0 when both are zero).
 double Nmse(const std::vector<double>& actual, const std::vector<double>& expected);
+// Nmse(actual, expected) <= max, with the shapes equal; NaN fails. The failure gives the NMSE and
+// the element with the largest difference.
+::testing::AssertionResult NmseWithin(const TensorView& actual, const TensorView& expected,
+                                      double max);
 
 }  // namespace smoe::testing

@@ -21,6 +21,7 @@ using ::testing::HasSubstr;
 using testing::CheckParity;
 using testing::Input;
 using testing::Output;
+using testing::ParityArgs;
 using testing::RandomRouting;
 using testing::Skew;
 using testing::StatusIs;
@@ -99,15 +100,16 @@ TEST_P(DispatchParityTest, OpsMatchCpu) {
        Output("dx", {t, m}, dtype_), Output("y", {t, m}, dtype_),
        Output("dys", {rows, m}, dtype_), Output("dgates", {t, k}, DType::kF32, dot_tolerance),
        Output("slots", {t, k}, DType::kI32), Output("row_token", {rows}, DType::kI32)},
-      [&](ExecContext& ctx, const std::vector<TensorView>& a) -> Status {
+      [&](ExecContext& ctx, const ParityArgs& a) -> Status {
         RoutingPlan plan;
-        MOE_RETURN_IF_ERROR(BuildRoutingPlan(ctx, config, a[0], &plan));
-        MOE_RETURN_IF_ERROR(Permute(ctx, plan, a[1], a[5]));
-        MOE_RETURN_IF_ERROR(PermuteBackward(ctx, plan, a[2], a[6]));
-        MOE_RETURN_IF_ERROR(Combine(ctx, plan, a[2], a[4], a[7]));
-        MOE_RETURN_IF_ERROR(CombineBackward(ctx, plan, a[3], a[2], a[4], a[8], a[9]));
-        MOE_RETURN_IF_ERROR(Copy(ctx, plan.slots, a[10]));
-        return Copy(ctx, plan.row_token.view().Rows(0, rows), a[11]);
+        MOE_RETURN_IF_ERROR(BuildRoutingPlan(ctx, config, a["topk_idx"], &plan));
+        MOE_RETURN_IF_ERROR(Permute(ctx, plan, a["x"], a["xs"]));
+        MOE_RETURN_IF_ERROR(PermuteBackward(ctx, plan, a["ys"], a["dx"]));
+        MOE_RETURN_IF_ERROR(Combine(ctx, plan, a["ys"], a["gates"], a["y"]));
+        MOE_RETURN_IF_ERROR(
+            CombineBackward(ctx, plan, a["dy"], a["ys"], a["gates"], a["dys"], a["dgates"]));
+        MOE_RETURN_IF_ERROR(Copy(ctx, plan.slots, a["slots"]));
+        return Copy(ctx, plan.row_token.view().Rows(0, rows), a["row_token"]);
       }));
 }
 

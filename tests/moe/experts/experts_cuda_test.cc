@@ -16,7 +16,9 @@ namespace {
 
 using testing::CheckParity;
 using testing::Input;
+using testing::NmseAtMost;
 using testing::Output;
+using testing::ParityArgs;
 
 // fp32 elementwise math may differ by an ulp or two of expf between backends; bf16 outputs by
 // one bf16 rounding step when the fp32 values straddle a rounding boundary.
@@ -32,9 +34,10 @@ TEST(SwiGLUParityTest, ForwardAndBackward) {
       EXPECT_TRUE(CheckParity({Input("h1", shape, dtype), Input("h3", shape, dtype),
                                Input("dact", shape, dtype), Output("act", shape, dtype, tol),
                                Output("dh1", shape, dtype, tol), Output("dh3", shape, dtype, tol)},
-                              [](ExecContext& ctx, const std::vector<TensorView>& t) {
-                                MOE_RETURN_IF_ERROR(SwiGLU(ctx, t[0], t[1], t[3]));
-                                return SwiGLUBackward(ctx, t[0], t[1], t[2], t[4], t[5]);
+                              [](ExecContext& ctx, const ParityArgs& t) {
+                                MOE_RETURN_IF_ERROR(SwiGLU(ctx, t["h1"], t["h3"], t["act"]));
+                                return SwiGLUBackward(ctx, t["h1"], t["h3"], t["dact"], t["dh1"],
+                                                      t["dh3"]);
                               }))
           << DTypeName(dtype) << " " << shape.ToString();
     }
@@ -59,14 +62,23 @@ testing::Tolerance GemmTolerance(DType dtype, int64_t k) {
   return {2e-5 * std::sqrt(double(k) + 1), 2e-5};
 }
 
+// f32: only the summation order differs (relative error about 1e-6, NMSE 1e-12). bf16: the
+// bf16 activations may round to neighbouring values where the f32 results straddle a rounding
+// boundary, which is rare (NMSE about 1e-8).
+NmseAtMost WeightGradientBound(DType dtype) {
+  return dtype == DType::kBF16 ? NmseAtMost{1e-5} : NmseAtMost{1e-8};
+}
+
 void RunExpertsParity(const ExpertCase& c, DType dtype, bool accumulate) {
   const int64_t e = static_cast<int64_t>(c.offsets.size()) - 1, r = c.offsets.back();
   const int64_t m = c.m, h = c.h;
   const float std_in = 1.0f / std::sqrt(float(m)), std_out = 1.0f / std::sqrt(float(h));
   const testing::Tolerance act_tol = GemmTolerance(dtype, m);
   const testing::Tolerance out_tol = GemmTolerance(dtype, h);
-  // Weight gradients reduce over the rows of an expert (up to r).
+  // dxs reduces over h + m; the weight gradients over the rows of an expert (up to r), in f32 on
+  // both backends: their normalised error is compared, not each element's.
   const testing::Tolerance grad_tol = GemmTolerance(dtype, std::max(r, h + m));
+  const NmseAtMost weight_grad = WeightGradientBound(dtype);
   std::function<void(const TensorView&)> grad_fill;
   if (accumulate) grad_fill = NormalFill(99, 1.0f);
   EXPECT_TRUE(
@@ -76,15 +88,15 @@ void RunExpertsParity(const ExpertCase& c, DType dtype, bool accumulate) {
                    Input("dys", {r, m}, dtype), Output("h1", {r, h}, dtype, act_tol),
                    Output("h3", {r, h}, dtype, act_tol), Output("act", {r, h}, dtype, act_tol),
                    Output("ys", {r, m}, dtype, out_tol), Output("dxs", {r, m}, dtype, grad_tol),
-                   Output("dw1", {e, m, h}, DType::kF32, grad_tol, grad_fill),
-                   Output("dw3", {e, m, h}, DType::kF32, grad_tol, grad_fill),
-                   Output("dw2", {e, h, m}, DType::kF32, grad_tol, grad_fill)},
-                  [&](ExecContext& ctx, const std::vector<TensorView>& t) {
-                    const ExpertWeights w{t[1], t[2], t[3]};
-                    const ExpertActivations saved{t[5], t[6], t[7]};
-                    MOE_RETURN_IF_ERROR(ExpertsForward(ctx, w, t[0], c.offsets, saved, t[8]));
-                    return ExpertsBackward(ctx, w, t[0], c.offsets, saved, t[4], t[9],
-                                           {t[10], t[11], t[12]}, accumulate);
+                   Output("dw1", {e, m, h}, DType::kF32, weight_grad, grad_fill),
+                   Output("dw3", {e, m, h}, DType::kF32, weight_grad, grad_fill),
+                   Output("dw2", {e, h, m}, DType::kF32, weight_grad, grad_fill)},
+                  [&](ExecContext& ctx, const ParityArgs& t) {
+                    const ExpertWeights w{t["w1"], t["w3"], t["w2"]};
+                    const ExpertActivations saved{t["h1"], t["h3"], t["act"]};
+                    MOE_RETURN_IF_ERROR(ExpertsForward(ctx, w, t["xs"], c.offsets, saved, t["ys"]));
+                    return ExpertsBackward(ctx, w, t["xs"], c.offsets, saved, t["dys"], t["dxs"],
+                                           {t["dw1"], t["dw3"], t["dw2"]}, accumulate);
                   }))
       << DTypeName(dtype) << " E_l=" << e << " R=" << r << " M=" << m << " H=" << h
       << (accumulate ? " accumulate" : "");
@@ -145,9 +157,9 @@ TEST(ExpertsParityTest, BF16WeightGradsRoundOnceThenAddInF32) {
          Output("g1", {e, m, h}, DType::kF32, testing::Tolerance{0, 0}, NormalFill(21, 1.0f)),
          Output("g3", {3, 5}, DType::kF32, testing::Tolerance{0, 0}, NormalFill(22, 1.0f)),
          Output("g2", {e, h, m}, DType::kF32, testing::Tolerance{0, 0}, NormalFill(23, 1.0f))},
-        [&](ExecContext& run, const std::vector<TensorView>& t) {
-          return internal::AddWeightGrads(run, {t[0], t[1], t[2]}, {t[3], t[4], t[5]},
-                                          accumulate);
+        [&](ExecContext& run, const testing::ParityArgs& t) {
+          return internal::AddWeightGrads(run, {t["p1"], t["p3"], t["p2"]},
+                                          {t["g1"], t["g3"], t["g2"]}, accumulate);
         }))
         << (accumulate ? "accumulate" : "overwrite");
   }
@@ -156,13 +168,14 @@ TEST(ExpertsParityTest, BF16WeightGradsRoundOnceThenAddInF32) {
 TEST(ExpertsParityTest, InitIsBitIdentical) {
   MOE_SKIP_WITHOUT_CUDA();
   for (DType dtype : {DType::kF32, DType::kBF16}) {
+    SCOPED_TRACE(DTypeName(dtype));
     EXPECT_TRUE(CheckParity(
         {Output("w1", {3, 16, 24}, dtype, testing::Tolerance{0, 0}),
          Output("w3", {3, 16, 24}, dtype, testing::Tolerance{0, 0}),
          Output("w2", {3, 24, 16}, dtype, testing::Tolerance{0, 0})},
-        [](ExecContext& ctx, const std::vector<TensorView>& t) {
+        [](ExecContext& ctx, const ParityArgs& t) {
           return InitExpertWeights(
-              ctx, {t[0], t[1], t[2]},
+              ctx, {t["w1"], t["w3"], t["w2"]},
               {.seed = 5, .offset = 17, .first_expert = 2, .std_in = 0.1f, .std_out = 0.05f});
         }));
   }

@@ -24,6 +24,7 @@ using testing::CheckParity;
 using testing::HostTensor;
 using testing::Input;
 using testing::Output;
+using testing::ParityArgs;
 using testing::RandomNormal;
 using testing::Tolerance;
 
@@ -73,11 +74,12 @@ TEST(RouterParityTest, ForwardAndBackward) {
                Output("dx", {s.t, s.m}, x_dtype,
                       x_dtype == DType::kBF16 ? testing::ToleranceFor(DType::kBF16) : grad_tol),
                Output("dw_gate", {s.m, s.e}, DType::kF32, grad_tol)},
-              [&](ExecContext& ctx, const std::vector<TensorView>& a) {
-                MOE_RETURN_IF_ERROR(RouterForward(ctx, config, a[0], a[1],
-                                                  with_bias ? a[2] : TensorView(), a[5], a[6], a[7],
-                                                  a[8]));
-                return RouterBackward(ctx, config, a[0], a[1], a[6], a[7], a[3], a[4], a[9], a[10]);
+              [&](ExecContext& ctx, const ParityArgs& a) {
+                MOE_RETURN_IF_ERROR(RouterForward(
+                    ctx, config, a["x"], a["w_gate"], with_bias ? a["expert_bias"] : TensorView(),
+                    a["logits"], a["probs"], a["topk_idx"], a["topk_gates"]));
+                return RouterBackward(ctx, config, a["x"], a["w_gate"], a["probs"], a["topk_idx"],
+                                      a["d_gates"], a["d_logits_extra"], a["dx"], a["dw_gate"]);
               }));
         }
       }
@@ -97,12 +99,12 @@ TEST(RouterParityTest, NonFiniteRows) {
       {Input("x", {9, 8}, DType::kF32, x_fill),
        Input("w_gate", {8, 12}, DType::kF32, Grid(5, 8, 8.0f)),
        Output("topk_idx", {9, 3}, DType::kI32)},
-      [](ExecContext& ctx, const std::vector<TensorView>& a) -> Status {
+      [](ExecContext& ctx, const ParityArgs& a) -> Status {
         MOE_ASSIGN_OR_RETURN(Tensor logits, Tensor::Empty({9, 12}, DType::kF32, ctx.device()));
         MOE_ASSIGN_OR_RETURN(Tensor probs, Tensor::Empty({9, 12}, DType::kF32, ctx.device()));
         MOE_ASSIGN_OR_RETURN(Tensor gates, Tensor::Empty({9, 3}, DType::kF32, ctx.device()));
-        return RouterForward(ctx, {12, 3, true}, a[0], a[1], TensorView(), logits, probs, a[2],
-                             gates);
+        return RouterForward(ctx, {12, 3, true}, a["x"], a["w_gate"], TensorView(), logits, probs,
+                             a["topk_idx"], gates);
       }));
 }
 
@@ -119,20 +121,20 @@ TEST(AuxLossParityTest, ValuesAndGradient) {
          Output("d_logits", {s.t, s.e}, DType::kF32, Tolerance{1e-6, 1e-4}),
          Output("values", {4}, DType::kF32, Tolerance{1e-5, 1e-5}),
          Output("counts", {s.e}, DType::kI64)},
-        [&](ExecContext& ctx, const std::vector<TensorView>& a) -> Status {
+        [&](ExecContext& ctx, const ParityArgs& a) -> Status {
           MOE_ASSIGN_OR_RETURN(Tensor logits, Tensor::Empty({s.t, s.e}, DType::kF32, ctx.device()));
           MOE_ASSIGN_OR_RETURN(Tensor probs, Tensor::Empty({s.t, s.e}, DType::kF32, ctx.device()));
           MOE_ASSIGN_OR_RETURN(Tensor idx, Tensor::Empty({s.t, s.k}, DType::kI32, ctx.device()));
           MOE_ASSIGN_OR_RETURN(Tensor gates, Tensor::Empty({s.t, s.k}, DType::kF32, ctx.device()));
-          MOE_RETURN_IF_ERROR(
-              RouterForward(ctx, router, a[0], a[1], TensorView(), logits, probs, idx, gates));
+          MOE_RETURN_IF_ERROR(RouterForward(ctx, router, a["x"], a["w_gate"], TensorView(), logits,
+                                            probs, idx, gates));
           MOE_ASSIGN_OR_RETURN(AuxLossValues v,
                                AuxLossForwardBackward(ctx, config, logits, probs, idx,
-                                                      SingleRankCommunicator(), a[2]));
+                                                      SingleRankCommunicator(), a["d_logits"]));
           const double values[] = {v.lbl, v.z_loss, v.top1_lbl, v.total};
           for (int i = 0; i < 4; ++i)
-            MOE_RETURN_IF_ERROR(Fill(ctx, a[3].Rows(i, i + 1), values[i]));
-          return CountExperts(ctx, idx, a[4]);
+            MOE_RETURN_IF_ERROR(Fill(ctx, a["values"].Rows(i, i + 1), values[i]));
+          return CountExperts(ctx, idx, a["counts"]);
         }));
   }
 }
@@ -174,9 +176,10 @@ TEST(ExpertLoadParityTest, UpdateExpertBias) {
     };
     EXPECT_TRUE(CheckParity({Input("counts", {e}, DType::kI64, counts_fill),
                              Output("bias", {e}, DType::kF32, std::nullopt, Grid(8, 16, 16.0f))},
-                            [](ExecContext& ctx, const std::vector<TensorView>& a) {
-                              return UpdateExpertBias(ctx, a[0], 0.125f, 0.5f, a[1]);
-                            }));
+                            [](ExecContext& ctx, const ParityArgs& a) {
+                              return UpdateExpertBias(ctx, a["counts"], 0.125f, 0.5f, a["bias"]);
+                            }))
+        << "E " << e;
   }
 }
 

@@ -4,9 +4,11 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <string>
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "runtime/core/philox.h"
 #include "runtime/nn/adamw.h"
@@ -24,6 +26,7 @@ namespace {
 using testing::CheckParity;
 using testing::Input;
 using testing::Output;
+using testing::ParityArgs;
 using testing::Tolerance;
 
 constexpr Tolerance kExact{0.0, 0.0};
@@ -63,8 +66,8 @@ TEST_P(NnParityTest, EmbeddingForwardIsExact) {
   EXPECT_TRUE(CheckParity(
       {Input("ids", {tokens}, DType::kI32, FillIds(vocab, 3)), Input("table", {vocab, dim}, dtype),
        Output("out", {tokens, dim}, dtype, kExact)},
-      [](ExecContext& ctx, const std::vector<TensorView>& t) {
-        return EmbeddingForward(ctx, t[0], t[1], t[2]);
+      [](ExecContext& ctx, const ParityArgs& t) {
+        return EmbeddingForward(ctx, t["ids"], t["table"], t["out"]);
       }));
 }
 
@@ -77,8 +80,8 @@ TEST_P(NnParityTest, EmbeddingBackwardAccumulates) {
       {Input("ids", {tokens}, DType::kI32, FillIds(used, 4)), Input("dout", {tokens, dim}, dtype),
        Output("dtable", {vocab, dim}, DType::kF32,
               Tolerance{1e-5 * std::sqrt(double(tokens)), 1e-5}, FillNormalWith(5, 0.0f, 1.0f))},
-      [](ExecContext& ctx, const std::vector<TensorView>& t) {
-        return EmbeddingBackward(ctx, t[0], t[1], t[2]);
+      [](ExecContext& ctx, const ParityArgs& t) {
+        return EmbeddingBackward(ctx, t["ids"], t["dout"], t["dtable"]);
       }));
 }
 
@@ -88,8 +91,8 @@ TEST_P(NnParityTest, RMSNormForward) {
   EXPECT_TRUE(CheckParity({Input("x", {rows, cols}, dtype), Input("gain", {cols}, DType::kF32),
                            Output("y", {rows, cols}, dtype),
                            Output("rstd", {rows}, DType::kF32, Tolerance{1e-6, 1e-5})},
-                          [](ExecContext& ctx, const std::vector<TensorView>& t) {
-                            return RMSNormForward(ctx, t[0], t[1], 1e-5f, t[2], t[3]);
+                          [](ExecContext& ctx, const ParityArgs& t) {
+                            return RMSNormForward(ctx, t["x"], t["gain"], 1e-5f, t["y"], t["rstd"]);
                           }));
 }
 
@@ -102,8 +105,9 @@ TEST_P(NnParityTest, RMSNormBackward) {
                    Input("rstd", {rows}, DType::kF32, FillUniformWith(6, 0.5f, 1.5f)),
                    Input("dy", {rows, cols}, dtype), Output("dx", {rows, cols}, dtype),
                    Output("dgain", {cols}, DType::kF32, dgain_tol, FillNormalWith(7, 0.0f, 1.0f))},
-                  [](ExecContext& ctx, const std::vector<TensorView>& t) {
-                    return RMSNormBackward(ctx, t[0], t[1], t[2], t[3], t[4], t[5]);
+                  [](ExecContext& ctx, const ParityArgs& t) {
+                    return RMSNormBackward(ctx, t["x"], t["gain"], t["rstd"], t["dy"], t["dx"],
+                                           t["dgain"]);
                   }));
 }
 
@@ -115,25 +119,34 @@ TEST_P(NnParityTest, CrossEntropyForwardBackward) {
         CheckParity({Input("logits", {tokens, vocab}, dtype, FillNormalWith(8, 0.0f, 3.0f)),
                      Input("targets", {tokens}, DType::kI32, FillIds(vocab, 9, ignore_every)),
                      Output("dlogits", {tokens, vocab}, dtype), Output("loss", {1}, DType::kF32)},
-                    [](ExecContext& ctx, const std::vector<TensorView>& t) {
-                      return CrossEntropyForwardBackwardAsync(ctx, t[0], t[1], 0.5f, t[2], t[3]);
+                    [](ExecContext& ctx, const ParityArgs& t) {
+                      return CrossEntropyForwardBackwardAsync(ctx, t["logits"], t["targets"], 0.5f,
+                                                              t["dlogits"], t["loss"]);
                     }))
         << "ignore_every " << ignore_every;
     EXPECT_TRUE(
         CheckParity({Input("logits", {tokens, vocab}, dtype, FillNormalWith(10, 0.0f, 3.0f)),
                      Input("targets", {tokens}, DType::kI32, FillIds(vocab, 11, ignore_every)),
                      Output("loss", {1}, DType::kF32)},
-                    [](ExecContext& ctx, const std::vector<TensorView>& t) {
-                      return CrossEntropyLossAsync(ctx, t[0], t[1], t[2]);
-                    }));
+                    [](ExecContext& ctx, const ParityArgs& t) {
+                      return CrossEntropyLossAsync(ctx, t["logits"], t["targets"], t["loss"]);
+                    }))
+        << "loss only, ignore_every " << ignore_every;
   }
+}
+
+// "T37_V256_M64_bf16" (for RMSNorm: T rows of M columns; V unused).
+std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
+  const auto [t, v, m, dtype] = info.param;
+  return absl::StrCat("T", t, "_V", v, "_M", m, "_", DTypeName(dtype));
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, NnParityTest,
                          ::testing::Combine(::testing::Values(1, 37, 300),
                                             ::testing::Values(33, 256, 1000),
                                             ::testing::Values(1, 64, 257),
-                                            ::testing::Values(DType::kF32, DType::kBF16)));
+                                            ::testing::Values(DType::kF32, DType::kBF16)),
+                         CaseName);
 
 TEST(NnCudaTest, EmbeddingBackwardIsBitwiseDeterministic) {
   MOE_SKIP_WITHOUT_CUDA();
@@ -176,7 +189,9 @@ TEST(NnCudaTest, CrossEntropySyncReturnsTheSameLossAsCpu) {
   EXPECT_EQ(fb_loss, gpu_loss);
 }
 
-class AdamWParityTest : public ::testing::TestWithParam<std::tuple<int64_t, DType>> {};
+// (n, shadow dtype)
+using AdamWCase = std::tuple<int64_t, DType>;
+class AdamWParityTest : public ::testing::TestWithParam<AdamWCase> {};
 
 TEST_P(AdamWParityTest, StepMatchesCpu) {
   MOE_SKIP_WITHOUT_CUDA();
@@ -191,14 +206,22 @@ TEST_P(AdamWParityTest, StepMatchesCpu) {
                    Output("m", {n}, DType::kF32, tight, FillNormalWith(17, 0.0f, 0.1f)),
                    Output("v", {n}, DType::kF32, tight, FillUniformWith(18, 0.0f, 0.01f)),
                    Output("shadow", {n}, shadow_dtype)},
-                  [&](ExecContext& ctx, const std::vector<TensorView>& t) {
-                    return AdamWStep(ctx, config, 7, 0.25f, t[1], t[0], t[2], t[3], t[4]);
+                  [&](ExecContext& ctx, const ParityArgs& t) {
+                    return AdamWStep(ctx, config, 7, 0.25f, t["params"], t["grads"], t["m"], t["v"],
+                                     t["shadow"]);
                   }));
+}
+
+// "n1000_bf16_shadow"
+std::string AdamWCaseName(const ::testing::TestParamInfo<AdamWCase>& info) {
+  const auto [n, shadow_dtype] = info.param;
+  return absl::StrCat("n", n, "_", DTypeName(shadow_dtype), "_shadow");
 }
 
 INSTANTIATE_TEST_SUITE_P(Sizes, AdamWParityTest,
                          ::testing::Combine(::testing::Values(1, 1000, 100003),
-                                            ::testing::Values(DType::kF32, DType::kBF16)));
+                                            ::testing::Values(DType::kF32, DType::kBF16)),
+                         AdamWCaseName);
 
 TEST(NnCudaTest, SquaredNormMatchesCpu) {
   MOE_SKIP_WITHOUT_CUDA();
@@ -206,8 +229,8 @@ TEST(NnCudaTest, SquaredNormMatchesCpu) {
     EXPECT_TRUE(CheckParity({Input("g", {n}, DType::kF32),
                              Output("out", {1}, DType::kF32, Tolerance{1e-6, 1e-6},
                                     [](const TensorView& t) { t.data<float>()[0] = 2.0f; })},
-                            [](ExecContext& ctx, const std::vector<TensorView>& t) {
-                              return AccumulateSquaredNorm(ctx, t[0], t[1]);
+                            [](ExecContext& ctx, const ParityArgs& t) {
+                              return AccumulateSquaredNorm(ctx, t["g"], t["out"]);
                             }))
         << "n " << n;
   }
