@@ -983,8 +983,9 @@ Status DryRun(const proto::RunConfig& config) {
               static_cast<long long>(t.batch_size()) * t.seq_len() * std::max(1, t.grad_accum()),
               std::max(1, t.grad_accum()), t.batch_size(), t.seq_len());
   std::printf("%s\n", DescribePlan(plan).c_str());
-  std::printf("  host syncs       %lld per step on a GPU (2 per MoE layer and 1 per micro-batch, "
-              "the norm, 2 per MoE layer for statistics); metrics.jsonl has the measured count\n",
+  std::printf("  host syncs       %lld per step on a GPU (1 per MoE layer forward, 1 read of the "
+              "loss, aux values and norm, 2 per MoE layer for the statistics); metrics.jsonl has "
+              "the measured count\n",
               static_cast<long long>(plan.host_syncs_per_step));
   if (device.is_cuda()) {
     MOE_ASSIGN_OR_RETURN(DeviceMemory memory, CudaMemory(device.index));
