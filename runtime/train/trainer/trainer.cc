@@ -428,7 +428,9 @@ Status Trainer::ConnectDevices() {
                        ChooseCommunicator(config_.parallel().comm(), layout, kNcclBuilt));
   if (choice.kind == CommKind::kHost) return absl::OkStatus();
   if (world_ > 1) device_ = RankDevice(local);
-  if (leader()) MOE_LOG(INFO) << "device collectives: " << choice.reason;
+  if (leader()) {
+    MOE_LOG(INFO) << "device collectives: " << choice.reason;
+  }
   if (choice.kind == CommKind::kStaged) {
     device_comm_ = StagedCommunicator(host_comm_);
   } else {
