@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "runtime/comm/collective_watchdog.h"
+#include "runtime/comm/stream_watchdog.h"
 #include "runtime/comm/staging.h"
 #include "runtime/device/cuda_error.h"
 #include "runtime/tensor/tensor_ops.h"
@@ -116,9 +116,9 @@ class NcclGroup final : public Communicator {
     MOE_ASSIGN_OR_RETURN(group->barrier_buffer_,
                          Tensor::Empty({1}, DType::kI32, Device::Cuda(device)));
     NcclGroup* raw = group.get();
-    group->watchdog_ = std::make_unique<CollectiveWatchdog>(
+    group->watchdog_ = std::make_unique<StreamWatchdog>(
         group->timeout_, std::chrono::milliseconds(100),
-        CollectiveWatchdog::Hooks{[raw] { return raw->AsyncError(); },
+        StreamWatchdog::Hooks{[raw] { return raw->AsyncError(); },
                                   [raw] {
                                     raw->aborted_ = true;
                                     ncclCommAbort(raw->comm_);
@@ -326,7 +326,7 @@ class NcclGroup final : public Communicator {
   NcclOptions options_;
   std::chrono::milliseconds timeout_;
   std::atomic<bool> aborted_{false};
-  std::unique_ptr<CollectiveWatchdog> watchdog_;
+  std::unique_ptr<StreamWatchdog> watchdog_;
   int rank_ = 0;
   int size_ = 1;
   cudaStream_t barrier_stream_ = nullptr;

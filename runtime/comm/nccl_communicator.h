@@ -49,7 +49,7 @@ struct NcclOptions {
 // the call (MPI for several processes, SingleRankCommunicator() for one).
 // InvalidArgument for a device index that is not visible; Internal for NCCL errors.
 // The communicator is non-blocking (ncclConfig_t.blocking = 0): every call waits for NCCL's
-// background work with a deadline, and a CollectiveWatchdog (collective_watchdog.h) times each
+// background work with a deadline, and a StreamWatchdog (stream_watchdog.h) times each
 // enqueued collective through a CUDA event behind it, polling ncclCommGetAsyncError; sub-groups
 // from Split inherit the options.
 [[nodiscard]] StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(

@@ -1,5 +1,6 @@
-// Gives up on collectives that will never finish, so that a dead or stalled peer ends the run
-// instead of hanging it (issue 19).
+// StreamWatchdog: gives up on stream-ordered (device) collectives that will never finish, so that
+// a dead or stalled peer ends the run instead of hanging it (issue 19). Blocking host collectives
+// (MPI) have their own watchdog over scopes; a device collective instead returns once enqueued.
 //
 // A device collective returns once it is enqueued; if a peer never joins, its kernel waits on the
 // GPU forever and so does every later host sync. The watchdog's thread checks, every `poll`:
@@ -25,7 +26,7 @@
 
 namespace smoe {
 
-class CollectiveWatchdog {
+class StreamWatchdog {
  public:
   struct Hooks {
     std::function<Status()> async_error;  // OK while the communicator is healthy
@@ -33,11 +34,11 @@ class CollectiveWatchdog {
   };
   using Clock = std::chrono::steady_clock;
 
-  CollectiveWatchdog(std::chrono::milliseconds timeout, std::chrono::milliseconds poll,
+  StreamWatchdog(std::chrono::milliseconds timeout, std::chrono::milliseconds poll,
                      Hooks hooks);
-  ~CollectiveWatchdog();
-  CollectiveWatchdog(const CollectiveWatchdog&) = delete;
-  CollectiveWatchdog& operator=(const CollectiveWatchdog&) = delete;
+  ~StreamWatchdog();
+  StreamWatchdog(const StreamWatchdog&) = delete;
+  StreamWatchdog& operator=(const StreamWatchdog&) = delete;
 
   // Watches a collective just enqueued until `done` returns true; its clock starts now. Returns
   // status() (an error once the communicator was given up).

@@ -1,4 +1,4 @@
-#include "runtime/comm/collective_watchdog.h"
+#include "runtime/comm/stream_watchdog.h"
 
 #include <utility>
 
@@ -6,11 +6,11 @@
 
 namespace smoe {
 
-CollectiveWatchdog::CollectiveWatchdog(std::chrono::milliseconds timeout,
+StreamWatchdog::StreamWatchdog(std::chrono::milliseconds timeout,
                                        std::chrono::milliseconds poll, Hooks hooks)
     : timeout_(timeout), poll_(poll), hooks_(std::move(hooks)), thread_([this] { Run(); }) {}
 
-CollectiveWatchdog::~CollectiveWatchdog() {
+StreamWatchdog::~StreamWatchdog() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -19,29 +19,29 @@ CollectiveWatchdog::~CollectiveWatchdog() {
   thread_.join();
 }
 
-Status CollectiveWatchdog::Watch(std::function<bool()> done) {
+Status StreamWatchdog::Watch(std::function<bool()> done) {
   std::lock_guard<std::mutex> lock(mu_);
   if (status_.ok()) pending_.push_back({std::move(done), Clock::now()});
   return status_;
 }
 
-Status CollectiveWatchdog::status() const {
+Status StreamWatchdog::status() const {
   std::lock_guard<std::mutex> lock(mu_);
   return status_;
 }
 
-int64_t CollectiveWatchdog::pending() const {
+int64_t StreamWatchdog::pending() const {
   std::lock_guard<std::mutex> lock(mu_);
   return static_cast<int64_t>(pending_.size());
 }
 
-void CollectiveWatchdog::GiveUp(Status why) {
+void StreamWatchdog::GiveUp(Status why) {
   status_ = std::move(why);
   pending_.clear();
   if (hooks_.abort) hooks_.abort();
 }
 
-void CollectiveWatchdog::Run() {
+void StreamWatchdog::Run() {
   std::unique_lock<std::mutex> lock(mu_);
   while (!stop_) {
     wake_.wait_for(lock, poll_, [this] { return stop_; });

@@ -1,6 +1,6 @@
-// CollectiveWatchdog with fake collectives: a collective that never finishes (a dead peer) and a
+// StreamWatchdog with fake collectives: a collective that never finishes (a dead peer) and a
 // communicator error both abort exactly once and fail the next collective; finished ones do not.
-#include "runtime/comm/collective_watchdog.h"
+#include "runtime/comm/stream_watchdog.h"
 
 #include <gtest/gtest.h>
 
@@ -21,7 +21,7 @@ using namespace std::chrono_literals;
 struct FakeCommunicator {
   std::atomic<int> aborts{0};
   std::atomic<bool> broken{false};
-  CollectiveWatchdog::Hooks hooks() {
+  StreamWatchdog::Hooks hooks() {
     return {[this]() -> Status {
               return broken ? absl::UnavailableError("remote rank closed its connection")
                             : absl::OkStatus();
@@ -40,9 +40,9 @@ bool Eventually(F ready) {
   return ready();
 }
 
-TEST(CollectiveWatchdogTest, FinishedCollectivesAreForgotten) {
+TEST(StreamWatchdogTest, FinishedCollectivesAreForgotten) {
   FakeCommunicator comm;
-  CollectiveWatchdog watchdog(200ms, 5ms, comm.hooks());
+  StreamWatchdog watchdog(200ms, 5ms, comm.hooks());
   for (int i = 0; i < 10; ++i) MOE_ASSERT_OK(watchdog.Watch([] { return true; }));
   EXPECT_TRUE(Eventually([&] { return watchdog.pending() == 0; }));
   std::this_thread::sleep_for(300ms);
@@ -51,9 +51,9 @@ TEST(CollectiveWatchdogTest, FinishedCollectivesAreForgotten) {
 }
 
 // A slow collective that finishes within the timeout is not a failure.
-TEST(CollectiveWatchdogTest, SlowButWithinTheTimeoutIsFine) {
+TEST(StreamWatchdogTest, SlowButWithinTheTimeoutIsFine) {
   FakeCommunicator comm;
-  CollectiveWatchdog watchdog(500ms, 5ms, comm.hooks());
+  StreamWatchdog watchdog(500ms, 5ms, comm.hooks());
   const auto finish = std::chrono::steady_clock::now() + 100ms;
   MOE_ASSERT_OK(watchdog.Watch([finish] { return std::chrono::steady_clock::now() > finish; }));
   EXPECT_TRUE(Eventually([&] { return watchdog.pending() == 0; }));
@@ -62,9 +62,9 @@ TEST(CollectiveWatchdogTest, SlowButWithinTheTimeoutIsFine) {
 }
 
 // The fake dead peer: a collective that never finishes.
-TEST(CollectiveWatchdogTest, ACollectiveThatNeverFinishesAbortsAfterTheTimeout) {
+TEST(StreamWatchdogTest, ACollectiveThatNeverFinishesAbortsAfterTheTimeout) {
   FakeCommunicator comm;
-  CollectiveWatchdog watchdog(150ms, 5ms, comm.hooks());
+  StreamWatchdog watchdog(150ms, 5ms, comm.hooks());
   const auto start = std::chrono::steady_clock::now();
   MOE_ASSERT_OK(watchdog.Watch([] { return true; }));
   MOE_ASSERT_OK(watchdog.Watch([] { return false; }));
@@ -82,9 +82,9 @@ TEST(CollectiveWatchdogTest, ACollectiveThatNeverFinishesAbortsAfterTheTimeout) 
   EXPECT_EQ(watchdog.pending(), 0);
 }
 
-TEST(CollectiveWatchdogTest, TheCommunicatorsOwnErrorAborts) {
+TEST(StreamWatchdogTest, TheCommunicatorsOwnErrorAborts) {
   FakeCommunicator comm;
-  CollectiveWatchdog watchdog(10s, 5ms, comm.hooks());
+  StreamWatchdog watchdog(10s, 5ms, comm.hooks());
   MOE_ASSERT_OK(watchdog.Watch([] { return false; }));
   comm.broken = true;
   ASSERT_TRUE(Eventually([&] { return comm.aborts > 0; }));
