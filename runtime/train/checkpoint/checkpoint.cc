@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -329,12 +330,18 @@ Status CheckEntry(const std::string& manifest_path, const TensorEntry& entry, ui
   };
   StatusOr<DType> dtype = ParseDType(entry.dtype());
   if (!dtype.ok()) return bad(absl::StrCat("unknown dtype \"", entry.dtype(), "\""));
+  // In uint64 with overflow checks: wrapped around, a product of huge extents could equal a
+  // small size and pass for a tensor no allocation can hold.
   uint64_t numel = 1;
   for (int64_t extent : entry.shape()) {
     if (extent < 0) return bad("negative extent");
-    numel *= static_cast<uint64_t>(extent);
+    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(extent), &numel)) {
+      return bad(absl::StrCat("shape [", absl::StrJoin(entry.shape(), ", "), "] overflows"));
+    }
   }
-  if (numel * DTypeSize(*dtype) != entry.size()) {
+  uint64_t bytes = 0;
+  if (__builtin_mul_overflow(numel, uint64_t{DTypeSize(*dtype)}, &bytes) ||
+      bytes != entry.size()) {
     return bad(absl::StrCat("size ", entry.size(), " does not match its dtype and shape"));
   }
   if (entry.offset() > blob_size || entry.size() > blob_size - entry.offset()) {
@@ -367,6 +374,15 @@ Status SaveCheckpoint(ExecContext& ctx, const std::string& root, const Checkpoin
                       const std::vector<NamedTensor>& tensors, int keep_last) {
   if (root.empty()) return BadArgument("root", "\"\"", "a directory");
   if (meta.step < 0) return BadArgument("meta.step", absl::StrCat(meta.step), ">= 0");
+  if (meta.data_position < 0) {
+    return BadArgument("meta.data_position", absl::StrCat(meta.data_position), ">= 0");
+  }
+  if (meta.skipped_steps < 0) {
+    return BadArgument("meta.skipped_steps", absl::StrCat(meta.skipped_steps), ">= 0");
+  }
+  if (!std::isfinite(meta.lr_scale) || meta.lr_scale <= 0) {
+    return BadArgument("meta.lr_scale", absl::StrCat(meta.lr_scale), "finite and > 0");
+  }
   if (keep_last < 0) return BadArgument("keep_last", absl::StrCat(keep_last), ">= 0");
   MOE_RETURN_IF_ERROR(ValidateTensors(tensors));
 
@@ -434,6 +450,24 @@ StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& dir) {
   if (dir_step >= 0 && dir_step != manifest.step()) {
     return absl::DataLossError(absl::StrCat(manifest_path, ": step ", manifest.step(),
                                             " does not match the directory name"));
+  }
+  // The scalars a resume takes over (the manifest has no checksum of its own): a value no run
+  // writes would make the trainer abort (a negative data position) or train with a zero or
+  // non-finite learning rate.
+  auto out_of_range = [&](absl::string_view field, absl::string_view value,
+                          absl::string_view expected) {
+    return absl::DataLossError(
+        absl::StrCat(manifest_path, ": ", field, " ", value, ", expected ", expected));
+  };
+  if (manifest.step() < 0) return out_of_range("step", absl::StrCat(manifest.step()), ">= 0");
+  if (manifest.data_position() < 0) {
+    return out_of_range("data_position", absl::StrCat(manifest.data_position()), ">= 0");
+  }
+  if (manifest.skipped_steps() < 0) {
+    return out_of_range("skipped_steps", absl::StrCat(manifest.skipped_steps()), ">= 0");
+  }
+  if (!std::isfinite(manifest.lr_scale()) || manifest.lr_scale() <= 0) {
+    return out_of_range("lr_scale", absl::StrCat(manifest.lr_scale()), "finite and > 0");
   }
   if (manifest.tensors_file() != kTensorsFile) {
     return absl::DataLossError(absl::StrCat(manifest_path, ": tensors_file \"",

@@ -67,7 +67,8 @@ std::string CheckpointDirName(int64_t step);
 // deleted while an invalid one is kept. Cost: each save with keep_last > 0 reads the blobs of the
 // other checkpoints under root once.
 // A checkpoint already present for the same step is replaced atomically.
-// Names must be unique and non-empty; views contiguous. Device tensors are copied to the host
+// Names must be unique and non-empty; views contiguous; meta's scalars in the ranges LoadCheckpoint
+// accepts. Device tensors are copied to the host
 // (synchronizing ctx's stream). Errors: InvalidArgument for bad arguments (naming the tensor);
 // for file-system failures (a full disk, RLIMIT_FSIZE: the process must ignore SIGXFSZ to get
 // the error) the status of that failure, its message prefixed with the checkpoint being written
@@ -83,8 +84,11 @@ struct LoadedCheckpoint {
 };
 
 // Reads and verifies the checkpoint in `dir` (a step_* directory): the manifest parses, its step
-// matches the directory name, tensors.bin has the recorded size, and every tensor's bytes match
-// their CRC-32C (reads the whole blob once). DataLoss or NotFound naming the file and the reason.
+// matches the directory name, its scalars are in range (step, data_position, skipped_steps >= 0;
+// lr_scale finite and > 0), tensors.bin has the recorded size, every tensor index entry has a
+// known dtype and a size that its dtype and shape give (without overflow) and lies inside
+// tensors.bin, and every tensor's bytes match their CRC-32C (reads the whole blob once). DataLoss
+// or NotFound naming the file and the reason.
 [[nodiscard]] StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& dir);
 
 // The newest valid checkpoint under `root`. Invalid ones (manifest that does not parse, a failed

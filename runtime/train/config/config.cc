@@ -421,7 +421,10 @@ StatusOr<proto::RunConfig> LoadConfigFile(const std::string& path) {
   return ParseConfigText(text.str(), path);
 }
 
-Status ApplyOverride(proto::RunConfig* config, absl::string_view assignment) {
+namespace {
+
+// ApplyOverride on `config` itself: may leave it changed when it fails (an appended list element).
+Status ApplyOverrideInPlace(proto::RunConfig* config, absl::string_view assignment) {
   const size_t equals = assignment.find('=');
   if (equals == absl::string_view::npos) {
     return BadArgument("--set", absl::StrCat("\"", assignment, "\""), "<field.path>=<value>");
@@ -485,12 +488,16 @@ Status ApplyOverride(proto::RunConfig* config, absl::string_view assignment) {
     pb::TextFormat::Parser parser;
     parser.RecordErrorsTo(&errors);
     const std::string text = absl::StrCat(field->name(), ": ", TextValue(field, value));
-    std::vector<const pb::FieldDescriptor*> set_fields;
+    // Every field the text names, set or not: proto3 does not record a zero value as set, so
+    // ListFields would miss "train.steps=5 batch_size: 0".
+    pb::TextFormat::ParseInfoTree named;
+    parser.WriteLocationsTo(&named);
     bool ok = parser.ParseFromString(text, parsed.get());
     if (ok) {
-      parsed->GetReflection()->ListFields(*parsed, &set_fields);
-      ok = std::all_of(set_fields.begin(), set_fields.end(),
-                       [field](const pb::FieldDescriptor* f) { return f == field; });
+      for (int i = 0; ok && i < descriptor->field_count(); ++i) {
+        const pb::FieldDescriptor* other = descriptor->field(i);
+        ok = other == field || named.GetLocation(other, other->is_repeated() ? 0 : -1).line < 0;
+      }
       if (!ok) errors.AddError(0, 0, "the value sets other fields");
     }
     if (!ok) {
@@ -502,6 +509,18 @@ Status ApplyOverride(proto::RunConfig* config, absl::string_view assignment) {
     return absl::OkStatus();
   }
   return absl::InternalError("unreachable");
+}
+
+}  // namespace
+
+Status ApplyOverride(proto::RunConfig* config, absl::string_view assignment) {
+  // On a copy, so that a failed assignment leaves *config as it was (found by
+  // fuzz/config_overrides_fuzzer: "moe.topk_schedule[1].bad=5" appended an empty entry, then
+  // failed on the unknown field).
+  proto::RunConfig updated = *config;
+  MOE_RETURN_IF_ERROR(ApplyOverrideInPlace(&updated, assignment));
+  config->Swap(&updated);
+  return absl::OkStatus();
 }
 
 Status ApplyOverrides(proto::RunConfig* config, const std::vector<std::string>& assignments) {

@@ -46,7 +46,8 @@ std::vector<std::string> PresetNames();
 // braces ("moe.topk_schedule=[{first_layer:0 last_layer:1 k:4 until_step:100}]"). A message or
 // repeated field is replaced as a whole. Unknown field: InvalidArgument naming the path and
 // listing the valid fields of that message. Unparsable value: InvalidArgument naming the path,
-// the value and the expected type. Ranges are checked by ValidateConfig, not here.
+// the value and the expected type. Ranges are checked by ValidateConfig, not here. On an error
+// *config is left unchanged.
 [[nodiscard]] Status ApplyOverride(proto::RunConfig* config, absl::string_view assignment);
 // ApplyOverride for each assignment in order; stops at the first error.
 [[nodiscard]] Status ApplyOverrides(proto::RunConfig* config,

@@ -4,11 +4,13 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -240,6 +242,70 @@ TEST(CheckpointTest, TruncatedManifestOrBlobFallsBack) {
                                                    HasSubstr("no valid checkpoint")));
 }
 
+std::string ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Found by fuzz/checkpoint_manifest_fuzzer (regressions/checkpoint_manifest/lr_scale_zero): a
+// manifest with a scalar no run writes (its tensors intact) passed as valid, and the resume then
+// aborted (negative data_position: BatchLoader::Seek's check) or trained with lr * 0.
+TEST(CheckpointTest, ManifestScalarsOutOfRangeAreInvalid) {
+  const std::string root = FreshRoot();
+  MOE_ASSERT_OK(SaveCheckpoint(ExecContext::Cpu(), root, Meta(4), State(4).Named(), 0));
+  const fs::path dir = fs::path(root) / "step_00000004";
+  const fs::path manifest = dir / "manifest.textproto";
+  const std::string text = ReadFile(manifest);
+  struct Case {
+    std::string from, to, field;
+  };
+  const Case cases[] = {
+      {"data_position: 1004", "data_position: -1", "data_position -1, expected >= 0"},
+      {"skipped_steps: 3", "skipped_steps: -3", "skipped_steps -3, expected >= 0"},
+      {"lr_scale: 0.25", "lr_scale: 0", "lr_scale 0, expected finite and > 0"},
+      {"lr_scale: 0.25", "lr_scale: -0.5", "lr_scale -0.5"},
+      {"lr_scale: 0.25", "lr_scale: nan", "lr_scale nan"},
+      {"lr_scale: 0.25", "lr_scale: inf", "lr_scale inf"},
+      {"lr_scale: 0.25", "", "lr_scale 0"},  // absent: proto3 reads 0
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.to);
+    std::string edited = text;
+    const size_t at = edited.find(c.from);
+    ASSERT_NE(at, std::string::npos) << c.from;
+    edited.replace(at, c.from.size(), c.to);
+    std::ofstream(manifest, std::ios::trunc) << edited;
+    EXPECT_THAT(LoadCheckpoint(dir.string()),
+                StatusIs(absl::StatusCode::kDataLoss,
+                         AllOf(HasSubstr("manifest.textproto"), HasSubstr(c.field))));
+  }
+  std::ofstream(manifest, std::ios::trunc) << text;
+  MOE_EXPECT_OK(LoadCheckpoint(dir.string()).status());
+}
+
+// regressions/checkpoint_manifest/extents_overflow_to_size_0: extents whose product wraps around
+// in 64 bits to match the entry's size passed the size check.
+TEST(CheckpointTest, TensorExtentsThatOverflowAreInvalid) {
+  const fs::path dir = fs::path(FreshRoot()) / "step_00000001";
+  fs::create_directories(dir);
+  std::ofstream(dir / "tensors.bin", std::ios::trunc);
+  auto manifest = [&](const std::string& shape, uint64_t size) {
+    std::ofstream(dir / "manifest.textproto", std::ios::trunc)
+        << "format_version: 1 step: 1 lr_scale: 1 tensors_file: \"tensors.bin\" "
+        << "tensors_file_size: 0 tensors { name: \"w\" dtype: \"f32\" " << shape
+        << " offset: 0 size: " << size << " crc32c: 0 } tensor_count: 1\n";
+  };
+  manifest("shape: 4611686018427387904 shape: 4", 0);  // 2^62 * 4 elements: 2^64 wraps to 0
+  EXPECT_THAT(LoadCheckpoint(dir.string()),
+              StatusIs(absl::StatusCode::kDataLoss,
+                       AllOf(HasSubstr("tensor w"), HasSubstr("overflows"))));
+  manifest("shape: 4611686018427387904", 0);  // 2^62 elements of 4 bytes: 2^64 bytes wrap to 0
+  EXPECT_THAT(LoadCheckpoint(dir.string()),
+              StatusIs(absl::StatusCode::kDataLoss, HasSubstr("does not match")));
+  manifest("shape: 0 shape: 4611686018427387904", 0);  // empty: fine
+  MOE_EXPECT_OK(LoadCheckpoint(dir.string()).status());
+}
+
 TEST(CheckpointTest, LeftoverTempDirIsIgnoredAndCleaned) {
   const std::string root = FreshRoot();
   ExecContext& ctx = ExecContext::Cpu();
@@ -297,6 +363,16 @@ TEST(CheckpointTest, SaveValidatesItsArguments) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tensor strided")));
   EXPECT_THAT(SaveCheckpoint(ctx, root, Meta(-1), state.Named(), 3),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("meta.step")));
+  for (auto [field, edit] : std::vector<std::pair<std::string, void (*)(CheckpointMeta&)>>{
+           {"meta.data_position", [](CheckpointMeta& m) { m.data_position = -1; }},
+           {"meta.skipped_steps", [](CheckpointMeta& m) { m.skipped_steps = -1; }},
+           {"meta.lr_scale", [](CheckpointMeta& m) { m.lr_scale = 0; }},
+           {"meta.lr_scale", [](CheckpointMeta& m) { m.lr_scale = std::nan(""); }}}) {
+    CheckpointMeta meta = Meta(1);
+    edit(meta);
+    EXPECT_THAT(SaveCheckpoint(ctx, root, meta, state.Named(), 3),
+                StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(field)));
+  }
   EXPECT_THAT(SaveCheckpoint(ctx, root, Meta(1), state.Named(), -1),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("keep_last")));
   EXPECT_FALSE(fs::exists(fs::path(root) / "step_00000001"));
@@ -309,11 +385,6 @@ void EmptyManifest(const fs::path& dir) {
 void TruncateBlob(const fs::path& dir) {
   const fs::path blob = dir / "tensors.bin";
   fs::resize_file(blob, fs::file_size(blob) / 2);
-}
-
-std::string ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 // Rule: retention counts only valid checkpoints. With the newest one invalid, saving keeps the

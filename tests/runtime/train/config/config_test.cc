@@ -249,6 +249,17 @@ TEST(OverrideTest, BadValueNamesThePathAndTheValue) {
   // Textproto injection of a second field is refused.
   EXPECT_THAT(ApplyOverride(&config, "train.steps=5 batch_size: 3"),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("train.steps")));
+  // Also when the second field is given its zero value (proto3 does not record it as set).
+  EXPECT_THAT(ApplyOverride(&config, "train.steps=5 batch_size: 0"),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       AllOf(HasSubstr("train.steps"), HasSubstr("sets other fields"))));
+  // A failed override leaves the config as it was, even one that appends a list element first
+  // (found by fuzz/config_overrides_fuzzer, regressions/config_overrides/).
+  ASSERT_EQ(config.model().moe().topk_schedule_size(), 1);
+  EXPECT_THAT(ApplyOverride(&config, "moe.topk_schedule[1].nope=5"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("nope")));
+  EXPECT_THAT(ApplyOverride(&config, "moe.topk_schedule[1].k=x"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_schedule.k")));
   EXPECT_TRUE(Equal(config, Tiny()));
 }
 
