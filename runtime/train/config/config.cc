@@ -303,6 +303,9 @@ void ValidateParallel(const proto::ParallelConfig& parallel, Checker& check) {
   check.AtLeast("parallel.node_size", parallel.node_size(), 0);
   check.AtLeast("parallel.trials", parallel.trials(), 0);
   check.AtLeast("parallel.warmup", parallel.warmup(), 0);
+  check.Require(std::isfinite(parallel.collective_timeout_s()), "parallel.collective_timeout_s",
+                absl::StrCat(parallel.collective_timeout_s()),
+                "seconds (0 = the default 60, < 0 = none)");
 }
 
 }  // namespace

@@ -325,6 +325,9 @@ class Trainer {
 
 Status Trainer::Setup() {
   MOE_ASSIGN_OR_RETURN(host_comm_, WorldCommunicator());
+  if (const double timeout_s = config_.parallel().collective_timeout_s(); timeout_s != 0) {
+    MOE_RETURN_IF_ERROR(SetCollectiveTimeoutSeconds(std::max(0.0, timeout_s)));
+  }
   comm_ = host_comm_;
   world_ = comm_->size();
   rank_ = comm_->rank();
