@@ -901,21 +901,8 @@ ModelSpec SpecFromConfig(const proto::RunConfig& config, DType dtype) {
 }
 
 std::vector<ParallelMode> ParallelCandidates(int world, int node_size, int shards) {
-  std::vector<int> slices;  // r >= 1: the divisors of s
-  for (int r = 1; r <= std::max(1, shards); ++r) {
-    if (shards % r == 0) slices.push_back(r);
-  }
-  std::vector<ParallelMode> out = {{0, 1, AllToAllAlgorithm::kFlat}};
-  std::vector<AllToAllAlgorithm> algorithms = {AllToAllAlgorithm::kFlat};
-  if (node_size > 1 && node_size < world) {
-    algorithms.push_back(AllToAllAlgorithm::kTwoDimHierarchical);
-  }
-  for (AllToAllAlgorithm algorithm : algorithms) {
-    for (int r : slices) {
-      for (int d : {1, 2}) out.push_back({r, d, algorithm});
-    }
-  }
-  return out;
+  constexpr int kPipelineDegrees[] = {1, 2};
+  return CandidateModes(world, node_size, shards, kPipelineDegrees);
 }
 
 double LearningRateAt(const proto::TrainConfig& train, int64_t step) {
