@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "moe/adapt/controller.h"
 #include "runtime/comm/communicator.h"
 #include "runtime/comm/staged_communicator.h"
@@ -718,11 +719,12 @@ void Trainer::WriteMetrics(const StepResult& result, double lr, double tokens_pe
                     absl::StrFormat("{\"layer\": %d, \"top_k\": %d, \"max_rel_dev\": %.4f, "
                                     "\"min_rel_dev\": %.4f, \"dead_experts\": %d, "
                                     "\"entropy_mean_p\": %.4f, \"lbl\": %.6g, \"z_loss\": %.6g, "
-                                    "\"top1_lbl\": %.6g, \"aux_total\": %.6g%s}",
+                                    "\"top1_lbl\": %.6g, \"aux_total\": %.6g%s, "
+                                    "\"tokens_per_expert\": [%s]}",
                                     l, model_->TopK(static_cast<int>(l)), st.max_rel_dev,
                                     st.min_rel_dev, st.dead_experts, st.entropy_mean_p, a.lbl,
                                     a.z_loss, a.top1_lbl, a.total,
-                                    mode));
+                                    mode, absl::StrJoin(st.tokens_per_expert, ", ")));
     first = false;
   }
   absl::StrAppend(&line, "]}\n");
