@@ -99,19 +99,39 @@ int64_t CapacityBucket(int64_t max_rows_per_expert) {
 }
 
 StatusOr<int64_t> AgreedCapacityBucket(Communicator* comm, int64_t local_max_rows_per_expert) {
+  MOE_ASSIGN_OR_RETURN(const std::vector<int64_t> buckets,
+                       AgreedCapacityBuckets(comm, std::span<const int64_t>(
+                                                       &local_max_rows_per_expert, 1)));
+  return buckets[0];
+}
+
+StatusOr<std::vector<int64_t>> AgreedCapacityBuckets(
+    Communicator* comm, std::span<const int64_t> local_max_rows_per_expert) {
   if (comm == nullptr) return BadArgument("comm", "null", "a communicator");
-  if (local_max_rows_per_expert < 0) {
-    return BadArgument("local_max_rows_per_expert", absl::StrCat(local_max_rows_per_expert),
-                       ">= 0");
+  const int64_t n = static_cast<int64_t>(local_max_rows_per_expert.size());
+  for (int64_t i = 0; i < n; ++i) {
+    if (local_max_rows_per_expert[i] < 0) {
+      return BadArgument(n == 1 ? std::string("local_max_rows_per_expert")
+                                : absl::StrCat("local_max_rows_per_expert[", i, "]"),
+                         absl::StrCat(local_max_rows_per_expert[i]), ">= 0");
+    }
   }
+  std::vector<int64_t> buckets(n, 0);
+  if (n == 0) return buckets;
   ExecContext& ctx = ExecContext::Cpu();
-  MOE_ASSIGN_OR_RETURN(Tensor mine, Tensor::Empty({1}, DType::kI64, Device::Cpu()));
-  MOE_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty({comm->size()}, DType::kI64, Device::Cpu()));
-  mine.data<int64_t>()[0] = local_max_rows_per_expert;
+  MOE_ASSIGN_OR_RETURN(Tensor mine, Tensor::Empty({n}, DType::kI64, Device::Cpu()));
+  MOE_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty({comm->size() * n}, DType::kI64, Device::Cpu()));
+  std::copy(local_max_rows_per_expert.begin(), local_max_rows_per_expert.end(),
+            mine.data<int64_t>());
   MOE_RETURN_IF_ERROR(comm->AllGather(ctx, mine, all));
-  int64_t global_max = 0;
-  for (int i = 0; i < comm->size(); ++i) global_max = std::max(global_max, all.data<int64_t>()[i]);
-  return CapacityBucket(global_max);
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t global_max = 0;
+    for (int r = 0; r < comm->size(); ++r) {
+      global_max = std::max(global_max, all.data<int64_t>()[r * n + i]);
+    }
+    buckets[i] = CapacityBucket(global_max);
+  }
+  return buckets;
 }
 
 StatusOr<std::unique_ptr<AdaptiveController>> AdaptiveController::Create(

@@ -59,6 +59,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -119,6 +120,10 @@ int64_t CapacityBucket(int64_t max_rows_per_expert);
 // value is negative (checked before the collective: a negative load is a bug on that rank).
 [[nodiscard]] StatusOr<int64_t> AgreedCapacityBucket(Communicator* comm,
                                                      int64_t local_max_rows_per_expert);
+// The same for several loads (one per MoE layer) with one AllGather: element i is the bucket of the
+// maximum over the ranks of local_max_rows_per_expert[i]. Every rank passes as many loads.
+[[nodiscard]] StatusOr<std::vector<int64_t>> AgreedCapacityBuckets(
+    Communicator* comm, std::span<const int64_t> local_max_rows_per_expert);
 
 class AdaptiveController {
  public:

@@ -573,10 +573,18 @@ Status Trainer::MeanOverRanks(std::vector<double>* values) {
 }
 
 Status Trainer::ChooseModes() {
+  std::vector<int> layers;
+  std::vector<int64_t> loads;
   for (int l = 0; l < config_.model().num_layers(); ++l) {
     if (!model_->is_moe_layer(l)) continue;
-    MOE_ASSIGN_OR_RETURN(const int64_t bucket, AgreedCapacityBucket(comm_, prev_max_rows_[l]));
-    keys_[l] = AdaptKey{l, bucket, model_->TopK(l)};
+    layers.push_back(l);
+    loads.push_back(prev_max_rows_[l]);
+  }
+  // One collective for every layer's capacity bucket.
+  MOE_ASSIGN_OR_RETURN(const std::vector<int64_t> buckets, AgreedCapacityBuckets(comm_, loads));
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const int l = layers[i];
+    keys_[l] = AdaptKey{l, buckets[i], model_->TopK(l)};
     MOE_ASSIGN_OR_RETURN(const ParallelMode mode, controller_->Choose(keys_[l]));
     model_->SetParallelMode(l, mode, /*measure=*/controller_->Measuring(keys_[l]));
   }
