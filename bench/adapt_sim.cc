@@ -206,6 +206,11 @@ struct Record {
   std::vector<double> truth;  // every candidate's true ms
 };
 
+// The --markdown tables' rows.
+struct Markdown {
+  std::vector<std::string> buckets, summaries;
+};
+
 struct Group {  // the records of one (bucket, top_k)
   std::vector<const Record*> records;
 };
@@ -215,7 +220,7 @@ std::string ModeName(const std::vector<ParallelMode>& modes, int i) {
 }
 
 Status SimulateWorld(const std::string& trace_name, const Trace& trace, int world, int experts,
-                     const Options& o, std::vector<std::string>* markdown) {
+                     const Options& o, Markdown* markdown) {
   const int shards = experts < world ? world / experts : 1;
   const std::vector<ParallelMode> modes = CandidateModes(world, o.gpus_per_node, shards, o.degrees);
   const int n = static_cast<int>(modes.size());
@@ -343,7 +348,9 @@ Status SimulateWorld(const std::string& trace_name, const Trace& trace, int worl
   for (const AdaptDecision& d : controller->Decisions()) {
     explored[{d.key.layer, d.key.capacity_bucket}] = d.explored;
   }
-  double explore_extra_all = 0;  // over every bucket, against that bucket's best fixed mode
+  // Over every bucket, against that bucket's best fixed mode: exploration's extra time, and the
+  // time after exploring of the controller and of the best fixed modes.
+  double explore_extra_all = 0, exploit_all = 0, exploit_best_all = 0;
   for (const auto& [key, g] : groups) {
     std::vector<double> total(n, 0.0);
     for (const Record* r : g.records) {
@@ -378,6 +385,8 @@ Status SimulateWorld(const std::string& trace_name, const Trace& trace, int worl
     const double regret = exploit_best > 0 ? 100.0 * (exploit / exploit_best - 1.0) : 0.0;
     const double explore_pct = 100.0 * explore_extra / total[best];
     explore_extra_all += explore_extra;
+    exploit_all += exploit;
+    exploit_best_all += exploit_best;
     std::printf(
         "{\"bench\": \"adapt_sim\", \"trace\": \"%s\", \"world\": %d, \"experts\": %d, "
         "\"bucket\": %lld, \"top_k\": %d, \"layer_steps\": %d, \"candidates\": %d, "
@@ -389,7 +398,7 @@ Status SimulateWorld(const std::string& trace_name, const Trace& trace, int worl
         static_cast<int>(steps), n, measured, ModeName(modes, best).c_str(), total[best] / steps,
         ModeName(modes, settled).c_str(), all / steps, regret, explore_steps, explore_pct);
     if (markdown != nullptr) {
-      markdown->push_back(absl::StrFormat(
+      markdown->buckets.push_back(absl::StrFormat(
           "| %s | %d | %d | %d | %lld | %s | %.3f | %s | %.2f%% | %d of %d, %.2f%% |", trace_name,
           world, experts, key.second, static_cast<long long>(key.first), ModeName(modes, best),
           total[best] / steps, ModeName(modes, settled), regret, measured, n, explore_pct));
@@ -419,21 +428,24 @@ Status SimulateWorld(const std::string& trace_name, const Trace& trace, int worl
       "\"summary\": true, \"layer_steps\": %d, \"candidates\": %d, \"best_static\": \"%s\", "
       "\"static_ms\": %.4f, \"worst_static\": \"%s\", \"worst_static_ms\": %.4f, "
       "\"controller_ms\": %.4f, \"oracle_ms\": %.4f, \"speedup_vs_static\": %.3f, "
-      "\"speedup_after_exploring\": %s, \"explore_cost_pct\": %.2f, \"decision_us\": %.3f}\n",
+      "\"speedup_after_exploring\": %s, \"regret_pct\": %.2f, \"explore_cost_pct\": %.2f, "
+      "\"decision_us\": %.3f}\n",
       trace_name.c_str(), world, experts, static_cast<int>(steps), n,
       ModeName(modes, best_static).c_str(), total[best_static] / steps,
       ModeName(modes, worst_static).c_str(), total[worst_static] / steps, controller_ms / steps,
       oracle_ms / steps, total[best_static] / controller_ms,
       exploit > 0 ? absl::StrFormat("%.3f", exploit_static / exploit).c_str() : "null",
+      exploit_best_all > 0 ? 100.0 * (exploit_all / exploit_best_all - 1.0) : 0.0,
       100.0 * explore_extra_all / controller_ms, decisions > 0 ? 1e6 * decide_s / decisions : 0.0);
   if (markdown != nullptr) {
-    markdown->push_back(absl::StrFormat(
-        "| %s | %d | %d | all | all | %s (static) | %.3f | controller | %.3f ms, %.2fx (%.2fx "
-        "after "
-        "exploring) | oracle %.3f ms |",
-        trace_name, world, experts, ModeName(modes, best_static), total[best_static] / steps,
+    markdown->summaries.push_back(absl::StrFormat(
+        "| %s | %d | %d | %d | %s | %.2f | %.2f | %.2fx | %.2fx | %.2f%% | %.2f%% | %.2f | %.2f |",
+        trace_name, world, experts, n, ModeName(modes, best_static), total[best_static] / steps,
         controller_ms / steps, total[best_static] / controller_ms,
-        exploit > 0 ? exploit_static / exploit : 0.0, oracle_ms / steps));
+        exploit > 0 ? exploit_static / exploit : 0.0,
+        exploit_best_all > 0 ? 100.0 * (exploit_all / exploit_best_all - 1.0) : 0.0,
+        100.0 * explore_extra_all / controller_ms, oracle_ms / steps,
+        decisions > 0 ? 1e6 * decide_s / decisions : 0.0));
   }
   std::fflush(stdout);
   return absl::OkStatus();
@@ -562,7 +574,7 @@ Status ParseOptions(int argc, char** argv, Options* o) {
 Status Main(int argc, char** argv) {
   Options o;
   MOE_RETURN_IF_ERROR(ParseOptions(argc, argv, &o));
-  std::vector<std::string> markdown;
+  Markdown markdown;
   for (const std::string& name : o.traces) {
     for (int world : o.worlds) {
       const int experts = ExpertsFor(world, o);
@@ -580,9 +592,15 @@ Status Main(int argc, char** argv) {
   }
   if (o.markdown) {
     std::printf(
-        "\n| trace | W | E | K | bucket | best fixed | ms | controller | regret | explored, "
-        "exploration cost |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
-    for (const std::string& row : markdown) std::printf("%s\n", row.c_str());
+        "\n| trace | W | E | K | bucket | best fixed mode | its ms | controller's mode | regret | "
+        "explored, exploration cost |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for (const std::string& row : markdown.buckets) std::printf("%s\n", row.c_str());
+    std::printf(
+        "\n| trace | W | E | candidates | best static mode | its ms | controller ms | vs static | "
+        "after exploring | regret | exploration cost | oracle ms | decision us |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    for (const std::string& row : markdown.summaries) std::printf("%s\n", row.c_str());
   }
   return absl::OkStatus();
 }
