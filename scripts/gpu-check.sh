@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command for a GPU machine: build, CUDA tests, the card's ceilings, the benchmarks,
 # adapt_sim on the card's measured GEMM table, a bf16 training run of sigma-moe-tiny-4l, CPU-vs-GPU
-# loss curves of the tiny preset and the Python tests on CUDA. Writes OUTDIR/summary.json and one log per stage (OUTDIR/<stage>.log).
+# loss curves of the tiny preset and the Python tests on CUDA. Writes OUTDIR/summary.json and one
+# log per stage (OUTDIR/<stage>.log).
 #
 #   scripts/gpu-check.sh OUTDIR
 #

@@ -269,7 +269,8 @@ void AdaptiveController::Decide(const AdaptKey& key, Entry& entry) {
   const std::string mode = ParallelModeName(candidates_[best]);
   if (previous < 0) {
     MOE_LOG(INFO) << "adapt: " << KeyName(key) << ": explored " << entry.explored << " of "
-                  << candidates_.size() << " candidates, chose " << mode << " (median " << best_ms << " ms)";
+                  << candidates_.size() << " candidates, chose " << mode << " (median " << best_ms
+                  << " ms)";
   } else if (previous != best) {
     MOE_LOG(INFO) << "adapt: " << KeyName(key) << ": re-explored, new best " << mode
                   << " (median " << best_ms << " ms), was " << ParallelModeName(candidates_[previous]);

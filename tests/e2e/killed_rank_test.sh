@@ -8,8 +8,8 @@
 # How a rank's exit is seen: a wrapper records each rank's pid and execs sigma-moe-train, and the
 # script polls the pids. Rank 1 is the one killed. A rank's exit status goes to mpirun, its parent;
 # to see it here each rank is traced with `strace -q -e trace=none` (signals and the exit only),
-# which prints "+++ exited with N +++" or "+++ killed by SIG... +++". Without strace (or when it cannot
-# attach) the survivors count as non-zero when mpirun exits non-zero and rank 0 never printed the
+# which prints "+++ exited with N +++" or "+++ killed by SIG... +++". Without strace (or when it
+# cannot attach) the survivors count as non-zero when mpirun exits non-zero and rank 0 never printed the
 # summary line with which a run that succeeds ends ("sigma-moe-train: done|stopped at step").
 # usage: killed_rank_test.sh path/to/sigma-moe-train path/to/mpirun [kill|stall]
 set -euo pipefail
