@@ -119,12 +119,23 @@ void Register() {
           ->Args({96, 170, 1536, 768})->Args({96, 683, 1536, 768})
           ->UseManualTime()->Unit(benchmark::kMillisecond);
     }
+    // Throughput by rows per group, for the cost model's GEMM table (bench/gemm_table.py turns
+    // these lines into adapt_sim's --gemm_table).
+    auto* rows = benchmark::RegisterBenchmark("grouped_rows/cuda/bf16/fwd", BM_GroupedGemm, gpu,
+                                              DType::kBF16, 0);
+    for (int64_t r : {16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384}) {
+      rows->Args({8, r, 1536, 768});
+    }
+    rows->UseManualTime()->Unit(benchmark::kMillisecond);
   }
   const Device cpu = Device::Cpu();
   benchmark::RegisterBenchmark("gemm/cpu/f32", BM_Gemm, cpu, DType::kF32)
       ->Args({512, 512, 512})->UseManualTime()->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("grouped/cpu/f32/fwd", BM_GroupedGemm, cpu, DType::kF32, 0)
       ->Args({96, 43, 128, 64})->UseManualTime()->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("grouped_rows/cpu/f32/fwd", BM_GroupedGemm, cpu, DType::kF32, 0)
+      ->Args({8, 16, 128, 64})->Args({8, 256, 128, 64})->UseManualTime()
+      ->Unit(benchmark::kMillisecond);
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "moe/dispatch/regroup.h"
@@ -299,6 +300,59 @@ int64_t SliceWidth(const MoELayerConfig& config, const ParallelMoEState& s) {
   return s.layout.ShardWidth(config.ffn_dim) * (s.layout.shards / s.mode.r);
 }
 
+// The exchanges of one pass's chunks, on the exchanger's communication lane (RowExchanger::Start)
+// whatever d is: every chunk's rows go out first, in chunk order (with d > 1, chunk c + 1's rows
+// travel while chunk c's experts compute), and chunk c's rows go back as soon as its experts are
+// done; with any d the calling thread sleeps rather than spins while it waits. Every rank starts
+// the same exchanges in the same order. On every exit, exchanges still in flight are waited for
+// before the buffers they use go.
+class ChunkExchanges {
+ public:
+  ChunkExchanges(ExecContext& ctx, const ParallelMoEState& s)
+      : ctx_(ctx),
+        ex_(*s.exchanger),
+        algorithm_(s.mode.algorithm),
+        chunks_(s.chunks),
+        sent_(s.chunks.size(), -1),
+        returned_(s.chunks.size(), -1) {}
+  ~ChunkExchanges() { ex_.FinishAll(ctx_); }
+
+  // Starts every chunk's exchange: `send` rows in send order, `recv` rows on the expert side.
+  Status SendAll(const TensorView& send, const TensorView& recv) {
+    for (size_t i = 0; i < chunks_.size(); ++i) {
+      const ParallelMoEState::Chunk& c = chunks_[i];
+      const int64_t sb = c.send_begin, rb = c.recv_begin;
+      MOE_ASSIGN_OR_RETURN(sent_[i], ex_.Start(ctx_, algorithm_, send.Rows(sb, sb + c.send_count()),
+                                               c.send_rows, recv.Rows(rb, rb + c.recv_count()),
+                                               c.recv_rows));
+    }
+    return absl::OkStatus();
+  }
+  // Waits until chunk i's rows have arrived.
+  Status Received(size_t i) { return ex_.Finish(ctx_, sent_[i]); }
+  // Starts returning chunk i: `from` rows on the expert side, `to` rows in send order.
+  Status Return(size_t i, const TensorView& from, const TensorView& to) {
+    const ParallelMoEState::Chunk& c = chunks_[i];
+    const int64_t sb = c.send_begin, rb = c.recv_begin;
+    MOE_ASSIGN_OR_RETURN(returned_[i],
+                         ex_.Start(ctx_, algorithm_, from.Rows(rb, rb + c.recv_count()),
+                                   c.recv_rows, to.Rows(sb, sb + c.send_count()), c.send_rows));
+    return absl::OkStatus();
+  }
+  // Waits until every chunk is back.
+  Status ReturnedAll() {
+    for (int64_t id : returned_) MOE_RETURN_IF_ERROR(ex_.Finish(ctx_, id));
+    return absl::OkStatus();
+  }
+
+ private:
+  ExecContext& ctx_;
+  RowExchanger& ex_;
+  const AllToAllAlgorithm algorithm_;
+  const std::vector<ParallelMoEState::Chunk>& chunks_;
+  std::vector<int64_t> sent_, returned_;
+};
+
 Status ForwardReplicated(ExecContext& ctx, const MoELayerConfig& config, ParallelMoEState& s) {
   const int64_t rows = s.local.plan.num_rows(), m = config.model_dim, h = config.ffn_dim;
   const Device device = ctx.device();
@@ -338,14 +392,13 @@ Status ForwardExpertParallel(ExecContext& ctx, const MoELayerConfig& config,
     send = xs_chunked;
     returned = ys_chunked;
   }
-  RowExchanger& ex = *s.exchanger;
-  const AllToAllAlgorithm algorithm = s.mode.algorithm;
-  for (const ParallelMoEState::Chunk& c : s.chunks) {
-    const int64_t sb = c.send_begin, se = sb + c.send_count();
+  ChunkExchanges exchanges(ctx, s);
+  MOE_RETURN_IF_ERROR(exchanges.SendAll(send, xr));
+  for (size_t i = 0; i < s.chunks.size(); ++i) {
+    const ParallelMoEState::Chunk& c = s.chunks[i];
     const int64_t rb = c.recv_begin, re = rb + c.recv_count();
     const TensorView xe = s.xe.view().Rows(rb, re);
-    MOE_RETURN_IF_ERROR(ex.Exchange(ctx, algorithm, send.Rows(sb, se), c.send_rows,
-                                    xr.view().Rows(rb, re), c.recv_rows));
+    MOE_RETURN_IF_ERROR(exchanges.Received(i));
     MOE_RETURN_IF_ERROR(GatherRows(ctx, xr.view().Rows(rb, re), s.to_experts.Rows(rb, re), xe));
     MOE_RETURN_IF_ERROR(ExpertsForward(
         ctx, weights, xe, c.offsets,
@@ -353,9 +406,9 @@ Status ForwardExpertParallel(ExecContext& ctx, const MoELayerConfig& config,
         ye.view().Rows(rb, re)));
     MOE_RETURN_IF_ERROR(GatherRows(ctx, ye.view().Rows(rb, re), s.to_sources.Rows(rb, re),
                                    yr.view().Rows(rb, re)));
-    MOE_RETURN_IF_ERROR(ex.Exchange(ctx, algorithm, yr.view().Rows(rb, re), c.recv_rows,
-                                    returned.Rows(sb, se), c.send_rows));
+    MOE_RETURN_IF_ERROR(exchanges.Return(i, yr, returned));
   }
+  MOE_RETURN_IF_ERROR(exchanges.ReturnedAll());
   if (gathered) MOE_RETURN_IF_ERROR(SumSlices(ctx, s, ys_chunked, l.ys));
   return absl::OkStatus();
 }
@@ -414,15 +467,16 @@ Status BackwardExpertParallel(ExecContext& ctx, const MoELayerConfig& config,
     send = dys_chunked;
     returned = dxs_chunked;
   }
-  RowExchanger& ex = *s.exchanger;
-  const AllToAllAlgorithm algorithm = s.mode.algorithm;
+  // The forward's schedule: every chunk's output gradients out first, input gradients back as
+  // each chunk is done.
+  ChunkExchanges exchanges(ctx, s);
+  MOE_RETURN_IF_ERROR(exchanges.SendAll(send, dyr));
   bool accumulate = accumulate_grads && !sliced;
-  for (const ParallelMoEState::Chunk& c : s.chunks) {
-    const int64_t sb = c.send_begin, se = sb + c.send_count();
+  for (size_t i = 0; i < s.chunks.size(); ++i) {
+    const ParallelMoEState::Chunk& c = s.chunks[i];
     const int64_t rb = c.recv_begin, re = rb + c.recv_count();
     const TensorView de = dye.view().Rows(rb, re);
-    MOE_RETURN_IF_ERROR(ex.Exchange(ctx, algorithm, send.Rows(sb, se), c.send_rows,
-                                    dyr.view().Rows(rb, re), c.recv_rows));
+    MOE_RETURN_IF_ERROR(exchanges.Received(i));
     MOE_RETURN_IF_ERROR(GatherRows(ctx, dyr.view().Rows(rb, re), s.to_experts.Rows(rb, re), de));
     MOE_RETURN_IF_ERROR(ExpertsBackward(
         ctx, weights, s.xe.view().Rows(rb, re), c.offsets,
@@ -432,9 +486,9 @@ Status BackwardExpertParallel(ExecContext& ctx, const MoELayerConfig& config,
     accumulate = true;
     MOE_RETURN_IF_ERROR(
         GatherRows(ctx, de, s.to_sources.Rows(rb, re), dxr.view().Rows(rb, re)));
-    MOE_RETURN_IF_ERROR(ex.Exchange(ctx, algorithm, dxr.view().Rows(rb, re), c.recv_rows,
-                                    returned.Rows(sb, se), c.send_rows));
+    MOE_RETURN_IF_ERROR(exchanges.Return(i, dxr, returned));
   }
+  MOE_RETURN_IF_ERROR(exchanges.ReturnedAll());
   if (gathered) MOE_RETURN_IF_ERROR(SumSlices(ctx, s, dxs_chunked, dxs));
   if (!sliced) return absl::OkStatus();
   const TensorView sums[3] = {slice_grads[0], slice_grads[1], slice_grads[2]};

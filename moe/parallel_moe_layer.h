@@ -42,8 +42,12 @@
 //   d >= 1 (with r >= 1): every (rank, local expert) segment is split into d near-equal parts
 //     (the first n % d parts one row longer) and chunk c carries part c of every segment: the
 //     exchange and experts run chunk by chunk, the expert gradients accumulating over chunks.
-//     On CPU the chunks run one after the other; the chunk structure is what lets the exchange of
-//     chunk c + 1 overlap the experts of chunk c on a GPU.
+//     Every chunk's rows are sent first (in chunk order, on the exchanger's communication lane:
+//     RowExchanger::Start), so chunk c + 1's exchange runs while chunk c's experts compute, and
+//     chunk c's outputs go back as soon as they are done: on CPU ranks a communication thread
+//     (MPI), on GPU ranks a communication stream ordered by events. With overlap off
+//     (RowExchanger::set_overlap) the same exchanges run on the calling thread: the results are
+//     bit-identical either way.
 // Every rank must pass the same mode (the controller's decisions are all-reduced) and the same
 // config; Backward runs the mode its Forward saved.
 //

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The one command for a GPU machine: build, CUDA tests, the card's ceilings, the benchmarks, a
-# bf16 training run of sigma-moe-tiny-4l, CPU-vs-GPU loss curves of the tiny preset and the
-# Python tests on CUDA. Writes OUTDIR/summary.json and one log per stage (OUTDIR/<stage>.log).
+# The one command for a GPU machine: build, CUDA tests, the card's ceilings, the benchmarks,
+# adapt_sim on the card's measured GEMM table, a bf16 training run of sigma-moe-tiny-4l, CPU-vs-GPU
+# loss curves of the tiny preset and the Python tests on CUDA. Writes OUTDIR/summary.json and one
+# log per stage (OUTDIR/<stage>.log).
 #
 #   scripts/gpu-check.sh OUTDIR
 #
@@ -108,8 +109,11 @@ if [[ -x "$train" ]]; then
   if [[ "$mode" == gpu ]]; then
     stage ctest_cuda 150 ctest --test-dir "$build" -L cuda --output-on-failure -j 4 --timeout 120
     stage ceilings 60 "$build/bench/ceilings_bench" --device=cuda
-    stage gemm_bench 60 "$build/bench/gemm_bench" --benchmark_format=json \
+    stage gemm_bench 90 "$build/bench/gemm_bench" --benchmark_format=json \
       --benchmark_min_time=0.2
+    # adapt_sim on the card's measured GEMM table (gemm_bench's grouped_rows runs).
+    stage adapt_sim 60 bash -c 'table=$(python3 bench/gemm_table.py "$out/gemm_bench.log") &&
+      echo "gemm table: $table" && "$build/bench/adapt_sim" --gemm_table="$table" --markdown'
     stage moe_layer_bench 90 "$build/bench/moe_layer_bench" --device=cuda
     stage attention_bench 90 "$build/bench/attention_bench" --device=cuda
     rm -rf "$out/train_4l"
@@ -124,6 +128,7 @@ if [[ -x "$train" ]]; then
     skip ctest_cuda "no GPU (the cuda tests run, and skip, in the normal ctest run)"
     stage ceilings 60 "$build/bench/ceilings_bench" --device=cpu
     skip gemm_bench "no GPU"
+    stage adapt_sim 60 "$build/bench/adapt_sim" --steps=100 --markdown
     skip moe_layer_bench "no GPU"
     skip attention_bench "no GPU"
     skip train_4l "no GPU (the dry run's plan is in dry_run_4l.log)"

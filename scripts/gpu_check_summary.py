@@ -94,6 +94,8 @@ def main():
 
     for name in ("moe_layer_bench", "attention_bench"):
         figures[name] = json_lines(os.path.join(out, name + ".log"))
+    figures["adapt_sim"] = [line for line in json_lines(os.path.join(out, "adapt_sim.log"))
+                            if line.get("summary")]
     gemm_path = os.path.join(out, "gemm_bench.log")
     if os.path.exists(gemm_path):
         try:

@@ -99,19 +99,39 @@ int64_t CapacityBucket(int64_t max_rows_per_expert) {
 }
 
 StatusOr<int64_t> AgreedCapacityBucket(Communicator* comm, int64_t local_max_rows_per_expert) {
+  MOE_ASSIGN_OR_RETURN(const std::vector<int64_t> buckets,
+                       AgreedCapacityBuckets(comm, std::span<const int64_t>(
+                                                       &local_max_rows_per_expert, 1)));
+  return buckets[0];
+}
+
+StatusOr<std::vector<int64_t>> AgreedCapacityBuckets(
+    Communicator* comm, std::span<const int64_t> local_max_rows_per_expert) {
   if (comm == nullptr) return BadArgument("comm", "null", "a communicator");
-  if (local_max_rows_per_expert < 0) {
-    return BadArgument("local_max_rows_per_expert", absl::StrCat(local_max_rows_per_expert),
-                       ">= 0");
+  const int64_t n = static_cast<int64_t>(local_max_rows_per_expert.size());
+  for (int64_t i = 0; i < n; ++i) {
+    if (local_max_rows_per_expert[i] < 0) {
+      return BadArgument(n == 1 ? std::string("local_max_rows_per_expert")
+                                : absl::StrCat("local_max_rows_per_expert[", i, "]"),
+                         absl::StrCat(local_max_rows_per_expert[i]), ">= 0");
+    }
   }
+  std::vector<int64_t> buckets(n, 0);
+  if (n == 0) return buckets;
   ExecContext& ctx = ExecContext::Cpu();
-  MOE_ASSIGN_OR_RETURN(Tensor mine, Tensor::Empty({1}, DType::kI64, Device::Cpu()));
-  MOE_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty({comm->size()}, DType::kI64, Device::Cpu()));
-  mine.data<int64_t>()[0] = local_max_rows_per_expert;
+  MOE_ASSIGN_OR_RETURN(Tensor mine, Tensor::Empty({n}, DType::kI64, Device::Cpu()));
+  MOE_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty({comm->size() * n}, DType::kI64, Device::Cpu()));
+  std::copy(local_max_rows_per_expert.begin(), local_max_rows_per_expert.end(),
+            mine.data<int64_t>());
   MOE_RETURN_IF_ERROR(comm->AllGather(ctx, mine, all));
-  int64_t global_max = 0;
-  for (int i = 0; i < comm->size(); ++i) global_max = std::max(global_max, all.data<int64_t>()[i]);
-  return CapacityBucket(global_max);
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t global_max = 0;
+    for (int r = 0; r < comm->size(); ++r) {
+      global_max = std::max(global_max, all.data<int64_t>()[r * n + i]);
+    }
+    buckets[i] = CapacityBucket(global_max);
+  }
+  return buckets;
 }
 
 StatusOr<std::unique_ptr<AdaptiveController>> AdaptiveController::Create(
@@ -133,6 +153,14 @@ StatusOr<std::unique_ptr<AdaptiveController>> AdaptiveController::Create(
   }
   if (config.trials < 1) return BadArgument("adapt.trials", absl::StrCat(config.trials), ">= 1");
   if (config.warmup < 0) return BadArgument("adapt.warmup", absl::StrCat(config.warmup), ">= 0");
+  if (config.explore_at_most < 0) {
+    return BadArgument("adapt.explore_at_most", absl::StrCat(config.explore_at_most),
+                       ">= 0 (0 = every candidate)");
+  }
+  if (!(config.explore_within == 0.0 || config.explore_within >= 1.0)) {
+    return BadArgument("adapt.explore_within", absl::StrCat(config.explore_within),
+                       "0 (no limit) or >= 1");
+  }
   if (config.reexplore_period < 0) {
     return BadArgument("adapt.reexplore_period", absl::StrCat(config.reexplore_period),
                        ">= 0 (0 = never)");
@@ -160,9 +188,40 @@ StatusOr<std::unique_ptr<AdaptiveController>> AdaptiveController::Create(
       new AdaptiveController(config, std::move(candidates), comm, forced, forced_mode));
 }
 
-AdaptiveController::Entry AdaptiveController::NewEntry() const {
+AdaptiveController::Entry AdaptiveController::NewEntry(const AdaptKey& key) const {
   Entry entry;
-  entry.stats.resize(candidates_.size());
+  const size_t n = candidates_.size();
+  entry.stats.resize(n);
+  entry.explored = static_cast<int>(n);
+  if (!prior_ || (config_.explore_at_most == 0 && config_.explore_within == 0.0)) return entry;
+  const std::vector<double> predicted = prior_(key);
+  const bool usable =
+      predicted.size() == n && std::all_of(predicted.begin(), predicted.end(),
+                                           [](double ms) { return std::isfinite(ms); });
+  if (!usable) {
+    MOE_LOG(WARNING) << "adapt: " << KeyName(key) << ": the prior gave " << predicted.size()
+                     << " predictions (expected " << n << ", all finite); exploring every "
+                     << "candidate";
+    return entry;
+  }
+  // Fastest first; ties keep the candidates' order.
+  std::vector<int> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = static_cast<int>(i);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int a, int b) { return predicted[a] < predicted[b]; });
+  const double fastest = predicted[order[0]];
+  int kept = 0;
+  for (int i : order) {
+    const bool within = config_.explore_within == 0.0 || kept == 0 ||
+                        predicted[i] <= config_.explore_within * fastest;
+    const bool room = config_.explore_at_most == 0 || kept < config_.explore_at_most;
+    if (within && room) {
+      ++kept;
+    } else {
+      entry.stats[i].pruned = true;
+    }
+  }
+  entry.explored = kept;
   return entry;
 }
 
@@ -179,6 +238,7 @@ int AdaptiveController::NextCandidate(const Entry& entry) const {
   int next = -1;
   for (size_t i = 0; i < entry.stats.size(); ++i) {
     const CandidateStats& s = entry.stats[i];
+    if (s.pruned) continue;
     if (s.reports >= needed || static_cast<int64_t>(s.kept.size()) >= config_.trials) continue;
     if (next < 0 || s.reports < entry.stats[next].reports) next = static_cast<int>(i);
   }
@@ -191,6 +251,7 @@ void AdaptiveController::Decide(const AdaptKey& key, Entry& entry) {
   int best = -1;
   double best_ms = 0.0;
   for (size_t i = 0; i < entry.stats.size(); ++i) {
+    if (entry.stats[i].kept.empty()) continue;  // pruned
     const double ms = Median(entry.stats[i].kept);
     if (best < 0 || ms < best_ms) {
       best = static_cast<int>(i);
@@ -207,8 +268,9 @@ void AdaptiveController::Decide(const AdaptKey& key, Entry& entry) {
   if (comm_->rank() != 0) return;
   const std::string mode = ParallelModeName(candidates_[best]);
   if (previous < 0) {
-    MOE_LOG(INFO) << "adapt: " << KeyName(key) << ": explored " << candidates_.size()
-                  << " candidates, chose " << mode << " (median " << best_ms << " ms)";
+    MOE_LOG(INFO) << "adapt: " << KeyName(key) << ": explored " << entry.explored << " of "
+                  << candidates_.size() << " candidates, chose " << mode << " (median " << best_ms
+                  << " ms)";
   } else if (previous != best) {
     MOE_LOG(INFO) << "adapt: " << KeyName(key) << ": re-explored, new best " << mode
                   << " (median " << best_ms << " ms), was " << ParallelModeName(candidates_[previous]);
@@ -223,11 +285,11 @@ StatusOr<ParallelMode> AdaptiveController::Choose(const AdaptKey& key) {
   if (forced_) return forced_mode_;
   auto [it, inserted] = table_.try_emplace(key);
   Entry& entry = it->second;
-  if (inserted) entry = NewEntry();
+  if (inserted) entry = NewEntry(key);
   if (!entry.exploring && config_.reexplore_period > 0 &&
       ++entry.exploit_steps > config_.reexplore_period) {
     const int previous = entry.best;
-    entry = NewEntry();
+    entry = NewEntry(key);
     entry.best = previous;
   }
   if (!entry.exploring) return candidates_[entry.best];
@@ -294,6 +356,7 @@ std::vector<AdaptDecision> AdaptiveController::Decisions() const {
     AdaptDecision d;
     d.key = key;
     d.exploring = entry.exploring;
+    d.explored = entry.explored;
     if (!entry.exploring) {
       d.mode = candidates_[entry.best];
       d.median_ms = entry.best_ms;
@@ -398,7 +461,7 @@ StatusOr<AdaptiveController::Table> AdaptiveController::Parse(absl::string_view 
     if (it != table.end() && !it->second.exploring) {
       return error(n, absl::StrCat("explore entry for the decided ", KeyName(key)));
     }
-    if (it == table.end()) it = table.emplace(key, NewEntry()).first;
+    if (it == table.end()) it = table.emplace(key, NewEntry(key)).first;
     CandidateStats stats;
     if (!absl::SimpleAtoi(tokens[5], &stats.reports) || stats.reports < 0) {
       return error(n, "bad reports: expected an integer >= 0");

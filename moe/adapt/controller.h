@@ -27,6 +27,14 @@
 // (the single-rank and MPI communicators do). Report validates its `ms` after the all-reduce, so
 // a bad value on one rank gives the same error on every rank instead of a hang.
 //
+// Prior. SetPrior gives the controller predicted milliseconds per candidate for a key (a cost
+// model: moe/adapt/cost_model.h). A key that starts exploring then measures only the candidates
+// predicted fastest: at most config.explore_at_most of them, and only those predicted within
+// config.explore_within x the fastest prediction (each 0 = no limit; the fastest is always kept).
+// So the measurements per exploration stay bounded however many candidates there are (41 at
+// W = 2048: r in {0} and the divisors of s, d in {1, 2, 4, 8}, flat and 2dh). The prior must give
+// the same numbers on every rank (a function of the key and of values every rank shares).
+//
 // Forced mode. config.mode = "r1.d1.flat" (any ParallelModeName among the candidates) instead of
 // "auto": Choose always returns it, Measuring is false, and Report, Load and Save do nothing (no
 // collective, no file).
@@ -47,9 +55,11 @@
 #pragma once
 
 #include <compare>
+#include <functional>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -73,6 +83,10 @@ struct AdaptConfig {
   std::string table_path = "";
   // Save (rank 0) whenever a key's exploration ends, so a restarted run skips it.
   bool save_on_decision = true;
+  // With a prior (SetPrior): candidates measured per exploration, the predicted fastest first
+  // (0 = all), and the largest predicted ratio to the fastest worth measuring (0 = any; >= 1).
+  int explore_at_most = 0;
+  double explore_within = 0.0;
 };
 
 struct AdaptKey {
@@ -93,6 +107,8 @@ struct AdaptDecision {
   double median_ms = -1.0;
   // Reports recorded by the current exploration (warm-up ones included); 0 for a loaded decision.
   int64_t reports = 0;
+  // Candidates the last exploration measured (all, or what the prior kept); 0 for a loaded one.
+  int explored = 0;
 };
 
 // ceil(log2(max_rows_per_expert + 1)), i.e. the bit width: 0 -> 0, 1 -> 1, 2..3 -> 2, 4..7 -> 3.
@@ -104,6 +120,10 @@ int64_t CapacityBucket(int64_t max_rows_per_expert);
 // value is negative (checked before the collective: a negative load is a bug on that rank).
 [[nodiscard]] StatusOr<int64_t> AgreedCapacityBucket(Communicator* comm,
                                                      int64_t local_max_rows_per_expert);
+// The same for several loads (one per MoE layer) with one AllGather: element i is the bucket of the
+// maximum over the ranks of local_max_rows_per_expert[i]. Every rank passes as many loads.
+[[nodiscard]] StatusOr<std::vector<int64_t>> AgreedCapacityBuckets(
+    Communicator* comm, std::span<const int64_t> local_max_rows_per_expert);
 
 class AdaptiveController {
  public:
@@ -128,6 +148,12 @@ class AdaptiveController {
   [[nodiscard]] Status Report(const AdaptKey& key, const ParallelMode& mode, double ms);
   // Forgets the key: its next Choose explores again. Call on every rank.
   void ResetKey(const AdaptKey& key);
+  // Predicted milliseconds of every candidate (indexed like candidates()) for a key.
+  using Prior = std::function<std::vector<double>(const AdaptKey& key)>;
+  // The prior (see the top of this file) for the explorations that start from now on: call it
+  // before Load and the first Choose, on every rank. A prediction vector of the wrong size, or
+  // with a value that is not finite, leaves that key's candidates unpruned (and is logged).
+  void SetPrior(Prior prior) { prior_ = std::move(prior); }
 
   // Collective: replaces the table with the file at config.table_path as read on rank 0 (kept
   // empty when rank 0 has no such file). DataLoss naming "<path>:<line>" for a corrupt file;
@@ -149,6 +175,7 @@ class AdaptiveController {
   struct CandidateStats {
     int64_t reports = 0;       // warm-up ones included
     std::vector<double> kept;  // after the warm-up
+    bool pruned = false;       // the prior ruled it out: never measured in this exploration
   };
   struct Entry {
     bool exploring = true;
@@ -157,6 +184,7 @@ class AdaptiveController {
     int best = -1;                      // decided candidate; the previous one while re-exploring
     double best_ms = -1.0;
     int64_t exploit_steps = 0;
+    int explored = 0;  // candidates not pruned in the last exploration
   };
   using Table = std::map<AdaptKey, Entry>;
 
@@ -168,7 +196,8 @@ class AdaptiveController {
         forced_(forced),
         forced_mode_(forced_mode) {}
 
-  Entry NewEntry() const;
+  // An exploring entry for `key`, its candidates pruned by the prior.
+  Entry NewEntry(const AdaptKey& key) const;
   int NextCandidate(const Entry& entry) const;
   bool ExplorationDone(const Entry& entry) const;
   void Decide(const AdaptKey& key, Entry& entry);
@@ -183,6 +212,7 @@ class AdaptiveController {
   ParallelMode forced_mode_;
   Table table_;
   int64_t total_reports_ = 0;
+  Prior prior_;
 };
 
 }  // namespace smoe

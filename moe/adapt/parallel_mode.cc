@@ -1,5 +1,6 @@
 #include "moe/adapt/parallel_mode.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -27,6 +28,25 @@ StatusOr<ParallelMode> ParseParallelMode(absl::string_view name) {
   }
   MOE_ASSIGN_OR_RETURN(mode.algorithm, ParseAllToAllAlgorithm(parts[2]));
   return mode;
+}
+
+std::vector<ParallelMode> CandidateModes(int world, int node_size, int shards,
+                                         std::span<const int> pipeline_degrees) {
+  std::vector<int> slices;  // r >= 1: the divisors of s
+  for (int r = 1; r <= std::max(1, shards); ++r) {
+    if (shards % r == 0) slices.push_back(r);
+  }
+  std::vector<ParallelMode> out = {{0, 1, AllToAllAlgorithm::kFlat}};
+  std::vector<AllToAllAlgorithm> algorithms = {AllToAllAlgorithm::kFlat};
+  if (node_size > 1 && node_size < world) {
+    algorithms.push_back(AllToAllAlgorithm::kTwoDimHierarchical);
+  }
+  for (AllToAllAlgorithm algorithm : algorithms) {
+    for (int r : slices) {
+      for (int d : pipeline_degrees) out.push_back({r, d, algorithm});
+    }
+  }
+  return out;
 }
 
 }  // namespace smoe

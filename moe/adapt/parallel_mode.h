@@ -3,7 +3,9 @@
 // parameter layout is the same in every mode, so switching moves no parameter bytes.
 #pragma once
 
+#include <span>
 #include <string>
+#include <vector>
 
 #include "moe/dispatch/all_to_all.h"
 #include "runtime/core/status.h"
@@ -28,5 +30,13 @@ struct ParallelMode {
 std::string ParallelModeName(const ParallelMode& mode);
 // Inverse of ParallelModeName; InvalidArgument naming the part that does not parse.
 [[nodiscard]] StatusOr<ParallelMode> ParseParallelMode(absl::string_view name);
+
+// The modes valid for a layout of `shards` = s ranks per expert (1 when E >= W) on `world` ranks
+// in nodes of `node_size`: r0.d1.flat first, then for each algorithm (flat; 2dh too when
+// 1 < node_size < world), each r dividing s (ascending) and each of `pipeline_degrees` (d >= 1,
+// in the given order), r.d.algorithm. At W = 2048 over 128 experts (s = 16) with d in {1, 2, 4, 8}
+// that is 1 + 2 x 5 x 4 = 41 modes.
+std::vector<ParallelMode> CandidateModes(int world, int node_size, int shards,
+                                         std::span<const int> pipeline_degrees);
 
 }  // namespace smoe

@@ -1,5 +1,6 @@
 #include "moe/dispatch/all_to_all.h"
 
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -55,9 +56,9 @@ StatusOr<std::unique_ptr<RowExchanger>> RowExchanger::Create(Communicator* comm,
 
 RowExchanger::~RowExchanger() = default;
 
-Status RowExchanger::Exchange(ExecContext& ctx, AllToAllAlgorithm algorithm,
-                              const TensorView& send, std::span<const int64_t> send_rows,
-                              const TensorView& recv, std::span<const int64_t> recv_rows) {
+Status RowExchanger::CheckArguments(const TensorView& send, std::span<const int64_t> send_rows,
+                                    const TensorView& recv,
+                                    std::span<const int64_t> recv_rows) const {
   MOE_RETURN_IF_ERROR(CheckRows("send", send));
   MOE_RETURN_IF_ERROR(CheckRows("recv", recv));
   if (recv.dtype() != send.dtype()) {
@@ -69,7 +70,14 @@ Status RowExchanger::Exchange(ExecContext& ctx, AllToAllAlgorithm algorithm,
   }
   const int w = comm_->size();
   MOE_RETURN_IF_ERROR(CheckSegmentCounts("send_rows", send_rows, w, send.dim(0)));
-  MOE_RETURN_IF_ERROR(CheckSegmentCounts("recv_rows", recv_rows, w, recv.dim(0)));
+  return CheckSegmentCounts("recv_rows", recv_rows, w, recv.dim(0));
+}
+
+Status RowExchanger::Exchange(ExecContext& ctx, AllToAllAlgorithm algorithm,
+                              const TensorView& send, std::span<const int64_t> send_rows,
+                              const TensorView& recv, std::span<const int64_t> recv_rows) {
+  MOE_RETURN_IF_ERROR(CheckArguments(send, send_rows, recv, recv_rows));
+  const int w = comm_->size();
   if (algorithm == AllToAllAlgorithm::kTwoDimHierarchical && node_size_ > 1 && node_size_ < w) {
     return ExchangeTwoDim(ctx, send, send_rows, recv, recv_rows);
   }
@@ -80,6 +88,41 @@ Status RowExchanger::Exchange(ExecContext& ctx, AllToAllAlgorithm algorithm,
     recv_elems[r] = recv_rows[r] * width;
   }
   return comm_->AllToAllV(ctx, send, send_elems, recv, recv_elems);
+}
+
+StatusOr<int64_t> RowExchanger::Start(ExecContext& ctx, AllToAllAlgorithm algorithm,
+                                      const TensorView& send, std::span<const int64_t> send_rows,
+                                      const TensorView& recv, std::span<const int64_t> recv_rows) {
+  MOE_RETURN_IF_ERROR(CheckArguments(send, send_rows, recv, recv_rows));
+  if (!comm_->CallableFromAnotherThread()) {
+    MOE_RETURN_IF_ERROR(Exchange(ctx, algorithm, send, send_rows, recv, recv_rows));
+    return int64_t{-1};
+  }
+  if (lane_ == nullptr) lane_ = std::make_unique<CommLane>();
+  MOE_ASSIGN_OR_RETURN(
+      const int64_t ticket,
+      lane_->Submit(ctx, [this, algorithm, send, recv,
+                          sends = std::vector<int64_t>(send_rows.begin(), send_rows.end()),
+                          recvs = std::vector<int64_t>(recv_rows.begin(), recv_rows.end())](
+                             ExecContext& lane_ctx) {
+        return Exchange(lane_ctx, algorithm, send, sends, recv, recvs);
+      }));
+  if (overlap_) return ticket;
+  MOE_RETURN_IF_ERROR(lane_->Wait(ctx, ticket));
+  return int64_t{-1};
+}
+
+Status RowExchanger::Finish(ExecContext& ctx, int64_t exchange) {
+  if (exchange < 0) return absl::OkStatus();  // ran in Start
+  if (lane_ == nullptr) {
+    return absl::NotFoundError(absl::StrCat("RowExchanger::Finish: exchange ", exchange,
+                                            " was never started"));
+  }
+  return lane_->Wait(ctx, exchange);
+}
+
+void RowExchanger::FinishAll(ExecContext& ctx) {
+  if (lane_ != nullptr) lane_->Drain(ctx);
 }
 
 // 2dh, on W = M * n ranks (M nodes of n consecutive ranks; rank (a, l) = a * n + l).

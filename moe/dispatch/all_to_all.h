@@ -14,6 +14,7 @@
 #include <memory>
 #include <span>
 
+#include "runtime/comm/comm_lane.h"
 #include "runtime/comm/communicator.h"
 #include "runtime/core/status.h"
 #include "runtime/device/exec_context.h"
@@ -30,7 +31,7 @@ absl::string_view AllToAllAlgorithmName(AllToAllAlgorithm algorithm);
 
 // Exchanges row segments over one communicator. Holds the sub-groups 2dh needs (created on its
 // first 2dh exchange: a collective, so every rank must pick the same algorithm, which the layout
-// contract guarantees). Not thread-safe.
+// contract guarantees). Not thread-safe: one thread calls it (its communication lane is internal).
 class RowExchanger {
  public:
   // `comm` outlives the exchanger. node_size divides comm.size() (1 or W: 2dh equals flat).
@@ -47,6 +48,28 @@ class RowExchanger {
                                 const TensorView& send, std::span<const int64_t> send_rows,
                                 const TensorView& recv, std::span<const int64_t> recv_rows);
 
+  // Pipelined exchanges (the chunks of a d > 1 mode). Start checks the arguments as Exchange does,
+  // then runs the exchange on the exchanger's communication lane (runtime/comm/comm_lane.h: a
+  // thread, and on CUDA its own stream ordered after the work enqueued on ctx so far) while the
+  // caller goes on, and returns its id for Finish. Until Finish returns, send is not written and
+  // recv is neither read nor written by the caller. Exchanges run in the order they were started,
+  // one at a time; between Start and the last Finish the caller makes no other call on this
+  // exchanger's communicator (or its sub-groups). Finish waits for the exchange and returns its
+  // status (on CUDA ctx's stream then waits for it). FinishAll waits for every exchange started
+  // and not finished, dropping their results (before their buffers are freed on an error path).
+  // With set_overlap(false) Start waits for the exchange it started (the same lane, the same
+  // waiting, no overlap: what overlap saves is the difference); with a communicator that only its
+  // own thread may call it runs the exchange itself. The results are the same, bit for bit.
+  [[nodiscard]] StatusOr<int64_t> Start(ExecContext& ctx, AllToAllAlgorithm algorithm,
+                                        const TensorView& send, std::span<const int64_t> send_rows,
+                                        const TensorView& recv,
+                                        std::span<const int64_t> recv_rows);
+  [[nodiscard]] Status Finish(ExecContext& ctx, int64_t exchange);
+  void FinishAll(ExecContext& ctx);
+  // Whether Start returns before the exchange is done (default true).
+  void set_overlap(bool overlap) { overlap_ = overlap; }
+  bool overlap() const { return overlap_ && comm_->CallableFromAnotherThread(); }
+
   Communicator& comm() const { return *comm_; }
   int node_size() const { return node_size_; }
 
@@ -57,11 +80,17 @@ class RowExchanger {
   [[nodiscard]] Status ExchangeTwoDim(ExecContext& ctx, const TensorView& send,
                                       std::span<const int64_t> send_rows, const TensorView& recv,
                                       std::span<const int64_t> recv_rows);
+  // Exchange's argument checks.
+  [[nodiscard]] Status CheckArguments(const TensorView& send, std::span<const int64_t> send_rows,
+                                      const TensorView& recv,
+                                      std::span<const int64_t> recv_rows) const;
 
   Communicator* comm_;
   int node_size_;
   std::unique_ptr<Communicator> intra_node_;  // ranks of this node, by local index
   std::unique_ptr<Communicator> inter_node_;  // ranks with this local index, by node
+  bool overlap_ = true;
+  std::unique_ptr<CommLane> lane_;  // created on the first overlapped Start
 };
 
 // The Communicator::Split arguments of the 2dh sub-groups of `rank` in a group of `world` ranks,

@@ -4,6 +4,11 @@
 // Buffers are contiguous tensors on the device the implementation expects (host tensors for the
 // single-rank and MPI communicators; device tensors for NCCL, which arrives with the distributed
 // work). Collectives are blocking for host buffers and stream-ordered on ctx for device buffers.
+//
+// Faults. A rank that dies or stalls must not hang the others: the MPI communicator's collectives
+// run under the process's CollectiveWatchdog (collective_watchdog.h), which ends the process with
+// an error naming the collective once one has waited CollectiveTimeoutSeconds(); mpirun then ends
+// the other ranks.
 #pragma once
 
 #include <cstdint>
@@ -43,7 +48,17 @@ class Communicator {
   // Collective over this group: the sub-group of the ranks that pass the same `color`, ranked by
   // (key, rank in this group). The result lives independently of this communicator.
   [[nodiscard]] virtual StatusOr<std::unique_ptr<Communicator>> Split(int color, int key) = 0;
+  // Whether another thread may call the collectives, one thread at a time (a communication
+  // thread: runtime/comm/comm_lane.h). MPI: when MPI provides MPI_THREAD_SERIALIZED or more.
+  virtual bool CallableFromAnotherThread() const { return true; }
 };
+
+// The collective timeout of the MPI communicator, process-wide: seconds a collective waits for
+// the other ranks before the process exits with an error naming it; 0 = wait forever. Default 60,
+// or the environment variable SMOE_COLLECTIVE_TIMEOUT_S when set (read once, at the first use).
+double CollectiveTimeoutSeconds();
+// Sets it (seconds >= 0; InvalidArgument naming "collective timeout" otherwise).
+[[nodiscard]] Status SetCollectiveTimeoutSeconds(double seconds);
 
 // InvalidArgument unless `counts` has `ranks` non-negative entries summing to `numel`; `name`
 // names the argument (shared validation of AllToAllV's counts).

@@ -40,7 +40,8 @@ Status NcclStatus(ncclResult_t result, absl::string_view what) {
 using Clock = std::chrono::steady_clock;
 
 std::chrono::milliseconds TimeoutOf(const NcclOptions& options) {
-  const double seconds = options.timeout_s > 0 ? options.timeout_s : 600.0;
+  // No timeout: a deadline no run reaches (a year).
+  const double seconds = options.timeout_s > 0 ? options.timeout_s : 365.0 * 24 * 3600;
   return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000.0));
 }
 
@@ -55,7 +56,7 @@ Status Finish(ncclComm_t comm, ncclResult_t result, absl::string_view what,
       ncclCommAbort(comm);
       return absl::DeadlineExceededError(
           absl::StrCat(what, ": not done after ", timeout.count() / 1000.0,
-                       " s (parallel.comm_timeout_s): a rank died or stalled; aborted"));
+                       " s (parallel.collective_timeout_s): a rank died or stalled; aborted"));
     }
     std::this_thread::yield();
     if (ncclCommGetAsyncError(comm, &result) != ncclSuccess) break;

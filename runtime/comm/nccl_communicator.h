@@ -38,8 +38,8 @@ struct NcclOptions {
   // Seconds a collective (or the communicator's creation) may take before this rank gives up on a
   // dead or stalled peer: the communicator is aborted (ncclCommAbort) and this and every later call
   // fail with DeadlineExceeded. An asynchronous NCCL error (a peer's connection lost) aborts at
-  // once, with NCCL's message. <= 0 means 600.
-  double timeout_s = 600.0;
+  // once, with NCCL's message. <= 0: no timeout (errors still abort).
+  double timeout_s = 60.0;
 };
 
 // A communicator over the ranks of `bootstrap` (same ranks, same order) on CUDA device

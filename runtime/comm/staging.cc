@@ -106,6 +106,7 @@ class StagingComm final : public Communicator {
   }
 
   Status Barrier() override { return inner_->Barrier(); }
+  bool CallableFromAnotherThread() const override { return inner_->CallableFromAnotherThread(); }
 
   StatusOr<std::unique_ptr<Communicator>> Split(int color, int key) override {
     MOE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> sub, inner_->Split(color, key));

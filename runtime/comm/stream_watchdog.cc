@@ -59,7 +59,7 @@ void StreamWatchdog::Run() {
       const double seconds = std::chrono::duration<double>(timeout_).count();
       GiveUp(absl::DeadlineExceededError(absl::StrCat(
           "a collective did not finish within ", seconds,
-          " s (parallel.comm_timeout_s): a rank died or stalled; the communicator was aborted")));
+          " s (parallel.collective_timeout_s): a rank died or stalled; the communicator was aborted")));
     }
   }
 }

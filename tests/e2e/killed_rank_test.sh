@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # A rank of a 4-rank `mpirun sigma-moe-train` run dies (SIGKILL) in the middle of training: every
 # rank must exit, non-zero, within 60 s of the kill, and so must mpirun. Prints the measured times.
+# Mode `stall` (third argument): the rank is stopped (SIGSTOP) instead, so mpirun sees nothing
+# wrong; with parallel.collective_timeout_s=3 the others must exit within the timeout (plus 20 s
+# of slack for a loaded machine) with an error that names the collective they waited in, and then
+# the whole job ends (mpirun ends the stopped rank).
 # How a rank's exit is seen: a wrapper records each rank's pid and execs sigma-moe-train, and the
 # script polls the pids. Rank 1 is the one killed. A rank's exit status goes to mpirun, its parent;
-# to see it here each rank is traced with `strace -e trace=none` (signals and the exit only), which
-# prints "+++ exited with N +++" or "+++ killed by SIG... +++". Without strace (or when it cannot
-# attach) the survivors count as non-zero when mpirun exits non-zero and rank 0 never printed the
+# to see it here each rank is traced with `strace -q -e trace=none` (signals and the exit only),
+# which prints "+++ exited with N +++" or "+++ killed by SIG... +++". Without strace (or when it
+# cannot attach) the survivors count as non-zero when mpirun exits non-zero and rank 0 never printed the
 # summary line with which a run that succeeds ends ("sigma-moe-train: done|stopped at step").
-# usage: killed_rank_test.sh path/to/sigma-moe-train path/to/mpirun
+# usage: killed_rank_test.sh path/to/sigma-moe-train path/to/mpirun [kill|stall]
 set -euo pipefail
 bin=$1
 mpirun=$2
+mode=${3:-kill}
+case "$mode" in
+  kill) signal=KILL; timeout_args=() ;;
+  stall) signal=STOP; timeout_args=(--set parallel.collective_timeout_s=3) ;;
+  *) echo "unknown mode $mode (kill or stall)"; exit 2 ;;
+esac
 work=$(mktemp -d)
 mpirun_pid=
 cleanup() {
@@ -53,7 +63,8 @@ chmod +x "$work/rank.sh"
   --set attention.d_aug=32 --set moe.num_experts=4 --set moe.ffn_dim=16 \
   --set "moe.topk_schedule=[]" --set train.batch_size=4 --set train.seq_len=32 \
   --set train.steps=100000 --set train.eval_interval=0 --set data.synthetic_size=50000 \
-  --set checkpoint.interval=0 --set checkpoint.dir="\"$work/ckpt\"" > "$work/mpirun.log" 2>&1 &
+  --set checkpoint.interval=0 --set checkpoint.dir="\"$work/ckpt\"" "${timeout_args[@]}" \
+  > "$work/mpirun.log" 2>&1 &
 mpirun_pid=$!
 
 # Wait (up to 60 s) until all ranks train: 3 steps in rank 0's metrics.
@@ -74,7 +85,7 @@ traced=0
 if command -v strace > /dev/null; then
   traced=1
   for r in $(seq 0 $((ranks - 1))); do
-    strace -qq -e trace=none -o "$work/rank$r.strace" -p "${pids[r]}" 2> "$work/strace$r.err" &
+    strace -q -e trace=none -o "$work/rank$r.strace" -p "${pids[r]}" 2> "$work/strace$r.err" &
   done
   sleep 1  # let the tracers attach
   for r in $(seq 0 $((ranks - 1))); do
@@ -84,10 +95,11 @@ if command -v strace > /dev/null; then
     fi
   done
 fi
-echo "training on $ranks ranks (pids ${pids[*]}) at step $(wc -l < "$work/ckpt/metrics.jsonl"); killing rank 1"
+echo "training on $ranks ranks (pids ${pids[*]}) at step $(wc -l < "$work/ckpt/metrics.jsonl");" \
+  "SIG$signal to rank 1"
 
 t0=$(now_ms)
-kill -9 "${pids[1]}"
+kill -"$signal" "${pids[1]}"
 gone_ms=()  # per rank: ms from the kill until its process was gone
 mpirun_ms=
 while :; do
@@ -111,7 +123,7 @@ mpirun_pid=
 
 fmt() { if [ -n "$1" ]; then printf '%d.%03d s' $(($1 / 1000)) $(($1 % 1000)); else echo "still running"; fi; }
 within() { [ -n "$1" ] && [ "$1" -le $((limit_s * 1000)) ]; }
-echo "after the kill of rank 1:"
+echo "after SIG$signal to rank 1:"
 last_ms=0
 for r in $(seq 0 $((ranks - 1))); do
   echo "  rank $r gone in $(fmt "${gone_ms[r]:-}")"
@@ -123,6 +135,17 @@ for r in $(seq 0 $((ranks - 1))); do
   check "rank $r exits within ${limit_s} s" within "${gone_ms[r]:-}"
 done
 check "mpirun exits within ${limit_s} s" within "$mpirun_ms"
+if [ "$mode" = stall ]; then
+  # The survivors, not mpirun, end a stall: within the 3 s timeout, with slack for a loaded machine.
+  for r in 0 2 3; do
+    check "rank $r exits within the collective timeout + 20 s" \
+      bash -c "[ -n '${gone_ms[r]:-}' ] && [ '${gone_ms[r]:-0}' -le 23000 ]"
+  done
+  check "a rank's error names the collective it waited in" \
+    grep -Eq 'rank [0-9] of 4: [A-Za-z]+ \(MPI_[A-Za-z_]+\) on a group of [0-9]+ ranks .*within 3 s' \
+    "$work/mpirun.log"
+  grep -E 'did not complete within' "$work/mpirun.log" | head -3 || true
+fi
 check "mpirun exits non-zero" test "$mpirun_rc" -ne 0
 check "rank 0 did not end as a successful run" \
   bash -c "! grep -Eq 'sigma-moe-train: (done|stopped) at step' '$work/mpirun.log'"

@@ -306,9 +306,9 @@ void ValidateParallel(const proto::ParallelConfig& parallel, Checker& check) {
   const std::string& comm = parallel.comm();
   check.Require(comm.empty() || comm == "auto" || comm == "nccl" || comm == "staged",
                 "parallel.comm", absl::StrCat("\"", comm, "\""), "\"auto\", \"nccl\" or \"staged\"");
-  check.Require(parallel.comm_timeout_s() >= 0 && std::isfinite(parallel.comm_timeout_s()),
-                "parallel.comm_timeout_s", absl::StrCat(parallel.comm_timeout_s()),
-                "finite and >= 0 (0 = 600)");
+  check.Require(std::isfinite(parallel.collective_timeout_s()), "parallel.collective_timeout_s",
+                absl::StrCat(parallel.collective_timeout_s()),
+                "seconds (0 = the default 60, < 0 = none)");
 }
 
 }  // namespace

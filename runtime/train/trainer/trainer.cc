@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "moe/adapt/controller.h"
 #include "runtime/comm/communicator.h"
 #include "runtime/comm/staged_communicator.h"
@@ -346,6 +347,9 @@ class Trainer {
 
 Status Trainer::Setup() {
   MOE_ASSIGN_OR_RETURN(host_comm_, WorldCommunicator());
+  if (const double timeout_s = config_.parallel().collective_timeout_s(); timeout_s != 0) {
+    MOE_RETURN_IF_ERROR(SetCollectiveTimeoutSeconds(std::max(0.0, timeout_s)));
+  }
   comm_ = host_comm_;
   world_ = comm_->size();
   rank_ = comm_->rank();
@@ -436,7 +440,7 @@ Status Trainer::ConnectDevices() {
   } else {
 #if MOE_WITH_NCCL
     NcclOptions options;
-    options.timeout_s = config_.parallel().comm_timeout_s();
+    options.timeout_s = CollectiveTimeoutSeconds();  // parallel.collective_timeout_s
     MOE_ASSIGN_OR_RETURN(device_comm_, CreateNcclCommunicator(*host_comm_, device_.index, options));
 #endif
   }
@@ -609,10 +613,18 @@ Status Trainer::MeanOverRanks(std::vector<double>* values) {
 }
 
 Status Trainer::ChooseModes() {
+  std::vector<int> layers;
+  std::vector<int64_t> loads;
   for (int l = 0; l < config_.model().num_layers(); ++l) {
     if (!model_->is_moe_layer(l)) continue;
-    MOE_ASSIGN_OR_RETURN(const int64_t bucket, AgreedCapacityBucket(comm_, prev_max_rows_[l]));
-    keys_[l] = AdaptKey{l, bucket, model_->TopK(l)};
+    layers.push_back(l);
+    loads.push_back(prev_max_rows_[l]);
+  }
+  // One collective for every layer's capacity bucket.
+  MOE_ASSIGN_OR_RETURN(const std::vector<int64_t> buckets, AgreedCapacityBuckets(comm_, loads));
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const int l = layers[i];
+    keys_[l] = AdaptKey{l, buckets[i], model_->TopK(l)};
     MOE_ASSIGN_OR_RETURN(const ParallelMode mode, controller_->Choose(keys_[l]));
     model_->SetParallelMode(l, mode, /*measure=*/controller_->Measuring(keys_[l]));
   }
@@ -751,11 +763,12 @@ void Trainer::WriteMetrics(const StepResult& result, double lr, double tokens_pe
                     absl::StrFormat("{\"layer\": %d, \"top_k\": %d, \"max_rel_dev\": %.4f, "
                                     "\"min_rel_dev\": %.4f, \"dead_experts\": %d, "
                                     "\"entropy_mean_p\": %.4f, \"lbl\": %.6g, \"z_loss\": %.6g, "
-                                    "\"top1_lbl\": %.6g, \"aux_total\": %.6g%s}",
+                                    "\"top1_lbl\": %.6g, \"aux_total\": %.6g%s, "
+                                    "\"tokens_per_expert\": [%s]}",
                                     l, model_->TopK(static_cast<int>(l)), st.max_rel_dev,
                                     st.min_rel_dev, st.dead_experts, st.entropy_mean_p, a.lbl,
                                     a.z_loss, a.top1_lbl, a.total,
-                                    mode));
+                                    mode, absl::StrJoin(st.tokens_per_expert, ", ")));
     first = false;
   }
   absl::StrAppend(&line, "]}\n");
@@ -934,21 +947,8 @@ ModelSpec SpecFromConfig(const proto::RunConfig& config, DType dtype) {
 }
 
 std::vector<ParallelMode> ParallelCandidates(int world, int node_size, int shards) {
-  std::vector<int> slices;  // r >= 1: the divisors of s
-  for (int r = 1; r <= std::max(1, shards); ++r) {
-    if (shards % r == 0) slices.push_back(r);
-  }
-  std::vector<ParallelMode> out = {{0, 1, AllToAllAlgorithm::kFlat}};
-  std::vector<AllToAllAlgorithm> algorithms = {AllToAllAlgorithm::kFlat};
-  if (node_size > 1 && node_size < world) {
-    algorithms.push_back(AllToAllAlgorithm::kTwoDimHierarchical);
-  }
-  for (AllToAllAlgorithm algorithm : algorithms) {
-    for (int r : slices) {
-      for (int d : {1, 2}) out.push_back({r, d, algorithm});
-    }
-  }
-  return out;
+  constexpr int kPipelineDegrees[] = {1, 2};
+  return CandidateModes(world, node_size, shards, kPipelineDegrees);
 }
 
 double LearningRateAt(const proto::TrainConfig& train, int64_t step) {

@@ -61,6 +61,10 @@ TEST(AdaptiveControllerMpiTest, DifferentLocalTimesGiveIdenticalChoicesOnEveryRa
   // The local load differs per rank; the agreed bucket must not.
   MOE_ASSERT_OK_AND_ASSIGN(const int64_t bucket, AgreedCapacityBucket(comm, 10 + 40 * comm->rank()));
   EXPECT_EQ(bucket, CapacityBucket(10 + 40 * (comm->size() - 1)));
+  // Several layers' loads in one collective: each the maximum of its own column.
+  const std::vector<int64_t> loads = {10 + 40 * comm->rank(), 1000 - comm->rank(), 0};
+  MOE_ASSERT_OK_AND_ASSIGN(const std::vector<int64_t> buckets, AgreedCapacityBuckets(comm, loads));
+  EXPECT_EQ(buckets, (std::vector<int64_t>{bucket, CapacityBucket(1000), 0}));
   const std::vector<AdaptKey> keys = {{0, bucket, 2}, {1, bucket, 2}, {1, bucket + 1, 2}};
   const int steps = 3 * 8 * 3 + 30;
   for (int step = 0; step < steps; ++step) {

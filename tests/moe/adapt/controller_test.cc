@@ -573,5 +573,53 @@ TEST(AdaptiveControllerTest, SummaryListsEveryKey) {
   EXPECT_THAT(summary, HasSubstr("[exploring, 1 reports]"));
 }
 
+TEST(AdaptiveControllerTest, APriorPrunesTheCandidatesItMeasures) {
+  FakeCommunicator comm(0, 1);
+  MOE_ASSERT_OK_AND_ASSIGN(auto ctl, AdaptiveController::Create({.trials = 2,
+                                                                 .warmup = 1,
+                                                                 .explore_at_most = 2,
+                                                                 .explore_within = 1.5},
+                                                                Candidates(), &comm));
+  // Predicted: r1.d1.flat 10, r1.d2.flat 12, r0.d1.flat 30 (beyond 1.5 x 10), r1.d1.2dh 11.
+  // At most 2: r1.d1.flat and r1.d1.2dh; for key 1 everything is within 1.5 x, still only 2.
+  int prior_calls = 0;
+  ctl->SetPrior([&](const AdaptKey& key) {
+    ++prior_calls;
+    return key.layer == 0 ? std::vector<double>{10, 12, 30, 11}
+                          : std::vector<double>{20, 19, 21, 22};
+  });
+  CostModel costs(5);
+  const AdaptKey k0{0, 9, 1}, k1{1, 9, 1};
+  // The truth: r1.d2.flat is fastest for key 0, but the prior ruled it out there.
+  costs.Set(k0, {8.0, 5.0, 20.0, 7.0});
+  costs.Set(k1, {8.0, 5.0, 20.0, 7.0});
+  std::map<int, int> r0, r1;
+  for (int step = 0; step < 2 * 3; ++step) Step(*ctl, costs, k0, &r0);
+  for (int step = 0; step < 2 * 3; ++step) Step(*ctl, costs, k1, &r1);
+  EXPECT_EQ(r0, (std::map<int, int>{{0, 3}, {3, 3}}));
+  EXPECT_EQ(r1, (std::map<int, int>{{0, 3}, {1, 3}}));
+  EXPECT_FALSE(ctl->Measuring(k0));
+  EXPECT_EQ(Step(*ctl, costs, k0), 3);  // the best of the two measured
+  EXPECT_EQ(Step(*ctl, costs, k1), 1);
+  EXPECT_EQ(prior_calls, 2);
+  for (const AdaptDecision& d : ctl->Decisions()) EXPECT_EQ(d.explored, 2);
+
+  // A prior of the wrong size prunes nothing.
+  MOE_ASSERT_OK_AND_ASSIGN(auto all, AdaptiveController::Create({.explore_at_most = 1},
+                                                                Candidates(), &comm));
+  all->SetPrior([](const AdaptKey&) { return std::vector<double>{1.0}; });
+  std::map<int, int> every;
+  for (int step = 0; step < 4 * 3; ++step) Step(*all, costs, k0, &every);
+  EXPECT_EQ(every.size(), 4u);
+}
+
+TEST(AdaptiveControllerTest, CreateValidatesThePriorLimits) {
+  FakeCommunicator comm(0, 1);
+  EXPECT_THAT(AdaptiveController::Create({.explore_at_most = -1}, Candidates(), &comm),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("adapt.explore_at_most")));
+  EXPECT_THAT(AdaptiveController::Create({.explore_within = 0.5}, Candidates(), &comm),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("adapt.explore_within")));
+}
+
 }  // namespace
 }  // namespace smoe

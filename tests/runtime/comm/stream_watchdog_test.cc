@@ -73,7 +73,7 @@ TEST(StreamWatchdogTest, ACollectiveThatNeverFinishesAbortsAfterTheTimeout) {
   EXPECT_GE(waited, 0.15);
   EXPECT_LT(waited, 2.0);
   EXPECT_THAT(watchdog.status(), StatusIs(absl::StatusCode::kDeadlineExceeded,
-                                          HasSubstr("parallel.comm_timeout_s")));
+                                          HasSubstr("parallel.collective_timeout_s")));
   // The next collective fails at once; the abort happened once.
   EXPECT_THAT(watchdog.Watch([] { return true; }),
               StatusIs(absl::StatusCode::kDeadlineExceeded, HasSubstr("aborted")));
