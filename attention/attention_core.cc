@@ -82,9 +82,9 @@ size_t SdpaGraphKeyHash::operator()(const SdpaGraphKey& key) const {
   auto mix = [&h](int64_t v) {
     h ^= std::hash<int64_t>()(v) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
   };
-  for (int64_t v : {int64_t{key.device}, static_cast<int64_t>(key.pass),
-                    static_cast<int64_t>(key.dtype), key.batch, key.seq, key.n_q, key.n_k,
-                    key.n_v, key.head_dim}) {
+  for (int64_t v :
+       {int64_t{key.device}, static_cast<int64_t>(key.pass), static_cast<int64_t>(key.dtype),
+        key.batch, key.seq, key.n_q, key.n_k, key.n_v, key.head_dim}) {
     mix(v);
   }
   return h;
@@ -142,10 +142,10 @@ Status AttentionBackward(ExecContext& ctx, const TensorView& q, const TensorView
   if (q.empty()) return absl::OkStatus();
   if (ctx.device().is_cuda()) {
     if (UseCudnn(d, q.dtype())) {
-      MOE_ASSIGN_OR_RETURN(const bool ran, internal::AttentionBackwardCudnn(
-                                               ctx, d, q.data(), k.data(), v.data(), out.data(),
-                                               lse.data<float>(), dout.data(), dq.data(),
-                                               dk.data(), dv.data()));
+      MOE_ASSIGN_OR_RETURN(const bool ran,
+                           internal::AttentionBackwardCudnn(
+                               ctx, d, q.data(), k.data(), v.data(), out.data(), lse.data<float>(),
+                               dout.data(), dq.data(), dk.data(), dv.data()));
       if (ran) return absl::OkStatus();
     }
     return internal::AttentionBackwardCuda(ctx, d, q.dtype(), q.data(), k.data(), v.data(),
@@ -171,9 +171,9 @@ StatusOr<bool> AttentionForwardCudnn(ExecContext&, const AttentionDims&, const v
                                      const void*, void*, float*) {
   return false;
 }
-StatusOr<bool> AttentionBackwardCudnn(ExecContext&, const AttentionDims&, const void*,
-                                      const void*, const void*, const void*, const float*,
-                                      const void*, void*, void*, void*) {
+StatusOr<bool> AttentionBackwardCudnn(ExecContext&, const AttentionDims&, const void*, const void*,
+                                      const void*, const void*, const float*, const void*, void*,
+                                      void*, void*) {
   return false;
 }
 }  // namespace internal

@@ -160,8 +160,7 @@ class SdpaGraphCache {
 [[nodiscard]] StatusOr<bool> AttentionBackwardCudnn(ExecContext& ctx, const AttentionDims& dims,
                                                     const void* q, const void* k, const void* v,
                                                     const void* out, const float* lse,
-                                                    const void* dout, void* dq, void* dk,
-                                                    void* dv);
+                                                    const void* dout, void* dq, void* dk, void* dv);
 [[nodiscard]] Status AttentionForwardCuda(ExecContext& ctx, const AttentionDims& dims, DType dtype,
                                           const void* q, const void* k, const void* v, void* out,
                                           float* lse);

@@ -101,9 +101,7 @@ std::shared_ptr<Graph> NewGraph() {
   return graph;
 }
 
-float Scale(const SdpaGraphKey& key) {
-  return 1.0f / std::sqrt(static_cast<float>(key.head_dim));
-}
+float Scale(const SdpaGraphKey& key) { return 1.0f / std::sqrt(static_cast<float>(key.head_dim)); }
 
 // Validates the graph and builds its plans (heuristics mode A); an error is a decline.
 Status Finish(Graph& graph, cudnnHandle_t handle) {
@@ -172,10 +170,10 @@ StatusOr<std::shared_ptr<Graph>> GraphFor(const SdpaGraphKey& key, cudnnHandle_t
       &declined_now, &reason);
   if (declined_now) {
     MOE_LOG(WARNING) << "cuDNN declines the attention "
-                     << (key.pass == AttentionPass::kForward ? "forward" : "backward") << " for B="
-                     << key.batch << " S=" << key.seq << " n_q=" << key.n_q << " n_k=" << key.n_k
-                     << " n_v=" << key.n_v << " D=" << key.head_dim << " (" << reason.message()
-                     << "); that shape runs our attention kernels";
+                     << (key.pass == AttentionPass::kForward ? "forward" : "backward")
+                     << " for B=" << key.batch << " S=" << key.seq << " n_q=" << key.n_q
+                     << " n_k=" << key.n_k << " n_v=" << key.n_v << " D=" << key.head_dim << " ("
+                     << reason.message() << "); that shape runs our attention kernels";
   }
   return graph;
 }
@@ -214,10 +212,15 @@ StatusOr<bool> AttentionBackwardCudnn(ExecContext& ctx, const AttentionDims& dim
                                       const void* k, const void* v, const void* out,
                                       const float* lse, const void* dout, void* dq, void* dk,
                                       void* dv) {
-  std::unordered_map<int64_t, void*> pack = {
-      {kQ, Mutable(q)},      {kK, Mutable(k)},     {kV, Mutable(v)}, {kO, Mutable(out)},
-      {kStats, Mutable(lse)}, {kDO, Mutable(dout)}, {kDQ, dq},        {kDK, dk},
-      {kDV, dv}};
+  std::unordered_map<int64_t, void*> pack = {{kQ, Mutable(q)},
+                                             {kK, Mutable(k)},
+                                             {kV, Mutable(v)},
+                                             {kO, Mutable(out)},
+                                             {kStats, Mutable(lse)},
+                                             {kDO, Mutable(dout)},
+                                             {kDQ, dq},
+                                             {kDK, dk},
+                                             {kDV, dv}};
   return Execute(ctx, AttentionPass::kBackward, dims, pack);
 }
 

@@ -26,7 +26,6 @@
 #include "bench/ceilings.h"
 #include "runtime/tensor/tensor_ops.h"
 
-
 namespace smoe {
 namespace {
 
@@ -77,7 +76,7 @@ void BenchTrain(ExecContext& ctx, int64_t B, int64_t S, DType dtype, int iters,
     return AttentionBackward(ctx, q, k, v, out, lse, dout, dq, dk, dv);
   });
   SetCudaAttentionKernelsOnly(false);
-  const char* path = ctx.device().is_cpu() ? "cpu"
+  const char* path = ctx.device().is_cpu()                         ? "cpu"
                      : internal::CudnnAttentionRuns() > cudnn_runs ? "cudnn"
                                                                    : "kernels";
   // Causal: half of the S x S scores. Forward 2 GEMMs, backward 5 (one recomputes the scores).
@@ -150,7 +149,8 @@ int Main(int argc, char** argv) {
   if (internal::CudnnAttentionBuilt()) {  // our kernels on the same problem, for comparison
     BenchTrain(**ctx, 4, 4096, DType::kBF16, iters > 0 ? iters : 3, /*kernels_only=*/true);
   }
-  for (int64_t cache : {8192, 32768}) BenchDecode(**ctx, 4, cache, DType::kBF16, iters > 0 ? iters : 100);
+  for (int64_t cache : {8192, 32768})
+    BenchDecode(**ctx, 4, cache, DType::kBF16, iters > 0 ? iters : 100);
   return 0;
 }
 

@@ -35,10 +35,11 @@ Status Main(int argc, char** argv) {
   const int64_t bytes = gpu ? (int64_t{1} << 30) : (int64_t{256} << 20);
   if (iters <= 0) iters = gpu ? 20 : 3;
   MOE_ASSIGN_OR_RETURN(double tflops, GemmCeilingTflops(*ctx, dtype, n, iters));
-  std::printf("{\"name\": \"gemm_ceiling\", \"device\": \"%s\", \"dtype\": \"%s\", \"n\": %lld, "
-              "\"tflops\": %.2f}\n",
-              device.ToString().c_str(), std::string(DTypeName(dtype)).c_str(),
-              static_cast<long long>(n), tflops);
+  std::printf(
+      "{\"name\": \"gemm_ceiling\", \"device\": \"%s\", \"dtype\": \"%s\", \"n\": %lld, "
+      "\"tflops\": %.2f}\n",
+      device.ToString().c_str(), std::string(DTypeName(dtype)).c_str(), static_cast<long long>(n),
+      tflops);
   MOE_ASSIGN_OR_RETURN(double gbps, CopyCeilingGbps(*ctx, bytes, iters));
   std::printf("{\"name\": \"copy_ceiling\", \"device\": \"%s\", \"bytes\": %lld, \"gbps\": %.1f}\n",
               device.ToString().c_str(), static_cast<long long>(bytes), gbps);

@@ -109,15 +109,21 @@ void Register() {
   if (CudaAvailable()) {
     const Device gpu = Device::Cuda(0);
     benchmark::RegisterBenchmark("gemm/cuda/bf16", BM_Gemm, gpu, DType::kBF16)
-        ->Args({8192, 8192, 8192})->UseManualTime()->Unit(benchmark::kMillisecond);
+        ->Args({8192, 8192, 8192})
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark("gemm/cuda/f32", BM_Gemm, gpu, DType::kF32)
-        ->Args({4096, 4096, 4096})->UseManualTime()->Unit(benchmark::kMillisecond);
+        ->Args({4096, 4096, 4096})
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
     const char* names[] = {"grouped/cuda/bf16/fwd", "grouped/cuda/bf16/dgrad",
                            "grouped/cuda/bf16/wgrad"};
     for (int which = 0; which < 3; ++which) {
       benchmark::RegisterBenchmark(names[which], BM_GroupedGemm, gpu, DType::kBF16, which)
-          ->Args({96, 170, 1536, 768})->Args({96, 683, 1536, 768})
-          ->UseManualTime()->Unit(benchmark::kMillisecond);
+          ->Args({96, 170, 1536, 768})
+          ->Args({96, 683, 1536, 768})
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond);
     }
     // Throughput by rows per group, for the cost model's GEMM table (bench/gemm_table.py turns
     // these lines into adapt_sim's --gemm_table).
@@ -130,11 +136,17 @@ void Register() {
   }
   const Device cpu = Device::Cpu();
   benchmark::RegisterBenchmark("gemm/cpu/f32", BM_Gemm, cpu, DType::kF32)
-      ->Args({512, 512, 512})->UseManualTime()->Unit(benchmark::kMillisecond);
+      ->Args({512, 512, 512})
+      ->UseManualTime()
+      ->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("grouped/cpu/f32/fwd", BM_GroupedGemm, cpu, DType::kF32, 0)
-      ->Args({96, 43, 128, 64})->UseManualTime()->Unit(benchmark::kMillisecond);
+      ->Args({96, 43, 128, 64})
+      ->UseManualTime()
+      ->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("grouped_rows/cpu/f32/fwd", BM_GroupedGemm, cpu, DType::kF32, 0)
-      ->Args({8, 16, 128, 64})->Args({8, 256, 128, 64})->UseManualTime()
+      ->Args({8, 16, 128, 64})
+      ->Args({8, 256, 128, 64})
+      ->UseManualTime()
       ->Unit(benchmark::kMillisecond);
 }
 

@@ -5,9 +5,9 @@
 // On a GPU: M=1536, H=768, E=96, K=1, bf16, T in {16384, 65536} (Sigma-MoE-Tiny's layer), a freshly
 // initialized random router; peak_fraction is against a bf16 8192^3 GEMM measured in the same run.
 // On the CPU: the tiny preset's shape (M=128, H=64, E=96, T=4096, f32), against an f32 GEMM.
-// FLOPs counted: experts 18 * R * M * H (3 matrices; forward 1x, backward 2x), router 6 * T * M * E.
-// The pass is the trainer's: MoEForwardDeferAux (the aux values stay on the device; one host sync,
-// the expert offsets) and MoEBackward accumulating into f32 gradients (in bf16 the grouped
+// FLOPs counted: experts 18 * R * M * H (3 matrices; forward 1x, backward 2x), router 6 * T * M *
+// E. The pass is the trainer's: MoEForwardDeferAux (the aux values stay on the device; one host
+// sync, the expert offsets) and MoEBackward accumulating into f32 gradients (in bf16 the grouped
 // products with bf16 outputs and the fused f32 accumulation, moe/experts/experts.h);
 // "host_syncs" is the count one forward + backward made (budget: 1).
 // Timing: warm-up, then the median of repeated runs (CUDA events on the GPU, steady_clock on CPU).
@@ -22,7 +22,6 @@
 #include "moe/moe_layer.h"
 #include "runtime/blas/gemm.h"
 #include "runtime/tensor/tensor_ops.h"
-
 
 namespace smoe {
 namespace {
@@ -68,7 +67,10 @@ Status RunShape(ExecContext& ctx, const MoELayerConfig& config, int64_t tokens, 
       std::string(DTypeName(config.dtype)).c_str(), ms, tflops, tflops / ceiling_tflops,
       ceiling_tflops, stats.max_rel_dev, static_cast<long long>(dropped),
       static_cast<long long>(host_syncs),
-      !ctx.device().is_cuda() ? "null" : tokens == 16384 ? "0.9" : tokens == 65536 ? "2.8" : "null");
+      !ctx.device().is_cuda() ? "null"
+      : tokens == 16384       ? "0.9"
+      : tokens == 65536       ? "2.8"
+                              : "null");
   std::fflush(stdout);
   return absl::OkStatus();
 }
@@ -110,9 +112,9 @@ Status Main(int argc, char** argv) {
     if (iters == 0) iters = 5;
   }
   if (only_tokens > 0) shapes = {only_tokens};
-  MOE_ASSIGN_OR_RETURN(double ceiling, GemmCeilingTflops(*ctx, config.dtype,
-                                                   device.is_cuda() ? 8192 : 1024,
-                                                   device.is_cuda() ? 10 : 3));
+  MOE_ASSIGN_OR_RETURN(double ceiling,
+                       GemmCeilingTflops(*ctx, config.dtype, device.is_cuda() ? 8192 : 1024,
+                                         device.is_cuda() ? 10 : 3));
   const std::string impl = std::string("sigma-moe/") + (device.is_cuda() ? "cuda/" : "cpu/") +
                            std::string(DTypeName(config.dtype));
   for (int64_t tokens : shapes) {

@@ -19,8 +19,7 @@ inline bool SameConfig(const proto::RunConfig& a, const proto::RunConfig& b, std
   google::protobuf::util::MessageDifferencer differencer;
   differencer.set_field_comparator(&comparator);
   // ConfigToText prints every field, so absent messages come back present but empty.
-  differencer.set_message_field_comparison(
-      google::protobuf::util::MessageDifferencer::EQUIVALENT);
+  differencer.set_message_field_comparison(google::protobuf::util::MessageDifferencer::EQUIVALENT);
   differencer.ReportDifferencesToString(diff);
   return differencer.Compare(a, b);
 }

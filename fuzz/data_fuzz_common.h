@@ -2,8 +2,8 @@
 #pragma once
 
 #include <cstdint>
-#include "absl/strings/string_view.h"
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include "fuzz/fuzz_util.h"
 #include "runtime/train/data/batch_loader.h"
@@ -34,8 +34,8 @@ inline void CheckBatches(const TokenSource& source, const std::vector<int32_t>& 
   const Sampling sampling = (seed >> 32) & 1 ? Sampling::kSequential : Sampling::kRandom;
   const int world = 1 + static_cast<int>((seed >> 40) % 4);
   const int rank = static_cast<int>((seed >> 48) % static_cast<uint64_t>(world));
-  StatusOr<BatchLoader> loader = BatchLoader::Create(&source, batch, seq_len, seed, sampling,
-                                                     rank, world);
+  StatusOr<BatchLoader> loader =
+      BatchLoader::Create(&source, batch, seq_len, seed, sampling, rank, world);
   if (size < seq_len + 1) {
     FUZZ_CHECK(absl::IsInvalidArgument(loader.status())) << loader.status();
     return;

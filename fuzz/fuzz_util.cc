@@ -13,8 +13,7 @@ namespace smoe::fuzz {
 namespace fs = std::filesystem;
 
 void Fail(const char* file, int line, const char* condition, const std::string& detail) {
-  std::fprintf(stderr, "%s:%d: FUZZ_CHECK(%s) failed: %s\n", file, line, condition,
-               detail.c_str());
+  std::fprintf(stderr, "%s:%d: FUZZ_CHECK(%s) failed: %s\n", file, line, condition, detail.c_str());
   std::fflush(stderr);
   std::abort();
 }

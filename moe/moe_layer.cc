@@ -61,8 +61,8 @@ Status RouteAndPermute(ExecContext& ctx, const MoELayerConfig& config, const Ten
   MOE_ASSIGN_OR_RETURN(s.topk_idx, Tensor::Empty({t, k}, DType::kI32, device));
   MOE_ASSIGN_OR_RETURN(s.gates, Tensor::Empty({t, k}, DType::kF32, device));
   const RouterConfig router{config.num_experts, config.top_k, config.renormalize};
-  MOE_RETURN_IF_ERROR(RouterForward(ctx, router, x, w_gate, expert_bias, s.logits, s.probs,
-                                    s.topk_idx, s.gates));
+  MOE_RETURN_IF_ERROR(
+      RouterForward(ctx, router, x, w_gate, expert_bias, s.logits, s.probs, s.topk_idx, s.gates));
   MOE_ASSIGN_OR_RETURN(s.aux_values, Tensor::Empty({kAuxLossValues}, DType::kF32, device));
   MOE_RETURN_IF_ERROR(AuxLossForwardBackwardInto(ctx, config.aux, s.logits, s.probs, s.topk_idx,
                                                  comm != nullptr ? comm : SingleRankCommunicator(),
@@ -77,8 +77,7 @@ Status RouteAndPermute(ExecContext& ctx, const MoELayerConfig& config, const Ten
 
 Status RouterBackwardAddDx(ExecContext& ctx, const MoELayerConfig& config, const TensorView& w_gate,
                            const MoEState& s, const TensorView& dgates, float aux_grad_scale,
-                           const TensorView& dx, const TensorView& dw_gate,
-                           bool accumulate_grads) {
+                           const TensorView& dx, const TensorView& dw_gate, bool accumulate_grads) {
   const int64_t t = s.x.dim(0), m = config.model_dim;
   const Device device = ctx.device();
   MOE_ASSIGN_OR_RETURN(Tensor dx_router, Tensor::Empty({t, m}, config.dtype, device));
@@ -153,8 +152,8 @@ Status MoEBackward(ExecContext& ctx, const MoELayerConfig& config, const MoEPara
                    const MoEGradViews& grads, bool accumulate_grads, float aux_grad_scale) {
   if (!s.valid) return absl::FailedPreconditionError("MoE backward before a successful forward");
   if (s.top_k != config.top_k) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "MoE backward: top_k is ", config.top_k, " but the forward routed with ", s.top_k));
+    return absl::FailedPreconditionError(absl::StrCat("MoE backward: top_k is ", config.top_k,
+                                                      " but the forward routed with ", s.top_k));
   }
   MOE_RETURN_IF_ERROR(CheckParams(config, params, ctx.device()));
   MOE_RETURN_IF_ERROR(CheckGrads(config, grads, ctx.device()));
@@ -206,7 +205,8 @@ Status MoELayer::InitParameters(ExecContext& ctx, uint64_t seed) {
   const float std_hidden = 1.0f / std::sqrt(static_cast<float>(config_.ffn_dim));
   uint64_t offset = 0;
   for (auto [tensor, stddev] : {std::pair<Tensor*, float>{&params_.w_gate, std_in},
-                                {&params_.w1, std_in}, {&params_.w3, std_in},
+                                {&params_.w1, std_in},
+                                {&params_.w3, std_in},
                                 {&params_.w2, std_hidden}}) {
     MOE_RETURN_IF_ERROR(FillNormal(ctx, *tensor, seed, offset, 0.0f, stddev));
     offset += static_cast<uint64_t>(tensor->numel());

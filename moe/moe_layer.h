@@ -32,13 +32,13 @@
 namespace smoe {
 
 struct MoELayerConfig {
-  int64_t model_dim = 0;        // M
-  int64_t ffn_dim = 0;          // H (per expert)
-  int num_experts = 0;          // E
-  int top_k = 1;                // K (may change between steps: SetTopK)
-  bool renormalize = false;     // gates renormalized over the K chosen experts
-  float capacity_factor = 0.0f; // <= 0: dropless
-  DType dtype = DType::kF32;    // activations and expert weights
+  int64_t model_dim = 0;         // M
+  int64_t ffn_dim = 0;           // H (per expert)
+  int num_experts = 0;           // E
+  int top_k = 1;                 // K (may change between steps: SetTopK)
+  bool renormalize = false;      // gates renormalized over the K chosen experts
+  float capacity_factor = 0.0f;  // <= 0: dropless
+  DType dtype = DType::kF32;     // activations and expert weights
   AuxLossConfig aux;
 };
 
@@ -138,7 +138,9 @@ class MoELayer {
                                 bool accumulate_grads = false);
 
   // Routing statistics of the last Forward (host sync).
-  [[nodiscard]] StatusOr<RoutingStats> Stats(ExecContext& ctx) const { return MoEStats(ctx, state_); }
+  [[nodiscard]] StatusOr<RoutingStats> Stats(ExecContext& ctx) const {
+    return MoEStats(ctx, state_);
+  }
   // Rows dropped by capacity in the last Forward.
   int64_t dropped() const { return state_.plan.dropped_host; }
 

@@ -99,10 +99,8 @@ Status PlanExchange(ExecContext& ctx, Communicator& comm, ParallelMoEState& s) {
     // A GPU rank's communicator (NCCL) takes device buffers only, like the rows it exchanges; the
     // copy back is the counts exchange's host sync.
     MOE_ASSIGN_OR_RETURN(Tensor send_on_device, CopyTo(ctx, send_counts, ctx.device()));
-    MOE_ASSIGN_OR_RETURN(Tensor recv_on_device,
-                         Tensor::Empty({w * el}, DType::kI64, ctx.device()));
-    MOE_RETURN_IF_ERROR(
-        comm.AllToAllV(ctx, send_on_device, per_rank, recv_on_device, per_rank));
+    MOE_ASSIGN_OR_RETURN(Tensor recv_on_device, Tensor::Empty({w * el}, DType::kI64, ctx.device()));
+    MOE_RETURN_IF_ERROR(comm.AllToAllV(ctx, send_on_device, per_rank, recv_on_device, per_rank));
     MOE_RETURN_IF_ERROR(Copy(ctx, recv_on_device, recv_counts));
   }
   const int64_t* sent = send_counts.data<int64_t>();
@@ -243,9 +241,9 @@ Status GatherSlices(ExecContext& ctx, const MoELayerConfig& config, const MoEPar
 // The inverse of GatherSlices for f32 gradients: the slice gradients [X, M, u * H_s] and
 // [X, u * H_s, M] of every rank of s.slice_group, summed over it, scattered to this rank's shard
 // (overwriting local_grads, or added to them).
-Status ScatterSliceGrads(ExecContext& ctx, const MoELayerConfig& config,
-                         const ParallelMoEState& s, int u, const TensorView (&sliced)[3],
-                         const MoEGradViews& local_grads, bool accumulate_grads) {
+Status ScatterSliceGrads(ExecContext& ctx, const MoELayerConfig& config, const ParallelMoEState& s,
+                         int u, const TensorView (&sliced)[3], const MoEGradViews& local_grads,
+                         bool accumulate_grads) {
   const int64_t m = config.model_dim, hs = s.layout.ShardWidth(config.ffn_dim);
   Communicator& group = *s.slice_group;
   const int64_t n = group.size() * s.layout.local_experts;
@@ -322,9 +320,9 @@ class ChunkExchanges {
     for (size_t i = 0; i < chunks_.size(); ++i) {
       const ParallelMoEState::Chunk& c = chunks_[i];
       const int64_t sb = c.send_begin, rb = c.recv_begin;
-      MOE_ASSIGN_OR_RETURN(sent_[i], ex_.Start(ctx_, algorithm_, send.Rows(sb, sb + c.send_count()),
-                                               c.send_rows, recv.Rows(rb, rb + c.recv_count()),
-                                               c.recv_rows));
+      MOE_ASSIGN_OR_RETURN(
+          sent_[i], ex_.Start(ctx_, algorithm_, send.Rows(sb, sb + c.send_count()), c.send_rows,
+                              recv.Rows(rb, rb + c.recv_count()), c.recv_rows));
     }
     return absl::OkStatus();
   }
@@ -334,9 +332,9 @@ class ChunkExchanges {
   Status Return(size_t i, const TensorView& from, const TensorView& to) {
     const ParallelMoEState::Chunk& c = chunks_[i];
     const int64_t sb = c.send_begin, rb = c.recv_begin;
-    MOE_ASSIGN_OR_RETURN(returned_[i],
-                         ex_.Start(ctx_, algorithm_, from.Rows(rb, rb + c.recv_count()),
-                                   c.recv_rows, to.Rows(sb, sb + c.send_count()), c.send_rows));
+    MOE_ASSIGN_OR_RETURN(
+        returned_[i], ex_.Start(ctx_, algorithm_, from.Rows(rb, rb + c.recv_count()), c.recv_rows,
+                                to.Rows(sb, sb + c.send_count()), c.send_rows));
     return absl::OkStatus();
   }
   // Waits until every chunk is back.
@@ -404,8 +402,8 @@ Status ForwardExpertParallel(ExecContext& ctx, const MoELayerConfig& config,
         ctx, weights, xe, c.offsets,
         {s.h1.view().Rows(rb, re), s.h3.view().Rows(rb, re), s.act.view().Rows(rb, re)},
         ye.view().Rows(rb, re)));
-    MOE_RETURN_IF_ERROR(GatherRows(ctx, ye.view().Rows(rb, re), s.to_sources.Rows(rb, re),
-                                   yr.view().Rows(rb, re)));
+    MOE_RETURN_IF_ERROR(
+        GatherRows(ctx, ye.view().Rows(rb, re), s.to_sources.Rows(rb, re), yr.view().Rows(rb, re)));
     MOE_RETURN_IF_ERROR(exchanges.Return(i, yr, returned));
   }
   MOE_RETURN_IF_ERROR(exchanges.ReturnedAll());
@@ -414,8 +412,8 @@ Status ForwardExpertParallel(ExecContext& ctx, const MoELayerConfig& config,
 }
 
 // r = 0: expert gradients of every expert from the local tokens, reduce-scattered to the owners.
-Status BackwardReplicated(ExecContext& ctx, const MoELayerConfig& config,
-                          const ParallelMoEState& s, const TensorView& dys, const TensorView& dxs,
+Status BackwardReplicated(ExecContext& ctx, const MoELayerConfig& config, const ParallelMoEState& s,
+                          const TensorView& dys, const TensorView& dxs,
                           const MoEGradViews& local_grads, bool accumulate_grads) {
   const int64_t m = config.model_dim, h = config.ffn_dim, e = config.num_experts;
   const Device device = ctx.device();
@@ -484,8 +482,7 @@ Status BackwardExpertParallel(ExecContext& ctx, const MoELayerConfig& config,
         grads, accumulate));
     // Later chunks add to the first chunk's gradients.
     accumulate = true;
-    MOE_RETURN_IF_ERROR(
-        GatherRows(ctx, de, s.to_sources.Rows(rb, re), dxr.view().Rows(rb, re)));
+    MOE_RETURN_IF_ERROR(GatherRows(ctx, de, s.to_sources.Rows(rb, re), dxr.view().Rows(rb, re)));
     MOE_RETURN_IF_ERROR(exchanges.Return(i, dxr, returned));
   }
   MOE_RETURN_IF_ERROR(exchanges.ReturnedAll());
@@ -582,9 +579,9 @@ StatusOr<AuxLossValues> ParallelMoEForward(ExecContext& ctx, const MoELayerConfi
   const int u = mode.r == 0 ? layout.shards : layout.shards / mode.r;
   if (mode.r >= 1 && u > 1) {
     if (shard_groups == nullptr) {
-      return BadArgument("shard_groups", "null",
-                         absl::StrCat("an ExpertShardGroups for mode.r = ", mode.r, " < s = ",
-                                      layout.shards));
+      return BadArgument(
+          "shard_groups", "null",
+          absl::StrCat("an ExpertShardGroups for mode.r = ", mode.r, " < s = ", layout.shards));
     }
     if (&shard_groups->comm() != &comm) {
       return BadArgument("shard_groups", "over another communicator",
@@ -605,8 +602,8 @@ StatusOr<AuxLossValues> ParallelMoEForward(ExecContext& ctx, const MoELayerConfi
   s.xe = s.h1 = s.h3 = s.act = Tensor();
   s.local.h1 = s.local.h3 = s.local.act = Tensor();
 
-  MOE_RETURN_IF_ERROR(internal::RouteAndPermute(ctx, config, local.w_gate, x, aux_comm,
-                                                expert_bias, &s.local));
+  MOE_RETURN_IF_ERROR(
+      internal::RouteAndPermute(ctx, config, local.w_gate, x, aux_comm, expert_bias, &s.local));
   MOE_ASSIGN_OR_RETURN(const AuxLossValues aux, ReadAuxLossValues(ctx, s.local.aux_values));
   if (mode.r == 0) {
     MOE_RETURN_IF_ERROR(GatherSlices(ctx, config, local, comm, u, s));
@@ -657,8 +654,8 @@ Status ParallelMoEBackward(ExecContext& ctx, const MoELayerConfig& config,
     MOE_RETURN_IF_ERROR(
         BackwardReplicated(ctx, config, s, dys, dxs, local_grads, accumulate_grads));
   } else {
-    MOE_RETURN_IF_ERROR(BackwardExpertParallel(ctx, config, local, s, dys, dxs, local_grads,
-                                               accumulate_grads));
+    MOE_RETURN_IF_ERROR(
+        BackwardExpertParallel(ctx, config, local, s, dys, dxs, local_grads, accumulate_grads));
   }
   MOE_RETURN_IF_ERROR(PermuteBackward(ctx, s.local.plan, dxs, dx));
   return internal::RouterBackwardAddDx(ctx, config, local.w_gate, s.local, dgates, aux_grad_scale,

@@ -182,9 +182,9 @@ struct ParallelMoEState {
 // accumulate_grads); aux_grad_scale as MoEBackward's. FailedPrecondition before a successful
 // forward or when config.top_k changed since.
 [[nodiscard]] Status ParallelMoEBackward(ExecContext& ctx, const MoELayerConfig& config,
-                                         const MoEParamViews& local,
-                                         const ParallelMoEState& state, const TensorView& dy,
-                                         const TensorView& dx, const MoEGradViews& local_grads,
+                                         const MoEParamViews& local, const ParallelMoEState& state,
+                                         const TensorView& dy, const TensorView& dx,
+                                         const MoEGradViews& local_grads,
                                          bool accumulate_grads = false,
                                          float aux_grad_scale = 1.0f);
 

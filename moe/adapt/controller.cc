@@ -13,12 +13,12 @@
 #include <sstream>
 #include <utility>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/ascii.h"
 #include "absl/strings/strip.h"
 #include "runtime/core/logging.h"
 #include "runtime/tensor/tensor.h"
@@ -99,9 +99,9 @@ int64_t CapacityBucket(int64_t max_rows_per_expert) {
 }
 
 StatusOr<int64_t> AgreedCapacityBucket(Communicator* comm, int64_t local_max_rows_per_expert) {
-  MOE_ASSIGN_OR_RETURN(const std::vector<int64_t> buckets,
-                       AgreedCapacityBuckets(comm, std::span<const int64_t>(
-                                                       &local_max_rows_per_expert, 1)));
+  MOE_ASSIGN_OR_RETURN(
+      const std::vector<int64_t> buckets,
+      AgreedCapacityBuckets(comm, std::span<const int64_t>(&local_max_rows_per_expert, 1)));
   return buckets[0];
 }
 
@@ -170,16 +170,16 @@ StatusOr<std::unique_ptr<AdaptiveController>> AdaptiveController::Create(
   if (config.mode != "auto") {
     StatusOr<ParallelMode> parsed = ParseParallelMode(config.mode);
     if (!parsed.ok()) {
-      return BadArgument("adapt.mode", config.mode,
-                         absl::StrCat("\"auto\" or a parallel mode (", parsed.status().message(),
-                                      ")"));
+      return BadArgument(
+          "adapt.mode", config.mode,
+          absl::StrCat("\"auto\" or a parallel mode (", parsed.status().message(), ")"));
     }
     if (std::find(candidates.begin(), candidates.end(), *parsed) == candidates.end()) {
       std::vector<std::string> names;
       for (const ParallelMode& c : candidates) names.push_back(ParallelModeName(c));
-      return BadArgument("adapt.mode", config.mode,
-                         absl::StrCat("\"auto\" or one of the candidates: ",
-                                      absl::StrJoin(names, ", ")));
+      return BadArgument(
+          "adapt.mode", config.mode,
+          absl::StrCat("\"auto\" or one of the candidates: ", absl::StrJoin(names, ", ")));
     }
     forced = true;
     forced_mode = *parsed;
@@ -196,8 +196,8 @@ AdaptiveController::Entry AdaptiveController::NewEntry(const AdaptKey& key) cons
   if (!prior_ || (config_.explore_at_most == 0 && config_.explore_within == 0.0)) return entry;
   const std::vector<double> predicted = prior_(key);
   const bool usable =
-      predicted.size() == n && std::all_of(predicted.begin(), predicted.end(),
-                                           [](double ms) { return std::isfinite(ms); });
+      predicted.size() == n &&
+      std::all_of(predicted.begin(), predicted.end(), [](double ms) { return std::isfinite(ms); });
   if (!usable) {
     MOE_LOG(WARNING) << "adapt: " << KeyName(key) << ": the prior gave " << predicted.size()
                      << " predictions (expected " << n << ", all finite); exploring every "
@@ -245,7 +245,9 @@ int AdaptiveController::NextCandidate(const Entry& entry) const {
   return next;
 }
 
-bool AdaptiveController::ExplorationDone(const Entry& entry) const { return NextCandidate(entry) < 0; }
+bool AdaptiveController::ExplorationDone(const Entry& entry) const {
+  return NextCandidate(entry) < 0;
+}
 
 void AdaptiveController::Decide(const AdaptKey& key, Entry& entry) {
   int best = -1;
@@ -272,8 +274,8 @@ void AdaptiveController::Decide(const AdaptKey& key, Entry& entry) {
                   << candidates_.size() << " candidates, chose " << mode << " (median " << best_ms
                   << " ms)";
   } else if (previous != best) {
-    MOE_LOG(INFO) << "adapt: " << KeyName(key) << ": re-explored, new best " << mode
-                  << " (median " << best_ms << " ms), was " << ParallelModeName(candidates_[previous]);
+    MOE_LOG(INFO) << "adapt: " << KeyName(key) << ": re-explored, new best " << mode << " (median "
+                  << best_ms << " ms), was " << ParallelModeName(candidates_[previous]);
   } else {
     MOE_LOG(DEBUG) << "adapt: " << KeyName(key) << ": re-explored, kept " << mode << " (median "
                    << best_ms << " ms)";
@@ -383,8 +385,7 @@ std::string AdaptiveController::Summary() const {
   for (const AdaptDecision& d : Decisions()) {
     absl::StrAppend(&out, KeyName(d.key), ": ", ParallelModeName(d.mode), " ",
                     absl::StrFormat("%.4g", d.median_ms), " ms",
-                    d.exploring ? absl::StrCat(" [exploring, ", d.reports, " reports]") : "",
-                    "\n");
+                    d.exploring ? absl::StrCat(" [exploring, ", d.reports, " reports]") : "", "\n");
   }
   return out;
 }

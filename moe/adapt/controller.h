@@ -55,8 +55,8 @@
 #pragma once
 
 #include <compare>
-#include <functional>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <span>
@@ -140,11 +140,11 @@ class AdaptiveController {
   // exploring): the caller times that step (which costs it a sync) only then.
   bool Measuring(const AdaptKey& key) const;
   // Collective when Measuring(key): records the step time of `mode`, the mode Choose returned for
-  // this key, as the largest over ranks of `ms` (forward + backward of the layer, local clock). Once
-  // per Choose. A no-op (no collective) when not measuring. Errors: FailedPrecondition when the
-  // key is measuring but has no unreported Choose; InvalidArgument (after the all-reduce, on every
-  // rank) when `mode` is not the chosen one or the slowest ms is not finite and >= 0; a Save error
-  // on rank 0 when save_on_decision.
+  // this key, as the largest over ranks of `ms` (forward + backward of the layer, local clock).
+  // Once per Choose. A no-op (no collective) when not measuring. Errors: FailedPrecondition when
+  // the key is measuring but has no unreported Choose; InvalidArgument (after the all-reduce, on
+  // every rank) when `mode` is not the chosen one or the slowest ms is not finite and >= 0; a Save
+  // error on rank 0 when save_on_decision.
   [[nodiscard]] Status Report(const AdaptKey& key, const ParallelMode& mode, double ms);
   // Forgets the key: its next Choose explores again. Call on every rank.
   void ResetKey(const AdaptKey& key);

@@ -73,9 +73,9 @@ Status RowExchanger::CheckArguments(const TensorView& send, std::span<const int6
   return CheckSegmentCounts("recv_rows", recv_rows, w, recv.dim(0));
 }
 
-Status RowExchanger::Exchange(ExecContext& ctx, AllToAllAlgorithm algorithm,
-                              const TensorView& send, std::span<const int64_t> send_rows,
-                              const TensorView& recv, std::span<const int64_t> recv_rows) {
+Status RowExchanger::Exchange(ExecContext& ctx, AllToAllAlgorithm algorithm, const TensorView& send,
+                              std::span<const int64_t> send_rows, const TensorView& recv,
+                              std::span<const int64_t> recv_rows) {
   MOE_RETURN_IF_ERROR(CheckArguments(send, send_rows, recv, recv_rows));
   const int w = comm_->size();
   if (algorithm == AllToAllAlgorithm::kTwoDimHierarchical && node_size_ > 1 && node_size_ < w) {
@@ -115,8 +115,8 @@ StatusOr<int64_t> RowExchanger::Start(ExecContext& ctx, AllToAllAlgorithm algori
 Status RowExchanger::Finish(ExecContext& ctx, int64_t exchange) {
   if (exchange < 0) return absl::OkStatus();  // ran in Start
   if (lane_ == nullptr) {
-    return absl::NotFoundError(absl::StrCat("RowExchanger::Finish: exchange ", exchange,
-                                            " was never started"));
+    return absl::NotFoundError(
+        absl::StrCat("RowExchanger::Finish: exchange ", exchange, " was never started"));
   }
   return lane_->Wait(ctx, exchange);
 }

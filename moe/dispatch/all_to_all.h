@@ -62,8 +62,7 @@ class RowExchanger {
   // own thread may call it runs the exchange itself. The results are the same, bit for bit.
   [[nodiscard]] StatusOr<int64_t> Start(ExecContext& ctx, AllToAllAlgorithm algorithm,
                                         const TensorView& send, std::span<const int64_t> send_rows,
-                                        const TensorView& recv,
-                                        std::span<const int64_t> recv_rows);
+                                        const TensorView& recv, std::span<const int64_t> recv_rows);
   [[nodiscard]] Status Finish(ExecContext& ctx, int64_t exchange);
   void FinishAll(ExecContext& ctx);
   // Whether Start returns before the exchange is done (default true).

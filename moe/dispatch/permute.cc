@@ -155,8 +155,7 @@ Status NoCuda(absl::string_view op) {
 Status PermuteCuda(ExecContext&, const RoutingPlan&, const TensorView&, const TensorView&) {
   return NoCuda("Permute");
 }
-Status PermuteBackwardCuda(ExecContext&, const RoutingPlan&, const TensorView&,
-                           const TensorView&) {
+Status PermuteBackwardCuda(ExecContext&, const RoutingPlan&, const TensorView&, const TensorView&) {
   return NoCuda("PermuteBackward");
 }
 Status CombineCuda(ExecContext&, const RoutingPlan&, const TensorView&, const TensorView&,

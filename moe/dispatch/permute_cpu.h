@@ -53,8 +53,8 @@ void Combine(const int32_t* slots, int64_t t_count, int64_t k_count, int64_t m, 
 
 // dys[slots[t, k]] = gates[t, k] * dy[t]; dgates[t, k] = <dy[t], ys[slots[t, k]]> (0 if dropped).
 template <typename T, typename G>
-void CombineBackward(const int32_t* slots, int64_t t_count, int64_t k_count, int64_t m,
-                     const T* dy, const T* ys, const G* gates, T* dys, G* dgates) {
+void CombineBackward(const int32_t* slots, int64_t t_count, int64_t k_count, int64_t m, const T* dy,
+                     const T* ys, const G* gates, T* dys, G* dgates) {
   for (int64_t t = 0; t < t_count; ++t) {
     for (int64_t k = 0; k < k_count; ++k) {
       const int64_t pair = t * k_count + k;

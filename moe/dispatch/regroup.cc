@@ -49,8 +49,7 @@ StatusOr<std::vector<int32_t>> BlockTransposeIndex(std::span<const int64_t> bloc
   int64_t total = 0;
   for (size_t i = 0; i < block_rows.size(); ++i) {
     if (block_rows[i] < 0) {
-      return BadArgument(absl::StrCat("block_rows[", i, "]"), absl::StrCat(block_rows[i]),
-                         ">= 0");
+      return BadArgument(absl::StrCat("block_rows[", i, "]"), absl::StrCat(block_rows[i]), ">= 0");
     }
     begin[i] = total;
     total += block_rows[i];

@@ -1,5 +1,5 @@
-// Row gather for regrouping exchanged rows (docs/design.md section 6): after the token all-to-all the
-// rows an expert owner receives are ordered [source rank][local expert], and the grouped expert
+// Row gather for regrouping exchanged rows (docs/design.md section 6): after the token all-to-all
+// the rows an expert owner receives are ordered [source rank][local expert], and the grouped expert
 // GEMMs need them [local expert][source rank]; the same op with the inverse index puts them back.
 //
 // GatherRows: dst[i, :] = src[index[i], :] for i in [0, N).

@@ -1,5 +1,5 @@
-// The routing plan of an MoE layer (docs/design.md section 5, step 2): where each (token, choice) pair
-// lands in the expert-sorted buffer, which pairs are dropped for capacity, and the per-expert
+// The routing plan of an MoE layer (docs/design.md section 5, step 2): where each (token, choice)
+// pair lands in the expert-sorted buffer, which pairs are dropped for capacity, and the per-expert
 // counts and offsets that the grouped expert GEMMs need.
 //
 // Letters: T tokens, K choices per token (top-k), E experts, C capacity (rows per expert),

@@ -118,8 +118,8 @@ Status BuildRoutingPlanCuda(ExecContext& ctx, const int32_t* topk_idx, int64_t c
       static_cast<const uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr), num_items, 0,
       key_bits, stream));
   MOE_CUDA_RETURN_IF_ERROR(cub::DeviceScan::ExclusiveSum(
-      nullptr, scan_raw_bytes, static_cast<const int32_t*>(nullptr),
-      static_cast<int32_t*>(nullptr), static_cast<int>(e_count), stream));
+      nullptr, scan_raw_bytes, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+      static_cast<int>(e_count), stream));
   MOE_CUDA_RETURN_IF_ERROR(cub::DeviceScan::ExclusiveSum(
       nullptr, scan_kept_bytes, static_cast<const int64_t*>(nullptr),
       static_cast<int64_t*>(nullptr), static_cast<int>(e_count + 1), stream));
@@ -149,23 +149,21 @@ Status BuildRoutingPlanCuda(ExecContext& ctx, const int32_t* topk_idx, int64_t c
   auto* error = reinterpret_cast<unsigned long long*>(take(error_bytes));
   void* temp = take(temp_bytes);
 
-  MOE_CUDA_RETURN_IF_ERROR(
-      cudaMemsetAsync(raw_counts, 0, e_count * sizeof(int32_t), stream));
+  MOE_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(raw_counts, 0, e_count * sizeof(int32_t), stream));
   MOE_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(error, 0xff, sizeof(unsigned long long), stream));
-  HistogramKernel<<<CeilDiv(n, kThreads), kThreads, 0, stream>>>(topk_idx, t_count, k_count, e_count,
-                                                         raw_counts, keys, priorities, error);
+  HistogramKernel<<<CeilDiv(n, kThreads), kThreads, 0, stream>>>(
+      topk_idx, t_count, k_count, e_count, raw_counts, keys, priorities, error);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("HistogramKernel");
-  MOE_CUDA_RETURN_IF_ERROR(cub::DeviceScan::ExclusiveSum(temp, scan_raw_bytes, raw_counts,
-                                                         raw_starts, static_cast<int>(e_count),
-                                                         stream));
+  MOE_CUDA_RETURN_IF_ERROR(cub::DeviceScan::ExclusiveSum(
+      temp, scan_raw_bytes, raw_counts, raw_starts, static_cast<int>(e_count), stream));
   KeptKernel<<<CeilDiv(e_count + 1, kThreads), kThreads, 0, stream>>>(
       raw_counts, e_count, capacity, plan->counts.data<int32_t>(), kept);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("KeptKernel");
-  MOE_CUDA_RETURN_IF_ERROR(cub::DeviceScan::ExclusiveSum(
-      temp, scan_kept_bytes, kept, offsets, static_cast<int>(e_count + 1), stream));
+  MOE_CUDA_RETURN_IF_ERROR(cub::DeviceScan::ExclusiveSum(temp, scan_kept_bytes, kept, offsets,
+                                                         static_cast<int>(e_count + 1), stream));
   MOE_CUDA_RETURN_IF_ERROR(cub::DeviceRadixSort::SortPairs(temp, sort_bytes, keys, sorted_keys,
-                                                           priorities, sorted_priorities,
-                                                           num_items, 0, key_bits, stream));
+                                                           priorities, sorted_priorities, num_items,
+                                                           0, key_bits, stream));
   SlotsKernel<<<CeilDiv(n, kThreads), kThreads, 0, stream>>>(
       sorted_keys, sorted_priorities, raw_starts, offsets, t_count, k_count, e_count, capacity,
       plan->slots.data<int32_t>(), plan->row_token.data<int32_t>(),
@@ -176,10 +174,10 @@ Status BuildRoutingPlanCuda(ExecContext& ctx, const int32_t* topk_idx, int64_t c
 
   unsigned long long error_host = kNoError;
   MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(plan->offsets_host.data(), offsets,
-                                           (e_count + 1) * sizeof(int64_t),
-                                           cudaMemcpyDeviceToHost, stream));
-  MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(&error_host, error, sizeof(error_host),
-                                           cudaMemcpyDeviceToHost, stream));
+                                           (e_count + 1) * sizeof(int64_t), cudaMemcpyDeviceToHost,
+                                           stream));
+  MOE_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(&error_host, error, sizeof(error_host), cudaMemcpyDeviceToHost, stream));
   MOE_RETURN_IF_ERROR(ctx.Synchronize());
   plan->dropped_host = n - plan->offsets_host[e_count];
   if (error_host != kNoError) {

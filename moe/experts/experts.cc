@@ -116,9 +116,12 @@ Status ExpertsBackward(ExecContext& ctx, const ExpertWeights& w, const TensorVie
   const GemmOptions weight_grad{.beta = f32 && accumulate ? 1.0f : 0.0f};
   Tensor g1, g3, g2;
   if (!f32) {
-    MOE_ASSIGN_OR_RETURN(g1, Tensor::Empty(grads.dw1.shape(), d.dtype, ctx.device(), ctx.allocator()));
-    MOE_ASSIGN_OR_RETURN(g3, Tensor::Empty(grads.dw3.shape(), d.dtype, ctx.device(), ctx.allocator()));
-    MOE_ASSIGN_OR_RETURN(g2, Tensor::Empty(grads.dw2.shape(), d.dtype, ctx.device(), ctx.allocator()));
+    MOE_ASSIGN_OR_RETURN(g1,
+                         Tensor::Empty(grads.dw1.shape(), d.dtype, ctx.device(), ctx.allocator()));
+    MOE_ASSIGN_OR_RETURN(g3,
+                         Tensor::Empty(grads.dw3.shape(), d.dtype, ctx.device(), ctx.allocator()));
+    MOE_ASSIGN_OR_RETURN(g2,
+                         Tensor::Empty(grads.dw2.shape(), d.dtype, ctx.device(), ctx.allocator()));
   }
   const TensorView dw1 = f32 ? grads.dw1 : g1.view();
   const TensorView dw3 = f32 ? grads.dw3 : g3.view();
@@ -151,13 +154,14 @@ Status AddWeightGrads(ExecContext& ctx, const std::array<TensorView, 3>& parts,
   for (int i = 0; i < 3; ++i) {
     MOE_RETURN_IF_ERROR(CheckOperand(absl::StrCat("parts[", i, "]"), ctx, parts[i], DType::kBF16,
                                      parts[i].shape()));
-    MOE_RETURN_IF_ERROR(CheckOperand(absl::StrCat("grads[", i, "]"), ctx, grads[i], DType::kF32,
-                                     parts[i].shape()));
+    MOE_RETURN_IF_ERROR(
+        CheckOperand(absl::StrCat("grads[", i, "]"), ctx, grads[i], DType::kF32, parts[i].shape()));
   }
   if (ctx.device().is_cuda()) {
-    return AddWeightGradsCuda(ctx, {parts[0].data<BF16>(), parts[1].data<BF16>(), parts[2].data<BF16>()},
-                              {grads[0].data<float>(), grads[1].data<float>(), grads[2].data<float>()},
-                              {parts[0].numel(), parts[1].numel(), parts[2].numel()}, accumulate);
+    return AddWeightGradsCuda(
+        ctx, {parts[0].data<BF16>(), parts[1].data<BF16>(), parts[2].data<BF16>()},
+        {grads[0].data<float>(), grads[1].data<float>(), grads[2].data<float>()},
+        {parts[0].numel(), parts[1].numel(), parts[2].numel()}, accumulate);
   }
   for (int i = 0; i < 3; ++i) {
     const BF16* part = parts[i].data<BF16>();
@@ -172,7 +176,8 @@ Status AddWeightGrads(ExecContext& ctx, const std::array<TensorView, 3>& parts,
 #if !MOE_WITH_CUDA
 Status AddWeightGradsCuda(ExecContext&, const std::array<const BF16*, 3>&,
                           const std::array<float*, 3>&, const std::array<int64_t, 3>&, bool) {
-  return absl::FailedPreconditionError("AddWeightGrads on CUDA, but this build has no CUDA backend");
+  return absl::FailedPreconditionError(
+      "AddWeightGrads on CUDA, but this build has no CUDA backend");
 }
 #endif
 

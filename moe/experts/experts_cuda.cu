@@ -45,8 +45,8 @@ Status AddWeightGradsCuda(ExecContext& ctx, const std::array<const BF16*, 3>& pa
   }
   if (end == 0) return absl::OkStatus();
   const int64_t blocks = (end + kThreads - 1) / kThreads;
-  AddWeightGradsKernel<<<static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks),
-                         kThreads, 0, ctx.stream()>>>(p, accumulate);
+  AddWeightGradsKernel<<<static_cast<unsigned>(blocks < kMaxBlocks ? blocks : kMaxBlocks), kThreads,
+                         0, ctx.stream()>>>(p, accumulate);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("AddWeightGradsKernel");
   return absl::OkStatus();
 }

@@ -5,8 +5,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "moe/router/expert_load.h"
-#include "moe/router/router_internal.h"
 #include "moe/router/router_cpu.h"
+#include "moe/router/router_internal.h"
 #include "runtime/tensor/tensor_ops.h"
 
 namespace smoe {
@@ -89,14 +89,14 @@ Status AuxLossForwardBackwardInto(ExecContext& ctx, const AuxLossConfig& config,
     MOE_RETURN_IF_ERROR(group->AllReduceSum(ctx, host));
     MOE_RETURN_IF_ERROR(Copy(ctx, host, counts));
   }
-  return internal::AuxLossGradientCuda(ctx, config, probs.data<float>(), rows, t, e,
-                                       counts.data<int64_t>(),
-                                       static_cast<const double*>(sums.data()),
-                                       d_logits.data<float>(), values.data<float>());
+  return internal::AuxLossGradientCuda(
+      ctx, config, probs.data<float>(), rows, t, e, counts.data<int64_t>(),
+      static_cast<const double*>(sums.data()), d_logits.data<float>(), values.data<float>());
 }
 
 StatusOr<AuxLossValues> ReadAuxLossValues(ExecContext& ctx, const TensorView& values) {
-  MOE_RETURN_IF_ERROR(CheckTensor("values", values, DType::kF32, values.device(), {kAuxLossValues}));
+  MOE_RETURN_IF_ERROR(
+      CheckTensor("values", values, DType::kF32, values.device(), {kAuxLossValues}));
   Tensor host_copy;
   const float* v = nullptr;
   if (values.device().is_cpu()) {

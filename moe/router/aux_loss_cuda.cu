@@ -189,8 +189,9 @@ Status AuxLossSumsCuda(ExecContext& ctx, const float* logits, const float* probs
       logits, probs, t, ei, rows.lse, rows.max_p, rows.arg_max);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("AuxRowKernel");
   const unsigned column_blocks = CeilDiv(e, kColumnThreads);
-  ColumnPartialKernel<<<dim3(column_blocks, static_cast<unsigned>(std::min<int64_t>(chunks, 65535))), kColumnThreads, 0,
-                        ctx.stream()>>>(probs, t, ei, partial_p);
+  ColumnPartialKernel<<<dim3(column_blocks,
+                             static_cast<unsigned>(std::min<int64_t>(chunks, 65535))),
+                        kColumnThreads, 0, ctx.stream()>>>(probs, t, ei, partial_p);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("ColumnPartialKernel");
   ColumnFinalKernel<<<column_blocks, kColumnThreads, 0, ctx.stream()>>>(partial_p, chunks, ei,
                                                                         sums);

@@ -1,8 +1,8 @@
 #include "moe/router/router.h"
 
 #include "absl/strings/str_cat.h"
-#include "moe/router/router_internal.h"
 #include "moe/router/router_cpu.h"
+#include "moe/router/router_internal.h"
 #include "runtime/blas/gemm.h"
 #include "runtime/nn/softmax.h"
 #include "runtime/tensor/tensor_ops.h"

@@ -1,6 +1,6 @@
-// The MoE router (docs/design.md section 5, step 1): logits = x W_g in fp32, probabilities = softmax
-// over all E experts, top-K selection (optionally biased, for aux-loss-free balancing) and the
-// gates.
+// The MoE router (docs/design.md section 5, step 1): logits = x W_g in fp32, probabilities =
+// softmax over all E experts, top-K selection (optionally biased, for aux-loss-free balancing) and
+// the gates.
 //
 // Letters: T tokens, M model dim, E experts, K choices per token.
 //

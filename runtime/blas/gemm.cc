@@ -16,8 +16,8 @@ Status CheckOperand(absl::string_view name, const ExecContext& ctx, const Tensor
                        absl::StrCat(ctx.device().ToString(), " (the context's device)"));
   }
   if (t.rank() != rank) {
-    return BadArgument(absl::StrCat(name, ".rank"), absl::StrCat(t.rank(), " ", t.shape().ToString()),
-                       absl::StrCat(rank));
+    return BadArgument(absl::StrCat(name, ".rank"),
+                       absl::StrCat(t.rank(), " ", t.shape().ToString()), absl::StrCat(rank));
   }
   if (!IsFloating(t.dtype())) {
     return BadArgument(absl::StrCat(name, ".dtype"), DTypeName(t.dtype()), "f32 or bf16");
@@ -50,7 +50,8 @@ StatusOr<GemmProblem> MakeProblem(ExecContext& ctx, const TensorView& a, const T
   MOE_RETURN_IF_ERROR(CheckOperand("b", ctx, b, rank));
   MOE_RETURN_IF_ERROR(CheckOperand("c", ctx, c, rank));
   if (a.dtype() != b.dtype()) {
-    return BadArgument("b.dtype", DTypeName(b.dtype()), absl::StrCat(DTypeName(a.dtype()), " like a"));
+    return BadArgument("b.dtype", DTypeName(b.dtype()),
+                       absl::StrCat(DTypeName(a.dtype()), " like a"));
   }
   const int r = rank - 2;
   GemmProblem p;
@@ -66,7 +67,8 @@ StatusOr<GemmProblem> MakeProblem(ExecContext& ctx, const TensorView& a, const T
   p.n = o.trans_b ? b.dim(r) : b.dim(r + 1);
   const int64_t kb = o.trans_b ? b.dim(r + 1) : b.dim(r);
   MOE_RETURN_IF_ERROR(CheckDims(absl::StrCat("b.shape ", b.shape().ToString(), ": k"), kb, p.k));
-  MOE_RETURN_IF_ERROR(CheckDims(absl::StrCat("c.shape ", c.shape().ToString(), ": m"), c.dim(r), p.m));
+  MOE_RETURN_IF_ERROR(
+      CheckDims(absl::StrCat("c.shape ", c.shape().ToString(), ": m"), c.dim(r), p.m));
   MOE_RETURN_IF_ERROR(
       CheckDims(absl::StrCat("c.shape ", c.shape().ToString(), ": n"), c.dim(r + 1), p.n));
   p.lda = a.dim(r + 1);
@@ -112,8 +114,8 @@ Status Gemm(ExecContext& ctx, const TensorView& a, const TensorView& b, const Te
   return Run(ctx, p);
 }
 
-Status BatchedGemm(ExecContext& ctx, const TensorView& a, const TensorView& b,
-                   const TensorView& c, const GemmOptions& options) {
+Status BatchedGemm(ExecContext& ctx, const TensorView& a, const TensorView& b, const TensorView& c,
+                   const GemmOptions& options) {
   MOE_ASSIGN_OR_RETURN(GemmProblem p, MakeProblem(ctx, a, b, c, options, 3));
   MOE_RETURN_IF_ERROR(CheckDims("b.shape[0] (batch)", b.dim(0), a.dim(0)));
   MOE_RETURN_IF_ERROR(CheckDims("c.shape[0] (batch)", c.dim(0), a.dim(0)));
@@ -124,9 +126,8 @@ Status BatchedGemm(ExecContext& ctx, const TensorView& a, const TensorView& b,
   return Run(ctx, p);
 }
 
-Status GroupedGemm(ExecContext& ctx, const TensorView& a, const TensorView& b,
-                   const TensorView& c, std::span<const int64_t> offsets,
-                   const GemmOptions& options) {
+Status GroupedGemm(ExecContext& ctx, const TensorView& a, const TensorView& b, const TensorView& c,
+                   std::span<const int64_t> offsets, const GemmOptions& options) {
   if (options.trans_a) return BadArgument("options.trans_a", "true", "false for GroupedGemm");
   MOE_RETURN_IF_ERROR(CheckOperand("a", ctx, a, 2));
   MOE_RETURN_IF_ERROR(CheckOperand("b", ctx, b, 3));
@@ -202,8 +203,8 @@ bool MeetsGroupedAlignment(const GemmProblem& p) {
 GroupRoute RouteGroup(const GemmProblem& p, const GemmProblem& first, bool grouped_rejected) {
   if (p.m == 0 || p.n == 0) return GroupRoute::kSkip;
   const bool alone = p.k == 0 || (p.ab_dtype == DType::kF32 && p.c_dtype == DType::kBF16) ||
-                     p.batch != 1 || p.ab_dtype != first.ab_dtype ||
-                     p.c_dtype != first.c_dtype || grouped_rejected || !MeetsGroupedAlignment(p);
+                     p.batch != 1 || p.ab_dtype != first.ab_dtype || p.c_dtype != first.c_dtype ||
+                     grouped_rejected || !MeetsGroupedAlignment(p);
   return alone ? GroupRoute::kAlone : GroupRoute::kGrouped;
 }
 
@@ -213,10 +214,12 @@ GroupRoute RouteGroup(const GemmProblem& p, const GemmProblem& first, bool group
 #if !MOE_WITH_CUDA
 namespace smoe::internal {
 Status GemmCuda(ExecContext&, const GemmProblem&) {
-  return absl::FailedPreconditionError("Gemm on a CUDA context, but this build has no CUDA backend");
+  return absl::FailedPreconditionError(
+      "Gemm on a CUDA context, but this build has no CUDA backend");
 }
 Status GroupedGemmCuda(ExecContext&, std::span<const GemmProblem>) {
-  return absl::FailedPreconditionError("Gemm on a CUDA context, but this build has no CUDA backend");
+  return absl::FailedPreconditionError(
+      "Gemm on a CUDA context, but this build has no CUDA backend");
 }
 }  // namespace smoe::internal
 #endif

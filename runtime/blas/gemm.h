@@ -46,9 +46,8 @@ struct GemmOptions {
                                  const TensorView& c, std::span<const int64_t> offsets,
                                  const GemmOptions& options = {});
 // options.trans_a and trans_b must be false (A is read transposed by definition).
-[[nodiscard]] Status GroupedGemmRaggedK(ExecContext& ctx, const TensorView& a,
-                                        const TensorView& b, const TensorView& c,
-                                        std::span<const int64_t> offsets,
+[[nodiscard]] Status GroupedGemmRaggedK(ExecContext& ctx, const TensorView& a, const TensorView& b,
+                                        const TensorView& c, std::span<const int64_t> offsets,
                                         const GemmOptions& options = {});
 
 namespace internal {

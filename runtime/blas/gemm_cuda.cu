@@ -88,11 +88,11 @@ unsigned Blocks(int64_t total) {
 Status ScaleC(ExecContext& ctx, const GemmProblem& p) {
   const int64_t total = p.batch * p.m * p.n;
   if (p.c_dtype == DType::kF32) {
-    ScaleKernel<<<Blocks(total), kThreads, 0, ctx.stream()>>>(
-        static_cast<float*>(p.c), total, p.m, p.n, p.ldc, p.stride_c, p.beta);
+    ScaleKernel<<<Blocks(total), kThreads, 0, ctx.stream()>>>(static_cast<float*>(p.c), total, p.m,
+                                                              p.n, p.ldc, p.stride_c, p.beta);
   } else {
-    ScaleKernel<<<Blocks(total), kThreads, 0, ctx.stream()>>>(
-        static_cast<BF16*>(p.c), total, p.m, p.n, p.ldc, p.stride_c, p.beta);
+    ScaleKernel<<<Blocks(total), kThreads, 0, ctx.stream()>>>(static_cast<BF16*>(p.c), total, p.m,
+                                                              p.n, p.ldc, p.stride_c, p.beta);
   }
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("ScaleKernel");
   return absl::OkStatus();
@@ -220,8 +220,8 @@ Status GroupedGemmCuda(ExecContext& ctx, std::span<const GemmProblem> groups) {
     MOE_RETURN_IF_ERROR(CallGroupedCublas(ctx, chunk, &unsupported));
     if (!unsupported) continue;
     if (!grouped_unsupported[DTypePairIndex(chunk[0])].exchange(true)) {
-      MOE_LOG(WARNING) << "cublasGemmGroupedBatchedEx does not take A/B " << DTypeName(chunk[0].ab_dtype)
-                       << " with C " << DTypeName(chunk[0].c_dtype)
+      MOE_LOG(WARNING) << "cublasGemmGroupedBatchedEx does not take A/B "
+                       << DTypeName(chunk[0].ab_dtype) << " with C " << DTypeName(chunk[0].c_dtype)
                        << "; running those grouped GEMMs one cublasGemmEx per group";
     }
     for (const GemmProblem& p : chunk) MOE_RETURN_IF_ERROR(GemmCuda(ctx, p));
@@ -240,7 +240,7 @@ Status GemmCuda(ExecContext& ctx, const GemmProblem& p) {
   auto* c = static_cast<BF16*>(p.c);
   if (p.beta != 0.0f) {
     WidenCKernel<<<Blocks(total), kThreads, 0, ctx.stream()>>>(c, dense.data<float>(), total, p.m,
-                                                                p.n, p.ldc, p.stride_c);
+                                                               p.n, p.ldc, p.stride_c);
     MOE_CUDA_RETURN_IF_LAUNCH_ERROR("WidenCKernel");
   }
   GemmProblem q = p;
@@ -250,7 +250,7 @@ Status GemmCuda(ExecContext& ctx, const GemmProblem& p) {
   q.stride_c = p.m * p.n;
   MOE_RETURN_IF_ERROR(CallCublas(ctx, q));
   NarrowCKernel<<<Blocks(total), kThreads, 0, ctx.stream()>>>(dense.data<float>(), c, total, p.m,
-                                                               p.n, p.ldc, p.stride_c);
+                                                              p.n, p.ldc, p.stride_c);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("NarrowCKernel");
   return absl::OkStatus();
 }

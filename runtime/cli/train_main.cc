@@ -100,10 +100,12 @@ int Main(int argc, char** argv) {
       progress = false;
     } else if (sample && absl::StartsWith(a, "--prompt=")) {
       prompt = value("--prompt");
-    } else if (sample && absl::StartsWith(a, "--tokens=") && absl::SimpleAtoi(value("--tokens"), &tokens)) {
+    } else if (sample && absl::StartsWith(a, "--tokens=") &&
+               absl::SimpleAtoi(value("--tokens"), &tokens)) {
     } else if (sample && absl::StartsWith(a, "--temperature=") &&
                absl::SimpleAtod(value("--temperature"), &temperature)) {
-    } else if (sample && absl::StartsWith(a, "--seed=") && absl::SimpleAtoi(value("--seed"), &seed)) {
+    } else if (sample && absl::StartsWith(a, "--seed=") &&
+               absl::SimpleAtoi(value("--seed"), &seed)) {
     } else {
       std::fprintf(stderr, "sigma-moe-train: unknown or malformed argument '%s' (see --help)\n",
                    a.c_str());
@@ -141,12 +143,14 @@ int Main(int argc, char** argv) {
   StatusOr<TrainSummary> summary = Train(*config, options);
   if (!summary.ok()) return Fail(summary.status());
   if (!summary->leader) return 0;
-  std::printf("sigma-moe-train: %s at step %lld: train loss %.4f, held-out loss %s, %lld skipped "
-              "steps, %lld rollbacks\n",
-              summary->stopped_early ? "stopped" : "done",
-              static_cast<long long>(summary->steps_done), summary->final_loss,
-              summary->final_eval_loss >= 0 ? absl::StrFormat("%.4f", summary->final_eval_loss).c_str() : "n/a",
-              static_cast<long long>(summary->skipped_steps), static_cast<long long>(summary->rollbacks));
+  std::printf(
+      "sigma-moe-train: %s at step %lld: train loss %.4f, held-out loss %s, %lld skipped "
+      "steps, %lld rollbacks\n",
+      summary->stopped_early ? "stopped" : "done", static_cast<long long>(summary->steps_done),
+      summary->final_loss,
+      summary->final_eval_loss >= 0 ? absl::StrFormat("%.4f", summary->final_eval_loss).c_str()
+                                    : "n/a",
+      static_cast<long long>(summary->skipped_steps), static_cast<long long>(summary->rollbacks));
   return 0;
 }
 

@@ -35,10 +35,14 @@ Status MpiStatus(int code, absl::string_view what) {
 
 StatusOr<MPI_Datatype> MpiType(const TensorView& t) {
   switch (t.dtype()) {
-    case DType::kF32: return MPI_FLOAT;
-    case DType::kI32: return MPI_INT32_T;
-    case DType::kI64: return MPI_INT64_T;
-    default: return BadArgument("buffer.dtype", DTypeName(t.dtype()), "f32, i32 or i64");
+    case DType::kF32:
+      return MPI_FLOAT;
+    case DType::kI32:
+      return MPI_INT32_T;
+    case DType::kI64:
+      return MPI_INT64_T;
+    default:
+      return BadArgument("buffer.dtype", DTypeName(t.dtype()), "f32, i32 or i64");
   }
 }
 
@@ -71,7 +75,8 @@ Status AwaitPolitely(MPI_Request* request, absl::string_view what) {
 
 Status CheckHost(absl::string_view name, const TensorView& t) {
   if (!t.device().is_cpu()) {
-    return BadArgument(absl::StrCat(name, ".device"), t.device().ToString(), "cpu (MPI communicator)");
+    return BadArgument(absl::StrCat(name, ".device"), t.device().ToString(),
+                       "cpu (MPI communicator)");
   }
   return CheckContiguous(name, t);
 }
@@ -146,9 +151,9 @@ class MpiGroup final : public Communicator {
     // Byte counts and displacements: MPI's are int (no MPI-4 large counts in Open MPI 4.1).
     const int64_t elem = DTypeSize(send.dtype());
     if (send.nbytes() > INT_MAX || recv.nbytes() > INT_MAX) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "AllToAllV: buffers of ", send.nbytes(), " and ", recv.nbytes(),
-          " bytes; the MPI communicator moves at most ", INT_MAX, " bytes per call"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("AllToAllV: buffers of ", send.nbytes(), " and ", recv.nbytes(),
+                       " bytes; the MPI communicator moves at most ", INT_MAX, " bytes per call"));
     }
     std::vector<int> send_bytes(size_), send_displ(size_), recv_bytes(size_), recv_displ(size_);
     int send_at = 0, recv_at = 0;
@@ -170,10 +175,10 @@ class MpiGroup final : public Communicator {
       return AwaitPolitely(&request, "MPI_Ialltoallv");
     }
     const auto watched = Watch("AllToAllV (MPI_Alltoallv)");
-    return MpiStatus(MPI_Alltoallv(send.data(), send_bytes.data(), send_displ.data(), MPI_BYTE,
-                                   recv.data(), recv_bytes.data(), recv_displ.data(), MPI_BYTE,
-                                   comm_),
-                     "MPI_Alltoallv");
+    return MpiStatus(
+        MPI_Alltoallv(send.data(), send_bytes.data(), send_displ.data(), MPI_BYTE, recv.data(),
+                      recv_bytes.data(), recv_displ.data(), MPI_BYTE, comm_),
+        "MPI_Alltoallv");
   }
 
   Status Barrier() override {
@@ -181,9 +186,7 @@ class MpiGroup final : public Communicator {
     return MpiStatus(MPI_Barrier(comm_), "MPI_Barrier");
   }
 
-  bool CallableFromAnotherThread() const override {
-    return thread_level >= MPI_THREAD_SERIALIZED;
-  }
+  bool CallableFromAnotherThread() const override { return thread_level >= MPI_THREAD_SERIALIZED; }
 
   StatusOr<std::unique_ptr<Communicator>> Split(int color, int key) override {
     if (color < 0) return BadArgument("color", absl::StrCat(color), ">= 0");
@@ -223,9 +226,9 @@ StatusOr<Communicator*> MpiWorldCommunicator() {
     MPI_Initialized(&initialized);
     if (!initialized) {
       // Serialized: a communication thread (comm_lane.h) takes turns with the main thread.
-      MOE_RETURN_IF_ERROR(MpiStatus(
-          MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &thread_level),
-          "MPI_Init_thread"));
+      MOE_RETURN_IF_ERROR(
+          MpiStatus(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &thread_level),
+                    "MPI_Init_thread"));
       std::atexit(FinalizeMpi);
     } else {
       MOE_RETURN_IF_ERROR(MpiStatus(MPI_Query_thread(&thread_level), "MPI_Query_thread"));

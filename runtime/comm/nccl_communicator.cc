@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "runtime/comm/stream_watchdog.h"
 #include "runtime/comm/staging.h"
+#include "runtime/comm/stream_watchdog.h"
 #include "runtime/device/cuda_error.h"
 #include "runtime/tensor/tensor_ops.h"
 
@@ -67,9 +67,12 @@ Status Finish(ncclComm_t comm, ncclResult_t result, absl::string_view what,
 // NCCL's reduction dtypes; collectives that move bytes use ncclUint8 instead.
 StatusOr<ncclDataType_t> NcclSumType(absl::string_view name, const TensorView& t) {
   switch (t.dtype()) {
-    case DType::kF32: return ncclFloat32;
-    case DType::kI32: return ncclInt32;
-    case DType::kI64: return ncclInt64;
+    case DType::kF32:
+      return ncclFloat32;
+    case DType::kI32:
+      return ncclInt32;
+    case DType::kI64:
+      return ncclInt64;
     default:
       return BadArgument(absl::StrCat(name, ".dtype"), DTypeName(t.dtype()), "f32, i32 or i64");
   }
@@ -112,18 +115,18 @@ class NcclGroup final : public Communicator {
     MOE_RETURN_IF_ERROR(Finish(comm, ncclInProgress, "ncclCommInitRankConfig", group->timeout_));
     MOE_RETURN_IF_ERROR(group->Call(ncclCommUserRank(comm, &group->rank_), "ncclCommUserRank"));
     MOE_RETURN_IF_ERROR(group->Call(ncclCommCount(comm, &group->size_), "ncclCommCount"));
-    MOE_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&group->barrier_stream_,
-                                                       cudaStreamNonBlocking));
+    MOE_CUDA_RETURN_IF_ERROR(
+        cudaStreamCreateWithFlags(&group->barrier_stream_, cudaStreamNonBlocking));
     MOE_ASSIGN_OR_RETURN(group->barrier_buffer_,
                          Tensor::Empty({1}, DType::kI32, Device::Cuda(device)));
     NcclGroup* raw = group.get();
-    group->watchdog_ = std::make_unique<StreamWatchdog>(
-        group->timeout_, std::chrono::milliseconds(100),
-        StreamWatchdog::Hooks{[raw] { return raw->AsyncError(); },
-                                  [raw] {
-                                    raw->aborted_ = true;
-                                    ncclCommAbort(raw->comm_);
-                                  }});
+    group->watchdog_ =
+        std::make_unique<StreamWatchdog>(group->timeout_, std::chrono::milliseconds(100),
+                                         StreamWatchdog::Hooks{[raw] { return raw->AsyncError(); },
+                                                               [raw] {
+                                                                 raw->aborted_ = true;
+                                                                 ncclCommAbort(raw->comm_);
+                                                               }});
     return std::unique_ptr<Communicator>(std::move(group));
   }
 
@@ -144,11 +147,10 @@ class NcclGroup final : public Communicator {
     if (buffer.numel() == 0) return absl::OkStatus();
     DeviceGuard guard(device_);
     MOE_RETURN_IF_ERROR(guard.status());
-    return Enqueued(ctx.stream(),
-                    Call(ncclAllReduce(buffer.data(), buffer.data(),
-                                       static_cast<size_t>(buffer.numel()), type, ncclSum, comm_,
-                                       ctx.stream()),
-                         "ncclAllReduce"));
+    return Enqueued(ctx.stream(), Call(ncclAllReduce(buffer.data(), buffer.data(),
+                                                     static_cast<size_t>(buffer.numel()), type,
+                                                     ncclSum, comm_, ctx.stream()),
+                                       "ncclAllReduce"));
   }
 
   Status AllGather(ExecContext& ctx, const TensorView& in, const TensorView& out) override {
@@ -202,8 +204,7 @@ class NcclGroup final : public Communicator {
     MOE_RETURN_IF_ERROR(CheckSegmentCounts("send_counts", send_counts, size_, send.numel()));
     MOE_RETURN_IF_ERROR(CheckSegmentCounts("recv_counts", recv_counts, size_, recv.numel()));
     if (send_counts[rank_] != recv_counts[rank_]) {
-      return BadArgument(absl::StrCat("recv_counts[", rank_, "]"),
-                         absl::StrCat(recv_counts[rank_]),
+      return BadArgument(absl::StrCat("recv_counts[", rank_, "]"), absl::StrCat(recv_counts[rank_]),
                          absl::StrCat(send_counts[rank_], " (send_counts[", rank_,
                                       "]: this rank's segment to itself)"));
     }
@@ -219,10 +220,9 @@ class NcclGroup final : public Communicator {
     MOE_RETURN_IF_ERROR(guard.status());
     // The own segment never goes through NCCL: a copy on the same stream keeps it ordered.
     if (send_counts[rank_] > 0) {
-      MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(recv_bytes + recv_at[rank_],
-                                               send_bytes + send_at[rank_],
-                                               send_at[rank_ + 1] - send_at[rank_],
-                                               cudaMemcpyDeviceToDevice, ctx.stream()));
+      MOE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+          recv_bytes + recv_at[rank_], send_bytes + send_at[rank_],
+          send_at[rank_ + 1] - send_at[rank_], cudaMemcpyDeviceToDevice, ctx.stream()));
     }
     MOE_RETURN_IF_ERROR(watchdog_->status());
     MOE_NCCL_RETURN_IF_ERROR(ncclGroupStart());
@@ -250,10 +250,10 @@ class NcclGroup final : public Communicator {
   Status Barrier() override {
     DeviceGuard guard(device_);
     MOE_RETURN_IF_ERROR(guard.status());
-    MOE_RETURN_IF_ERROR(Enqueued(barrier_stream_,
-                                 Call(ncclAllReduce(barrier_buffer_.data(), barrier_buffer_.data(),
-                                                    1, ncclInt32, ncclSum, comm_, barrier_stream_),
-                                      "ncclAllReduce (barrier)")));
+    MOE_RETURN_IF_ERROR(
+        Enqueued(barrier_stream_, Call(ncclAllReduce(barrier_buffer_.data(), barrier_buffer_.data(),
+                                                     1, ncclInt32, ncclSum, comm_, barrier_stream_),
+                                       "ncclAllReduce (barrier)")));
     // Wait without blocking in the driver, so that the watchdog's verdict ends the wait.
     while (true) {
       const cudaError_t state = cudaStreamQuery(barrier_stream_);
@@ -353,8 +353,8 @@ StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(Communicator& boo
   std::memset(&id, 0, sizeof(id));
   if (bootstrap.rank() == 0) MOE_NCCL_RETURN_IF_ERROR(ncclGetUniqueId(&id));
   MOE_ASSIGN_OR_RETURN(Tensor mine, Tensor::Empty({kWords}, DType::kI64, Device::Cpu()));
-  MOE_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty({kWords * bootstrap.size()}, DType::kI64,
-                                                 Device::Cpu()));
+  MOE_ASSIGN_OR_RETURN(Tensor all,
+                       Tensor::Empty({kWords * bootstrap.size()}, DType::kI64, Device::Cpu()));
   std::memcpy(mine.data(), &id, sizeof(id));
   MOE_RETURN_IF_ERROR(bootstrap.AllGather(ExecContext::Cpu(), mine, all));
   std::memcpy(&id, all.data(), sizeof(id));

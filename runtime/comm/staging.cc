@@ -83,23 +83,26 @@ class StagingComm final : public Communicator {
   }
 
   Status AllGather(ExecContext& ctx, const TensorView& in, const TensorView& out) override {
-    MOE_ASSIGN_OR_RETURN(Call call, Call::Prepare(ctx, *stager_, {{"in", in, true, false},
-                                                                  {"out", out, false, true}}));
+    MOE_ASSIGN_OR_RETURN(
+        Call call,
+        Call::Prepare(ctx, *stager_, {{"in", in, true, false}, {"out", out, false, true}}));
     MOE_RETURN_IF_ERROR(inner_->AllGather(call.ctx(), call.view(0), call.view(1)));
     return call.Finish();
   }
 
   Status ReduceScatterSum(ExecContext& ctx, const TensorView& in, const TensorView& out) override {
-    MOE_ASSIGN_OR_RETURN(Call call, Call::Prepare(ctx, *stager_, {{"in", in, true, false},
-                                                                  {"out", out, false, true}}));
+    MOE_ASSIGN_OR_RETURN(
+        Call call,
+        Call::Prepare(ctx, *stager_, {{"in", in, true, false}, {"out", out, false, true}}));
     MOE_RETURN_IF_ERROR(inner_->ReduceScatterSum(call.ctx(), call.view(0), call.view(1)));
     return call.Finish();
   }
 
   Status AllToAllV(ExecContext& ctx, const TensorView& send, std::span<const int64_t> send_counts,
                    const TensorView& recv, std::span<const int64_t> recv_counts) override {
-    MOE_ASSIGN_OR_RETURN(Call call, Call::Prepare(ctx, *stager_, {{"send", send, true, false},
-                                                                  {"recv", recv, false, true}}));
+    MOE_ASSIGN_OR_RETURN(
+        Call call,
+        Call::Prepare(ctx, *stager_, {{"send", send, true, false}, {"recv", recv, false, true}}));
     MOE_RETURN_IF_ERROR(
         inner_->AllToAllV(call.ctx(), call.view(0), send_counts, call.view(1), recv_counts));
     return call.Finish();

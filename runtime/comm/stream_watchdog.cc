@@ -6,8 +6,8 @@
 
 namespace smoe {
 
-StreamWatchdog::StreamWatchdog(std::chrono::milliseconds timeout,
-                                       std::chrono::milliseconds poll, Hooks hooks)
+StreamWatchdog::StreamWatchdog(std::chrono::milliseconds timeout, std::chrono::milliseconds poll,
+                               Hooks hooks)
     : timeout_(timeout), poll_(poll), hooks_(std::move(hooks)), thread_([this] { Run(); }) {}
 
 StreamWatchdog::~StreamWatchdog() {
@@ -57,9 +57,10 @@ void StreamWatchdog::Run() {
     while (!pending_.empty() && pending_.front().done()) pending_.pop_front();
     if (!pending_.empty() && Clock::now() - pending_.front().start > timeout_) {
       const double seconds = std::chrono::duration<double>(timeout_).count();
-      GiveUp(absl::DeadlineExceededError(absl::StrCat(
-          "a collective did not finish within ", seconds,
-          " s (parallel.collective_timeout_s): a rank died or stalled; the communicator was aborted")));
+      GiveUp(absl::DeadlineExceededError(
+          absl::StrCat("a collective did not finish within ", seconds,
+                       " s (parallel.collective_timeout_s): a rank died or stalled; the "
+                       "communicator was aborted")));
     }
   }
 }

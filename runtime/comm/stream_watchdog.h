@@ -34,8 +34,7 @@ class StreamWatchdog {
   };
   using Clock = std::chrono::steady_clock;
 
-  StreamWatchdog(std::chrono::milliseconds timeout, std::chrono::milliseconds poll,
-                     Hooks hooks);
+  StreamWatchdog(std::chrono::milliseconds timeout, std::chrono::milliseconds poll, Hooks hooks);
   ~StreamWatchdog();
   StreamWatchdog(const StreamWatchdog&) = delete;
   StreamWatchdog& operator=(const StreamWatchdog&) = delete;

@@ -47,7 +47,9 @@ MOE_HD BF16 FloatToBF16(float value) {
   return BF16{static_cast<uint16_t>(rounded >> 16)};
 }
 
-MOE_HD float BF16ToFloat(BF16 value) { return FloatFromBits(static_cast<uint32_t>(value.bits) << 16); }
+MOE_HD float BF16ToFloat(BF16 value) {
+  return FloatFromBits(static_cast<uint32_t>(value.bits) << 16);
+}
 
 // Rounds a float to the nearest bf16 value and returns it as a float.
 MOE_HD float RoundToBF16(float value) { return BF16ToFloat(FloatToBF16(value)); }

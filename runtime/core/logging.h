@@ -34,7 +34,7 @@ class LogLine {
 #define MOE_LOG_LEVEL_WARNING ::smoe::LogLevel::kWarning
 #define MOE_LOG_LEVEL_ERROR ::smoe::LogLevel::kError
 
-#define MOE_LOG(level)                                           \
-  if (MOE_LOG_LEVEL_##level < ::smoe::GetLogLevel()) {           \
-  } else                                                         \
+#define MOE_LOG(level)                                 \
+  if (MOE_LOG_LEVEL_##level < ::smoe::GetLogLevel()) { \
+  } else                                               \
     ::smoe::internal::LogLine(MOE_LOG_LEVEL_##level, __FILE__, __LINE__).stream()

@@ -14,8 +14,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/string_view.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace smoe {
 
@@ -52,8 +52,7 @@ std::string CheckOpMessage(const char* expr, const A& a, const B& b) {
 // InvalidArgument naming the field, the value seen and the value expected.
 [[nodiscard]] inline Status BadArgument(absl::string_view field, absl::string_view seen,
                                         absl::string_view expected) {
-  return absl::InvalidArgumentError(
-      absl::StrCat(field, ": got ", seen, ", expected ", expected));
+  return absl::InvalidArgumentError(absl::StrCat(field, ": got ", seen, ", expected ", expected));
 }
 
 }  // namespace smoe
@@ -61,10 +60,10 @@ std::string CheckOpMessage(const char* expr, const A& a, const B& b) {
 #define MOE_STATUS_CONCAT_INNER(a, b) a##b
 #define MOE_STATUS_CONCAT(a, b) MOE_STATUS_CONCAT_INNER(a, b)
 
-#define MOE_RETURN_IF_ERROR(expr)                                  \
-  do {                                                             \
-    ::absl::Status moe_status_ = (expr);                           \
-    if (!moe_status_.ok()) return moe_status_;                     \
+#define MOE_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    ::absl::Status moe_status_ = (expr);       \
+    if (!moe_status_.ok()) return moe_status_; \
   } while (false)
 
 #define MOE_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
@@ -75,18 +74,18 @@ std::string CheckOpMessage(const char* expr, const A& a, const B& b) {
 #define MOE_ASSIGN_OR_RETURN(lhs, expr) \
   MOE_ASSIGN_OR_RETURN_IMPL(MOE_STATUS_CONCAT(moe_statusor_, __LINE__), lhs, expr)
 
-#define MOE_CHECK(cond)                                                             \
-  (cond) ? (void)0                                                                  \
-         : ::smoe::internal::Voidify() &                                            \
+#define MOE_CHECK(cond)                  \
+  (cond) ? (void)0                       \
+         : ::smoe::internal::Voidify() & \
                ::smoe::internal::CheckFailure(__FILE__, __LINE__, #cond).stream()
 
-#define MOE_CHECK_OP(op, a, b)                                                             \
-  ((a)op(b)) ? (void)0                                                                     \
-             : ::smoe::internal::Voidify() &                                               \
-                   ::smoe::internal::CheckFailure(                                         \
-                       __FILE__, __LINE__,                                                 \
-                       ::smoe::internal::CheckOpMessage(#a " " #op " " #b, (a), (b)))      \
-                       .stream()
+#define MOE_CHECK_OP(op, a, b)                                                                     \
+  ((a)op(b))                                                                                       \
+      ? (void)0                                                                                    \
+      : ::smoe::internal::Voidify() &                                                              \
+            ::smoe::internal::CheckFailure(                                                        \
+                __FILE__, __LINE__, ::smoe::internal::CheckOpMessage(#a " " #op " " #b, (a), (b))) \
+                .stream()
 
 #define MOE_CHECK_EQ(a, b) MOE_CHECK_OP(==, a, b)
 #define MOE_CHECK_NE(a, b) MOE_CHECK_OP(!=, a, b)

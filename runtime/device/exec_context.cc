@@ -25,7 +25,7 @@ StatusOr<std::unique_ptr<ExecContext>> ExecContext::Create(Device device) {
 }
 
 StatusOr<std::unique_ptr<ExecContext>> ExecContext::CreateOnStream(Device device,
-                                                                  CudaStream stream) {
+                                                                   CudaStream stream) {
   if (!device.is_cuda()) {
     return BadArgument("device", device.ToString(), "a CUDA device (CreateOnStream)");
   }

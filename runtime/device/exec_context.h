@@ -24,8 +24,8 @@ struct cublasLtContext;
 
 namespace smoe {
 
-using CudaStream = CUstream_st*;        // cudaStream_t
-using CublasHandle = cublasContext*;    // cublasHandle_t
+using CudaStream = CUstream_st*;          // cudaStream_t
+using CublasHandle = cublasContext*;      // cublasHandle_t
 using CublasLtHandle = cublasLtContext*;  // cublasLtHandle_t
 
 class ExecContext {
@@ -80,7 +80,7 @@ class ExecContext {
   Device device_;
   Allocator* allocator_;
   Allocator* host_staging_;
-  CachingAllocator* device_pool_ = nullptr;   // CUDA: the registrations this context holds
+  CachingAllocator* device_pool_ = nullptr;  // CUDA: the registrations this context holds
   CachingAllocator* staging_pool_ = nullptr;
   CudaStream stream_ = nullptr;
   bool owns_stream_ = true;

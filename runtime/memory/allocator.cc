@@ -27,7 +27,9 @@ class CachingAllocator::StreamView final : public Allocator {
  public:
   StreamView(CachingAllocator* pool, StreamId stream) : pool_(pool), stream_(stream) {}
   Device device() const override { return pool_->device(); }
-  StatusOr<void*> Allocate(size_t bytes) override { return pool_->AllocateOnStream(bytes, stream_); }
+  StatusOr<void*> Allocate(size_t bytes) override {
+    return pool_->AllocateOnStream(bytes, stream_);
+  }
   void Free(void* ptr) override { pool_->Free(ptr); }
   AllocatorStats stats() const override { return pool_->stats(); }
   void ResetPeak() override { pool_->ResetPeak(); }
@@ -226,16 +228,15 @@ Allocator* CpuAllocator() {
   // Cached like device memory: a training step allocates the same activation sizes every time,
   // and fresh large host blocks would cost an mmap, page faults and an munmap each.
   static CachingAllocator* allocator = new CachingAllocator(
-      Device::Cpu(),
-      SystemAllocator{[](size_t bytes) -> StatusOr<void*> {
-                        void* ptr = std::aligned_alloc(kAllocationAlignment, bytes);
-                        if (ptr == nullptr) {
-                          return absl::ResourceExhaustedError(
-                              absl::StrCat("host allocation of ", bytes, " bytes"));
-                        }
-                        return ptr;
-                      },
-                      [](void* ptr) { std::free(ptr); }});
+      Device::Cpu(), SystemAllocator{[](size_t bytes) -> StatusOr<void*> {
+                                       void* ptr = std::aligned_alloc(kAllocationAlignment, bytes);
+                                       if (ptr == nullptr) {
+                                         return absl::ResourceExhaustedError(
+                                             absl::StrCat("host allocation of ", bytes, " bytes"));
+                                       }
+                                       return ptr;
+                                     },
+                                     [](void* ptr) { std::free(ptr); }});
   return allocator;
 }
 
@@ -287,16 +288,16 @@ class CudaStreamEvents final : public StreamEvents {
 
 Status CheckCudaIndex(int index) {
   if (index < 0 || index >= CudaDeviceCount()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "CUDA device ", index, " is not visible (", CudaDeviceCount(), " devices visible)"));
+    return absl::FailedPreconditionError(absl::StrCat("CUDA device ", index, " is not visible (",
+                                                      CudaDeviceCount(), " devices visible)"));
   }
   return absl::OkStatus();
 }
 
 // One allocator per visible device, made on first use by `make` and kept for the process.
-StatusOr<CachingAllocator*> PerDevice(int index, std::mutex& mutex,
-                                      std::vector<std::unique_ptr<CachingAllocator>>*& table,
-                                      const std::function<std::unique_ptr<CachingAllocator>()>& make) {
+StatusOr<CachingAllocator*> PerDevice(
+    int index, std::mutex& mutex, std::vector<std::unique_ptr<CachingAllocator>>*& table,
+    const std::function<std::unique_ptr<CachingAllocator>()>& make) {
   MOE_RETURN_IF_ERROR(CheckCudaIndex(index));
   std::lock_guard<std::mutex> lock(mutex);
   if (table == nullptr) {
@@ -315,17 +316,16 @@ StatusOr<CachingAllocator*> CudaAllocator(int index) {
   static std::mutex mutex;
   static std::vector<std::unique_ptr<CachingAllocator>>* allocators = nullptr;
   return PerDevice(index, mutex, allocators, [index] {
-    SystemAllocator system{
-        [index](size_t bytes) -> StatusOr<void*> {
-          MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(index));
-          void* ptr = nullptr;
-          MOE_CUDA_RETURN_IF_ERROR(cudaMalloc(&ptr, bytes));
-          return ptr;
-        },
-        [index](void* ptr) {
-          cudaSetDevice(index);
-          cudaFree(ptr);
-        }};
+    SystemAllocator system{[index](size_t bytes) -> StatusOr<void*> {
+                             MOE_CUDA_RETURN_IF_ERROR(cudaSetDevice(index));
+                             void* ptr = nullptr;
+                             MOE_CUDA_RETURN_IF_ERROR(cudaMalloc(&ptr, bytes));
+                             return ptr;
+                           },
+                           [index](void* ptr) {
+                             cudaSetDevice(index);
+                             cudaFree(ptr);
+                           }};
     return std::make_unique<CachingAllocator>(Device::Cuda(index), std::move(system),
                                               std::make_unique<CudaStreamEvents>(index));
   });

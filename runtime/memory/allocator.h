@@ -145,9 +145,9 @@ class CachingAllocator final : public Allocator {
   const std::unique_ptr<StreamEvents> events_;
   const bool host_access_;
   mutable std::mutex mutex_;
-  std::multimap<size_t, FreeBlock> free_blocks_;       // size -> block
+  std::multimap<size_t, FreeBlock> free_blocks_;  // size -> block
   std::unordered_map<void*, LiveBlock> live_blocks_;
-  std::map<StreamId, int> streams_;                    // registered streams -> registrations
+  std::map<StreamId, int> streams_;  // registered streams -> registrations
   std::map<StreamId, std::unique_ptr<StreamView>> views_;
   AllocatorStats stats_;
 };

@@ -4,9 +4,7 @@
 #include <limits>
 
 namespace smoe {
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 Status SoftmaxRows(ExecContext& ctx, const TensorView& x, const TensorView& y) {
   MOE_RETURN_IF_ERROR(CheckContiguousTensor("x", x, DType::kF32, ctx.device(), {-1, -1}));
@@ -75,8 +73,7 @@ namespace internal {
 Status SoftmaxRowsCuda(ExecContext&, const float*, float*, int64_t, int64_t) {
   return absl::FailedPreconditionError("SoftmaxRows on CUDA, but this build has no CUDA backend");
 }
-Status SoftmaxRowsBackwardCuda(ExecContext&, const float*, const float*, float*, int64_t,
-                               int64_t) {
+Status SoftmaxRowsBackwardCuda(ExecContext&, const float*, const float*, float*, int64_t, int64_t) {
   return absl::FailedPreconditionError(
       "SoftmaxRowsBackward on CUDA, but this build has no CUDA backend");
 }

@@ -12,7 +12,8 @@ namespace {
 constexpr int kWarpsPerBlock = 8;
 
 __device__ __forceinline__ float WarpMax(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  for (int offset = 16; offset > 0; offset >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 
@@ -73,8 +74,8 @@ Status SoftmaxRowsCuda(ExecContext& ctx, const float* x, float* y, int64_t rows,
 
 Status SoftmaxRowsBackwardCuda(ExecContext& ctx, const float* y, const float* dy, float* dx,
                                int64_t rows, int64_t cols) {
-  SoftmaxRowsBackwardKernel<<<Blocks(rows), kWarpsPerBlock * 32, 0, ctx.stream()>>>(y, dy, dx,
-                                                                                    rows, cols);
+  SoftmaxRowsBackwardKernel<<<Blocks(rows), kWarpsPerBlock * 32, 0, ctx.stream()>>>(y, dy, dx, rows,
+                                                                                    cols);
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("SoftmaxRowsBackwardKernel");
   return absl::OkStatus();
 }

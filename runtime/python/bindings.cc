@@ -65,7 +65,8 @@ Status CheckOffsets(const std::vector<int64_t>& offsets, int64_t experts, int64_
                        absl::StrCat("E + 1 = ", experts + 1));
   }
   if (offsets.front() != 0 || offsets.back() != rows) {
-    return BadArgument("offsets", absl::StrCat("[", offsets.front(), ", ..., ", offsets.back(), "]"),
+    return BadArgument("offsets",
+                       absl::StrCat("[", offsets.front(), ", ..., ", offsets.back(), "]"),
                        absl::StrCat("0 first and R = ", rows, " last"));
   }
   for (size_t i = 1; i < offsets.size(); ++i) {
@@ -114,8 +115,8 @@ void BindMoE(py::module_& m) {
           })
       .def_readonly("renormalize", &MoELayerConfig::renormalize)
       .def_readonly("capacity_factor", &MoELayerConfig::capacity_factor)
-      .def_property_readonly("dtype",
-                             [](const MoELayerConfig& c) { return std::string(DTypeName(c.dtype)); })
+      .def_property_readonly(
+          "dtype", [](const MoELayerConfig& c) { return std::string(DTypeName(c.dtype)); })
       .def_property_readonly("lbl_coef", [](const MoELayerConfig& c) { return c.aux.lbl_coef; })
       .def_property_readonly("z_coef", [](const MoELayerConfig& c) { return c.aux.z_coef; })
       .def_property_readonly("top1_lbl_coef",
@@ -130,7 +131,8 @@ void BindMoE(py::module_& m) {
       .def_property_readonly("num_rows", [](const MoEState& s) { return s.plan.num_rows(); })
       .def_property_readonly("dropped", [](const MoEState& s) { return s.plan.dropped_host; })
       .def_property_readonly(
-          "rows_per_expert", [](const MoEState& s) { return CountsFromOffsets(s.plan.offsets_host); })
+          "rows_per_expert",
+          [](const MoEState& s) { return CountsFromOffsets(s.plan.offsets_host); })
       .def("logits", [](const MoEState& s) { return Export(s.logits); })
       .def("probs", [](const MoEState& s) { return Export(s.probs); })
       .def("topk_idx", [](const MoEState& s) { return Export(s.topk_idx); })
@@ -150,8 +152,8 @@ void BindMoE(py::module_& m) {
         DeviceGuard guard(x_t.view().device());
         ExecContext& ctx = ContextFor(x_t.view().device(), stream);
         auto state = std::make_shared<MoEState>();
-        const AuxLossValues aux = ValueOrThrow(MoEForward(
-            ctx, config, {wg, w1_t, w3_t, w2_t}, x_t, y_t, state.get(), nullptr, bias));
+        const AuxLossValues aux = ValueOrThrow(
+            MoEForward(ctx, config, {wg, w1_t, w3_t, w2_t}, x_t, y_t, state.get(), nullptr, bias));
         return py::make_tuple(state, AuxToDict(aux));
       },
       arg("config"), arg("w_gate"), arg("w1"), arg("w3"), arg("w2"), arg("x"), arg("y"),
@@ -163,8 +165,8 @@ void BindMoE(py::module_& m) {
       "moe_backward",
       [](const MoELayerConfig& config, py::handle w_gate, py::handle w1, py::handle w3,
          py::handle w2, const MoEState& saved, py::handle dy, py::handle dx, py::handle g_w_gate,
-         py::handle g_w1, py::handle g_w3, py::handle g_w2, bool accumulate,
-         float aux_grad_scale, py::handle x, uintptr_t stream) {
+         py::handle g_w1, py::handle g_w3, py::handle g_w2, bool accumulate, float aux_grad_scale,
+         py::handle x, uintptr_t stream) {
         BorrowedTensor dy_t = Take(dy, "dy"), dx_t = Take(dx, "dx");
         BorrowedTensor x_t = Take(x, "x", /*allow_none=*/true);
         // A copy of the state (its tensors are shared, not copied) reading the x given.
@@ -192,9 +194,9 @@ void BindMoE(py::module_& m) {
                                  {gwg, gw1, gw3, gw2}, accumulate, aux_grad_scale));
       },
       arg("config"), arg("w_gate"), arg("w1"), arg("w3"), arg("w2"), arg("state"), arg("dy"),
-      arg("dx"), arg("grad_w_gate"), arg("grad_w1"), arg("grad_w3"), arg("grad_w2"),
-      py::kw_only(), arg("accumulate") = false, arg("aux_grad_scale") = 1.0f,
-      arg("x") = py::none(), arg("stream") = 0,
+      arg("dx"), arg("grad_w_gate"), arg("grad_w1"), arg("grad_w3"), arg("grad_w2"), py::kw_only(),
+      arg("accumulate") = false, arg("aux_grad_scale") = 1.0f, arg("x") = py::none(),
+      arg("stream") = 0,
       "Writes dx (overwrite) and the f32 parameter gradients (overwrite, or add when accumulate); "
       "the aux losses' gradient enters scaled by aux_grad_scale. `x`, when given, is read instead "
       "of the forward's x (same shape, dtype, device, and the same values).");
@@ -251,9 +253,9 @@ void BindPieces(py::module_& m) {
       "router_forward",
       [](py::handle x, py::handle w_gate, py::handle logits, py::handle probs, py::handle topk_idx,
          py::handle topk_gates, bool renormalize, py::handle expert_bias, uintptr_t stream) {
-        BorrowedTensor x_t = Take(x, "x"), wg = Take(w_gate, "w_gate"),
-                       lg = Take(logits, "logits"), pr = Take(probs, "probs"),
-                       idx = Take(topk_idx, "topk_idx"), gates = Take(topk_gates, "topk_gates"),
+        BorrowedTensor x_t = Take(x, "x"), wg = Take(w_gate, "w_gate"), lg = Take(logits, "logits"),
+                       pr = Take(probs, "probs"), idx = Take(topk_idx, "topk_idx"),
+                       gates = Take(topk_gates, "topk_gates"),
                        bias = Take(expert_bias, "expert_bias", true);
         const RouterConfig config{static_cast<int>(wg.view().rank() == 2 ? wg.view().dim(1) : 0),
                                   static_cast<int>(idx.view().rank() == 2 ? idx.view().dim(1) : 0),
@@ -263,8 +265,8 @@ void BindPieces(py::module_& m) {
                                    lg, pr, idx, gates));
       },
       arg("x"), arg("w_gate"), arg("logits"), arg("probs"), arg("topk_idx"), arg("topk_gates"),
-      py::kw_only(), arg("renormalize") = false, arg("expert_bias") = py::none(),
-      arg("stream") = 0, "moe/router/router.h RouterForward; E from w_gate, K from topk_idx.");
+      py::kw_only(), arg("renormalize") = false, arg("expert_bias") = py::none(), arg("stream") = 0,
+      "moe/router/router.h RouterForward; E from w_gate, K from topk_idx.");
 
   m.def(
       "router_backward",
@@ -283,9 +285,8 @@ void BindPieces(py::module_& m) {
                                     idx, dg, extra, dx_t, dwg, accumulate));
       },
       arg("x"), arg("w_gate"), arg("probs"), arg("topk_idx"), arg("d_topk_gates"), arg("dx"),
-      arg("dw_gate"), py::kw_only(), arg("renormalize") = false,
-      arg("d_logits_extra") = py::none(), arg("accumulate") = false, arg("stream") = 0,
-      "moe/router/router.h RouterBackward.");
+      arg("dw_gate"), py::kw_only(), arg("renormalize") = false, arg("d_logits_extra") = py::none(),
+      arg("accumulate") = false, arg("stream") = 0, "moe/router/router.h RouterBackward.");
 
   m.def(
       "aux_loss",
@@ -298,12 +299,11 @@ void BindPieces(py::module_& m) {
         config.z_coef = z_coef;
         config.top1_lbl_coef = top1_lbl_coef;
         DeviceGuard guard(lg.view().device());
-        return AuxToDict(ValueOrThrow(AuxLossForwardBackward(
-            ContextFor(lg.view().device(), stream), config, lg, pr, idx, nullptr, dl)));
+        return AuxToDict(ValueOrThrow(AuxLossForwardBackward(ContextFor(lg.view().device(), stream),
+                                                             config, lg, pr, idx, nullptr, dl)));
       },
       arg("logits"), arg("probs"), arg("topk_idx"), arg("d_logits"), py::kw_only(),
-      arg("lbl_coef") = 0.0f, arg("z_coef") = 0.0f, arg("top1_lbl_coef") = 0.0f,
-      arg("stream") = 0,
+      arg("lbl_coef") = 0.0f, arg("z_coef") = 0.0f, arg("top1_lbl_coef") = 0.0f, arg("stream") = 0,
       "moe/router/aux_loss.h: returns the values, writes d total / d logits (host sync on CUDA).");
 
   m.def(
@@ -360,14 +360,12 @@ void BindPieces(py::module_& m) {
       [](const RoutingPlan& plan, py::handle dxs, py::handle dx, uintptr_t stream) {
         BorrowedTensor dxs_t = Take(dxs, "dxs"), dx_t = Take(dx, "dx");
         DeviceGuard guard(dx_t.view().device());
-        ThrowIfError(
-            PermuteBackward(ContextFor(dx_t.view().device(), stream), plan, dxs_t, dx_t));
+        ThrowIfError(PermuteBackward(ContextFor(dx_t.view().device(), stream), plan, dxs_t, dx_t));
       },
       arg("plan"), arg("dxs"), arg("dx"), py::kw_only(), arg("stream") = 0);
   m.def(
       "combine",
-      [](const RoutingPlan& plan, py::handle ys, py::handle gates, py::handle y,
-         uintptr_t stream) {
+      [](const RoutingPlan& plan, py::handle ys, py::handle gates, py::handle y, uintptr_t stream) {
         BorrowedTensor ys_t = Take(ys, "ys"), g = Take(gates, "gates"), y_t = Take(y, "y");
         DeviceGuard guard(y_t.view().device());
         ThrowIfError(Combine(ContextFor(y_t.view().device(), stream), plan, ys_t, g, y_t));
@@ -380,8 +378,8 @@ void BindPieces(py::module_& m) {
         BorrowedTensor dy_t = Take(dy, "dy"), ys_t = Take(ys, "ys"), g = Take(gates, "gates"),
                        dys_t = Take(dys, "dys"), dg = Take(dgates, "dgates");
         DeviceGuard guard(dy_t.view().device());
-        ThrowIfError(CombineBackward(ContextFor(dy_t.view().device(), stream), plan, dy_t, ys_t,
-                                     g, dys_t, dg));
+        ThrowIfError(CombineBackward(ContextFor(dy_t.view().device(), stream), plan, dy_t, ys_t, g,
+                                     dys_t, dg));
       },
       arg("plan"), arg("dy"), arg("ys"), arg("gates"), arg("dys"), arg("dgates"), py::kw_only(),
       arg("stream") = 0);
@@ -397,12 +395,12 @@ void BindPieces(py::module_& m) {
         ThrowIfError(CheckOffsets(offsets, w1_t.view().rank() == 3 ? w1_t.view().dim(0) : 0,
                                   xs_t.view().rank() >= 1 ? xs_t.view().dim(0) : 0));
         DeviceGuard guard(xs_t.view().device());
-        ThrowIfError(ExpertsForward(ContextFor(xs_t.view().device(), stream),
-                                    {w1_t, w3_t, w2_t}, xs_t, std::span<const int64_t>(offsets),
-                                    {h1_t, h3_t, act_t}, ys_t));
+        ThrowIfError(ExpertsForward(ContextFor(xs_t.view().device(), stream), {w1_t, w3_t, w2_t},
+                                    xs_t, std::span<const int64_t>(offsets), {h1_t, h3_t, act_t},
+                                    ys_t));
       },
-      arg("w1"), arg("w3"), arg("w2"), arg("xs"), arg("offsets"), arg("h1"), arg("h3"),
-      arg("act"), arg("ys"), py::kw_only(), arg("stream") = 0,
+      arg("w1"), arg("w3"), arg("w2"), arg("xs"), arg("offsets"), arg("h1"), arg("h3"), arg("act"),
+      arg("ys"), py::kw_only(), arg("stream") = 0,
       "moe/experts/experts.h ExpertsForward; offsets: host list of E + 1 row offsets.");
   m.def(
       "experts_backward",
@@ -412,19 +410,17 @@ void BindPieces(py::module_& m) {
          bool accumulate, uintptr_t stream) {
         BorrowedTensor w1_t = Take(w1, "w1"), w3_t = Take(w3, "w3"), w2_t = Take(w2, "w2"),
                        xs_t = Take(xs, "xs"), h1_t = Take(h1, "h1"), h3_t = Take(h3, "h3"),
-                       act_t = Take(act, "act"), dys_t = Take(dys, "dys"),
-                       dxs_t = Take(dxs, "dxs"), dw1_t = Take(dw1, "dw1"),
-                       dw3_t = Take(dw3, "dw3"), dw2_t = Take(dw2, "dw2");
+                       act_t = Take(act, "act"), dys_t = Take(dys, "dys"), dxs_t = Take(dxs, "dxs"),
+                       dw1_t = Take(dw1, "dw1"), dw3_t = Take(dw3, "dw3"), dw2_t = Take(dw2, "dw2");
         ThrowIfError(CheckOffsets(offsets, w1_t.view().rank() == 3 ? w1_t.view().dim(0) : 0,
                                   xs_t.view().rank() >= 1 ? xs_t.view().dim(0) : 0));
         DeviceGuard guard(xs_t.view().device());
-        ThrowIfError(ExpertsBackward(ContextFor(xs_t.view().device(), stream),
-                                     {w1_t, w3_t, w2_t}, xs_t, std::span<const int64_t>(offsets),
-                                     {h1_t, h3_t, act_t}, dys_t, dxs_t, {dw1_t, dw3_t, dw2_t},
-                                     accumulate));
+        ThrowIfError(ExpertsBackward(ContextFor(xs_t.view().device(), stream), {w1_t, w3_t, w2_t},
+                                     xs_t, std::span<const int64_t>(offsets), {h1_t, h3_t, act_t},
+                                     dys_t, dxs_t, {dw1_t, dw3_t, dw2_t}, accumulate));
       },
-      arg("w1"), arg("w3"), arg("w2"), arg("xs"), arg("offsets"), arg("h1"), arg("h3"),
-      arg("act"), arg("dys"), arg("dxs"), arg("dw1"), arg("dw3"), arg("dw2"), py::kw_only(),
+      arg("w1"), arg("w3"), arg("w2"), arg("xs"), arg("offsets"), arg("h1"), arg("h3"), arg("act"),
+      arg("dys"), arg("dxs"), arg("dw1"), arg("dw3"), arg("dw2"), py::kw_only(),
       arg("accumulate") = false, arg("stream") = 0, "moe/experts/experts.h ExpertsBackward.");
 }
 

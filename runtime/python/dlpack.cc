@@ -25,21 +25,25 @@ StatusOr<DType> DTypeFromDL(const dlpack::DLDataType& t, absl::string_view name)
     if (t.code == dlpack::kDLInt && t.bits == 32) return DType::kI32;
     if (t.code == dlpack::kDLInt && t.bits == 64) return DType::kI64;
   }
-  static constexpr const char* kCodes[] = {"int", "uint", "float", "opaque", "bfloat", "complex",
-                                           "bool"};
+  static constexpr const char* kCodes[] = {"int",    "uint",    "float", "opaque",
+                                           "bfloat", "complex", "bool"};
   const std::string code = t.code < 7 ? kCodes[t.code] : absl::StrCat("code", t.code);
-  return BadArgument(absl::StrCat(name, ".dtype"),
-                     absl::StrCat(code, static_cast<int>(t.bits),
-                                  t.lanes == 1 ? "" : absl::StrCat("x", t.lanes)),
-                     "float32, bfloat16, int32 or int64");
+  return BadArgument(
+      absl::StrCat(name, ".dtype"),
+      absl::StrCat(code, static_cast<int>(t.bits), t.lanes == 1 ? "" : absl::StrCat("x", t.lanes)),
+      "float32, bfloat16, int32 or int64");
 }
 
 dlpack::DLDataType DLFromDType(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return {dlpack::kDLFloat, 32, 1};
-    case DType::kBF16: return {dlpack::kDLBfloat, 16, 1};
-    case DType::kI32: return {dlpack::kDLInt, 32, 1};
-    case DType::kI64: return {dlpack::kDLInt, 64, 1};
+    case DType::kF32:
+      return {dlpack::kDLFloat, 32, 1};
+    case DType::kBF16:
+      return {dlpack::kDLBfloat, 16, 1};
+    case DType::kI32:
+      return {dlpack::kDLInt, 32, 1};
+    case DType::kI64:
+      return {dlpack::kDLInt, 64, 1};
   }
   return {dlpack::kDLFloat, 32, 1};
 }
@@ -50,8 +54,7 @@ StatusOr<DLManagedTensor*> TakeFromCapsule(py::handle capsule, absl::string_view
     return BadArgument(name, "a capsule that is not an unconsumed \"dltensor\"",
                        "a tensor or a fresh DLPack capsule");
   }
-  auto* managed =
-      static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), kCapsuleName));
+  auto* managed = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), kCapsuleName));
   if (managed == nullptr || PyCapsule_SetName(capsule.ptr(), kUsedCapsuleName) != 0) {
     PyErr_Clear();
     return absl::InternalError(absl::StrCat(name, ": could not take the DLPack capsule"));
@@ -123,10 +126,11 @@ StatusOr<BorrowedTensor> Borrow(py::handle object, absl::string_view name, bool 
     for (int i = dl.ndim - 1; i >= 0; --i) {
       if (dims[i] != 1 && dl.strides[i] != expected) {
         std::vector<int64_t> strides(dl.strides, dl.strides + dl.ndim);
-        return BadArgument(name,
-                           absl::StrCat("a non-contiguous tensor (shape [", absl::StrJoin(dims, ", "),
-                                        "], strides [", absl::StrJoin(strides, ", "), "])"),
-                           "a contiguous tensor (call .contiguous())");
+        return BadArgument(
+            name,
+            absl::StrCat("a non-contiguous tensor (shape [", absl::StrJoin(dims, ", "),
+                         "], strides [", absl::StrJoin(strides, ", "), "])"),
+            "a contiguous tensor (call .contiguous())");
       }
       expected *= dims[i];
     }
@@ -167,9 +171,8 @@ py::capsule ToCapsule(const Tensor& tensor, std::shared_ptr<void> keep_alive) {
   // DLPack wants a non-null pointer even for an empty tensor.
   alignas(256) static char empty_storage = 0;
   dl.data = tensor.data() != nullptr ? tensor.data() : &empty_storage;
-  dl.device = tensor.device().is_cuda()
-                  ? dlpack::DLDevice{dlpack::kDLCUDA, tensor.device().index}
-                  : dlpack::DLDevice{dlpack::kDLCPU, 0};
+  dl.device = tensor.device().is_cuda() ? dlpack::DLDevice{dlpack::kDLCUDA, tensor.device().index}
+                                        : dlpack::DLDevice{dlpack::kDLCPU, 0};
   dl.ndim = tensor.rank();
   dl.dtype = DLFromDType(tensor.dtype());
   dl.shape = export_ctx->shape.data();

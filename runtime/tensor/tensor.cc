@@ -6,7 +6,10 @@
 namespace smoe {
 
 TensorView::TensorView(void* data, DType dtype, Shape shape, Device device)
-    : data_(data), dtype_(dtype), shape_(shape), strides_(shape.ContiguousStrides()),
+    : data_(data),
+      dtype_(dtype),
+      shape_(shape),
+      strides_(shape.ContiguousStrides()),
       device_(device) {}
 
 TensorView::TensorView(void* data, DType dtype, Shape shape, Strides strides, Device device)
@@ -76,9 +79,12 @@ Status CheckTensor(absl::string_view name, const TensorView& t, DType dtype, Dev
   }
   if (!match) {
     const std::string expected = absl::StrCat(
-        "[", absl::StrJoin(shape, ", ", [](std::string* out, int64_t d) {
-          absl::StrAppend(out, d == -1 ? std::string("*") : absl::StrCat(d));
-        }), "]");
+        "[",
+        absl::StrJoin(shape, ", ",
+                      [](std::string* out, int64_t d) {
+                        absl::StrAppend(out, d == -1 ? std::string("*") : absl::StrCat(d));
+                      }),
+        "]");
     return BadArgument(absl::StrCat(name, ".shape"), t.shape().ToString(), expected);
   }
   return absl::OkStatus();

@@ -31,8 +31,8 @@ class TensorView {
   // Typed pointer; the dtype must match T (checked).
   template <typename T>
   T* data() const {
-    MOE_CHECK(DTypeOf<T>() == dtype_) << "data<" << DTypeName(DTypeOf<T>()) << ">() on a "
-                                      << DTypeName(dtype_) << " tensor";
+    MOE_CHECK(DTypeOf<T>() == dtype_)
+        << "data<" << DTypeName(DTypeOf<T>()) << ">() on a " << DTypeName(dtype_) << " tensor";
     return static_cast<T*>(data_);
   }
   DType dtype() const { return dtype_; }

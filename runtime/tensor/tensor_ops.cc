@@ -16,7 +16,8 @@ namespace smoe {
 namespace {
 
 Status NoCuda(absl::string_view op) {
-  return absl::FailedPreconditionError(absl::StrCat(op, " on a CUDA tensor, but this build has no CUDA backend"));
+  return absl::FailedPreconditionError(
+      absl::StrCat(op, " on a CUDA tensor, but this build has no CUDA backend"));
 }
 
 template <typename T>
@@ -103,10 +104,18 @@ Status Fill(ExecContext& ctx, const TensorView& dst, double value) {
   MOE_RETURN_IF_ERROR(CheckOnDevice("dst", dst, ctx.device()));
   if (dst.device().is_cuda()) return internal::FillCuda(ctx, dst, value);
   switch (dst.dtype()) {
-    case DType::kF32: FillHost(dst, static_cast<float>(value)); break;
-    case DType::kBF16: FillHost(dst, FloatToBF16(static_cast<float>(value))); break;
-    case DType::kI32: FillHost(dst, static_cast<int32_t>(value)); break;
-    case DType::kI64: FillHost(dst, static_cast<int64_t>(value)); break;
+    case DType::kF32:
+      FillHost(dst, static_cast<float>(value));
+      break;
+    case DType::kBF16:
+      FillHost(dst, FloatToBF16(static_cast<float>(value)));
+      break;
+    case DType::kI32:
+      FillHost(dst, static_cast<int32_t>(value));
+      break;
+    case DType::kI64:
+      FillHost(dst, static_cast<int64_t>(value));
+      break;
   }
   return absl::OkStatus();
 }

@@ -1,9 +1,10 @@
 // Copies, fills, random fills and casts over TensorViews, on CPU and CUDA.
 //
 // All take contiguous views (checked) and enqueue on ctx's stream. Device-side work requires
-// ctx.device() to match the tensors' device. Random fills are counter-based (runtime/core/philox.h):
-// element i of `dst` takes stream position offset + i, so CPU and CUDA fill bit-identical values
-// for the same (seed, offset), in f32; in bf16 the f32 value is rounded to nearest even.
+// ctx.device() to match the tensors' device. Random fills are counter-based
+// (runtime/core/philox.h): element i of `dst` takes stream position offset + i, so CPU and CUDA
+// fill bit-identical values for the same (seed, offset), in f32; in bf16 the f32 value is rounded
+// to nearest even.
 #pragma once
 
 #include <cstddef>
@@ -46,7 +47,7 @@ enum class RandomKind { kUniform, kNormal };
 [[nodiscard]] Status FillRandomCuda(ExecContext& ctx, const TensorView& dst, RandomKind kind,
                                     uint64_t seed, uint64_t offset, float a, float b);
 [[nodiscard]] Status AxpyCuda(ExecContext& ctx, const TensorView& a, float alpha,
-                            const TensorView& b, const TensorView& out);
+                              const TensorView& b, const TensorView& out);
 [[nodiscard]] Status CastCuda(ExecContext& ctx, const TensorView& src, const TensorView& dst);
 }  // namespace internal
 

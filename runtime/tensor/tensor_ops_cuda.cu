@@ -54,8 +54,7 @@ __global__ void BF16ToF32Kernel(const BF16* in, float* out, int64_t n) {
   }
 }
 
-__global__ void AxpyF32Kernel(const float* a, float alpha, const float* b, float* out,
-                              int64_t n) {
+__global__ void AxpyF32Kernel(const float* a, float alpha, const float* b, float* out, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     out[i] = fmaf(alpha, b[i], a[i]);
@@ -82,10 +81,18 @@ namespace internal {
 Status FillCuda(ExecContext& ctx, const TensorView& dst, double value) {
   if (dst.numel() == 0) return absl::OkStatus();
   switch (dst.dtype()) {
-    case DType::kF32: LaunchFill(dst, static_cast<float>(value), ctx.stream()); break;
-    case DType::kBF16: LaunchFill(dst, FloatToBF16(static_cast<float>(value)), ctx.stream()); break;
-    case DType::kI32: LaunchFill(dst, static_cast<int32_t>(value), ctx.stream()); break;
-    case DType::kI64: LaunchFill(dst, static_cast<int64_t>(value), ctx.stream()); break;
+    case DType::kF32:
+      LaunchFill(dst, static_cast<float>(value), ctx.stream());
+      break;
+    case DType::kBF16:
+      LaunchFill(dst, FloatToBF16(static_cast<float>(value)), ctx.stream());
+      break;
+    case DType::kI32:
+      LaunchFill(dst, static_cast<int32_t>(value), ctx.stream());
+      break;
+    case DType::kI64:
+      LaunchFill(dst, static_cast<int64_t>(value), ctx.stream());
+      break;
   }
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("FillKernel");
   return absl::OkStatus();
@@ -110,11 +117,11 @@ Status AxpyCuda(ExecContext& ctx, const TensorView& a, float alpha, const Tensor
                 const TensorView& out) {
   const int64_t n = a.numel();
   if (a.dtype() == DType::kF32) {
-    AxpyF32Kernel<<<BlocksFor(n), kThreads, 0, ctx.stream()>>>(a.data<float>(), alpha,
-                                                               b.data<float>(), out.data<float>(), n);
+    AxpyF32Kernel<<<BlocksFor(n), kThreads, 0, ctx.stream()>>>(
+        a.data<float>(), alpha, b.data<float>(), out.data<float>(), n);
   } else {
-    AxpyBF16Kernel<<<BlocksFor(n), kThreads, 0, ctx.stream()>>>(a.data<BF16>(), alpha,
-                                                                b.data<BF16>(), out.data<BF16>(), n);
+    AxpyBF16Kernel<<<BlocksFor(n), kThreads, 0, ctx.stream()>>>(
+        a.data<BF16>(), alpha, b.data<BF16>(), out.data<BF16>(), n);
   }
   MOE_CUDA_RETURN_IF_LAUNCH_ERROR("AxpyKernel");
   return absl::OkStatus();

@@ -37,8 +37,8 @@ TEST_P(AttentionBlasTest, MatchesReference) {
   attention_internal::AttentionForwardCpu(d, qd.data(), kd.data(), vd.data(), out_ref.data(),
                                           lse_ref.data());
   attention_internal::AttentionBackwardCpu(d, qd.data(), kd.data(), vd.data(), out_ref.data(),
-                                           lse_ref.data(), dod.data(), dq_ref.data(),
-                                           dk_ref.data(), dv_ref.data());
+                                           lse_ref.data(), dod.data(), dq_ref.data(), dk_ref.data(),
+                                           dv_ref.data());
   const testing::Tolerance tol{2e-5, 2e-4};
   EXPECT_TRUE(testing::AllClose(Wide(out), out_ref, tol)) << "out";
   EXPECT_TRUE(testing::AllClose(Wide(lse), lse_ref, tol)) << "lse";

@@ -8,12 +8,12 @@
 #include <string>
 #include <tuple>
 
+#include "absl/strings/str_cat.h"
 #include "attention/attention_core.h"
 #include "attention/diffqkv.h"
 #include "attention/kv_cache.h"
 #include "attention/qk_norm.h"
 #include "attention/rope.h"
-#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "runtime/tensor/tensor_ops.h"
@@ -338,13 +338,16 @@ TEST(DiffQkvParityTest, BlockForwardAndBackward) {
                               "dw_up", "dw_down", "dq_norm", "dk_norm"};
   // The weight gradients are f32 and accumulate: both sides start from the same random values.
   for (int i = 0; i < 9; ++i) {
-    args.push_back(Output(grad_names[i], args[i + 1].shape, DType::kF32, tol, Normal(20 + i, 1.0f)));
+    args.push_back(
+        Output(grad_names[i], args[i + 1].shape, DType::kF32, tol, Normal(20 + i, 1.0f)));
   }
   EXPECT_TRUE(CheckParity(args, [&](ExecContext& ctx, const ParityArgs& t) {
-    const DiffQkvParams p{t["w_q"], t["w_k"], t["w_v"], t["w_o"],
-                          {t["w_gate"], t["w_up"], t["w_down"]}, t["q_norm"], t["k_norm"]};
-    const DiffQkvParams g{t["dw_q"], t["dw_k"], t["dw_v"], t["dw_o"],
-                          {t["dw_gate"], t["dw_up"], t["dw_down"]}, t["dq_norm"], t["dk_norm"]};
+    const DiffQkvParams p{
+        t["w_q"],    t["w_k"],   t["w_v"], t["w_o"], {t["w_gate"], t["w_up"], t["w_down"]},
+        t["q_norm"], t["k_norm"]};
+    const DiffQkvParams g{
+        t["dw_q"],    t["dw_k"],   t["dw_v"], t["dw_o"], {t["dw_gate"], t["dw_up"], t["dw_down"]},
+        t["dq_norm"], t["dk_norm"]};
     DiffQkvSaved saved;
     MOE_RETURN_IF_ERROR(DiffQkvForward(ctx, c, p, t["x"], t["y"], &saved));
     return DiffQkvBackward(ctx, c, p, t["x"], saved, t["dy"], t["dx"], g);

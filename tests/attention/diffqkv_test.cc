@@ -222,8 +222,8 @@ TEST(DiffQkvBlockTest, EmptyBatch) {
   ExecContext& ctx = ExecContext::Cpu();
   Tensor y = HostTensor(block.tensors[0].shape());
   DiffQkvSaved saved;
-  MOE_ASSERT_OK(DiffQkvForward(ctx, config, block.Params(block.tensors), block.tensors[0], y,
-                               &saved));
+  MOE_ASSERT_OK(
+      DiffQkvForward(ctx, config, block.Params(block.tensors), block.tensors[0], y, &saved));
   std::vector<Tensor> grads = block.EmptyLike();
   for (size_t i = 1; i < grads.size(); ++i) MOE_ASSERT_OK(Fill(ctx, grads[i], 7.0));
   Tensor dy = HostTensor(y.shape());

@@ -92,8 +92,8 @@ TEST_P(MoELayerCudaTest, MatchesCpu) {
   // bf16 runs are compared with the f32 CPU run on the same (bf16-valued) x and dy, so the fp32
   // routers see the same x and choose the same experts; the bf16 expert weights and activations
   // stay within the tolerance.
-  const testing::Tolerance tol = dtype == DType::kF32 ? testing::Tolerance{1e-4, 1e-3}
-                                                      : testing::Tolerance{5e-2, 5e-2};
+  const testing::Tolerance tol =
+      dtype == DType::kF32 ? testing::Tolerance{1e-4, 1e-3} : testing::Tolerance{5e-2, 5e-2};
   EXPECT_EQ(cuda.dropped, cpu.dropped);
   EXPECT_NEAR(cuda.aux, cpu.aux, 1e-4 * (1 + std::abs(cpu.aux)));
   EXPECT_TRUE(testing::AllClose(cuda.y, cpu.y, tol)) << "y";
@@ -117,12 +117,13 @@ TEST(MoELayerCudaReferenceTest, Bf16RunsReferenceTakesTheBf16Inputs) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, MoELayerCudaTest,
-    ::testing::Combine(::testing::Values(1, 333), ::testing::Values(1, 8, 96),
-                       ::testing::Values(1, 2), ::testing::Values(0.0f, 1.0f),
-                       ::testing::Values(DType::kF32, DType::kBF16)),
-    [](const ::testing::TestParamInfo<Case>& info) { return CaseName(info.param); });
+INSTANTIATE_TEST_SUITE_P(Shapes, MoELayerCudaTest,
+                         ::testing::Combine(::testing::Values(1, 333), ::testing::Values(1, 8, 96),
+                                            ::testing::Values(1, 2), ::testing::Values(0.0f, 1.0f),
+                                            ::testing::Values(DType::kF32, DType::kBF16)),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                           return CaseName(info.param);
+                         });
 
 }  // namespace
 }  // namespace smoe

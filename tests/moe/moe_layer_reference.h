@@ -24,9 +24,9 @@ struct DenseMoEWeights {
 };
 
 struct DenseMoEResult {
-  std::vector<double> y;            // [T, M]
-  std::vector<int> choice;          // [T, K] chosen experts
-  std::vector<bool> kept;           // [T, K]
+  std::vector<double> y;    // [T, M]
+  std::vector<int> choice;  // [T, K] chosen experts
+  std::vector<bool> kept;   // [T, K]
   double aux_total = 0.0;
 };
 

@@ -48,9 +48,9 @@ MoELayerConfig ConfigFor(const Case& c) {
 }
 
 testing::DenseMoE DenseFor(const MoELayerConfig& config) {
-  return testing::DenseMoE{config.model_dim, config.ffn_dim, config.num_experts, config.top_k,
-                           config.renormalize, config.capacity_factor, config.aux.lbl_coef,
-                           config.aux.z_coef, config.aux.top1_lbl_coef};
+  return testing::DenseMoE{config.model_dim,    config.ffn_dim,     config.num_experts,
+                           config.top_k,        config.renormalize, config.capacity_factor,
+                           config.aux.lbl_coef, config.aux.z_coef,  config.aux.top1_lbl_coef};
 }
 
 class MoELayerTest : public ::testing::TestWithParam<Case> {};
@@ -59,7 +59,8 @@ TEST_P(MoELayerTest, ForwardAndGradientsMatchDenseReference) {
   const Case c = GetParam();
   ExecContext& ctx = ExecContext::Cpu();
   const MoELayerConfig config = ConfigFor(c);
-  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<MoELayer> layer, MoELayer::Create(config, Device::Cpu()));
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<MoELayer> layer,
+                           MoELayer::Create(config, Device::Cpu()));
   MOE_ASSERT_OK(layer->InitParameters(ctx, 17));
   // A router scaled up so that routing is decisive (no near-ties to flip under the FD step).
   MOE_ASSERT_OK(FillNormal(ctx, layer->params().w_gate, 23, 0, 0.0f, 1.0f));
@@ -114,28 +115,29 @@ TEST_P(MoELayerTest, ForwardAndGradientsMatchDenseReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Routing, MoELayerTest,
-    ::testing::Values(Case{13, 8, 6, 5, 1, 0.0f, false},   // top-1 dropless
-                      Case{13, 8, 6, 5, 2, 0.0f, false},   // top-2
-                      Case{13, 8, 6, 5, 2, 0.0f, true},    // renormalized gates
-                      Case{16, 6, 4, 4, 1, 0.5f, false},   // capacity with drops
-                      Case{16, 6, 4, 4, 2, 1.0f, true},    // capacity, K = 2
-                      Case{9, 6, 4, 3, 3, 0.0f, false},    // K = E
-                      Case{7, 5, 3, 1, 1, 0.0f, false},    // E = 1
-                      Case{1, 6, 4, 4, 2, 0.0f, false}),   // T = 1
-    [](const ::testing::TestParamInfo<Case>& info) {
-      std::ostringstream name;
-      name << info.param;
-      std::string s = name.str();
-      std::replace(s.begin(), s.end(), '.', 'p');
-      return s;
-    });
+INSTANTIATE_TEST_SUITE_P(Routing, MoELayerTest,
+                         ::testing::Values(Case{13, 8, 6, 5, 1, 0.0f, false},  // top-1 dropless
+                                           Case{13, 8, 6, 5, 2, 0.0f, false},  // top-2
+                                           Case{13, 8, 6, 5, 2, 0.0f, true},   // renormalized gates
+                                           Case{16, 6, 4, 4, 1, 0.5f,
+                                                false},                       // capacity with drops
+                                           Case{16, 6, 4, 4, 2, 1.0f, true},  // capacity, K = 2
+                                           Case{9, 6, 4, 3, 3, 0.0f, false},  // K = E
+                                           Case{7, 5, 3, 1, 1, 0.0f, false},  // E = 1
+                                           Case{1, 6, 4, 4, 2, 0.0f, false}),  // T = 1
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                           std::ostringstream name;
+                           name << info.param;
+                           std::string s = name.str();
+                           std::replace(s.begin(), s.end(), '.', 'p');
+                           return s;
+                         });
 
 TEST(MoELayerTest, GradientAccumulationAdds) {
   ExecContext& ctx = ExecContext::Cpu();
   const MoELayerConfig config = ConfigFor(Case{10, 6, 4, 4, 2, 0.0f, false});
-  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<MoELayer> layer, MoELayer::Create(config, Device::Cpu()));
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<MoELayer> layer,
+                           MoELayer::Create(config, Device::Cpu()));
   MOE_ASSERT_OK(layer->InitParameters(ctx, 3));
   Tensor x = *Tensor::Empty({10, 6}, DType::kF32, Device::Cpu());
   Tensor y = *Tensor::Empty({10, 6}, DType::kF32, Device::Cpu());
@@ -156,12 +158,14 @@ TEST(MoELayerTest, GradientAccumulationAdds) {
 TEST(MoELayerTest, StatisticsCountEveryChoice) {
   ExecContext& ctx = ExecContext::Cpu();
   const MoELayerConfig config = ConfigFor(Case{50, 6, 4, 8, 2, 0.0f, false});
-  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<MoELayer> layer, MoELayer::Create(config, Device::Cpu()));
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<MoELayer> layer,
+                           MoELayer::Create(config, Device::Cpu()));
   MOE_ASSERT_OK(layer->InitParameters(ctx, 3));
   Tensor x = *Tensor::Empty({50, 6}, DType::kF32, Device::Cpu());
   Tensor y = *Tensor::Empty({50, 6}, DType::kF32, Device::Cpu());
   MOE_ASSERT_OK(FillNormal(ctx, x, 1, 0, 0.0f, 1.0f));
-  EXPECT_THAT(layer->Stats(ctx), StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("before a successful forward")));
+  EXPECT_THAT(layer->Stats(ctx), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                          HasSubstr("before a successful forward")));
   MOE_ASSERT_OK(layer->Forward(ctx, x, y).status());
   MOE_ASSERT_OK_AND_ASSIGN(RoutingStats stats, layer->Stats(ctx));
   int64_t total = 0;
@@ -180,7 +184,8 @@ TEST(MoELayerTest, BadConfigsAndInputsNameTheField) {
   EXPECT_THAT(MoELayer::Create(config, Device::Cpu()),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("num_experts: got 0")));
   config.num_experts = 4;
-  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<MoELayer> layer, MoELayer::Create(config, Device::Cpu()));
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<MoELayer> layer,
+                           MoELayer::Create(config, Device::Cpu()));
   ExecContext& ctx = ExecContext::Cpu();
   Tensor x = *Tensor::Empty({4, 7}, DType::kF32, Device::Cpu());
   Tensor y = *Tensor::Empty({4, 6}, DType::kF32, Device::Cpu());
@@ -189,8 +194,8 @@ TEST(MoELayerTest, BadConfigsAndInputsNameTheField) {
   Tensor xb = *Tensor::Empty({4, 6}, DType::kBF16, Device::Cpu());
   EXPECT_THAT(layer->Forward(ctx, xb, y),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("x.dtype: got bf16")));
-  EXPECT_THAT(layer->Backward(ctx, y, y),
-              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("before a successful forward")));
+  EXPECT_THAT(layer->Backward(ctx, y, y), StatusIs(absl::StatusCode::kFailedPrecondition,
+                                                   HasSubstr("before a successful forward")));
   EXPECT_THAT(layer->SetTopK(0), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("top_k")));
 }
 

@@ -157,11 +157,10 @@ TEST_P(MpiShardedEquivalenceTest, EveryRankMatchesReplicatedExperts) {
   EXPECT_GT(cases, 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Modes, MpiShardedEquivalenceTest,
-                         ::testing::Combine(::testing::Values("d1.flat", "d2.flat", "d3.flat",
-                                                              "d1.2dh", "d2.2dh"),
-                                            ::testing::Values(1, 2),
-                                            ::testing::Values(0.0f, 1.0f)));
+INSTANTIATE_TEST_SUITE_P(
+    Modes, MpiShardedEquivalenceTest,
+    ::testing::Combine(::testing::Values("d1.flat", "d2.flat", "d3.flat", "d1.2dh", "d2.2dh"),
+                       ::testing::Values(1, 2), ::testing::Values(0.0f, 1.0f)));
 
 TEST(MpiParallelMoELayerTest, AccumulatesGradientsOverSteps) {
   Communicator* comm = World();
@@ -175,8 +174,8 @@ TEST(MpiParallelMoELayerTest, AccumulatesGradientsOverSteps) {
   // Sharded (E = 1, s = W): whole-group gather, slice groups, and r = s.
   for (const char* name : {"r0.d1.flat", "r1.d2.flat", "r2.d1.flat"}) {
     MOE_ASSERT_OK_AND_ASSIGN(const ParallelMode mode, ParseParallelMode(name));
-    EquivalenceCase c{mode, ShardedTokensOf(comm->rank()), 1, 1, 0.0f,
-                      500 + uint64_t(comm->rank())};
+    EquivalenceCase c{mode, ShardedTokensOf(comm->rank()), 1, 1,
+                      0.0f, 500 + uint64_t(comm->rank())};
     c.accumulate_grads = true;
     c.aux_grad_scale = 0.5f;
     testing::ExpectModeMatchesReference(Exchanger(mode.algorithm), c, &ShardGroups());

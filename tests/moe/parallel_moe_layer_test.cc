@@ -19,9 +19,9 @@
 namespace smoe {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::Cpu;
 using testing::EquivalenceCase;
+using ::testing::HasSubstr;
 using testing::HostTensor;
 using testing::RandomNormal;
 using testing::StatusIs;
@@ -230,8 +230,8 @@ TEST_F(ParallelMoEValidationTest, RejectsTensorsNamingThem) {
   MOE_ASSERT_OK(ParallelMoEForward(Cpu(), config_, views(), x_, y_, &state_, *ex_, {}).status());
   Tensor dx = HostTensor({5, config_.model_dim});
   MoEGradViews wrong_grads = grad_views();
-  wrong_grads.w3 = HostTensor({config_.num_experts, config_.model_dim, config_.ffn_dim},
-                              DType::kBF16);
+  wrong_grads.w3 =
+      HostTensor({config_.num_experts, config_.model_dim, config_.ffn_dim}, DType::kBF16);
   EXPECT_THAT(ParallelMoEBackward(Cpu(), config_, views(), state_, y_, dx, wrong_grads),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("local_grads.w3")));
   EXPECT_THAT(ParallelMoEBackward(Cpu(), config_, views(), state_, y_, short_y, grad_views()),
@@ -275,8 +275,7 @@ class ShardedValidationTest : public ::testing::Test {
   }
   StatusOr<AuxLossValues> Forward(const MoEParamViews& p, ParallelMode mode,
                                   ExpertShardGroups* groups) {
-    return ParallelMoEForward(Cpu(), config_, p, x_, y_, &state_, *ex_, mode, nullptr, {},
-                              groups);
+    return ParallelMoEForward(Cpu(), config_, p, x_, y_, &state_, *ex_, mode, nullptr, {}, groups);
   }
   MoEParamViews views() const { return {w_gate_, w1_, w3_, w2_}; }
 

@@ -52,7 +52,8 @@ inline MoELayerConfig EquivalenceConfig(const EquivalenceCase& c) {
 // ShardBegin + H_s) of [E, M, H] (`h_last`, w1 and w3) or those rows of [E, H, M] (w2).
 inline Tensor OwnedShard(const Tensor& full, const ExpertShardLayout& layout, bool h_last) {
   const int64_t el = layout.local_experts, d1 = full.dim(1), d2 = full.dim(2);
-  const int64_t hs = layout.ShardWidth(h_last ? d2 : d1), begin = layout.ShardBegin(h_last ? d2 : d1);
+  const int64_t hs = layout.ShardWidth(h_last ? d2 : d1),
+                begin = layout.ShardBegin(h_last ? d2 : d1);
   Tensor out = h_last ? HostTensor({el, d1, hs}) : HostTensor({el, hs, d2});
   const float* src = full.data<float>();
   float* dst = out.data<float>();
@@ -109,8 +110,7 @@ inline void ExpectModeMatchesReference(RowExchanger& exchanger, const Equivalenc
   MOE_ASSERT_OK_AND_ASSIGN(const AuxLossValues aux_ref,
                            MoEForward(ctx, config, full_views, x, y_ref, &ref_state));
   MOE_ASSERT_OK(MoEBackward(ctx, config, full_views, ref_state, dy, dx_ref,
-                            {g_ref.w_gate, g_ref.w1, g_ref.w3, g_ref.w2}, false,
-                            c.aux_grad_scale));
+                            {g_ref.w_gate, g_ref.w1, g_ref.w3, g_ref.w2}, false, c.aux_grad_scale));
   for (const Tensor* g : {&g_ref.w1, &g_ref.w3, &g_ref.w2}) {
     MOE_ASSERT_OK(comm.AllReduceSum(ctx, *g));
   }
@@ -140,8 +140,8 @@ inline void ExpectModeMatchesReference(RowExchanger& exchanger, const Equivalenc
   }
   ParallelMoEState state;
   MOE_ASSERT_OK_AND_ASSIGN(const AuxLossValues aux,
-                           ParallelMoEForward(ctx, config, local, x, y, &state, exchanger,
-                                                              c.mode, nullptr, {}, shard_groups));
+                           ParallelMoEForward(ctx, config, local, x, y, &state, exchanger, c.mode,
+                                              nullptr, {}, shard_groups));
   MOE_ASSERT_OK(ParallelMoEBackward(ctx, config, local, state, dy, dx,
                                     {grads.w_gate, grads.w1, grads.w3, grads.w2},
                                     c.accumulate_grads, c.aux_grad_scale));

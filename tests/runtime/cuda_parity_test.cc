@@ -38,13 +38,12 @@ TEST_P(GemmParityTest, MatchesCpu) {
   auto fill_c = [](const TensorView& c) {
     MOE_CHECK_OK(FillNormal(ExecContext::Cpu(), c, 99, 0, 0.0f, 1.0f));
   };
-  EXPECT_TRUE(CheckParity(
-      {Input("a", ta ? Shape{k, m} : Shape{m, k}, in_dtype),
-       Input("b", tb ? Shape{n, k} : Shape{k, n}, in_dtype),
-       Output("c", {m, n}, out_dtype, GemmTolerance(out_dtype, k), fill_c)},
-      [&](ExecContext& ctx, const ParityArgs& t) {
-        return Gemm(ctx, t["a"], t["b"], t["c"], {ta, tb, 1.5f, 0.5f});
-      }));
+  EXPECT_TRUE(CheckParity({Input("a", ta ? Shape{k, m} : Shape{m, k}, in_dtype),
+                           Input("b", tb ? Shape{n, k} : Shape{k, n}, in_dtype),
+                           Output("c", {m, n}, out_dtype, GemmTolerance(out_dtype, k), fill_c)},
+                          [&](ExecContext& ctx, const ParityArgs& t) {
+                            return Gemm(ctx, t["a"], t["b"], t["c"], {ta, tb, 1.5f, 0.5f});
+                          }));
 }
 
 // "M17_N33_K65_TA_B_bf16_to_f32"
@@ -66,12 +65,12 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(GemmParityTest, Batched) {
   MOE_SKIP_WITHOUT_CUDA();
-  EXPECT_TRUE(CheckParity({Input("a", {4, 17, 33}, DType::kBF16),
-                           Input("b", {4, 65, 33}, DType::kBF16),
-                           Output("c", {4, 17, 65}, DType::kF32, GemmTolerance(DType::kF32, 33))},
-                          [](ExecContext& ctx, const ParityArgs& t) {
-                            return BatchedGemm(ctx, t["a"], t["b"], t["c"], {false, true});
-                          }));
+  EXPECT_TRUE(
+      CheckParity({Input("a", {4, 17, 33}, DType::kBF16), Input("b", {4, 65, 33}, DType::kBF16),
+                   Output("c", {4, 17, 65}, DType::kF32, GemmTolerance(DType::kF32, 33))},
+                  [](ExecContext& ctx, const ParityArgs& t) {
+                    return BatchedGemm(ctx, t["a"], t["b"], t["c"], {false, true});
+                  }));
 }
 
 TEST(GemmParityTest, GroupedWithEmptyGroups) {
@@ -79,18 +78,17 @@ TEST(GemmParityTest, GroupedWithEmptyGroups) {
   const std::vector<int64_t> offsets = {0, 0, 7, 7, 40, 41, 41};
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     SCOPED_TRACE(DTypeName(dtype));
-    EXPECT_TRUE(CheckParity({Input("x", {41, 48}, dtype),
-                             Input("w", {6, 48, 24}, dtype),
+    EXPECT_TRUE(CheckParity({Input("x", {41, 48}, dtype), Input("w", {6, 48, 24}, dtype),
                              Output("y", {41, 24}, dtype, GemmTolerance(dtype, 48))},
                             [&](ExecContext& ctx, const ParityArgs& t) {
                               return GroupedGemm(ctx, t["x"], t["w"], t["y"], offsets);
                             }));
-    EXPECT_TRUE(CheckParity({Input("x", {41, 48}, dtype),
-                             Input("dy", {41, 24}, dtype),
-                             Output("dw", {6, 48, 24}, DType::kF32, GemmTolerance(DType::kF32, 41))},
-                            [&](ExecContext& ctx, const ParityArgs& t) {
-                              return GroupedGemmRaggedK(ctx, t["x"], t["dy"], t["dw"], offsets);
-                            }));
+    EXPECT_TRUE(
+        CheckParity({Input("x", {41, 48}, dtype), Input("dy", {41, 24}, dtype),
+                     Output("dw", {6, 48, 24}, DType::kF32, GemmTolerance(DType::kF32, 41))},
+                    [&](ExecContext& ctx, const ParityArgs& t) {
+                      return GroupedGemmRaggedK(ctx, t["x"], t["dy"], t["dw"], offsets);
+                    }));
   }
 }
 
@@ -108,12 +106,12 @@ TEST(GemmParityTest, GroupedManyGroupsAccumulating) {
   };
   for (DType in : {DType::kF32, DType::kBF16}) {
     for (DType out : {DType::kF32, DType::kBF16}) {
-      EXPECT_TRUE(CheckParity({Input("x", {rows, 40}, in), Input("w", {groups, 24, 40}, in),
-                               Output("y", {rows, 24}, out, GemmTolerance(out, 40), fill_c)},
-                              [&](ExecContext& ctx, const ParityArgs& t) {
-                                return GroupedGemm(ctx, t["x"], t["w"], t["y"], offsets,
-                                                   {false, true, 1.0f, 1.0f});
-                              }))
+      EXPECT_TRUE(CheckParity(
+          {Input("x", {rows, 40}, in), Input("w", {groups, 24, 40}, in),
+           Output("y", {rows, 24}, out, GemmTolerance(out, 40), fill_c)},
+          [&](ExecContext& ctx, const ParityArgs& t) {
+            return GroupedGemm(ctx, t["x"], t["w"], t["y"], offsets, {false, true, 1.0f, 1.0f});
+          }))
           << DTypeName(in) << " -> " << DTypeName(out);
       EXPECT_TRUE(CheckParity({Input("x", {rows, 40}, in), Input("dy", {rows, 24}, in),
                                Output("dw", {groups, 40, 24}, out, GemmTolerance(out, 8), fill_c)},
@@ -135,21 +133,19 @@ TEST(GemmParityTest, GroupedBf16MisalignedGroups) {
   const std::vector<std::pair<int64_t, int64_t>> shapes = {{12, 24}, {16, 20}};  // (M, H)
   for (const auto& [model, ffn] : shapes) {
     const int64_t rows = offsets.back(), experts = static_cast<int64_t>(offsets.size()) - 1;
-    EXPECT_TRUE(CheckParity({Input("x", {rows, model}, DType::kBF16),
-                             Input("w", {experts, model, ffn}, DType::kBF16),
-                             Output("h", {rows, ffn}, DType::kBF16,
-                                    GemmTolerance(DType::kBF16, model))},
-                            [&](ExecContext& ctx, const ParityArgs& t) {
-                              return GroupedGemm(ctx, t["x"], t["w"], t["h"], offsets);
-                            }))
+    EXPECT_TRUE(CheckParity(
+        {Input("x", {rows, model}, DType::kBF16), Input("w", {experts, model, ffn}, DType::kBF16),
+         Output("h", {rows, ffn}, DType::kBF16, GemmTolerance(DType::kBF16, model))},
+        [&](ExecContext& ctx, const ParityArgs& t) {
+          return GroupedGemm(ctx, t["x"], t["w"], t["h"], offsets);
+        }))
         << "M " << model << ", H " << ffn;
-    EXPECT_TRUE(CheckParity({Input("x", {rows, model}, DType::kBF16),
-                             Input("dh", {rows, ffn}, DType::kBF16),
-                             Output("dw", {experts, model, ffn}, DType::kF32,
-                                    GemmTolerance(DType::kF32, rows))},
-                            [&](ExecContext& ctx, const ParityArgs& t) {
-                              return GroupedGemmRaggedK(ctx, t["x"], t["dh"], t["dw"], offsets);
-                            }))
+    EXPECT_TRUE(CheckParity(
+        {Input("x", {rows, model}, DType::kBF16), Input("dh", {rows, ffn}, DType::kBF16),
+         Output("dw", {experts, model, ffn}, DType::kF32, GemmTolerance(DType::kF32, rows))},
+        [&](ExecContext& ctx, const ParityArgs& t) {
+          return GroupedGemmRaggedK(ctx, t["x"], t["dh"], t["dw"], offsets);
+        }))
         << "M " << model << ", H " << ffn;
   }
 }
@@ -170,13 +166,13 @@ TEST(RandomParityTest, CpuAndCudaAreBitIdentical) {
 
 TEST(CastParityTest, BF16RoundingIsIdentical) {
   MOE_SKIP_WITHOUT_CUDA();
-  EXPECT_TRUE(CheckParity({Input("x", {4096}, DType::kF32),
-                           Output("y", {4096}, DType::kBF16, testing::Tolerance{0, 0}),
-                           Output("z", {4096}, DType::kF32, testing::Tolerance{0, 0})},
-                          [](ExecContext& ctx, const ParityArgs& t) {
-                            MOE_RETURN_IF_ERROR(Cast(ctx, t["x"], t["y"]));
-                            return Cast(ctx, t["y"], t["z"]);
-                          }));
+  EXPECT_TRUE(CheckParity(
+      {Input("x", {4096}, DType::kF32), Output("y", {4096}, DType::kBF16, testing::Tolerance{0, 0}),
+       Output("z", {4096}, DType::kF32, testing::Tolerance{0, 0})},
+      [](ExecContext& ctx, const ParityArgs& t) {
+        MOE_RETURN_IF_ERROR(Cast(ctx, t["x"], t["y"]));
+        return Cast(ctx, t["y"], t["z"]);
+      }));
 }
 
 TEST(AxpyParityTest, F32AndBF16) {
@@ -194,14 +190,13 @@ TEST(AxpyParityTest, F32AndBF16) {
 TEST(SoftmaxParityTest, ForwardAndBackward) {
   MOE_SKIP_WITHOUT_CUDA();
   for (int64_t cols : {1, 96, 1000}) {
-    EXPECT_TRUE(CheckParity({Input("x", {37, cols}, DType::kF32),
-                             Input("dy", {37, cols}, DType::kF32),
-                             Output("y", {37, cols}, DType::kF32),
-                             Output("dx", {37, cols}, DType::kF32)},
-                            [](ExecContext& ctx, const ParityArgs& t) {
-                              MOE_RETURN_IF_ERROR(SoftmaxRows(ctx, t["x"], t["y"]));
-                              return SoftmaxRowsBackward(ctx, t["y"], t["dy"], t["dx"]);
-                            }))
+    EXPECT_TRUE(
+        CheckParity({Input("x", {37, cols}, DType::kF32), Input("dy", {37, cols}, DType::kF32),
+                     Output("y", {37, cols}, DType::kF32), Output("dx", {37, cols}, DType::kF32)},
+                    [](ExecContext& ctx, const ParityArgs& t) {
+                      MOE_RETURN_IF_ERROR(SoftmaxRows(ctx, t["x"], t["y"]));
+                      return SoftmaxRowsBackward(ctx, t["y"], t["dy"], t["dx"]);
+                    }))
         << "cols " << cols;
   }
 }

@@ -12,9 +12,12 @@ namespace smoe::testing {
 
 Tolerance ToleranceFor(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return {1e-5, 1e-5};
-    case DType::kBF16: return {1e-2, 1e-2};
-    default: return {0.0, 0.0};
+    case DType::kF32:
+      return {1e-5, 1e-5};
+    case DType::kBF16:
+      return {1e-2, 1e-2};
+    default:
+      return {0.0, 0.0};
   }
 }
 
@@ -41,10 +44,18 @@ std::vector<double> ToDoubles(const TensorView& t) {
   std::vector<double> out(static_cast<size_t>(host.numel()));
   for (int64_t i = 0; i < host.numel(); ++i) {
     switch (host.dtype()) {
-      case DType::kF32: out[i] = host.data<float>()[i]; break;
-      case DType::kBF16: out[i] = BF16ToFloat(host.data<BF16>()[i]); break;
-      case DType::kI32: out[i] = host.data<int32_t>()[i]; break;
-      case DType::kI64: out[i] = static_cast<double>(host.data<int64_t>()[i]); break;
+      case DType::kF32:
+        out[i] = host.data<float>()[i];
+        break;
+      case DType::kBF16:
+        out[i] = BF16ToFloat(host.data<BF16>()[i]);
+        break;
+      case DType::kI32:
+        out[i] = host.data<int32_t>()[i];
+        break;
+      case DType::kI64:
+        out[i] = static_cast<double>(host.data<int64_t>()[i]);
+        break;
     }
   }
   return out;

@@ -39,9 +39,8 @@ TensorView Middle(const Tensor& storage, const ParityArg& arg) {
 
 // The argument's starting values on the host, between its two bands.
 StatusOr<Tensor> InitialValues(const ParityArg& arg, uint64_t seed) {
-  MOE_ASSIGN_OR_RETURN(Tensor storage,
-                       Tensor::Empty({arg.shape.NumElements() + 2 * kGuardElements}, arg.dtype,
-                                     Device::Cpu()));
+  MOE_ASSIGN_OR_RETURN(Tensor storage, Tensor::Empty({arg.shape.NumElements() + 2 * kGuardElements},
+                                                     arg.dtype, Device::Cpu()));
   const size_t band = GuardBytes(arg.dtype);
   uint8_t* bytes = static_cast<uint8_t*>(storage.data());
   for (size_t i = 0; i < band; ++i) {
@@ -53,9 +52,8 @@ StatusOr<Tensor> InitialValues(const ParityArg& arg, uint64_t seed) {
   if (arg.fill) {
     arg.fill(values);
   } else if (arg.is_output) {  // poison
-    MOE_RETURN_IF_ERROR(Fill(cpu, values,
-                             IsFloating(arg.dtype) ? std::numeric_limits<double>::quiet_NaN()
-                                                   : -12345.0));
+    MOE_RETURN_IF_ERROR(Fill(
+        cpu, values, IsFloating(arg.dtype) ? std::numeric_limits<double>::quiet_NaN() : -12345.0));
   } else if (IsFloating(arg.dtype)) {
     MOE_RETURN_IF_ERROR(FillNormal(cpu, values, seed, 0, 0.0f, 1.0f));
   } else {

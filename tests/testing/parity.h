@@ -59,7 +59,7 @@ struct ParityArg {
   DType dtype = DType::kF32;
   bool is_output = false;
   std::function<void(const TensorView& host)> fill;  // optional host-side initializer
-  std::optional<OutputCheck> check;                   // outputs; default as in the contract
+  std::optional<OutputCheck> check;                  // outputs; default as in the contract
 };
 
 // An input filled with standard normals (or by `fill`).
@@ -102,10 +102,10 @@ inline constexpr int64_t kGuardElements = 64;
 
 }  // namespace smoe::testing
 
-#define MOE_SKIP_WITHOUT_CUDA()                                                           \
-  do {                                                                                    \
-    if (!::smoe::CudaAvailable()) {                                                       \
-      GTEST_SKIP() << (::smoe::BuiltWithCuda() ? "no CUDA device visible"                 \
-                                               : "built without the CUDA backend");       \
-    }                                                                                     \
+#define MOE_SKIP_WITHOUT_CUDA()                                                     \
+  do {                                                                              \
+    if (!::smoe::CudaAvailable()) {                                                 \
+      GTEST_SKIP() << (::smoe::BuiltWithCuda() ? "no CUDA device visible"           \
+                                               : "built without the CUDA backend"); \
+    }                                                                               \
   } while (false)

@@ -54,8 +54,7 @@ TEST(ParityGuardTest, OverrunOnEitherSideIsReported) {
 
 TEST(ParityGuardTest, ReportsTheChangeNearestToTheArgument) {
   const ::testing::AssertionResult result = CheckGuardedOp(
-      ExecContext::Cpu(), {Output("ids", {4}, DType::kI32)},
-      [](ExecContext&, const ParityArgs& t) {
+      ExecContext::Cpu(), {Output("ids", {4}, DType::kI32)}, [](ExecContext&, const ParityArgs& t) {
         int32_t* ids = t["ids"].data<int32_t>();
         for (int64_t i = -5; i < 4 + 7; ++i) ids[i] = 0;  // 5 before, 7 after
         return absl::OkStatus();
@@ -66,9 +65,8 @@ TEST(ParityGuardTest, ReportsTheChangeNearestToTheArgument) {
 
 TEST(ParityGuardTest, FailedOpIsReported) {
   const ::testing::AssertionResult result =
-      CheckGuardedOp(ExecContext::Cpu(), DoubleArgs(), [](ExecContext&, const ParityArgs&) {
-        return absl::InternalError("boom");
-      });
+      CheckGuardedOp(ExecContext::Cpu(), DoubleArgs(),
+                     [](ExecContext&, const ParityArgs&) { return absl::InternalError("boom"); });
   EXPECT_THAT(result.message(), HasSubstr("the op failed: INTERNAL: boom"));
 }
 

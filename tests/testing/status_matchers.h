@@ -33,7 +33,7 @@ MATCHER_P2(StatusIs, code, message_matcher,
 #define MOE_ASSERT_OK(expr) ASSERT_THAT((expr), ::smoe::testing::IsOk())
 #define MOE_EXPECT_OK(expr) EXPECT_THAT((expr), ::smoe::testing::IsOk())
 // Declares `lhs` from a StatusOr expression, failing the test if it is not OK.
-#define MOE_ASSERT_OK_AND_ASSIGN(lhs, expr)                                      \
+#define MOE_ASSERT_OK_AND_ASSIGN(lhs, expr) \
   MOE_ASSERT_OK_AND_ASSIGN_IMPL(MOE_STATUS_CONCAT(moe_test_or_, __LINE__), lhs, expr)
 #define MOE_ASSERT_OK_AND_ASSIGN_IMPL(tmp, lhs, expr) \
   auto tmp = (expr);                                  \

@@ -35,9 +35,8 @@ TEST(CompareTest, NmseWithinBoundsTheNormalisedError) {
   EXPECT_THAT(too_far.message(), ::testing::HasSubstr("exceeds 9.9e-05"));
   EXPECT_THAT(too_far.message(), ::testing::HasSubstr("largest difference at [1]"));
   EXPECT_FALSE(NmseWithin(view(nan), view(expected), 1.0));
-  EXPECT_FALSE(NmseWithin(view(expected), TensorView(expected.data(), DType::kF32, {1, 2},
-                                                     Device::Cpu()),
-                          1.0));
+  EXPECT_FALSE(NmseWithin(view(expected),
+                          TensorView(expected.data(), DType::kF32, {1, 2}, Device::Cpu()), 1.0));
 }
 
 TEST(GradcheckTest, AcceptsRightAndRejectsWrongGradients) {

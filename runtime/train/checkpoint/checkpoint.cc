@@ -153,7 +153,8 @@ StatusOr<std::vector<std::pair<int64_t, fs::path>>> ListCheckpointDirs(const fs:
     if (step >= 0 && it->is_directory()) dirs.emplace_back(step, it->path());
   }
   if (error) return FsError("cannot list", root, error);
-  std::sort(dirs.begin(), dirs.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::sort(dirs.begin(), dirs.end(),
+            [](const auto& a, const auto& b) { return a.first > b.first; });
   return dirs;
 }
 
@@ -236,8 +237,8 @@ Status WriteCheckpointFiles(ExecContext& ctx, const fs::path& dir, const Checkpo
     return absl::InternalError("cannot print the checkpoint manifest");
   }
   File manifest_file;
-  MOE_RETURN_IF_ERROR(manifest_file.Open((dir / kManifestFile).string(),
-                                         O_WRONLY | O_CREAT | O_TRUNC));
+  MOE_RETURN_IF_ERROR(
+      manifest_file.Open((dir / kManifestFile).string(), O_WRONLY | O_CREAT | O_TRUNC));
   MOE_RETURN_IF_ERROR(manifest_file.Write(text.data(), text.size()));
   MOE_RETURN_IF_ERROR(manifest_file.Sync());
   MOE_RETURN_IF_ERROR(manifest_file.Close());
@@ -325,8 +326,7 @@ StatusOr<std::string> ReadSmallFile(const std::string& path) {
 // Checks that entry describes a tensor that fits in a blob of `blob_size` bytes.
 Status CheckEntry(const std::string& manifest_path, const TensorEntry& entry, uint64_t blob_size) {
   auto bad = [&](absl::string_view why) {
-    return absl::DataLossError(
-        absl::StrCat(manifest_path, ": tensor ", entry.name(), ": ", why));
+    return absl::DataLossError(absl::StrCat(manifest_path, ": tensor ", entry.name(), ": ", why));
   };
   StatusOr<DType> dtype = ParseDType(entry.dtype());
   if (!dtype.ok()) return bad(absl::StrCat("unknown dtype \"", entry.dtype(), "\""));
@@ -340,8 +340,7 @@ Status CheckEntry(const std::string& manifest_path, const TensorEntry& entry, ui
     }
   }
   uint64_t bytes = 0;
-  if (__builtin_mul_overflow(numel, uint64_t{DTypeSize(*dtype)}, &bytes) ||
-      bytes != entry.size()) {
+  if (__builtin_mul_overflow(numel, uint64_t{DTypeSize(*dtype)}, &bytes) || bytes != entry.size()) {
     return bad(absl::StrCat("size ", entry.size(), " does not match its dtype and shape"));
   }
   if (entry.offset() > blob_size || entry.size() > blob_size - entry.offset()) {
@@ -366,9 +365,7 @@ StatusOr<uint32_t> ChecksumRange(File& blob, uint64_t offset, uint64_t size) {
 
 }  // namespace
 
-std::string CheckpointDirName(int64_t step) {
-  return absl::StrFormat("%s%08d", kStepPrefix, step);
-}
+std::string CheckpointDirName(int64_t step) { return absl::StrFormat("%s%08d", kStepPrefix, step); }
 
 Status SaveCheckpoint(ExecContext& ctx, const std::string& root, const CheckpointMeta& meta,
                       const std::vector<NamedTensor>& tensors, int keep_last) {
@@ -443,8 +440,8 @@ StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& dir) {
   }
   if (manifest.tensor_count() != manifest.tensors_size()) {
     return absl::DataLossError(absl::StrCat(manifest_path, ": ", manifest.tensors_size(),
-                                            " tensors, tensor_count says ",
-                                            manifest.tensor_count(), " (truncated?)"));
+                                            " tensors, tensor_count says ", manifest.tensor_count(),
+                                            " (truncated?)"));
   }
   const int64_t dir_step = StepOfDirName(dir_path.filename().string());
   if (dir_step >= 0 && dir_step != manifest.step()) {
@@ -523,16 +520,15 @@ StatusOr<LoadedCheckpoint> LoadLatestCheckpoint(const std::string& root) {
     MOE_LOG(WARNING) << "skipping invalid checkpoint " << dir.string() << ": "
                      << checkpoint.status().message();
   }
-  return absl::NotFoundError(absl::StrCat("no valid checkpoint under ", root, " (",
-                                          dirs.size(), " invalid)"));
+  return absl::NotFoundError(
+      absl::StrCat("no valid checkpoint under ", root, " (", dirs.size(), " invalid)"));
 }
 
 bool IsInvalidCheckpoint(const Status& status) {
   return absl::IsDataLoss(status) || absl::IsNotFound(status);
 }
 
-StatusOr<std::string> MoveAsideInvalidCheckpoint(const std::string& dir,
-                                                 absl::string_view reason) {
+StatusOr<std::string> MoveAsideInvalidCheckpoint(const std::string& dir, absl::string_view reason) {
   const fs::path from(dir);
   const std::string base = absl::StrCat(from.filename().string(), ".invalid");
   fs::path to = from.parent_path() / base;
@@ -580,10 +576,10 @@ StatusOr<LoadedCheckpoint> PrepareCheckpointDir(const std::string& root, bool re
       absl::StrAppend(&list, "\n  ", dir.string(), ": ", status.message());
     }
     return absl::FailedPreconditionError(absl::StrCat(
-        "checkpoint.dir ", root, " holds ", invalid.size(), " checkpoint(s) and none is valid:",
-        list,
-        "\nNothing was changed and no step was trained. To go on, either move them out of ",
-        root, " (to inspect them, or to resume from another copy put there), or start from step "
+        "checkpoint.dir ", root, " holds ", invalid.size(),
+        " checkpoint(s) and none is valid:", list,
+        "\nNothing was changed and no step was trained. To go on, either move them out of ", root,
+        " (to inspect them, or to resume from another copy put there), or start from step "
         "0 on purpose with --set checkpoint.resume=false (they are then moved aside as "
         "step_*.invalid, not deleted)."));
   }

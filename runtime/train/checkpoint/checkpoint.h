@@ -48,12 +48,12 @@ struct NamedTensor {
 
 // Scalar training state saved beside the tensors.
 struct CheckpointMeta {
-  std::string config_text;   // the effective RunConfig (ConfigToText)
-  int64_t step = 0;          // optimizer steps completed
-  int64_t data_position = 0; // where the data loader resumes
-  uint64_t rng_seed = 0;     // Philox seed to resume with
-  int64_t skipped_steps = 0; // non-finite steps skipped so far
-  double lr_scale = 1.0;     // product of the spike-rollback LR reductions so far
+  std::string config_text;    // the effective RunConfig (ConfigToText)
+  int64_t step = 0;           // optimizer steps completed
+  int64_t data_position = 0;  // where the data loader resumes
+  uint64_t rng_seed = 0;      // Philox seed to resume with
+  int64_t skipped_steps = 0;  // non-finite steps skipped so far
+  double lr_scale = 1.0;      // product of the spike-rollback LR reductions so far
 };
 
 // "step_00000100" for step 100.
@@ -119,8 +119,7 @@ bool IsInvalidCheckpoint(const Status& status);
 //     valid ones left alone; returns NotFound (nothing to resume from).
 // NotFound when root does not exist or holds no step_* directory. Errors reading a checkpoint
 // other than its being invalid (IsInvalidCheckpoint) are returned as they are.
-[[nodiscard]] StatusOr<LoadedCheckpoint> PrepareCheckpointDir(const std::string& root,
-                                                              bool resume);
+[[nodiscard]] StatusOr<LoadedCheckpoint> PrepareCheckpointDir(const std::string& root, bool resume);
 
 // Copies each named tensor from `checkpoint` into the given contiguous views (on any device;
 // synchronizes ctx's stream before returning). InvalidArgument naming the tensor when a name is

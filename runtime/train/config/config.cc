@@ -1,8 +1,8 @@
 #include "runtime/train/config/config.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cctype>
+#include <cmath>
 #include <fstream>
 #include <memory>
 #include <set>
@@ -63,14 +63,28 @@ std::string EnumNames(const pb::EnumDescriptor* descriptor) {
 std::string ExpectedValue(const pb::FieldDescriptor* field) {
   std::string one;
   switch (field->cpp_type()) {
-    case pb::FieldDescriptor::CPPTYPE_INT32: one = "an int32"; break;
-    case pb::FieldDescriptor::CPPTYPE_INT64: one = "an int64"; break;
-    case pb::FieldDescriptor::CPPTYPE_UINT32: one = "a uint32"; break;
-    case pb::FieldDescriptor::CPPTYPE_UINT64: one = "a uint64"; break;
+    case pb::FieldDescriptor::CPPTYPE_INT32:
+      one = "an int32";
+      break;
+    case pb::FieldDescriptor::CPPTYPE_INT64:
+      one = "an int64";
+      break;
+    case pb::FieldDescriptor::CPPTYPE_UINT32:
+      one = "a uint32";
+      break;
+    case pb::FieldDescriptor::CPPTYPE_UINT64:
+      one = "a uint64";
+      break;
     case pb::FieldDescriptor::CPPTYPE_DOUBLE:
-    case pb::FieldDescriptor::CPPTYPE_FLOAT: one = "a number"; break;
-    case pb::FieldDescriptor::CPPTYPE_BOOL: one = "true or false"; break;
-    case pb::FieldDescriptor::CPPTYPE_STRING: one = "a string"; break;
+    case pb::FieldDescriptor::CPPTYPE_FLOAT:
+      one = "a number";
+      break;
+    case pb::FieldDescriptor::CPPTYPE_BOOL:
+      one = "true or false";
+      break;
+    case pb::FieldDescriptor::CPPTYPE_STRING:
+      one = "a string";
+      break;
     case pb::FieldDescriptor::CPPTYPE_ENUM:
       one = absl::StrCat("one of ", EnumNames(field->enum_type()));
       break;
@@ -202,8 +216,7 @@ void ValidateModel(const proto::ModelConfig& model, Checker& check) {
     const std::string field = absl::StrCat("model.moe.dense_layers[", i, "]");
     check.Require(layer >= 0 && layer < num_layers, field, absl::StrCat(layer),
                   absl::StrCat("a layer in [0, num_layers = ", num_layers, ")"));
-    check.Require(dense.insert(layer).second, field, absl::StrCat(layer),
-                  "each layer listed once");
+    check.Require(dense.insert(layer).second, field, absl::StrCat(layer), "each layer listed once");
   }
   if (!dense.empty()) check.Positive("model.moe.dense_ffn_dim", moe.dense_ffn_dim());
   for (int i = 0; i < moe.topk_schedule_size(); ++i) {
@@ -226,7 +239,8 @@ void ValidateTrain(const proto::TrainConfig& train, Checker& check) {
   check.Positive("train.steps", train.steps());
   check.Positive("train.batch_size", train.batch_size());
   check.Positive("train.seq_len", train.seq_len());
-  check.Require(ValidDevice(train.device()), "train.device", absl::StrCat("\"", train.device(), "\""),
+  check.Require(ValidDevice(train.device()), "train.device",
+                absl::StrCat("\"", train.device(), "\""),
                 "\"auto\", \"cpu\", \"cuda\" or \"cuda:N\"");
   check.Require(train.dtype() == "auto" || train.dtype() == "f32" || train.dtype() == "bf16",
                 "train.dtype", absl::StrCat("\"", train.dtype(), "\""),
@@ -305,7 +319,8 @@ void ValidateParallel(const proto::ParallelConfig& parallel, Checker& check) {
   check.AtLeast("parallel.warmup", parallel.warmup(), 0);
   const std::string& comm = parallel.comm();
   check.Require(comm.empty() || comm == "auto" || comm == "nccl" || comm == "staged",
-                "parallel.comm", absl::StrCat("\"", comm, "\""), "\"auto\", \"nccl\" or \"staged\"");
+                "parallel.comm", absl::StrCat("\"", comm, "\""),
+                "\"auto\", \"nccl\" or \"staged\"");
   check.Require(std::isfinite(parallel.collective_timeout_s()), "parallel.collective_timeout_s",
                 absl::StrCat(parallel.collective_timeout_s()),
                 "seconds (0 = the default 60, < 0 = none)");
@@ -397,8 +412,8 @@ StatusOr<proto::RunConfig> LoadPreset(absl::string_view name) {
       return ParseConfigText(preset.text, absl::StrCat("configs/", name, ".textproto"));
     }
   }
-  return absl::NotFoundError(absl::StrCat("preset \"", name, "\" not found; known presets: ",
-                                          absl::StrJoin(PresetNames(), ", ")));
+  return absl::NotFoundError(absl::StrCat(
+      "preset \"", name, "\" not found; known presets: ", absl::StrJoin(PresetNames(), ", ")));
 }
 
 StatusOr<proto::RunConfig> ParseConfigText(absl::string_view text, absl::string_view source_name) {
@@ -453,8 +468,8 @@ Status ApplyOverrideInPlace(proto::RunConfig* config, absl::string_view assignme
 
     if (!last) {
       if (field->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            path, ": ", walked, " is a ", field->cpp_type_name(), ", not a message"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, ": ", walked, " is a ", field->cpp_type_name(), ", not a message"));
       }
       if (field->is_repeated()) {
         const int size = reflection->FieldSize(*message, field);
@@ -463,13 +478,13 @@ Status ApplyOverrideInPlace(proto::RunConfig* config, absl::string_view assignme
                              segment.index < 0 ? "no index" : absl::StrCat("index ", segment.index),
                              absl::StrCat("an index in [0, ", size, "] (", size, " appends)"));
         }
-        message = segment.index == size
-                      ? reflection->AddMessage(message, field)
-                      : reflection->MutableRepeatedMessage(message, field,
-                                                           static_cast<int>(segment.index));
+        message = segment.index == size ? reflection->AddMessage(message, field)
+                                        : reflection->MutableRepeatedMessage(
+                                              message, field, static_cast<int>(segment.index));
       } else {
         if (segment.index >= 0) {
-          return BadArgument(walked, absl::StrCat("index ", segment.index), "no index (not a list)");
+          return BadArgument(walked, absl::StrCat("index ", segment.index),
+                             "no index (not a list)");
         }
         message = reflection->MutableMessage(message, field);
       }

@@ -60,8 +60,8 @@ std::vector<std::string> PresetNames();
 
 // The checks that depend on the world size W of a multi-rank run (none when W <= 1): batch_size
 // a multiple of W; moe.num_experts a multiple of W, or (fewer experts than ranks) a divisor of W
-// with moe.ffn_dim a multiple of W / num_experts; parallel.node_size a divisor of W. One InvalidArgument
-// listing every violation like ValidateConfig.
+// with moe.ffn_dim a multiple of W / num_experts; parallel.node_size a divisor of W. One
+// InvalidArgument listing every violation like ValidateConfig.
 [[nodiscard]] Status ValidateWorld(const proto::RunConfig& config, int world);
 
 // The config as textproto listing every field, zeros included (for --print_config and the

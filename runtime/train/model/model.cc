@@ -39,9 +39,9 @@ struct Model::Activations {
 // What a training or evaluation forward keeps for the backward and the loss.
 struct Model::ForwardState {
   std::vector<Activations> blocks;
-  Tensor h;          // the last block's output [T, M]
-  Tensor nf, rstd;   // final RMSNorm output and rstd
-  Tensor logits;     // [T, V] f32
+  Tensor h;         // the last block's output [T, M]
+  Tensor nf, rstd;  // final RMSNorm output and rstd
+  Tensor logits;    // [T, V] f32
 };
 
 Model::Model(const ModelSpec& spec, Device device) : spec_(spec), device_(device) {}
@@ -67,13 +67,15 @@ Status Model::AddParam(const std::string& name, Shape shape, DType compute_dtype
 }
 
 StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device device,
-                                              Communicator* comm, int node_size) {
+                                               Communicator* comm, int node_size) {
   ModelSpec spec = spec_in;
   spec.attention.model_dim = spec.model_dim;
   spec.moe.model_dim = spec.model_dim;
   spec.moe.dtype = spec.dtype;
-  if (spec.vocab_size <= 0) return BadArgument("model.vocab_size", absl::StrCat(spec.vocab_size), "> 0");
-  if (spec.num_layers <= 0) return BadArgument("model.num_layers", absl::StrCat(spec.num_layers), "> 0");
+  if (spec.vocab_size <= 0)
+    return BadArgument("model.vocab_size", absl::StrCat(spec.vocab_size), "> 0");
+  if (spec.num_layers <= 0)
+    return BadArgument("model.num_layers", absl::StrCat(spec.num_layers), "> 0");
   if (!IsFloating(spec.dtype)) return BadArgument("dtype", DTypeName(spec.dtype), "f32 or bf16");
   MOE_RETURN_IF_ERROR(ValidateDiffQkvConfig(spec.attention, device));
   MOE_RETURN_IF_ERROR(ValidateMoEConfig(spec.moe));
@@ -91,7 +93,8 @@ StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device 
                          absl::StrCat("a layer index in [0, ", spec.num_layers, ")"));
     }
     if (spec.dense_ffn_dim <= 0) {
-      return BadArgument("moe.dense_ffn_dim", absl::StrCat(spec.dense_ffn_dim), "> 0 with dense layers");
+      return BadArgument("moe.dense_ffn_dim", absl::StrCat(spec.dense_ffn_dim),
+                         "> 0 with dense layers");
     }
   }
   std::unique_ptr<Model> model(new Model(spec, device));
@@ -115,8 +118,8 @@ StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device 
     }
     model->comm_ = comm;
     model->world_ = w;
-    MOE_ASSIGN_OR_RETURN(model->layout_, MakeExpertShardLayout(e, w, comm->rank(),
-                                                               spec.moe.ffn_dim));
+    MOE_ASSIGN_OR_RETURN(model->layout_,
+                         MakeExpertShardLayout(e, w, comm->rank(), spec.moe.ffn_dim));
     MOE_ASSIGN_OR_RETURN(model->exchanger_, RowExchanger::Create(comm, node_size));
     model->shard_groups_ = std::make_unique<ExpertShardGroups>(comm);
     local_experts = model->layout_.local_experts;
@@ -138,8 +141,8 @@ StatusOr<std::unique_ptr<Model>> Model::Create(const ModelSpec& spec_in, Device 
   for (int l = 0; l < spec.num_layers; ++l) {
     Layer layer;
     const std::string p = absl::StrCat("layers.", l, ".");
-    layer.moe = std::find(spec.dense_layers.begin(), spec.dense_layers.end(), l) ==
-                spec.dense_layers.end();
+    layer.moe =
+        std::find(spec.dense_layers.begin(), spec.dense_layers.end(), l) == spec.dense_layers.end();
     layer.moe_config = spec.moe;
     MOE_ASSIGN_OR_RETURN(layer.attn_norm, add(p + "attn_norm", {m}, DType::kF32, false));
     MOE_ASSIGN_OR_RETURN(layer.w_q, add(p + "attn.w_q", {m, qd}, dt, true));
@@ -211,14 +214,14 @@ Status Model::Init(ExecContext& ctx, uint64_t seed) {
       Shape whole = GlobalShape(p);
       whole[0] = p.master.dim(0);
       MOE_ASSIGN_OR_RETURN(Tensor full, Tensor::Empty(whole, DType::kF32, device_));
-      MOE_RETURN_IF_ERROR(FillNormal(ctx, full, seed, offset + first, 0.0f,
-                                     output ? out_std : spec_.init_std));
+      MOE_RETURN_IF_ERROR(
+          FillNormal(ctx, full, seed, offset + first, 0.0f, output ? out_std : spec_.init_std));
       MOE_RETURN_IF_ERROR(CopyShardStaged(ctx, p, layout_,
                                           /*first_expert_in_global=*/layout_.first_expert, full,
                                           p.master, /*to_global=*/false));
     } else {
-      MOE_RETURN_IF_ERROR(FillNormal(ctx, p.master, seed, offset + first, 0.0f,
-                                     output ? out_std : spec_.init_std));
+      MOE_RETURN_IF_ERROR(
+          FillNormal(ctx, p.master, seed, offset + first, 0.0f, output ? out_std : spec_.init_std));
     }
     offset += static_cast<uint64_t>(GlobalNumel(p));
     MOE_RETURN_IF_ERROR(Fill(ctx, p.m, 0.0));
@@ -271,8 +274,8 @@ Status Model::CopyShard(const ModelParam& p, const ExpertShardLayout& layout,
     return absl::FailedPreconditionError(
         absl::StrCat("expert shards of ", p.name, " are copied on the host only"));
   }
-  MOE_RETURN_IF_ERROR(CheckTensor("local", local, p.master.dtype(), Device::Cpu(),
-                                  p.master.shape()));
+  MOE_RETURN_IF_ERROR(
+      CheckTensor("local", local, p.master.dtype(), Device::Cpu(), p.master.shape()));
   MOE_RETURN_IF_ERROR(CheckContiguous("local", local));
   MOE_RETURN_IF_ERROR(CheckContiguous("global", global));
   const int kept = 3 - p.ffn_axis;  // the axis that is not H (M)
@@ -294,8 +297,8 @@ Status Model::CopyShard(const ModelParam& p, const ExpertShardLayout& layout,
   char* l = static_cast<char*>(local.data());
   for (int64_t e = 0; e < el; ++e) {
     for (int64_t a = 0; a < d1; ++a) {
-      const int64_t gi = ((layout.first_expert - first_expert_in_global + e) * big1 + off1 + a) *
-                             big2 + off2;
+      const int64_t gi =
+          ((layout.first_expert - first_expert_in_global + e) * big1 + off1 + a) * big2 + off2;
       const int64_t li = (e * d1 + a) * d2;
       char* gp = g + gi * elem;
       char* lp = l + li * elem;
@@ -311,15 +314,15 @@ Status Model::CopyShard(const ModelParam& p, const ExpertShardLayout& layout,
 
 Status Model::ShardOf(const ModelParam& p, const TensorView& global,
                       const TensorView& local) const {
-  MOE_RETURN_IF_ERROR(CheckTensor("global", global, p.master.dtype(), Device::Cpu(),
-                                  GlobalShape(p)));
+  MOE_RETURN_IF_ERROR(
+      CheckTensor("global", global, p.master.dtype(), Device::Cpu(), GlobalShape(p)));
   return CopyShard(p, layout_, 0, global, local, /*to_global=*/false);
 }
 
 Status Model::ShardOf(ExecContext& ctx, const ModelParam& p, const TensorView& global,
                       const TensorView& local) const {
-  MOE_RETURN_IF_ERROR(CheckTensor("global", global, p.master.dtype(), Device::Cpu(),
-                                  GlobalShape(p)));
+  MOE_RETURN_IF_ERROR(
+      CheckTensor("global", global, p.master.dtype(), Device::Cpu(), GlobalShape(p)));
   return CopyShardStaged(ctx, p, layout_, 0, global, local, /*to_global=*/false);
 }
 
@@ -357,16 +360,16 @@ Status Model::CopyShardStaged(ExecContext& ctx, const ModelParam& p,
 
 Status Model::GatherShards(ExecContext& ctx, const ModelParam& p, const TensorView& local,
                            const TensorView& global) const {
-  MOE_RETURN_IF_ERROR(CheckTensor("global", global, p.master.dtype(), Device::Cpu(),
-                                  GlobalShape(p)));
+  MOE_RETURN_IF_ERROR(
+      CheckTensor("global", global, p.master.dtype(), Device::Cpu(), GlobalShape(p)));
   const int64_t n = p.master.numel();
   MOE_ASSIGN_OR_RETURN(Tensor all, Tensor::Empty({world_ * n}, p.master.dtype(), Device::Cpu()));
   const TensorView in(local.data(), local.dtype(), {n}, local.device());
   MOE_RETURN_IF_ERROR(comm_->AllGather(ctx, in, all));
   for (int rank = 0; rank < world_; ++rank) {
-    MOE_ASSIGN_OR_RETURN(const ExpertShardLayout layout,
-                         MakeExpertShardLayout(spec_.moe.num_experts, world_, rank,
-                                               spec_.moe.ffn_dim));
+    MOE_ASSIGN_OR_RETURN(
+        const ExpertShardLayout layout,
+        MakeExpertShardLayout(spec_.moe.num_experts, world_, rank, spec_.moe.ffn_dim));
     const TensorView piece(static_cast<char*>(all.data()) + rank * n * DTypeSize(all.dtype()),
                            all.dtype(), p.master.shape(), Device::Cpu());
     MOE_RETURN_IF_ERROR(CopyShard(p, layout, 0, global, piece, /*to_global=*/true));
@@ -397,9 +400,13 @@ DiffQkvParams Model::AttentionParams(const Layer& L, bool grads) {
     if (index < 0) return TensorView();
     return grads ? P(index).grad.view() : P(index).compute.view();
   };
-  return DiffQkvParams{view(L.w_q), view(L.w_k), view(L.w_v), view(L.w_o),
+  return DiffQkvParams{view(L.w_q),
+                       view(L.w_k),
+                       view(L.w_v),
+                       view(L.w_o),
                        AugQWeights{view(L.aug_gate), view(L.aug_up), view(L.aug_down)},
-                       view(L.q_norm), view(L.k_norm)};
+                       view(L.q_norm),
+                       view(L.k_norm)};
 }
 
 StatusOr<ModelLoss> Model::ForwardBackward(ExecContext& ctx, const TensorView& ids,
@@ -432,9 +439,8 @@ Model::StepScalars Model::ReadStepScalars(const float* sums) const {
 }
 
 Status Model::ForwardBackwardAccumulate(ExecContext& ctx, const TensorView& ids,
-                                        const TensorView& targets, int64_t batch,
-                                        int64_t seq_len, float grad_scale, float weight,
-                                        const TensorView& sums) {
+                                        const TensorView& targets, int64_t batch, int64_t seq_len,
+                                        float grad_scale, float weight, const TensorView& sums) {
   const int64_t t = batch * seq_len;
   MOE_RETURN_IF_ERROR(CheckTensor("targets", targets, DType::kI32, device_, {t}));
   MOE_RETURN_IF_ERROR(CheckTensor("sums", sums, DType::kF32, device_, {StepScalarCount()}));
@@ -482,7 +488,8 @@ StatusOr<Tensor> Model::LastLogits(ExecContext& ctx, const TensorView& ids, int6
   ForwardState state;
   MOE_RETURN_IF_ERROR(Forward(ctx, ids, batch, seq_len, /*training=*/false, &state));
   MOE_ASSIGN_OR_RETURN(Tensor host, CopyTo(ctx, state.logits, Device::Cpu()));
-  MOE_ASSIGN_OR_RETURN(Tensor last, Tensor::Empty({batch, spec_.vocab_size}, DType::kF32, Device::Cpu()));
+  MOE_ASSIGN_OR_RETURN(Tensor last,
+                       Tensor::Empty({batch, spec_.vocab_size}, DType::kF32, Device::Cpu()));
   for (int64_t b = 0; b < batch; ++b) {
     const float* row = host.data<float>() + ((b + 1) * seq_len - 1) * spec_.vocab_size;
     std::copy(row, row + spec_.vocab_size, last.data<float>() + b * spec_.vocab_size);
@@ -491,9 +498,9 @@ StatusOr<Tensor> Model::LastLogits(ExecContext& ctx, const TensorView& ids, int6
 }
 
 StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache* cache,
-                                      const MoELayerConfig& moe_config, MoEState* moe_state,
-                                      ParallelMoEState* parallel_state, const Tensor& h_in,
-                                      int64_t batch, int64_t seq_len, Activations* s) {
+                                     const MoELayerConfig& moe_config, MoEState* moe_state,
+                                     ParallelMoEState* parallel_state, const Tensor& h_in,
+                                     int64_t batch, int64_t seq_len, Activations* s) {
   const Layer& L = layers_[l];
   const int64_t t = batch * seq_len, m = spec_.model_dim;
   const DType dt = spec_.dtype;
@@ -507,7 +514,8 @@ StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache
   s->h_in = h_in;
   MOE_ASSIGN_OR_RETURN(s->n1, empty(tokens, dt));
   MOE_ASSIGN_OR_RETURN(s->rstd1, empty({t}, DType::kF32));
-  MOE_RETURN_IF_ERROR(RMSNormForward(ctx, s->h_in, P(L.attn_norm).compute, spec_.norm_eps, s->n1, s->rstd1));
+  MOE_RETURN_IF_ERROR(
+      RMSNormForward(ctx, s->h_in, P(L.attn_norm).compute, spec_.norm_eps, s->n1, s->rstd1));
   MOE_ASSIGN_OR_RETURN(Tensor attn_out, empty(tokens, dt));
   if (pass == Pass::kDecode) {
     MOE_RETURN_IF_ERROR(DiffQkvDecodeStep(ctx, spec_.attention, AttentionParams(L), as_bsm(s->n1),
@@ -521,7 +529,8 @@ StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache
   MOE_RETURN_IF_ERROR(Axpy(ctx, s->h_in, 1.0f, attn_out, s->h_mid));
   MOE_ASSIGN_OR_RETURN(s->n2, empty(tokens, dt));
   MOE_ASSIGN_OR_RETURN(s->rstd2, empty({t}, DType::kF32));
-  MOE_RETURN_IF_ERROR(RMSNormForward(ctx, s->h_mid, P(L.ffn_norm).compute, spec_.norm_eps, s->n2, s->rstd2));
+  MOE_RETURN_IF_ERROR(
+      RMSNormForward(ctx, s->h_mid, P(L.ffn_norm).compute, spec_.norm_eps, s->n2, s->rstd2));
   MOE_ASSIGN_OR_RETURN(Tensor ffn_out, empty(tokens, dt));
   if (L.moe) {
     MOE_RETURN_IF_ERROR(MoELayerForward(ctx, l, pass == Pass::kTrain, moe_config, moe_state,
@@ -604,9 +613,9 @@ StatusOr<Tensor> Model::InferenceForward(ExecContext& ctx, const TensorView& ids
     MoEState moe_state;
     ParallelMoEState parallel_state;
     Activations s;
-    MOE_ASSIGN_OR_RETURN(h, BlockForward(ctx, static_cast<int>(l), pass, &state->caches[l],
-                                         moe_config, &moe_state, &parallel_state, h, batch,
-                                         seq_len, &s));
+    MOE_ASSIGN_OR_RETURN(
+        h, BlockForward(ctx, static_cast<int>(l), pass, &state->caches[l], moe_config, &moe_state,
+                        &parallel_state, h, batch, seq_len, &s));
   }
   // Only the last position of each sequence is needed: the final norm and head act per row.
   Tensor last = h;
@@ -622,13 +631,11 @@ StatusOr<Tensor> Model::InferenceForward(ExecContext& ctx, const TensorView& ids
   return CopyTo(ctx, logits, Device::Cpu());
 }
 
-Status Model::MoELayerForward(ExecContext& ctx, int l, bool training,
-                              const MoELayerConfig& config, MoEState* state,
-                              ParallelMoEState* parallel_state, const TensorView& x,
-                              const TensorView& y) {
+Status Model::MoELayerForward(ExecContext& ctx, int l, bool training, const MoELayerConfig& config,
+                              MoEState* state, ParallelMoEState* parallel_state,
+                              const TensorView& x, const TensorView& y) {
   const Layer& L = layers_[l];
-  const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute,
-                            P(L.w2).compute};
+  const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute, P(L.w2).compute};
   if (!distributed()) {
     // The aux values stay on the device (state->aux_values): the offsets are the one sync.
     return MoEForwardDeferAux(ctx, config, views, x, y, state, nullptr, L.expert_bias);
@@ -656,8 +663,7 @@ Status Model::MoELayerForward(ExecContext& ctx, int l, bool training,
 Status Model::MoELayerBackward(ExecContext& ctx, int l, const TensorView& dy, const TensorView& dx,
                                float grad_scale) {
   const Layer& L = layers_[l];
-  const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute,
-                            P(L.w2).compute};
+  const MoEParamViews views{P(L.router).compute, P(L.w1).compute, P(L.w3).compute, P(L.w2).compute};
   const MoEGradViews grads{P(L.router).grad, P(L.w1).grad, P(L.w3).grad, P(L.w2).grad};
   if (!distributed()) {
     return MoEBackward(ctx, L.moe_config, views, moe_states_[l], dy, dx, grads,
@@ -682,11 +688,10 @@ Status Model::Forward(ExecContext& ctx, const TensorView& ids, int64_t batch, in
   MOE_RETURN_IF_ERROR(EmbeddingForward(ctx, ids, P(embedding_).compute, h));
   state->blocks.resize(layers_.size());
   for (size_t l = 0; l < layers_.size(); ++l) {
-    MOE_ASSIGN_OR_RETURN(h, BlockForward(ctx, static_cast<int>(l),
-                                         training ? Pass::kTrain : Pass::kFull, nullptr,
-                                         layers_[l].moe_config, &moe_states_[l],
-                                         &parallel_states_[l], h, batch, seq_len,
-                                         &state->blocks[l]));
+    MOE_ASSIGN_OR_RETURN(
+        h, BlockForward(ctx, static_cast<int>(l), training ? Pass::kTrain : Pass::kFull, nullptr,
+                        layers_[l].moe_config, &moe_states_[l], &parallel_states_[l], h, batch,
+                        seq_len, &state->blocks[l]));
   }
   state->h = h;
   MOE_ASSIGN_OR_RETURN(state->logits, Head(ctx, h, &state->nf, &state->rstd));
@@ -736,10 +741,10 @@ StatusOr<Tensor> Model::BlockBackward(ExecContext& ctx, int l, const Activations
     MOE_RETURN_IF_ERROR(MoELayerBackward(ctx, l, dh_out, dn2, grad_scale));
   } else {
     const int64_t offsets[2] = {0, t};
-    MOE_RETURN_IF_ERROR(ExpertsBackward(
-        ctx, {P(L.w1).compute, P(L.w3).compute, P(L.w2).compute}, s.n2, offsets,
-        {s.dense_h1, s.dense_h3, s.dense_act}, dh_out, dn2,
-        {P(L.w1).grad, P(L.w3).grad, P(L.w2).grad}, /*accumulate=*/true));
+    MOE_RETURN_IF_ERROR(ExpertsBackward(ctx, {P(L.w1).compute, P(L.w3).compute, P(L.w2).compute},
+                                        s.n2, offsets, {s.dense_h1, s.dense_h3, s.dense_act},
+                                        dh_out, dn2, {P(L.w1).grad, P(L.w3).grad, P(L.w2).grad},
+                                        /*accumulate=*/true));
   }
   MOE_ASSIGN_OR_RETURN(Tensor dh_mid, empty());
   MOE_RETURN_IF_ERROR(RMSNormBackward(ctx, s.h_mid, P(L.ffn_norm).compute, s.rstd2, dn2, dh_mid,

@@ -1,16 +1,18 @@
 // The language model that sigma-moe-train trains (docs/design.md section 8):
-//   embedding -> L x [RMSNorm, DiffQKV attention, residual, RMSNorm, MoE (or dense SwiGLU), residual]
-//   -> RMSNorm -> LM head (tied to the embedding or not) -> cross-entropy (fp32) + the layers' aux losses.
+//   embedding -> L x [RMSNorm, DiffQKV attention, residual, RMSNorm, MoE (or dense SwiGLU),
+//   residual]
+//   -> RMSNorm -> LM head (tied to the embedding or not) -> cross-entropy (fp32) + the layers' aux
+//   losses.
 // Hand-written backward through the whole model.
 //
 // Parameters: each has an fp32 master copy (what AdamW updates), a compute copy in the model's
-// dtype (the same tensor when that is f32), an f32 gradient and AdamW moments. RMSNorm gains and the
-// router stay f32 in every dtype. Gradients accumulate: ZeroGrads, then any number of
+// dtype (the same tensor when that is f32), an f32 gradient and AdamW moments. RMSNorm gains and
+// the router stay f32 in every dtype. Gradients accumulate: ZeroGrads, then any number of
 // ForwardBackward calls (gradient accumulation), then the optimizer.
 // Token ids and targets are device tensors [B * S] i32 (B sequences of S tokens).
 //
-// Multi-rank (Create with a communicator of W > 1 ranks; docs/design.md section 6): the W ranks are one
-// data-parallel group and one MoE group. Every parameter is replicated except the MoE experts
+// Multi-rank (Create with a communicator of W > 1 ranks; docs/design.md section 6): the W ranks are
+// one data-parallel group and one MoE group. Every parameter is replicated except the MoE experts
 // (moe/parallel_moe_layer.h ExpertShardLayout), in master, compute copy, gradient and moments of
 // layers.<l>.moe.w1/w3/w2 (ModelParam::expert_shard): with E >= W rank g holds its E_l = E / W
 // whole experts; with E < W (s = W / E ranks per expert) it holds shard j = g mod s of expert
@@ -36,9 +38,9 @@
 #include "moe/moe_layer.h"
 #include "moe/parallel_moe_layer.h"
 #include "runtime/core/status.h"
-#include "runtime/train/model/sync_budget.h"
 #include "runtime/device/exec_context.h"
 #include "runtime/tensor/tensor.h"
+#include "runtime/train/model/sync_budget.h"
 
 namespace smoe {
 
@@ -49,10 +51,10 @@ struct ModelSpec {
   bool tie_embeddings = true;
   float norm_eps = 1e-6f;
   float init_std = 0.02f;
-  DType dtype = DType::kF32;        // compute dtype (activations, compute copies)
-  DiffQkvConfig attention;          // model_dim filled from model_dim
-  MoELayerConfig moe;               // model_dim, dtype filled from the above
-  std::vector<int> dense_layers;    // layers with a dense SwiGLU FFN instead of MoE
+  DType dtype = DType::kF32;      // compute dtype (activations, compute copies)
+  DiffQkvConfig attention;        // model_dim filled from model_dim
+  MoELayerConfig moe;             // model_dim, dtype filled from the above
+  std::vector<int> dense_layers;  // layers with a dense SwiGLU FFN instead of MoE
   int64_t dense_ffn_dim = 0;
   // Aux-loss-free balancing (moe/router/expert_load.h): each MoE layer keeps an expert bias [E]
   // f32 that enters top-K selection only; UpdateExpertBiases moves it by `bias_update_rate`
@@ -63,10 +65,10 @@ struct ModelSpec {
 
 struct ModelParam {
   std::string name;
-  Tensor master;   // f32
-  Tensor compute;  // model dtype (aliases master when that is f32), or f32 for gains/router
-  Tensor grad;     // f32
-  Tensor m, v;     // AdamW moments, f32
+  Tensor master;      // f32
+  Tensor compute;     // model dtype (aliases master when that is f32), or f32 for gains/router
+  Tensor grad;        // f32
+  Tensor m, v;        // AdamW moments, f32
   bool decay = true;  // weight decay on matrices only
   // Multi-rank MoE experts: this rank's rows [first_expert, first_expert + E_l) along dim 0 of the
   // global [E, ...] tensor and, with s > 1 shards per expert, its H / s wide slice along
@@ -85,8 +87,8 @@ struct DecodeState {
 };
 
 struct ModelLoss {
-  double loss = 0.0;      // mean cross-entropy over the tokens
-  double aux_total = 0.0; // sum over layers of the aux losses' weighted total
+  double loss = 0.0;       // mean cross-entropy over the tokens
+  double aux_total = 0.0;  // sum over layers of the aux losses' weighted total
 };
 
 class Model {
@@ -163,7 +165,8 @@ class Model {
   // and MoEStats to `ledger` from now on (null: none); the ledger outlives its use.
   void set_sync_ledger(SyncLedger* ledger) { sync_ledger_ = ledger; }
 
-  // Routing statistics of every MoE layer's last forward (host sync); empty entries for dense layers.
+  // Routing statistics of every MoE layer's last forward (host sync); empty entries for dense
+  // layers.
   [[nodiscard]] StatusOr<std::vector<RoutingStats>> MoEStats(ExecContext& ctx) const;
   // Aux-loss values of every layer's last ForwardBackward; zeros for dense layers.
   const std::vector<AuxLossValues>& LastAuxLosses() const { return last_aux_; }
@@ -252,9 +255,8 @@ class Model {
   // values on the device. Returns h_out.
   [[nodiscard]] StatusOr<Tensor> BlockForward(ExecContext& ctx, int l, Pass pass, KvCache* cache,
                                               const MoELayerConfig& moe_config, MoEState* moe_state,
-                                              ParallelMoEState* parallel_state,
-                                              const Tensor& h_in, int64_t batch, int64_t seq_len,
-                                              Activations* s);
+                                              ParallelMoEState* parallel_state, const Tensor& h_in,
+                                              int64_t batch, int64_t seq_len, Activations* s);
   // Block `l`'s backward from dh_out [B * S, M] and the activations of its kTrain forward: returns
   // dh_in and adds the block's weight gradients (loss scaled by grad_scale).
   [[nodiscard]] StatusOr<Tensor> BlockBackward(ExecContext& ctx, int l, const Activations& s,

@@ -9,11 +9,16 @@ namespace smoe {
 
 const char* SyncLedger::PhaseName(Phase phase) {
   switch (phase) {
-    case Phase::kForward: return "forward";
-    case Phase::kBackward: return "backward";
-    case Phase::kStepRead: return "step read";
-    case Phase::kStats: return "routing statistics";
-    case Phase::kCount: break;
+    case Phase::kForward:
+      return "forward";
+    case Phase::kBackward:
+      return "backward";
+    case Phase::kStepRead:
+      return "step read";
+    case Phase::kStats:
+      return "routing statistics";
+    case Phase::kCount:
+      break;
   }
   return "?";
 }

@@ -26,8 +26,9 @@ StatusOr<CommChoice> ChooseCommunicator(absl::string_view requested, const RankL
   }
   if (layout.world == 1) return CommChoice{CommKind::kHost, "one rank: no collectives"};
   if (requested == "staged") {
-    return CommChoice{CommKind::kStaged, "MPI with device buffers staged through the host "
-                                         "(parallel.comm=staged)"};
+    return CommChoice{CommKind::kStaged,
+                      "MPI with device buffers staged through the host "
+                      "(parallel.comm=staged)"};
   }
   if (!nccl_built) {
     return CommChoice{CommKind::kStaged,
@@ -36,7 +37,8 @@ StatusOr<CommChoice> ChooseCommunicator(absl::string_view requested, const RankL
   if (!layout.every_node_fits) {
     return CommChoice{CommKind::kStaged,
                       absl::StrCat("MPI with device buffers staged through the host: ranks share "
-                                   "GPUs on some node (here ", shape, ")")};
+                                   "GPUs on some node (here ",
+                                   shape, ")")};
   }
   return CommChoice{CommKind::kNccl, absl::StrCat("NCCL: one GPU per rank (", shape, ")")};
 }

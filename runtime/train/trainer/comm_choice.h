@@ -26,10 +26,10 @@ struct CommChoice {
 };
 
 struct RankLayout {
-  int world = 1;           // ranks
-  bool cuda = false;       // the ranks train on CUDA devices
-  int local_ranks = 1;     // ranks on this node
-  int local_gpus = 0;      // CUDA devices visible on this node
+  int world = 1;                // ranks
+  bool cuda = false;            // the ranks train on CUDA devices
+  int local_ranks = 1;          // ranks on this node
+  int local_gpus = 0;           // CUDA devices visible on this node
   bool every_node_fits = true;  // on every node, local_ranks <= local_gpus
 };
 

@@ -53,7 +53,7 @@ StatusOr<MemoryPlan> PlanMemory(const proto::RunConfig& config, Device device, D
 
   // Parameters: matrices (compute copy in `dtype`) and f32-only gains / router.
   double matrices = v * m * (mc.tie_embeddings() ? 1 : 2), local_matrices = matrices;
-  double f32_only = m;  // final norm
+  double f32_only = m;            // final norm
   double layer_grad_scratch = 0;  // the largest layer's attention gradients, staged (model.cc)
   double act = 0, moe_transient = 0, attention_transient = 0;
   // Activated parameters and matmul FLOPs at the final top-k (Model::FlopsPerToken's count).
@@ -118,8 +118,8 @@ StatusOr<MemoryPlan> PlanMemory(const proto::RunConfig& config, Device device, D
   // backward, with the flowing [T, M] gradients (dh, dn2, dh_mid, dn1, dh_in) and the larger of
   // a layer's MoE/FFN and attention buffers and its staged attention gradients (+ f32 scratch).
   const double head_backward = t * v * 4 + (dtype == DType::kF32 ? 0 : t * v * c);
-  const double layer_backward = std::max(moe_transient, attention_transient +
-                                                            layer_grad_scratch * (c + 4));
+  const double layer_backward =
+      std::max(moe_transient, attention_transient + layer_grad_scratch * (c + 4));
   plan.transient_bytes = head_backward + 5 * t * m * c + layer_backward;
   if (world > 1) plan.transient_bytes += 3 * e * m * h * c;  // r = 0 gathers every expert
   // Buffers too small to itemize (routing metadata, norms' partial sums, loss scalars) and the

@@ -41,8 +41,8 @@ struct MemoryPlan {
   // statistics of the metrics line. metrics.jsonl reports the measured count
   // (ExecContext::host_syncs), which the GPU check compares with this.
   int64_t host_syncs_per_step = 0;
-  int64_t tokens = 0;            // per micro-batch on this rank
-  int max_top_k = 1;             // the largest top-k of any MoE layer over the run
+  int64_t tokens = 0;  // per micro-batch on this rank
+  int max_top_k = 1;   // the largest top-k of any MoE layer over the run
   double state_bytes = 0;
   double activation_bytes = 0;
   double transient_bytes = 0;

@@ -27,10 +27,10 @@
 #include "runtime/nn/adamw.h"
 #include "runtime/tensor/tensor_ops.h"
 #include "runtime/train/checkpoint/checkpoint.h"
-#include "runtime/train/trainer/comm_choice.h"
-#include "runtime/train/trainer/memory_plan.h"
 #include "runtime/train/data/batch_loader.h"
 #include "runtime/train/data/dataset.h"
+#include "runtime/train/trainer/comm_choice.h"
+#include "runtime/train/trainer/memory_plan.h"
 
 namespace smoe {
 namespace {
@@ -72,7 +72,8 @@ StatusOr<DataSources> OpenData(const proto::RunConfig& config) {
   if (data.kind() == proto::DataConfig::SYNTHETIC) {
     const int64_t size = data.synthetic_size();
     MOE_ASSIGN_OR_RETURN(out.train, SyntheticSource(config.train().seed(), 0, size));
-    MOE_ASSIGN_OR_RETURN(out.heldout, SyntheticSource(config.train().seed(), 1, std::max<int64_t>(size / 16, 1 << 16)));
+    MOE_ASSIGN_OR_RETURN(out.heldout, SyntheticSource(config.train().seed(), 1,
+                                                      std::max<int64_t>(size / 16, 1 << 16)));
   } else if (!data.heldout_path().empty()) {
     MOE_ASSIGN_OR_RETURN(out.train, OpenFile(data, data.path(), vocab));
     MOE_ASSIGN_OR_RETURN(out.heldout, OpenFile(data, data.heldout_path(), vocab));
@@ -164,8 +165,8 @@ StatusOr<std::vector<NamedTensor>> GlobalStateTensors(ExecContext& ctx, Model& m
       out.push_back({t.name, t.view});
       continue;
     }
-    MOE_ASSIGN_OR_RETURN(Tensor full, Tensor::Empty(model.GlobalShape(*t.shard), t.view.dtype(),
-                                                    Device::Cpu()));
+    MOE_ASSIGN_OR_RETURN(Tensor full,
+                         Tensor::Empty(model.GlobalShape(*t.shard), t.view.dtype(), Device::Cpu()));
     MOE_RETURN_IF_ERROR(model.GatherShards(ctx, *t.shard, t.view, full));
     out.push_back({t.name, full});
     storage->push_back(std::move(full));
@@ -184,8 +185,8 @@ Status RestoreModelState(ExecContext& ctx, const LoadedCheckpoint& checkpoint, M
       named.push_back({t.name, t.view});
       continue;
     }
-    MOE_ASSIGN_OR_RETURN(full[i], Tensor::Empty(model.GlobalShape(*t.shard), t.view.dtype(),
-                                                Device::Cpu()));
+    MOE_ASSIGN_OR_RETURN(full[i],
+                         Tensor::Empty(model.GlobalShape(*t.shard), t.view.dtype(), Device::Cpu()));
     named.push_back({t.name, full[i]});
   }
   MOE_RETURN_IF_ERROR(RestoreTensors(ctx, checkpoint, named));
@@ -205,9 +206,10 @@ StatusOr<Communicator*> WorldCommunicator() {
 #if MOE_WITH_MPI
       return MpiWorldCommunicator();
 #else
-      return absl::FailedPreconditionError(absl::StrCat(
-          "launched on ", value, " ranks (", var, "), but this build has no MPI: rebuild with MPI "
-          "(libopenmpi-dev) for multi-rank training"));
+      return absl::FailedPreconditionError(
+          absl::StrCat("launched on ", value, " ranks (", var,
+                       "), but this build has no MPI: rebuild with MPI "
+                       "(libopenmpi-dev) for multi-rank training"));
 #endif
     }
   }
@@ -315,10 +317,10 @@ class Trainer {
   Communicator* host_comm_ = nullptr;
   std::unique_ptr<Communicator> device_comm_;
   int world_ = 1, rank_ = 0;
-  int64_t local_batch_ = 0;       // sequences per micro-batch on this rank
+  int64_t local_batch_ = 0;                         // sequences per micro-batch on this rank
   std::unique_ptr<AdaptiveController> controller_;  // several ranks only
-  std::vector<AdaptKey> keys_;               // per layer, this step's controller key
-  std::vector<int64_t> prev_max_rows_;       // per layer, the previous step's largest expert load
+  std::vector<AdaptKey> keys_;                      // per layer, this step's controller key
+  std::vector<int64_t> prev_max_rows_;  // per layer, the previous step's largest expert load
   Device device_;
   std::unique_ptr<ExecContext> ctx_;
   std::unique_ptr<Model> model_;
@@ -389,14 +391,13 @@ Status Trainer::Setup() {
     if (adapt.table_path.empty() && !config_.checkpoint().dir().empty()) {
       adapt.table_path = config_.checkpoint().dir() + "/adapt_table.txt";
     }
-    StatusOr<std::unique_ptr<AdaptiveController>> controller =
-        AdaptiveController::Create(
-            adapt, ParallelCandidates(world_, node_size, model_->layout().shards), host_comm_);
+    StatusOr<std::unique_ptr<AdaptiveController>> controller = AdaptiveController::Create(
+        adapt, ParallelCandidates(world_, node_size, model_->layout().shards), host_comm_);
     if (!controller.ok()) {
-      return BadArgument("parallel.mode", adapt.mode,
-                         absl::StrCat("auto or a candidate mode for ", world_,
-                                      " ranks and node_size ", node_size, " (",
-                                      controller.status().message(), ")"));
+      return BadArgument(
+          "parallel.mode", adapt.mode,
+          absl::StrCat("auto or a candidate mode for ", world_, " ranks and node_size ", node_size,
+                       " (", controller.status().message(), ")"));
     }
     controller_ = *std::move(controller);
     if (Status loaded = controller_->Load(); !loaded.ok()) {
@@ -484,8 +485,8 @@ StatusOr<LoadedCheckpoint> Trainer::LoadLatest(bool at_start) {
   const int64_t chosen = all.data<int64_t>()[0];
   if (chosen == -2) {
     if (leader()) return latest.status();
-    return absl::AbortedError(absl::StrCat("rank 0 could not use checkpoint.dir ", root,
-                                           " (its error says why)"));
+    return absl::AbortedError(
+        absl::StrCat("rank 0 could not use checkpoint.dir ", root, " (its error says why)"));
   }
   if (!leader() && chosen >= 0) {
     latest = LoadCheckpoint((std::filesystem::path(root) / CheckpointDirName(chosen)).string());
@@ -495,10 +496,10 @@ StatusOr<LoadedCheckpoint> Trainer::LoadLatest(bool at_start) {
   for (int r = 0; r < world_; ++r) {
     if (all.data<int64_t>()[r] != mine.data<int64_t>()[0]) {
       if (!latest.ok() && !absl::IsNotFound(latest.status())) return latest.status();
-      return absl::InternalError(absl::StrCat(
-          "ranks disagree on the latest checkpoint under ", config_.checkpoint().dir(),
-          ": rank ", r, " read step ", all.data<int64_t>()[r], ", rank ", rank_, " read ",
-          mine.data<int64_t>()[0], " (-1: none, -2: unreadable)"));
+      return absl::InternalError(
+          absl::StrCat("ranks disagree on the latest checkpoint under ", config_.checkpoint().dir(),
+                       ": rank ", r, " read step ", all.data<int64_t>()[r], ", rank ", rank_,
+                       " read ", mine.data<int64_t>()[0], " (-1: none, -2: unreadable)"));
     }
   }
   return latest;
@@ -528,8 +529,8 @@ Status Trainer::SaveCheckpoint() {
   MOE_RETURN_IF_ERROR(comm_->AllReduceSum(*ctx_, failed));
   if (!saved.ok()) return saved;
   if (failed.data<int32_t>()[0] != 0) {
-    return absl::InternalError(absl::StrCat("rank 0 failed to write the checkpoint of step ",
-                                            step_, " under ", c.dir()));
+    return absl::InternalError(
+        absl::StrCat("rank 0 failed to write the checkpoint of step ", step_, " under ", c.dir()));
   }
   return absl::OkStatus();
 }
@@ -537,8 +538,8 @@ Status Trainer::SaveCheckpoint() {
 StatusOr<bool> Trainer::Rollback(absl::string_view reason) {
   StatusOr<LoadedCheckpoint> latest = LoadLatest(/*at_start=*/false);
   if (absl::IsNotFound(latest.status())) {
-    MOE_LOG(WARNING) << reason << " at step " << step_ + 1 << ", but no checkpoint to roll back to ("
-                     << latest.status().message() << ")";
+    MOE_LOG(WARNING) << reason << " at step " << step_ + 1
+                     << ", but no checkpoint to roll back to (" << latest.status().message() << ")";
     return false;
   }
   MOE_RETURN_IF_ERROR(latest.status());
@@ -565,9 +566,9 @@ Status Trainer::HandleNonFiniteStep(const StepResult& result) {
     return absl::DataLossError(absl::StrCat("non-finite loss or gradient at step ", step_ + 1));
   }
   if (train_.max_skipped_steps() > 0 && skipped_ > train_.max_skipped_steps()) {
-    return absl::DataLossError(absl::StrCat(skipped_,
-                                            " non-finite steps: more than train.max_skipped_steps = ",
-                                            train_.max_skipped_steps()));
+    return absl::DataLossError(absl::StrCat(
+        skipped_,
+        " non-finite steps: more than train.max_skipped_steps = ", train_.max_skipped_steps()));
   }
   if (train_.nan_policy() == proto::TrainConfig::ROLLBACK) {
     MOE_ASSIGN_OR_RETURN(const bool rolled_back, Rollback("non-finite loss or gradient"));
@@ -646,7 +647,8 @@ StatusOr<Trainer::StepResult> Trainer::Step(double lr) {
   const int64_t s = train_.seq_len();
   const int accum = std::max(1, train_.grad_accum());
   for (int l = 0; l < config_.model().num_layers(); ++l) {
-    if (model_->is_moe_layer(l)) MOE_RETURN_IF_ERROR(model_->SetTopK(l, TopKForLayer(config_, l, step_)));
+    if (model_->is_moe_layer(l))
+      MOE_RETURN_IF_ERROR(model_->SetTopK(l, TopKForLayer(config_, l, step_)));
   }
   if (controller_ != nullptr) MOE_RETURN_IF_ERROR(ChooseModes());
   MOE_RETURN_IF_ERROR(model_->ZeroGrads(*ctx_));
@@ -656,8 +658,8 @@ StatusOr<Trainer::StepResult> Trainer::Step(double lr) {
   // Loss and aux values stay on the device through the micro-batches and are read once, with the
   // gradient norm, below (the host-sync budget, docs/design.md section 4).
   MOE_RETURN_IF_ERROR(Fill(*ctx_, step_scalars_, 0.0));
-  const TensorView sums(step_scalars_.data<float>() + 2, DType::kF32,
-                        {model_->StepScalarCount()}, device_);
+  const TensorView sums(step_scalars_.data<float>() + 2, DType::kF32, {model_->StepScalarCount()},
+                        device_);
   for (int micro = 0; micro < accum; ++micro) {
     loader_->Next(&host_ids_, &host_targets_);
     MOE_RETURN_IF_ERROR(UploadSlice(*ctx_, host_ids_, rank_, ids_));
@@ -673,8 +675,8 @@ StatusOr<Trainer::StepResult> Trainer::Step(double lr) {
     nan_injected_ = true;
     MOE_LOG(WARNING) << "train.debug_nan_step: poisoning the gradients of step " << step_ + 1
                      << " with NaN";
-    MOE_RETURN_IF_ERROR(Fill(*ctx_, model_->params().front().grad,
-                             std::numeric_limits<double>::quiet_NaN()));
+    MOE_RETURN_IF_ERROR(
+        Fill(*ctx_, model_->params().front().grad, std::numeric_limits<double>::quiet_NaN()));
   }
   MOE_RETURN_IF_ERROR(ReduceGradients());
   MOE_ASSIGN_OR_RETURN(const Tensor host, CopyTo(*ctx_, step_scalars_, Device::Cpu()));  // the read
@@ -759,16 +761,16 @@ void Trainer::WriteMetrics(const StepResult& result, double lr, double tokens_pe
             ? absl::StrCat(", \"mode\": \"",
                            ParallelModeName(model_->parallel_mode(static_cast<int>(l))), "\"")
             : "";
-    absl::StrAppend(&line, first ? "" : ", ",
-                    absl::StrFormat("{\"layer\": %d, \"top_k\": %d, \"max_rel_dev\": %.4f, "
-                                    "\"min_rel_dev\": %.4f, \"dead_experts\": %d, "
-                                    "\"entropy_mean_p\": %.4f, \"lbl\": %.6g, \"z_loss\": %.6g, "
-                                    "\"top1_lbl\": %.6g, \"aux_total\": %.6g%s, "
-                                    "\"tokens_per_expert\": [%s]}",
-                                    l, model_->TopK(static_cast<int>(l)), st.max_rel_dev,
-                                    st.min_rel_dev, st.dead_experts, st.entropy_mean_p, a.lbl,
-                                    a.z_loss, a.top1_lbl, a.total,
-                                    mode, absl::StrJoin(st.tokens_per_expert, ", ")));
+    absl::StrAppend(
+        &line, first ? "" : ", ",
+        absl::StrFormat("{\"layer\": %d, \"top_k\": %d, \"max_rel_dev\": %.4f, "
+                        "\"min_rel_dev\": %.4f, \"dead_experts\": %d, "
+                        "\"entropy_mean_p\": %.4f, \"lbl\": %.6g, \"z_loss\": %.6g, "
+                        "\"top1_lbl\": %.6g, \"aux_total\": %.6g%s, "
+                        "\"tokens_per_expert\": [%s]}",
+                        l, model_->TopK(static_cast<int>(l)), st.max_rel_dev, st.min_rel_dev,
+                        st.dead_experts, st.entropy_mean_p, a.lbl, a.z_loss, a.top1_lbl, a.total,
+                        mode, absl::StrJoin(st.tokens_per_expert, ", ")));
     first = false;
   }
   absl::StrAppend(&line, "]}\n");
@@ -781,12 +783,13 @@ void Trainer::ShowProgress(double loss, double lr, double tokens_per_s, double i
   const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
   const int64_t done = step_ - start_step_;
   const double eta = done > 0 ? elapsed / done * (train_.steps() - step_) : -1;
-  const std::string text = absl::StrFormat(
-      "step %d/%d  loss %.4f  %.0f tok/s  lr %.3g  imbalance %.2f  ETA %s", step_, train_.steps(),
-      loss, tokens_per_s, lr, imbalance, FormatEta(eta));
+  const std::string text =
+      absl::StrFormat("step %d/%d  loss %.4f  %.0f tok/s  lr %.3g  imbalance %.2f  ETA %s", step_,
+                      train_.steps(), loss, tokens_per_s, lr, imbalance, FormatEta(eta));
   if (tty_) {
     const int width = 24;
-    const int filled = static_cast<int>(width * static_cast<double>(step_) / std::max<int64_t>(1, train_.steps()));
+    const int filled =
+        static_cast<int>(width * static_cast<double>(step_) / std::max<int64_t>(1, train_.steps()));
     std::fprintf(stderr, "\r[%s%s] %s\033[K", std::string(filled, '#').c_str(),
                  std::string(width - filled, '.').c_str(), text.c_str());
     if (final_line) std::fputc('\n', stderr);
@@ -805,7 +808,8 @@ Status Trainer::AfterStep(const StepResult& result, double lr, double seconds,
   const int64_t host_syncs = ctx_->host_syncs() - host_syncs_before;
   double imbalance = 0.0;
   for (size_t l = 0; l < stats.size(); ++l) {
-    if (model_->is_moe_layer(static_cast<int>(l))) imbalance = std::max(imbalance, stats[l].max_rel_dev);
+    if (model_->is_moe_layer(static_cast<int>(l)))
+      imbalance = std::max(imbalance, stats[l].max_rel_dev);
   }
   double eval_loss = -1.0;
   const bool last = step_ == train_.steps();
@@ -814,8 +818,8 @@ Status Trainer::AfterStep(const StepResult& result, double lr, double seconds,
     summary->final_eval_loss = eval_loss;
     if (tty_) std::fputc('\n', stderr);
     if (leader()) {
-      MOE_LOG(INFO) << absl::StrFormat("step %d: held-out loss %.4f (train %.4f)", step_,
-                                       eval_loss, result.loss);
+      MOE_LOG(INFO) << absl::StrFormat("step %d: held-out loss %.4f (train %.4f)", step_, eval_loss,
+                                       result.loss);
     }
   }
   WriteMetrics(result, lr, tokens_per_s, host_syncs, stats, eval_loss);
@@ -863,10 +867,10 @@ StatusOr<TrainSummary> Trainer::Run() {
     if (train_.spike_threshold() > 0 && ema_count_ >= 20 &&
         result.loss > train_.spike_threshold() * loss_ema_) {
       ++spikes_;
-      MOE_ASSIGN_OR_RETURN(const bool rolled_back,
-                           Rollback(absl::StrFormat("loss spike %.4f > %.1f x running mean %.4f",
-                                                    result.loss, train_.spike_threshold(),
-                                                    loss_ema_)));
+      MOE_ASSIGN_OR_RETURN(
+          const bool rolled_back,
+          Rollback(absl::StrFormat("loss spike %.4f > %.1f x running mean %.4f", result.loss,
+                                   train_.spike_threshold(), loss_ema_)));
       if (rolled_back) continue;
       MOE_LOG(WARNING) << "step " << step_ + 1 << " stands: its update was applied";
     }
@@ -985,10 +989,11 @@ Status DryRun(const proto::RunConfig& config) {
               static_cast<long long>(t.batch_size()) * t.seq_len() * std::max(1, t.grad_accum()),
               std::max(1, t.grad_accum()), t.batch_size(), t.seq_len());
   std::printf("%s\n", DescribePlan(plan).c_str());
-  std::printf("  host syncs       %lld per step on a GPU (1 per MoE layer forward, 1 read of the "
-              "loss, aux values and norm, 2 per MoE layer for the statistics); metrics.jsonl has "
-              "the measured count\n",
-              static_cast<long long>(plan.host_syncs_per_step));
+  std::printf(
+      "  host syncs       %lld per step on a GPU (1 per MoE layer forward, 1 read of the "
+      "loss, aux values and norm, 2 per MoE layer for the statistics); metrics.jsonl has "
+      "the measured count\n",
+      static_cast<long long>(plan.host_syncs_per_step));
   if (device.is_cuda()) {
     MOE_ASSIGN_OR_RETURN(DeviceMemory memory, CudaMemory(device.index));
     const Status fits = CheckPlanFits(plan, device, static_cast<double>(memory.free_bytes));
@@ -1005,7 +1010,8 @@ StatusOr<std::string> Sample(const proto::RunConfig& config, const std::string& 
   MOE_ASSIGN_OR_RETURN(Device device, ResolveDevice(config));
   MOE_ASSIGN_OR_RETURN(DType dtype, ResolveDType(config, device));
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<ExecContext> ctx, ExecContext::Create(device));
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Create(SpecFromConfig(config, dtype), device));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Model> model,
+                       Model::Create(SpecFromConfig(config, dtype), device));
   MOE_ASSIGN_OR_RETURN(LoadedCheckpoint latest, LoadLatestCheckpoint(config.checkpoint().dir()));
   MOE_RETURN_IF_ERROR(RestoreTensors(*ctx, latest, StateTensors(*model)));
   MOE_RETURN_IF_ERROR(model->SyncComputeCopies(*ctx));
@@ -1039,7 +1045,8 @@ StatusOr<std::string> Sample(const proto::RunConfig& config, const std::string& 
     Tensor logits;
     if (prefill > 0) {
       MOE_ASSIGN_OR_RETURN(Tensor ids, Tensor::Empty({prefill}, DType::kI32, device));
-      MOE_RETURN_IF_ERROR(Upload(*ctx, std::vector<int32_t>(tokens.end() - prefill, tokens.end()), ids));
+      MOE_RETURN_IF_ERROR(
+          Upload(*ctx, std::vector<int32_t>(tokens.end() - prefill, tokens.end()), ids));
       MOE_ASSIGN_OR_RETURN(logits, model->Prefill(*ctx, ids, 1, prefill, window, &state));
       prefill = 0;
     } else {
@@ -1050,7 +1057,8 @@ StatusOr<std::string> Sample(const proto::RunConfig& config, const std::string& 
     const int next = next_token(logits, i);
     tokens.push_back(next);
     out.push_back(static_cast<char>(next));
-    if (state.length() >= window) prefill = std::min<int64_t>(keep, static_cast<int64_t>(tokens.size()));
+    if (state.length() >= window)
+      prefill = std::min<int64_t>(keep, static_cast<int64_t>(tokens.size()));
   }
   return out;
 }

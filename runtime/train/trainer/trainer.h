@@ -32,14 +32,14 @@
 //     then learns whether it succeeded. On resume and rollback every rank reads the checkpoint
 //     (a file system shared by the ranks) and takes its slice.
 //   Parallel modes: each MoE layer asks the AdaptiveController (parallel.mode "auto", or one forced
-//     mode) for its mode every step, keyed by (layer, AgreedCapacityBucket of the largest per-expert
-//     row count over the ranks in the previous step (0 at the first), top-k); while the key is
-//     measuring, the layer's ParallelMoEForward + ParallelMoEBackward time is reported after the
-//     step. Candidates (ParallelCandidates): r0.d1.flat, then r.d1.flat, r.d2.flat for r = 1 and
-//     (E < W) every other divisor r of s, and the same r.d1.2dh, r.d2.2dh when
-//     1 < parallel.node_size < W. The table is saved with the checkpoints
-//     (parallel.table_path, default <checkpoint.dir>/adapt_table.txt); metrics.jsonl names every
-//     MoE layer's mode. Routing statistics in metrics.jsonl are rank 0's tokens.
+//     mode) for its mode every step, keyed by (layer, AgreedCapacityBucket of the largest
+//     per-expert row count over the ranks in the previous step (0 at the first), top-k); while the
+//     key is measuring, the layer's ParallelMoEForward + ParallelMoEBackward time is reported after
+//     the step. Candidates (ParallelCandidates): r0.d1.flat, then r.d1.flat, r.d2.flat for r = 1
+//     and (E < W) every other divisor r of s, and the same r.d1.2dh, r.d2.2dh when 1 <
+//     parallel.node_size < W. The table is saved with the checkpoints (parallel.table_path, default
+//     <checkpoint.dir>/adapt_table.txt); metrics.jsonl names every MoE layer's mode. Routing
+//     statistics in metrics.jsonl are rank 0's tokens.
 //   Capacity: with moe.capacity_factor > 0 each rank's capacity comes from its own tokens (as
 //     GShard's per-device capacity), so drops, unlike dropless runs, differ from one rank's.
 //   Agreement: the stop request (signals) is all-reduced each step, so every rank stops at the
@@ -72,9 +72,9 @@ struct TrainSummary {
   double final_eval_loss = -1.0;  // -1: not evaluated
   int64_t skipped_steps = 0;
   int64_t rollbacks = 0;
-  int64_t loss_spikes = 0;        // detected (train.spike_threshold), rolled back or not
-  bool stopped_early = false;     // by stop_requested
-  bool leader = true;             // rank 0 (the rank that reports) of a multi-rank run
+  int64_t loss_spikes = 0;     // detected (train.spike_threshold), rolled back or not
+  bool stopped_early = false;  // by stop_requested
+  bool leader = true;          // rank 0 (the rank that reports) of a multi-rank run
 };
 
 // Resolves "auto" device and dtype: CUDA and bf16 when a GPU is visible, else CPU and f32.
@@ -100,11 +100,13 @@ double LearningRateAt(const proto::TrainConfig& train, int64_t step);
 // Prints parameter counts (total, activated), the FLOPs per token and the memory plan.
 [[nodiscard]] Status DryRun(const proto::RunConfig& config);
 
-// Single rank (under mpirun every rank samples on its own). Generates `num_tokens` bytes after `prompt` from the newest checkpoint under checkpoint.dir
-// (temperature 0: greedy). Incremental: the prompt (its last train.seq_len bytes) is prefilled into
-// per-layer KV caches of train.seq_len positions, then each new byte is one decode step; when the
-// caches are full, the last train.seq_len / 2 bytes of the text are prefilled again.
-[[nodiscard]] StatusOr<std::string> Sample(const proto::RunConfig& config, const std::string& prompt,
-                                           int num_tokens, double temperature, uint64_t seed);
+// Single rank (under mpirun every rank samples on its own). Generates `num_tokens` bytes after
+// `prompt` from the newest checkpoint under checkpoint.dir (temperature 0: greedy). Incremental:
+// the prompt (its last train.seq_len bytes) is prefilled into per-layer KV caches of train.seq_len
+// positions, then each new byte is one decode step; when the caches are full, the last
+// train.seq_len / 2 bytes of the text are prefilled again.
+[[nodiscard]] StatusOr<std::string> Sample(const proto::RunConfig& config,
+                                           const std::string& prompt, int num_tokens,
+                                           double temperature, uint64_t seed);
 
 }  // namespace smoe

@@ -1,10 +1,10 @@
 // Runs under mpirun -np 4 (CTest label mpi): every rank reports DIFFERENT local step times (each
 // rank's local favourite is another mode), yet all ranks choose identical modes at every step,
 // because the controller decides from all-reduced times. Also: Load broadcasts rank 0's table.
+#include <unistd.h>
 #include <cstdio>
 #include <random>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -19,7 +19,8 @@ std::vector<ParallelMode> Candidates() {
   std::vector<ParallelMode> out;
   for (int r : {0, 1}) {
     for (int d : {1, 2}) {
-      for (AllToAllAlgorithm a : {AllToAllAlgorithm::kFlat, AllToAllAlgorithm::kTwoDimHierarchical}) {
+      for (AllToAllAlgorithm a :
+           {AllToAllAlgorithm::kFlat, AllToAllAlgorithm::kTwoDimHierarchical}) {
         out.push_back({.r = r, .d = d, .algorithm = a});
       }
     }
@@ -55,11 +56,12 @@ double LocalMs(int rank, int index, std::mt19937& rng) {
 TEST(AdaptiveControllerMpiTest, DifferentLocalTimesGiveIdenticalChoicesOnEveryRank) {
   MOE_ASSERT_OK_AND_ASSIGN(Communicator * comm, MpiWorldCommunicator());
   ASSERT_GE(comm->size(), 2) << "run with mpirun -np 2 or more";
-  MOE_ASSERT_OK_AND_ASSIGN(auto ctl, AdaptiveController::Create({.save_on_decision = false},
-                                                                Candidates(), comm));
+  MOE_ASSERT_OK_AND_ASSIGN(
+      auto ctl, AdaptiveController::Create({.save_on_decision = false}, Candidates(), comm));
   std::mt19937 rng(1000 + comm->rank());
   // The local load differs per rank; the agreed bucket must not.
-  MOE_ASSERT_OK_AND_ASSIGN(const int64_t bucket, AgreedCapacityBucket(comm, 10 + 40 * comm->rank()));
+  MOE_ASSERT_OK_AND_ASSIGN(const int64_t bucket,
+                           AgreedCapacityBucket(comm, 10 + 40 * comm->rank()));
   EXPECT_EQ(bucket, CapacityBucket(10 + 40 * (comm->size() - 1)));
   // Several layers' loads in one collective: each the maximum of its own column.
   const std::vector<int64_t> loads = {10 + 40 * comm->rank(), 1000 - comm->rank(), 0};
@@ -108,19 +110,19 @@ TEST(AdaptiveControllerMpiTest, LoadBroadcastsRankZerosTable) {
   const AdaptKey key{3, 5, 1};
   std::mt19937 rng(77 + comm->rank());
   {
-    MOE_ASSERT_OK_AND_ASSIGN(auto ctl, AdaptiveController::Create({.table_path = path},
-                                                                  Candidates(), comm));
+    MOE_ASSERT_OK_AND_ASSIGN(auto ctl,
+                             AdaptiveController::Create({.table_path = path}, Candidates(), comm));
     MOE_ASSERT_OK(ctl->Load());  // nothing yet, on every rank
     for (int step = 0; step < 8 * 3; ++step) {
       MOE_ASSERT_OK_AND_ASSIGN(const ParallelMode mode, ctl->Choose(key));
       ASSERT_TRUE(ctl->Measuring(key));
-      MOE_ASSERT_OK(ctl->Report(key, mode,
-                                LocalMs(comm->rank(), IndexOf(Candidates(), mode), rng)));
+      MOE_ASSERT_OK(
+          ctl->Report(key, mode, LocalMs(comm->rank(), IndexOf(Candidates(), mode), rng)));
     }
     ASSERT_FALSE(ctl->Measuring(key));  // decided and saved by rank 0
   }
-  MOE_ASSERT_OK_AND_ASSIGN(auto ctl, AdaptiveController::Create({.table_path = path},
-                                                                Candidates(), comm));
+  MOE_ASSERT_OK_AND_ASSIGN(auto ctl,
+                           AdaptiveController::Create({.table_path = path}, Candidates(), comm));
   MOE_ASSERT_OK(ctl->Load());
   MOE_ASSERT_OK_AND_ASSIGN(const ParallelMode mode, ctl->Choose(key));
   EXPECT_FALSE(ctl->Measuring(key)) << "rank " << comm->rank() << " did not get the table";

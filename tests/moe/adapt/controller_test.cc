@@ -169,7 +169,8 @@ TEST(AdaptiveControllerTest, CreateValidatesEveryArgument) {
     return AdaptiveController::Create(config, std::move(candidates), c ? c : &comm).status();
   };
   MOE_EXPECT_OK(create({}, Candidates()));
-  EXPECT_THAT(create({}, {}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("candidates")));
+  EXPECT_THAT(create({}, {}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("candidates")));
   EXPECT_THAT(create({}, {Mode("r1.d1.flat"), Mode("r0.d1.flat"), Mode("r1.d1.flat")}),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("candidates[2]: got r1.d1.flat, expected distinct")));
@@ -194,8 +195,8 @@ TEST(AdaptiveControllerTest, ExploresEachCandidateWarmupPlusTrialsTimesThenExplo
     SCOPED_TRACE(absl::StrCat("trials ", trials, " warmup ", warmup));
     FakeCommunicator comm(0, 1);
     MOE_ASSERT_OK_AND_ASSIGN(
-        auto ctl, AdaptiveController::Create({.trials = trials, .warmup = warmup}, Candidates(),
-                                             &comm));
+        auto ctl,
+        AdaptiveController::Create({.trials = trials, .warmup = warmup}, Candidates(), &comm));
     CostModel costs(7);
     const AdaptKey key{.layer = 3, .capacity_bucket = 9, .top_k = 2};
     costs.Set(key, {10.0, 6.0, 12.0, 8.0});
@@ -234,8 +235,8 @@ TEST(AdaptiveControllerTest, WarmupMeasurementsAreDiscarded) {
   FakeCommunicator comm(0, 1);
   const AdaptKey key{.layer = 0, .capacity_bucket = 4, .top_k = 1};
   for (int warmup : {0, 1}) {
-    MOE_ASSERT_OK_AND_ASSIGN(auto ctl, AdaptiveController::Create(
-                                           {.trials = 2, .warmup = warmup}, Candidates(), &comm));
+    MOE_ASSERT_OK_AND_ASSIGN(
+        auto ctl, AdaptiveController::Create({.trials = 2, .warmup = warmup}, Candidates(), &comm));
     CostModel costs(11);
     costs.Set(key, {5.0, 9.0, 20.0, 20.0});
     costs.SetFirstUseSpike(key, 0, 40.0);
@@ -372,12 +373,12 @@ TEST(AdaptiveControllerTest, ReportChecksItsArguments) {
   MOE_ASSERT_OK_AND_ASSIGN(
       auto ctl, AdaptiveController::Create({.save_on_decision = false}, Candidates(), &comm));
   const AdaptKey key{0, 1, 1};
-  EXPECT_THAT(ctl->Choose({-1, 1, 1}), StatusIs(absl::StatusCode::kInvalidArgument,
-                                                HasSubstr("key.layer")));
-  EXPECT_THAT(ctl->Choose({0, -1, 1}), StatusIs(absl::StatusCode::kInvalidArgument,
-                                                HasSubstr("key.capacity_bucket")));
-  EXPECT_THAT(ctl->Choose({0, 1, 0}), StatusIs(absl::StatusCode::kInvalidArgument,
-                                               HasSubstr("key.top_k")));
+  EXPECT_THAT(ctl->Choose({-1, 1, 1}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("key.layer")));
+  EXPECT_THAT(ctl->Choose({0, -1, 1}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("key.capacity_bucket")));
+  EXPECT_THAT(ctl->Choose({0, 1, 0}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("key.top_k")));
   // Unknown key: not measuring, so a no-op.
   MOE_EXPECT_OK(ctl->Report(key, Mode("r1.d1.flat"), 1.0));
   EXPECT_EQ(ctl->Choose(key).value(), Mode("r1.d1.flat"));
@@ -408,7 +409,8 @@ TEST(AdaptiveControllerTest, AllReducedTimesGiveIdenticalDecisionsOnEveryRank) {
   for (int r = 0; r < 2; ++r) {
     comms.push_back(std::make_unique<FakeCommunicator>(r, 2));
     comms[r]->others_ms = [&last_local, r] { return last_local[1 - r]; };
-    MOE_ASSERT_OK_AND_ASSIGN(auto ctl, AdaptiveController::Create({}, Candidates(), comms[r].get()));
+    MOE_ASSERT_OK_AND_ASSIGN(auto ctl,
+                             AdaptiveController::Create({}, Candidates(), comms[r].get()));
     ctls.push_back(std::move(ctl));
   }
   std::mt19937 rng(31);
@@ -448,8 +450,8 @@ TEST(AdaptiveControllerTest, SaveThenLoadGivesTheSameChoicesWithoutExploring) {
   costs.Set(partial, {5.0, 4.0, 1.0, 2.0});
   std::vector<ParallelMode> chosen;
   {
-    MOE_ASSERT_OK_AND_ASSIGN(auto ctl, AdaptiveController::Create({.table_path = path},
-                                                                  Candidates(), &comm));
+    MOE_ASSERT_OK_AND_ASSIGN(auto ctl,
+                             AdaptiveController::Create({.table_path = path}, Candidates(), &comm));
     MOE_ASSERT_OK(ctl->Load());  // no file yet: empty
     for (int step = 0; step < 12; ++step) {
       Step(*ctl, costs, a);
@@ -467,8 +469,8 @@ TEST(AdaptiveControllerTest, SaveThenLoadGivesTheSameChoicesWithoutExploring) {
   EXPECT_THAT(text, HasSubstr("\nexplore 2 6 2 r1.d1.2dh 1\n"));
 
   FakeCommunicator comm2(0, 1);
-  MOE_ASSERT_OK_AND_ASSIGN(auto ctl, AdaptiveController::Create({.table_path = path},
-                                                                Candidates(), &comm2));
+  MOE_ASSERT_OK_AND_ASSIGN(auto ctl,
+                           AdaptiveController::Create({.table_path = path}, Candidates(), &comm2));
   MOE_ASSERT_OK(ctl->Load());
   EXPECT_EQ(ctl->Choose(a).value(), chosen[0]);
   EXPECT_EQ(ctl->Choose(b).value(), chosen[1]);
@@ -487,8 +489,8 @@ TEST(AdaptiveControllerTest, SaveThenLoadGivesTheSameChoicesWithoutExploring) {
 TEST(AdaptiveControllerTest, OnlyRankZeroWritesTheTable) {
   const std::string path = TablePath("rank1");
   FakeCommunicator comm(1, 2);
-  MOE_ASSERT_OK_AND_ASSIGN(auto ctl, AdaptiveController::Create({.table_path = path},
-                                                                Candidates(), &comm));
+  MOE_ASSERT_OK_AND_ASSIGN(auto ctl,
+                           AdaptiveController::Create({.table_path = path}, Candidates(), &comm));
   CostModel costs(41);
   const AdaptKey key{0, 1, 1};
   costs.Set(key, {1.0, 2.0, 3.0, 4.0});
@@ -508,8 +510,8 @@ TEST(AdaptiveControllerTest, LoadDropsModesThatAreNoLongerCandidates) {
             "explore 2 3 1 r1.d4.flat 3 1 2\n"
             "explore 2 3 1 r1.d1.flat 1\n");
   FakeCommunicator comm(0, 1);
-  MOE_ASSERT_OK_AND_ASSIGN(auto ctl, AdaptiveController::Create({.table_path = path},
-                                                                Candidates(), &comm));
+  MOE_ASSERT_OK_AND_ASSIGN(auto ctl,
+                           AdaptiveController::Create({.table_path = path}, Candidates(), &comm));
   MOE_ASSERT_OK(ctl->Load());
   const std::vector<AdaptDecision> d = ctl->Decisions();
   ASSERT_EQ(d.size(), 2u);
@@ -527,8 +529,8 @@ TEST(AdaptiveControllerTest, LoadDropsModesThatAreNoLongerCandidates) {
 TEST(AdaptiveControllerTest, CorruptTableIsAnErrorNamingTheLine) {
   const std::string path = TablePath("corrupt");
   FakeCommunicator comm(0, 1);
-  MOE_ASSERT_OK_AND_ASSIGN(auto ctl, AdaptiveController::Create({.table_path = path},
-                                                                Candidates(), &comm));
+  MOE_ASSERT_OK_AND_ASSIGN(auto ctl,
+                           AdaptiveController::Create({.table_path = path}, Candidates(), &comm));
   const std::string header = "sigma-moe adapt table v1\n";
   const std::string good = "best 0 1 1 r1.d2.flat 2.5\n";
   const std::vector<std::pair<std::string, std::string>> cases = {
@@ -575,11 +577,10 @@ TEST(AdaptiveControllerTest, SummaryListsEveryKey) {
 
 TEST(AdaptiveControllerTest, APriorPrunesTheCandidatesItMeasures) {
   FakeCommunicator comm(0, 1);
-  MOE_ASSERT_OK_AND_ASSIGN(auto ctl, AdaptiveController::Create({.trials = 2,
-                                                                 .warmup = 1,
-                                                                 .explore_at_most = 2,
-                                                                 .explore_within = 1.5},
-                                                                Candidates(), &comm));
+  MOE_ASSERT_OK_AND_ASSIGN(
+      auto ctl, AdaptiveController::Create(
+                    {.trials = 2, .warmup = 1, .explore_at_most = 2, .explore_within = 1.5},
+                    Candidates(), &comm));
   // Predicted: r1.d1.flat 10, r1.d2.flat 12, r0.d1.flat 30 (beyond 1.5 x 10), r1.d1.2dh 11.
   // At most 2: r1.d1.flat and r1.d1.2dh; for key 1 everything is within 1.5 x, still only 2.
   int prior_calls = 0;
@@ -605,8 +606,8 @@ TEST(AdaptiveControllerTest, APriorPrunesTheCandidatesItMeasures) {
   for (const AdaptDecision& d : ctl->Decisions()) EXPECT_EQ(d.explored, 2);
 
   // A prior of the wrong size prunes nothing.
-  MOE_ASSERT_OK_AND_ASSIGN(auto all, AdaptiveController::Create({.explore_at_most = 1},
-                                                                Candidates(), &comm));
+  MOE_ASSERT_OK_AND_ASSIGN(auto all,
+                           AdaptiveController::Create({.explore_at_most = 1}, Candidates(), &comm));
   all->SetPrior([](const AdaptKey&) { return std::vector<double>{1.0}; });
   std::map<int, int> every;
   for (int step = 0; step < 4 * 3; ++step) Step(*all, costs, k0, &every);

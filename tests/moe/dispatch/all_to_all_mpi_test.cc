@@ -14,8 +14,8 @@
 namespace smoe {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::Cpu;
+using ::testing::HasSubstr;
 using testing::HostTensor;
 using testing::StatusIs;
 
@@ -89,9 +89,9 @@ TEST(AllToAllMpiTest, TwoDimHierarchicalEqualsFlatAndTheSentValues) {
       const Segments s = MakeSegments(seed, me, w);
       for (int64_t rows : s.recv_rows) zero_segments += rows == 0;
       for (DType dtype : {DType::kF32, DType::kI64}) {
-        SCOPED_TRACE(::testing::Message() << "rank " << me << " of " << w << ", node_size "
-                                          << node_size << ", seed " << seed << ", "
-                                          << DTypeName(dtype));
+        SCOPED_TRACE(::testing::Message()
+                     << "rank " << me << " of " << w << ", node_size " << node_size << ", seed "
+                     << seed << ", " << DTypeName(dtype));
         Tensor send = HostTensor({s.send_total, kWidth}, dtype);
         int64_t at = 0;
         for (int d = 0; d < w; ++d) {
@@ -136,8 +136,8 @@ TEST(AllToAllMpiTest, OneRowPerPairHandWorked) {
   Tensor recv = HostTensor({w, 1}, DType::kI64);
   for (int d = 0; d < w; ++d) send.data<int64_t>()[d] = 10 * me + d;
   const std::vector<int64_t> ones(w, 1);
-  MOE_ASSERT_OK(exchanger->Exchange(Cpu(), AllToAllAlgorithm::kTwoDimHierarchical, send, ones,
-                                    recv, ones));
+  MOE_ASSERT_OK(
+      exchanger->Exchange(Cpu(), AllToAllAlgorithm::kTwoDimHierarchical, send, ones, recv, ones));
   for (int s = 0; s < w; ++s) EXPECT_EQ(recv.data<int64_t>()[s], 10 * s + me) << "from " << s;
 }
 

@@ -2,8 +2,8 @@
 // argument; algorithm names round-trip. Multi-rank behaviour (2dh == flat) is all_to_all_mpi_test.
 #include "moe/dispatch/all_to_all.h"
 
-#include <map>
 #include <cstring>
+#include <map>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -16,8 +16,8 @@
 namespace smoe {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::Cpu;
+using ::testing::HasSubstr;
 using testing::HostTensor;
 using testing::RandomNormal;
 using testing::StatusIs;
@@ -101,8 +101,7 @@ TEST(RowExchangerTest, RejectsBadArgumentsNamingThem) {
   const std::vector<int64_t> four = {4};
   auto exchange = [&](const TensorView& s, std::span<const int64_t> s_rows, const TensorView& r,
                       std::span<const int64_t> r_rows) {
-    return exchanger->Exchange(Cpu(), AllToAllAlgorithm::kTwoDimHierarchical, s, s_rows, r,
-                               r_rows);
+    return exchanger->Exchange(Cpu(), AllToAllAlgorithm::kTwoDimHierarchical, s, s_rows, r, r_rows);
   };
   auto invalid = [](absl::string_view field) {
     return StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(std::string(field)));
@@ -155,7 +154,8 @@ TEST(TwoDimSplitsTest, GroupsAreNodesAndLocalIndices) {
     }
     for (auto& [local, members] : inter) {
       std::sort(members.begin(), members.end());
-      for (int i = 0; i < world / node_size; ++i) EXPECT_EQ(members[i].second, i * node_size + local);
+      for (int i = 0; i < world / node_size; ++i)
+        EXPECT_EQ(members[i].second, i * node_size + local);
     }
   }
 }

@@ -17,8 +17,8 @@
 namespace smoe {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::CheckParity;
+using ::testing::HasSubstr;
 using testing::Input;
 using testing::Output;
 using testing::ParityArgs;
@@ -97,9 +97,9 @@ TEST_P(DispatchParityTest, OpsMatchCpu) {
       {Input("topk_idx", {t, k}, DType::kI32, fill_idx), Input("x", {t, m}, dtype_),
        Input("ys", {rows, m}, dtype_), Input("dy", {t, m}, dtype_),
        Input("gates", {t, k}, DType::kF32), Output("xs", {rows, m}, dtype_),
-       Output("dx", {t, m}, dtype_), Output("y", {t, m}, dtype_),
-       Output("dys", {rows, m}, dtype_), Output("dgates", {t, k}, DType::kF32, dot_tolerance),
-       Output("slots", {t, k}, DType::kI32), Output("row_token", {rows}, DType::kI32)},
+       Output("dx", {t, m}, dtype_), Output("y", {t, m}, dtype_), Output("dys", {rows, m}, dtype_),
+       Output("dgates", {t, k}, DType::kF32, dot_tolerance), Output("slots", {t, k}, DType::kI32),
+       Output("row_token", {rows}, DType::kI32)},
       [&](ExecContext& ctx, const ParityArgs& a) -> Status {
         RoutingPlan plan;
         MOE_RETURN_IF_ERROR(BuildRoutingPlan(ctx, config, a["topk_idx"], &plan));

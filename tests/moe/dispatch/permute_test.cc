@@ -15,9 +15,9 @@
 namespace smoe {
 namespace {
 
+using testing::AllClose;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-using testing::AllClose;
 using testing::RandomRouting;
 using testing::Skew;
 using testing::StatusIs;
@@ -42,8 +42,8 @@ Tensor Normal(Shape shape, DType dtype, uint64_t seed) {
 
 RoutingPlan Plan(const TensorView& idx, int e_count, float factor) {
   RoutingPlan plan;
-  MOE_CHECK_OK(BuildRoutingPlan(Cpu(), {e_count, static_cast<int>(idx.dim(1)), factor}, idx,
-                                &plan));
+  MOE_CHECK_OK(
+      BuildRoutingPlan(Cpu(), {e_count, static_cast<int>(idx.dim(1)), factor}, idx, &plan));
   return plan;
 }
 
@@ -127,8 +127,9 @@ TEST(PermuteTest, PermuteThenCombineWithNormalizedGatesIsTheIdentity) {
       Tensor xs = Empty({plan.num_rows(), 24}, dtype), y = Empty({50, 24}, dtype);
       MOE_ASSERT_OK(Permute(Cpu(), plan, x, xs));
       MOE_ASSERT_OK(Combine(Cpu(), plan, xs, gates, y));
-      EXPECT_TRUE(AllClose(y, x, dtype == DType::kF32 ? testing::Tolerance{1e-6, 1e-6}
-                                                      : testing::ToleranceFor(dtype)))
+      EXPECT_TRUE(AllClose(
+          y, x,
+          dtype == DType::kF32 ? testing::Tolerance{1e-6, 1e-6} : testing::ToleranceFor(dtype)))
           << DTypeName(dtype) << " K=" << k_count;
     }
   }
@@ -154,8 +155,8 @@ TEST_P(PermuteReferenceTest, AllOpsMatchDoubleReference) {
       dtype == DType::kF32 ? testing::Tolerance{1e-6, 1e-6} : testing::ToleranceFor(dtype);
 
   const Tensor x = Normal({t_count, m}, dtype, 31), ys = Normal({rows, m}, dtype, 32),
-               dy = Normal({t_count, m}, dtype, 33), gates = Normal({t_count, k_count},
-                                                                      DType::kF32, 34);
+               dy = Normal({t_count, m}, dtype, 33),
+               gates = Normal({t_count, k_count}, DType::kF32, 34);
   const std::vector<double> xd = ToDoubles(x), ysd = ToDoubles(ys), dyd = ToDoubles(dy),
                             gd = ToDoubles(gates);
 
@@ -237,8 +238,8 @@ TEST_F(PermuteGradientTest, CombineWithRespectToYsAndGates) {
   std::vector<double> dys(rows_ * kM), dgates(kT * kK);
   reference::CombineBackward(slots_.data(), kT, kK, kM, w.data(), ys.data(), gates.data(),
                              dys.data(), dgates.data());
-  EXPECT_TRUE(testing::CheckGradient([&](const std::vector<double>& v) { return loss_of(v, gates); },
-                                     ys, dys));
+  EXPECT_TRUE(testing::CheckGradient(
+      [&](const std::vector<double>& v) { return loss_of(v, gates); }, ys, dys));
   EXPECT_TRUE(testing::CheckGradient([&](const std::vector<double>& v) { return loss_of(ys, v); },
                                      gates, dgates));
   // Dropped choices get a zero gate gradient.

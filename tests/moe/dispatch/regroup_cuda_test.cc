@@ -32,11 +32,12 @@ TEST_P(GatherRowsParityTest, MatchesCpuExactly) {
       idx[i] = static_cast<int32_t>(PhiloxBits(5, static_cast<uint64_t>(i)) % s);
     }
   };
-  EXPECT_TRUE(CheckParity({Input("src", {s, c}, dtype), Input("index", {n}, DType::kI32, fill_index),
-                           Output("dst", {n, c}, dtype, testing::Tolerance{0.0, 0.0})},
-                          [](ExecContext& ctx, const ParityArgs& t) {
-                            return GatherRows(ctx, t["src"], t["index"], t["dst"]);
-                          }));
+  EXPECT_TRUE(
+      CheckParity({Input("src", {s, c}, dtype), Input("index", {n}, DType::kI32, fill_index),
+                   Output("dst", {n, c}, dtype, testing::Tolerance{0.0, 0.0})},
+                  [](ExecContext& ctx, const ParityArgs& t) {
+                    return GatherRows(ctx, t["src"], t["index"], t["dst"]);
+                  }));
 }
 
 // "S37_N100_C33_f32"
@@ -47,10 +48,10 @@ std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, GatherRowsParityTest,
                          ::testing::Values(Case{1, 1, 1, DType::kF32},
-                                           Case{37, 100, 16, DType::kF32},   // 64-byte rows
-                                           Case{37, 100, 33, DType::kF32},   // 4-byte words
+                                           Case{37, 100, 16, DType::kF32},    // 64-byte rows
+                                           Case{37, 100, 33, DType::kF32},    // 4-byte words
                                            Case{50, 70000, 8, DType::kBF16},  // > 65535 rows
-                                           Case{50, 20, 33, DType::kBF16},   // 2-byte words
+                                           Case{50, 20, 33, DType::kBF16},    // 2-byte words
                                            Case{300, 129, 64, DType::kBF16}),
                          CaseName);
 

@@ -17,11 +17,11 @@
 namespace smoe {
 namespace {
 
-using ::testing::ElementsAre;
-using ::testing::HasSubstr;
 using testing::Cpu;
+using ::testing::ElementsAre;
 using testing::FromFloats;
 using testing::FromInts;
+using ::testing::HasSubstr;
 using testing::HostTensor;
 using testing::RandomNormal;
 using testing::StatusIs;
@@ -44,7 +44,8 @@ TEST(GatherRowsTest, CopiesRowsBitForBitInF32AndBf16) {
     MOE_ASSERT_OK(GatherRows(Cpu(), src, FromInts(idx), dst));
     Tensor expected = HostTensor({n, c}, dtype);
     for (int64_t i = 0; i < n; ++i) {
-      MOE_ASSERT_OK(Copy(Cpu(), src.view().Rows(idx[i], idx[i] + 1), expected.view().Rows(i, i + 1)));
+      MOE_ASSERT_OK(
+          Copy(Cpu(), src.view().Rows(idx[i], idx[i] + 1), expected.view().Rows(i, i + 1)));
     }
     EXPECT_TRUE(testing::AllEqual(dst, expected)) << DTypeName(dtype);
   }

@@ -166,9 +166,9 @@ TEST(RoutingPlanTest, FirstChoicesOfLaterTokensBeatSecondChoices) {
 }
 
 TEST(RoutingPlanTest, CapacityFormula) {
-  EXPECT_EQ(PlanCapacity({4, 1, 1.0f}, 10), 3);     // ceil(2.5)
-  EXPECT_EQ(PlanCapacity({8, 2, 1.25f}, 8), 3);     // ceil(2.5)
-  EXPECT_EQ(PlanCapacity({4, 2, 1.0f}, 8), 4);      // exact: no rounding up
+  EXPECT_EQ(PlanCapacity({4, 1, 1.0f}, 10), 3);      // ceil(2.5)
+  EXPECT_EQ(PlanCapacity({8, 2, 1.25f}, 8), 3);      // ceil(2.5)
+  EXPECT_EQ(PlanCapacity({4, 2, 1.0f}, 8), 4);       // exact: no rounding up
   EXPECT_EQ(PlanCapacity({96, 1, 2.0f}, 1000), 21);  // ceil(20.83)
   EXPECT_EQ(PlanCapacity({4, 1, 1.0f}, 0), 0);
   EXPECT_EQ(PlanCapacity({4, 1, 0.0f}, 10), -1);
@@ -200,8 +200,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::Values(std::make_tuple(1, 1, 1), std::make_tuple(1, 4, 4),
                                          std::make_tuple(37, 1, 8), std::make_tuple(100, 2, 8),
                                          std::make_tuple(129, 3, 5), std::make_tuple(64, 8, 8),
-                                         std::make_tuple(1000, 1, 96),
-                                         std::make_tuple(300, 2, 96)),
+                                         std::make_tuple(1000, 1, 96), std::make_tuple(300, 2, 96)),
                        ::testing::Values(0.0f, 0.5f, 1.0f, 1.25f, 2.0f),
                        ::testing::Values(Skew::kUniform, Skew::kSkewed)));
 
@@ -293,8 +292,8 @@ TEST(RoutingPlanTest, BadConfig) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("config.top_k: got 3")));
   EXPECT_THAT(BuildRoutingPlan(ExecContext::Cpu(), {2, 0, 0.0f}, idx, &plan),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("config.top_k: got 0")));
-  EXPECT_THAT(BuildRoutingPlan(ExecContext::Cpu(),
-                               {2, 2, std::numeric_limits<float>::quiet_NaN()}, idx, &plan),
+  EXPECT_THAT(BuildRoutingPlan(ExecContext::Cpu(), {2, 2, std::numeric_limits<float>::quiet_NaN()},
+                               idx, &plan),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("config.capacity_factor")));
   EXPECT_THAT(BuildRoutingPlan(ExecContext::Cpu(), {2, 2, 0.0f}, idx, nullptr),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("plan")));
@@ -306,9 +305,9 @@ TEST(RoutingPlanTest, BadTopkIdx) {
   EXPECT_THAT(BuildRoutingPlan(ExecContext::Cpu(), {2, 2, 0.0f}, f32, &plan),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("topk_idx.dtype: got f32, expected i32")));
-  EXPECT_THAT(BuildRoutingPlan(ExecContext::Cpu(), {4, 3, 0.0f}, Routing(2, 2, {0, 1, 1, 0}),
-                               &plan),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_idx.shape: got [2, 2]")));
+  EXPECT_THAT(
+      BuildRoutingPlan(ExecContext::Cpu(), {4, 3, 0.0f}, Routing(2, 2, {0, 1, 1, 0}), &plan),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_idx.shape: got [2, 2]")));
   const Tensor flat = *Tensor::Empty({4}, DType::kI32, Device::Cpu());
   EXPECT_THAT(BuildRoutingPlan(ExecContext::Cpu(), {2, 2, 0.0f}, flat, &plan),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("topk_idx.shape")));

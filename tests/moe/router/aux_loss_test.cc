@@ -41,10 +41,9 @@ TEST(AuxLossTest, ValuesIntoATensor) {
   MOE_ASSERT_OK(AuxLossForwardBackwardInto(ExecContext::Cpu(), config, logits, probs, idx, nullptr,
                                            d_b, values));
   EXPECT_TRUE(testing::AllEqual(d_a, d_b));
-  EXPECT_EQ(ToDoubles(values), (std::vector<double>{static_cast<float>(v.lbl),
-                                                    static_cast<float>(v.z_loss),
-                                                    static_cast<float>(v.top1_lbl),
-                                                    static_cast<float>(v.total)}));
+  EXPECT_EQ(ToDoubles(values),
+            (std::vector<double>{static_cast<float>(v.lbl), static_cast<float>(v.z_loss),
+                                 static_cast<float>(v.top1_lbl), static_cast<float>(v.total)}));
   MOE_ASSERT_OK_AND_ASSIGN(AuxLossValues read, ReadAuxLossValues(ExecContext::Cpu(), values));
   EXPECT_EQ(read.total, static_cast<float>(v.total));
 

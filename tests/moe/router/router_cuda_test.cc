@@ -145,14 +145,16 @@ TEST(AuxLossCudaTest, ValuesIntoATensorMakeNoHostSync) {
   MOE_SKIP_WITHOUT_CUDA();
   MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<ExecContext> ctx, ExecContext::Create(Device::Cuda()));
   const int64_t t = 300, e = 96;
-  auto device = [&](Shape shape, DType dtype) { return *Tensor::Empty(shape, dtype, Device::Cuda()); };
+  auto device = [&](Shape shape, DType dtype) {
+    return *Tensor::Empty(shape, dtype, Device::Cuda());
+  };
   Tensor logits = device({t, e}, DType::kF32), probs = device({t, e}, DType::kF32);
   Tensor idx = device({t, 1}, DType::kI32), gates = device({t, 1}, DType::kF32);
   Tensor x = device({t, 32}, DType::kF32), w = device({32, e}, DType::kF32);
   MOE_ASSERT_OK(FillNormal(*ctx, x, 1, 0, 0.0f, 1.0f));
   MOE_ASSERT_OK(FillNormal(*ctx, w, 2, 0, 0.0f, 0.2f));
-  MOE_ASSERT_OK(RouterForward(*ctx, RouterConfig{static_cast<int>(e), 1, false}, x, w,
-                              TensorView(), logits, probs, idx, gates));
+  MOE_ASSERT_OK(RouterForward(*ctx, RouterConfig{static_cast<int>(e), 1, false}, x, w, TensorView(),
+                              logits, probs, idx, gates));
   Tensor d_logits = device({t, e}, DType::kF32), values = device({kAuxLossValues}, DType::kF32);
   for (bool global : {false, true}) {
     const AuxLossConfig config{

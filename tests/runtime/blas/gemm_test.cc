@@ -17,8 +17,8 @@
 namespace smoe {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::AllClose;
+using ::testing::HasSubstr;
 using testing::ReferenceGemm;
 using testing::StatusIs;
 using testing::ToDoubles;
@@ -48,12 +48,12 @@ TEST_P(GemmCpuTest, MatchesDoubleReference) {
   EXPECT_TRUE(AllClose(ToDoubles(c), expected, GemmTolerance(out_dtype, k)));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, GemmCpuTest,
-    ::testing::Combine(::testing::Values(1, 17), ::testing::Values(1, 33), ::testing::Values(1, 65),
-                       ::testing::Bool(), ::testing::Bool(),
-                       ::testing::Values(DType::kF32, DType::kBF16),
-                       ::testing::Values(DType::kF32, DType::kBF16)));
+INSTANTIATE_TEST_SUITE_P(Shapes, GemmCpuTest,
+                         ::testing::Combine(::testing::Values(1, 17), ::testing::Values(1, 33),
+                                            ::testing::Values(1, 65), ::testing::Bool(),
+                                            ::testing::Bool(),
+                                            ::testing::Values(DType::kF32, DType::kBF16),
+                                            ::testing::Values(DType::kF32, DType::kBF16)));
 
 TEST(GemmTest, BetaZeroIgnoresStaleNaN) {
   Tensor a = RandomNormal({4, 3}, DType::kF32, 1), b = RandomNormal({3, 5}, DType::kF32, 2);
@@ -115,7 +115,8 @@ TEST(GemmTest, GroupedRaggedKWithEmptyGroups) {
     ReferenceGemm(true, false, m, n, offsets[g + 1] - offsets[g], 1.0, ad.data() + offsets[g] * m,
                   bd.data() + offsets[g] * n, 0.5, expected.data() + g * m * n);
   }
-  MOE_ASSERT_OK(GroupedGemmRaggedK(ExecContext::Cpu(), a, b, c, offsets, {false, false, 1.0f, 0.5f}));
+  MOE_ASSERT_OK(
+      GroupedGemmRaggedK(ExecContext::Cpu(), a, b, c, offsets, {false, false, 1.0f, 0.5f}));
   EXPECT_TRUE(AllClose(ToDoubles(c), expected, GemmTolerance(DType::kF32, rows)));
 }
 

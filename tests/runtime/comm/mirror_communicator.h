@@ -28,10 +28,17 @@ class MirrorHostCommunicator final : public Communicator {
     MOE_RETURN_IF_ERROR(Host("buffer", buffer));
     for (int64_t i = 0; i < buffer.numel(); ++i) {
       switch (buffer.dtype()) {
-        case DType::kF32: buffer.data<float>()[i] *= static_cast<float>(size_); break;
-        case DType::kI32: buffer.data<int32_t>()[i] *= size_; break;
-        case DType::kI64: buffer.data<int64_t>()[i] *= size_; break;
-        default: return BadArgument("buffer.dtype", DTypeName(buffer.dtype()), "f32, i32 or i64");
+        case DType::kF32:
+          buffer.data<float>()[i] *= static_cast<float>(size_);
+          break;
+        case DType::kI32:
+          buffer.data<int32_t>()[i] *= size_;
+          break;
+        case DType::kI64:
+          buffer.data<int64_t>()[i] *= size_;
+          break;
+        default:
+          return BadArgument("buffer.dtype", DTypeName(buffer.dtype()), "f32, i32 or i64");
       }
     }
     return absl::OkStatus();

@@ -36,8 +36,9 @@ TEST(MpiCommunicatorTest, AllGatherConcatenatesInRankOrder) {
     for (int j = 0; j < 3; ++j) ASSERT_EQ(all.data<int32_t>()[3 * r + j], r * 10);
   }
   Tensor wrong = *Tensor::Empty({2}, DType::kI32, Device::Cpu());
-  EXPECT_THAT(comm->AllGather(ctx, mine, wrong),
-              testing::StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("out.numel")));
+  EXPECT_THAT(
+      comm->AllGather(ctx, mine, wrong),
+      testing::StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("out.numel")));
   MOE_EXPECT_OK(comm->Barrier());
 }
 
@@ -73,7 +74,8 @@ TEST(MpiCommunicatorTest, AllToAllVDeliversEverySegmentInRankOrder) {
   Tensor recv = *Tensor::Empty({recv_total}, DType::kI64, Device::Cpu());
   int64_t at = 0;
   for (int d = 0; d < w; ++d) {
-    for (int64_t j = 0; j < send_counts[d]; ++j) send.data<int64_t>()[at++] = 1000 * me + 10 * d + j;
+    for (int64_t j = 0; j < send_counts[d]; ++j)
+      send.data<int64_t>()[at++] = 1000 * me + 10 * d + j;
   }
   MOE_ASSERT_OK(comm->AllToAllV(ctx, send, send_counts, recv, recv_counts));
   at = 0;

@@ -18,8 +18,8 @@
 namespace smoe {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::Cpu;
+using ::testing::HasSubstr;
 using testing::HostTensor;
 using testing::RandomNormal;
 using testing::StatusIs;
@@ -64,10 +64,17 @@ Tensor Ramp(int64_t n, DType dtype) {
   Tensor t = HostTensor({n}, dtype);
   for (int64_t i = 0; i < n; ++i) {
     switch (dtype) {
-      case DType::kF32: t.data<float>()[i] = 0.25f + 1.5f * static_cast<float>(i); break;
-      case DType::kI32: t.data<int32_t>()[i] = static_cast<int32_t>(7 * i - 40); break;
-      case DType::kI64: t.data<int64_t>()[i] = (int64_t{1} << 40) + 3 * i; break;
-      default: MOE_CHECK(false) << "Ramp: " << DTypeName(dtype);
+      case DType::kF32:
+        t.data<float>()[i] = 0.25f + 1.5f * static_cast<float>(i);
+        break;
+      case DType::kI32:
+        t.data<int32_t>()[i] = static_cast<int32_t>(7 * i - 40);
+        break;
+      case DType::kI64:
+        t.data<int64_t>()[i] = (int64_t{1} << 40) + 3 * i;
+        break;
+      default:
+        MOE_CHECK(false) << "Ramp: " << DTypeName(dtype);
     }
   }
   return t;
@@ -152,9 +159,9 @@ TEST_F(NcclCommunicatorTest, ParallelMoELayerRunsOnTheGpu) {
   config.aux.lbl_coef = 0.1f;
   config.aux.global_lbl = true;
   const int64_t m = 16, h = 8, e = 4, t = 23;
-  const Tensor host[6] = {RandomNormal({m, e}, 1), RandomNormal({e, m, h}, 2),
+  const Tensor host[6] = {RandomNormal({m, e}, 1),    RandomNormal({e, m, h}, 2),
                           RandomNormal({e, m, h}, 3), RandomNormal({e, h, m}, 4),
-                          RandomNormal({t, m}, 5), RandomNormal({t, m}, 6)};
+                          RandomNormal({t, m}, 5),    RandomNormal({t, m}, 6)};
   Tensor dev[6];
   for (int i = 0; i < 6; ++i) dev[i] = OnDevice(host[i]);
   MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<RowExchanger> gpu_ex, RowExchanger::Create(comm_.get()));
@@ -172,21 +179,22 @@ TEST_F(NcclCommunicatorTest, ParallelMoELayerRunsOnTheGpu) {
     ParallelMoEState cpu_state, gpu_state;
     const MoEParamViews cpu_params{host[0], host[1], host[2], host[3]};
     const MoEParamViews gpu_params{dev[0], dev[1], dev[2], dev[3]};
-    MOE_ASSERT_OK(ParallelMoEForward(Cpu(), config, cpu_params, host[4], y_host, &cpu_state,
-                                     *cpu_ex, mode)
-                      .status());
-    MOE_ASSERT_OK(ParallelMoEForward(*ctx_, config, gpu_params, dev[4], y_dev, &gpu_state,
-                                     *gpu_ex, mode)
-                      .status());
-    MOE_ASSERT_OK(ParallelMoEBackward(Cpu(), config, cpu_params, cpu_state, host[5], dx_host,
-                                      {grads_host.w_gate, grads_host.w1, grads_host.w3,
-                                       grads_host.w2}));
-    MOE_ASSERT_OK(ParallelMoEBackward(*ctx_, config, gpu_params, gpu_state, dev[5], dx_dev,
-                                      {grads_dev.w_gate, grads_dev.w1, grads_dev.w3,
-                                       grads_dev.w2}));
+    MOE_ASSERT_OK(
+        ParallelMoEForward(Cpu(), config, cpu_params, host[4], y_host, &cpu_state, *cpu_ex, mode)
+            .status());
+    MOE_ASSERT_OK(
+        ParallelMoEForward(*ctx_, config, gpu_params, dev[4], y_dev, &gpu_state, *gpu_ex, mode)
+            .status());
+    MOE_ASSERT_OK(
+        ParallelMoEBackward(Cpu(), config, cpu_params, cpu_state, host[5], dx_host,
+                            {grads_host.w_gate, grads_host.w1, grads_host.w3, grads_host.w2}));
+    MOE_ASSERT_OK(
+        ParallelMoEBackward(*ctx_, config, gpu_params, gpu_state, dev[5], dx_dev,
+                            {grads_dev.w_gate, grads_dev.w1, grads_dev.w3, grads_dev.w2}));
     EXPECT_TRUE(testing::AllClose(OnHost(y_dev), y_host, testing::Tolerance{1e-4, 1e-4}));
     EXPECT_TRUE(testing::AllClose(OnHost(dx_dev), dx_host, testing::Tolerance{1e-4, 1e-4}));
-    EXPECT_TRUE(testing::AllClose(OnHost(grads_dev.w1), grads_host.w1, testing::Tolerance{1e-4, 1e-4}));
+    EXPECT_TRUE(
+        testing::AllClose(OnHost(grads_dev.w1), grads_host.w1, testing::Tolerance{1e-4, 1e-4}));
   }
 }
 

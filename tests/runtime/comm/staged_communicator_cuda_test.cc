@@ -71,9 +71,9 @@ TEST(StagedCommunicatorCudaTest, DeviceBuffersOverSingleRankAndAWrongDevice) {
   Tensor back = *CopyTo(*ctx, x, Device::Cpu());
   for (int i = 0; i < 16; ++i) ASSERT_EQ(back.data<int64_t>()[i], 3 * i - 7);
   // A device buffer with a CPU context cannot be staged.
-  EXPECT_THAT(comm->AllReduceSum(ExecContext::Cpu(), x),
-              testing::StatusIs(absl::StatusCode::kInvalidArgument,
-                                ::testing::HasSubstr("buffer.device")));
+  EXPECT_THAT(
+      comm->AllReduceSum(ExecContext::Cpu(), x),
+      testing::StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("buffer.device")));
 }
 
 }  // namespace

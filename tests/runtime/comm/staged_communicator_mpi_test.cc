@@ -40,7 +40,8 @@ TEST(StagedCommunicatorMpiTest, CollectivesOverTheWorld) {
   Tensor out = *Tensor::Empty({3}, DType::kI32, Device::Cpu());
   for (int i = 0; i < 3 * w; ++i) in.data<int32_t>()[i] = i + 10 * me;
   MOE_ASSERT_OK(comm->ReduceScatterSum(ctx, in, out));
-  for (int j = 0; j < 3; ++j) ASSERT_EQ(out.data<int32_t>()[j], w * (3 * me + j) + 10 * w * (w - 1) / 2);
+  for (int j = 0; j < 3; ++j)
+    ASSERT_EQ(out.data<int32_t>()[j], w * (3 * me + j) + 10 * w * (w - 1) / 2);
 
   // Rank s sends s + d + 1 elements to rank d, valued 1000 * s + 10 * d + position.
   std::vector<int64_t> send_counts(w), recv_counts(w);
@@ -50,7 +51,8 @@ TEST(StagedCommunicatorMpiTest, CollectivesOverTheWorld) {
   Tensor send = *Tensor::Empty({send_total}, DType::kF32, Device::Cpu());
   Tensor recv = *Tensor::Empty({recv_total}, DType::kF32, Device::Cpu());
   for (int d = 0, at = 0; d < w; ++d) {
-    for (int p = 0; p < send_counts[d]; ++p) send.data<float>()[at++] = 1000.0f * me + 10.0f * d + p;
+    for (int p = 0; p < send_counts[d]; ++p)
+      send.data<float>()[at++] = 1000.0f * me + 10.0f * d + p;
   }
   MOE_ASSERT_OK(comm->AllToAllV(ctx, send, send_counts, recv, recv_counts));
   for (int s = 0, at = 0; s < w; ++s) {

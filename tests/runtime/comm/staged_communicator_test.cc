@@ -68,9 +68,8 @@ TEST(StagedCommunicatorTest, HostErrorsComeBackUnchanged) {
   Tensor in = *Tensor::Empty({3}, DType::kF32, Device::Cpu());
   Tensor out = *Tensor::Empty({5}, DType::kF32, Device::Cpu());
   MOE_ASSERT_OK(Fill(ctx, in, 1.5));
-  EXPECT_THAT(comm->AllGather(ctx, in, out),
-              testing::StatusIs(absl::StatusCode::kInvalidArgument,
-                                ::testing::HasSubstr("out.numel")));
+  EXPECT_THAT(comm->AllGather(ctx, in, out), testing::StatusIs(absl::StatusCode::kInvalidArgument,
+                                                               ::testing::HasSubstr("out.numel")));
   const std::vector<int64_t> bad = {1, 1};
   EXPECT_THAT(comm->AllToAllV(ctx, in, bad, in, bad),
               testing::StatusIs(absl::StatusCode::kInvalidArgument,

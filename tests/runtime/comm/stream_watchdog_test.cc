@@ -69,7 +69,8 @@ TEST(StreamWatchdogTest, ACollectiveThatNeverFinishesAbortsAfterTheTimeout) {
   MOE_ASSERT_OK(watchdog.Watch([] { return true; }));
   MOE_ASSERT_OK(watchdog.Watch([] { return false; }));
   ASSERT_TRUE(Eventually([&] { return comm.aborts > 0; }));
-  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double waited =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_GE(waited, 0.15);
   EXPECT_LT(waited, 2.0);
   EXPECT_THAT(watchdog.status(), StatusIs(absl::StatusCode::kDeadlineExceeded,

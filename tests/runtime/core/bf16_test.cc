@@ -11,8 +11,8 @@ namespace {
 TEST(BF16Test, RoundsToNearestEven) {
   // 1.0 is 0x3F80; its bf16 neighbours above are 1 + 2^-7 (0x3F81) and 1 + 2^-6 (0x3F82).
   EXPECT_EQ(FloatToBF16(1.0f).bits, 0x3F80);
-  EXPECT_EQ(FloatToBF16(1.0f + 0x1.0p-8f).bits, 0x3F80);          // tie -> even (down)
-  EXPECT_EQ(FloatToBF16(1.0f + 3 * 0x1.0p-8f).bits, 0x3F82);      // tie -> even (up)
+  EXPECT_EQ(FloatToBF16(1.0f + 0x1.0p-8f).bits, 0x3F80);               // tie -> even (down)
+  EXPECT_EQ(FloatToBF16(1.0f + 3 * 0x1.0p-8f).bits, 0x3F82);           // tie -> even (up)
   EXPECT_EQ(FloatToBF16(1.0f + 0x1.0p-8f + 0x1.0p-20f).bits, 0x3F81);  // above the tie -> up
   EXPECT_EQ(FloatToBF16(-2.0f).bits, 0xC000);
   EXPECT_EQ(FloatToBF16(0.0f).bits, 0x0000);

@@ -57,14 +57,15 @@ TEST(PhiloxTest, NormalMoments) {
   }
   EXPECT_NEAR(sum / n, 0.0, 0.01);
   EXPECT_NEAR(sum_sq / n, 1.0, 0.015);
-  EXPECT_NEAR(sum_4 / n, 3.0, 0.1);                       // Gaussian kurtosis
+  EXPECT_NEAR(sum_4 / n, 3.0, 0.1);                                 // Gaussian kurtosis
   EXPECT_NEAR(static_cast<double>(beyond_two) / n, 0.0455, 0.003);  // P(|z| > 2)
 }
 
 TEST(PhiloxTest, PortableMathIsAccurate) {
   for (int i = 1; i <= 100000; ++i) {
     const float x = static_cast<float>(i) / 100000.0f;
-    ASSERT_NEAR(internal::PortableLog(x), std::log(double{x}), 2e-7 + 6e-8 * std::abs(std::log(x))) << x;  // ~1 ulp
+    ASSERT_NEAR(internal::PortableLog(x), std::log(double{x}), 2e-7 + 6e-8 * std::abs(std::log(x)))
+        << x;  // ~1 ulp
     float s, c;
     internal::PortableSinCosTurns(x - 1e-5f, &s, &c);
     const double angle = 2.0 * M_PI * double{x - 1e-5f};

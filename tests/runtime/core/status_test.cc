@@ -62,7 +62,8 @@ TEST(DeviceTest, ParseAndPrint) {
   EXPECT_EQ(ParseDevice("cpu")->ToString(), "cpu");
   EXPECT_THAT(ParseDevice("tpu"), StatusIs(absl::StatusCode::kInvalidArgument,
                                            HasSubstr("device: got tpu, expected cpu, cuda")));
-  EXPECT_THAT(ParseDevice("cuda:x"), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cuda:x")));
+  EXPECT_THAT(ParseDevice("cuda:x"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("cuda:x")));
   if (!CudaAvailable()) {
     EXPECT_THAT(ParseDevice("cuda"),
                 StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("visible CUDA device")));

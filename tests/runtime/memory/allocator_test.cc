@@ -26,21 +26,21 @@ struct FakeSystem {
   std::map<void*, size_t> blocks;
 
   SystemAllocator Make() {
-    return SystemAllocator{
-        [this](size_t bytes) -> StatusOr<void*> {
-          if (held + bytes > capacity) return absl::ResourceExhaustedError("fake out of memory");
-          void* ptr = std::malloc(bytes);
-          held += bytes;
-          blocks[ptr] = bytes;
-          ++allocations;
-          return ptr;
-        },
-        [this](void* ptr) {
-          held -= blocks.at(ptr);
-          blocks.erase(ptr);
-          ++frees;
-          std::free(ptr);
-        }};
+    return SystemAllocator{[this](size_t bytes) -> StatusOr<void*> {
+                             if (held + bytes > capacity)
+                               return absl::ResourceExhaustedError("fake out of memory");
+                             void* ptr = std::malloc(bytes);
+                             held += bytes;
+                             blocks[ptr] = bytes;
+                             ++allocations;
+                             return ptr;
+                           },
+                           [this](void* ptr) {
+                             held -= blocks.at(ptr);
+                             blocks.erase(ptr);
+                             ++frees;
+                             std::free(ptr);
+                           }};
   }
 };
 
@@ -197,7 +197,7 @@ TEST(StreamOrderedAllocatorTest, AnotherStreamWaitsUntilTheFreeingStreamsWorkCom
   EXPECT_NE(untagged, p);
   streams.Complete(kStreamA);
   MOE_ASSERT_OK_AND_ASSIGN(void* later, on_b->Allocate(1000));
-  EXPECT_EQ(later, p);  // A's work on p has completed
+  EXPECT_EQ(later, p);                   // A's work on p has completed
   EXPECT_TRUE(streams.markers.empty());  // reused blocks release their markers
   for (void* ptr : {q, untagged, later}) allocator.Free(ptr);
   EXPECT_EQ(system.allocations, 3);

@@ -97,8 +97,8 @@ TEST(StreamOrderedCudaTest, HostToDeviceCopyTakesTheSourceAsItWasAtTheCall) {
   auto source = std::make_unique<std::vector<int32_t>>(kCount);
   for (int64_t i = 0; i < kCount; ++i) (*source)[i] = static_cast<int32_t>(3 * i + 1);
   // No fatal assertion until the gate is open: the stream's host function reads it.
-  MOE_EXPECT_OK(Copy(*ctx, TensorView(source->data(), DType::kI32, {kCount}, Device::Cpu()),
-                     device));
+  MOE_EXPECT_OK(
+      Copy(*ctx, TensorView(source->data(), DType::kI32, {kCount}, Device::Cpu()), device));
   const cudaError_t pending = cudaStreamQuery(ctx->stream());
   EXPECT_EQ(pending, cudaErrorNotReady) << "Copy waited for its stream (a host sync)";
   EXPECT_EQ(ctx->host_staging()->stats().num_allocations, staged_before + 1)

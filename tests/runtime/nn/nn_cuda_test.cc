@@ -100,15 +100,14 @@ TEST_P(NnParityTest, RMSNormBackward) {
   MOE_SKIP_WITHOUT_CUDA();
   const auto [rows, unused, cols, dtype] = GetParam();
   const Tolerance dgain_tol{1e-5 * std::sqrt(double(rows)) * 4, 1e-4};
-  EXPECT_TRUE(
-      CheckParity({Input("x", {rows, cols}, dtype), Input("gain", {cols}, DType::kF32),
-                   Input("rstd", {rows}, DType::kF32, FillUniformWith(6, 0.5f, 1.5f)),
-                   Input("dy", {rows, cols}, dtype), Output("dx", {rows, cols}, dtype),
-                   Output("dgain", {cols}, DType::kF32, dgain_tol, FillNormalWith(7, 0.0f, 1.0f))},
-                  [](ExecContext& ctx, const ParityArgs& t) {
-                    return RMSNormBackward(ctx, t["x"], t["gain"], t["rstd"], t["dy"], t["dx"],
-                                           t["dgain"]);
-                  }));
+  EXPECT_TRUE(CheckParity(
+      {Input("x", {rows, cols}, dtype), Input("gain", {cols}, DType::kF32),
+       Input("rstd", {rows}, DType::kF32, FillUniformWith(6, 0.5f, 1.5f)),
+       Input("dy", {rows, cols}, dtype), Output("dx", {rows, cols}, dtype),
+       Output("dgain", {cols}, DType::kF32, dgain_tol, FillNormalWith(7, 0.0f, 1.0f))},
+      [](ExecContext& ctx, const ParityArgs& t) {
+        return RMSNormBackward(ctx, t["x"], t["gain"], t["rstd"], t["dy"], t["dx"], t["dgain"]);
+      }));
 }
 
 TEST_P(NnParityTest, CrossEntropyForwardBackward) {

@@ -34,8 +34,8 @@ TEST(SoftmaxTest, ForwardMatchesDoubleReference) {
     Tensor y = *Tensor::Empty({rows, cols}, DType::kF32, Device::Cpu());
     MOE_ASSERT_OK(FillNormal(ExecContext::Cpu(), x, 4, 0, 0.0f, 3.0f));
     MOE_ASSERT_OK(SoftmaxRows(ExecContext::Cpu(), x, y));
-    EXPECT_TRUE(testing::AllClose(ToDoubles(y), SoftmaxDouble(ToDoubles(x), rows, cols),
-                                  {1e-7, 1e-5}));
+    EXPECT_TRUE(
+        testing::AllClose(ToDoubles(y), SoftmaxDouble(ToDoubles(x), rows, cols), {1e-7, 1e-5}));
   }
 }
 

@@ -43,10 +43,12 @@ TEST(TensorTest, CheckTensorNamesFieldSeenAndExpected) {
   EXPECT_THAT(CheckTensor("x", t, DType::kF32, Device::Cpu(), {3, 4}),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("x.shape: got [3, 5], expected [3, 4]")));
-  EXPECT_THAT(CheckTensor("x", t, DType::kBF16, Device::Cpu(), {3, 5}),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("x.dtype: got f32, expected bf16")));
+  EXPECT_THAT(
+      CheckTensor("x", t, DType::kBF16, Device::Cpu(), {3, 5}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("x.dtype: got f32, expected bf16")));
   EXPECT_THAT(CheckTensor("x", t, DType::kF32, Device::Cuda(0), {3, 5}),
-              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("x.device: got cpu, expected cuda:0")));
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("x.device: got cpu, expected cuda:0")));
   EXPECT_THAT(CheckTensor("x", t, DType::kF32, Device::Cpu(), {-1}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("expected [*]")));
 }
@@ -63,7 +65,8 @@ TEST(TensorOpsTest, FillCopyCast) {
   MOE_ASSERT_OK(FillNormal(ctx, a, 3, 0, 0.0f, 1.0f));
   MOE_ASSERT_OK(Copy(ctx, a, c));
   EXPECT_TRUE(testing::AllEqual(a, c));
-  EXPECT_THAT(Copy(ctx, a, b), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("dst.dtype")));
+  EXPECT_THAT(Copy(ctx, a, b),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("dst.dtype")));
   MOE_ASSERT_OK_AND_ASSIGN(Tensor ids, Tensor::Empty({3}, DType::kI64, Device::Cpu()));
   MOE_ASSERT_OK(Fill(ctx, ids, 9));
   EXPECT_EQ(ids.data<int64_t>()[2], 9);

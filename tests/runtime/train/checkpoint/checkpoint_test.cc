@@ -185,9 +185,9 @@ TEST(CheckpointTest, CorruptedTensorBlobFallsBackToThePreviousCheckpoint) {
   const auto& entry = newest.manifest.tensors(1);
   FlipByte(fs::path(newest.dir) / "tensors.bin", entry.offset() + 3);
 
-  EXPECT_THAT(LoadCheckpoint(newest.dir),
-              StatusIs(absl::StatusCode::kDataLoss, AllOf(HasSubstr("layer0.b"),
-                                                          HasSubstr("CRC-32C"))));
+  EXPECT_THAT(
+      LoadCheckpoint(newest.dir),
+      StatusIs(absl::StatusCode::kDataLoss, AllOf(HasSubstr("layer0.b"), HasSubstr("CRC-32C"))));
   MOE_ASSERT_OK_AND_ASSIGN(LoadedCheckpoint loaded, LoadLatestCheckpoint(root));
   EXPECT_EQ(loaded.meta.step, 1);
   State restored = Zeroed();
@@ -227,19 +227,15 @@ TEST(CheckpointTest, TruncatedManifestOrBlobFallsBack) {
   }
   const size_t second_entry = text.find("tensors {", text.find("tensors {") + 1);
   ASSERT_NE(second_entry, std::string::npos);
-  {
-    std::ofstream(manifest1, std::ios::trunc) << text.substr(0, second_entry);
-  }
+  { std::ofstream(manifest1, std::ios::trunc) << text.substr(0, second_entry); }
   EXPECT_THAT(LoadCheckpoint(manifest1.parent_path().string()),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("tensor_count")));
-  {
-    std::ofstream(manifest1, std::ios::trunc) << text;
-  }
+  { std::ofstream(manifest1, std::ios::trunc) << text; }
   MOE_ASSERT_OK(LoadCheckpoint(manifest1.parent_path().string()).status());
 
   fs::remove(fs::path(root) / "step_00000001" / "tensors.bin");
-  EXPECT_THAT(LoadLatestCheckpoint(root), StatusIs(absl::StatusCode::kNotFound,
-                                                   HasSubstr("no valid checkpoint")));
+  EXPECT_THAT(LoadLatestCheckpoint(root),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("no valid checkpoint")));
 }
 
 std::string ReadFile(const fs::path& path) {
@@ -296,9 +292,9 @@ TEST(CheckpointTest, TensorExtentsThatOverflowAreInvalid) {
         << " offset: 0 size: " << size << " crc32c: 0 } tensor_count: 1\n";
   };
   manifest("shape: 4611686018427387904 shape: 4", 0);  // 2^62 * 4 elements: 2^64 wraps to 0
-  EXPECT_THAT(LoadCheckpoint(dir.string()),
-              StatusIs(absl::StatusCode::kDataLoss,
-                       AllOf(HasSubstr("tensor w"), HasSubstr("overflows"))));
+  EXPECT_THAT(
+      LoadCheckpoint(dir.string()),
+      StatusIs(absl::StatusCode::kDataLoss, AllOf(HasSubstr("tensor w"), HasSubstr("overflows"))));
   manifest("shape: 4611686018427387904", 0);  // 2^62 elements of 4 bytes: 2^64 bytes wrap to 0
   EXPECT_THAT(LoadCheckpoint(dir.string()),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr("does not match")));
@@ -339,10 +335,10 @@ TEST(CheckpointTest, RestoreErrorsNameTheTensor) {
   EXPECT_THAT(RestoreTensors(ctx, loaded, {{"layer1.w", missing}}),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("tensor layer1.w")));
   Tensor wrong_dtype = Random({7, 5}, DType::kBF16, 9);
-  EXPECT_THAT(RestoreTensors(ctx, loaded, {{"layer0.w", wrong_dtype}}),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("tensor layer0.w dtype"), HasSubstr("bf16"),
-                             HasSubstr("f32"))));
+  EXPECT_THAT(
+      RestoreTensors(ctx, loaded, {{"layer0.w", wrong_dtype}}),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               AllOf(HasSubstr("tensor layer0.w dtype"), HasSubstr("bf16"), HasSubstr("f32"))));
   Tensor wrong_shape = Random({5, 7}, DType::kF32, 9);
   EXPECT_THAT(RestoreTensors(ctx, loaded, {{"layer0.w", wrong_shape}}),
               StatusIs(absl::StatusCode::kInvalidArgument,
@@ -414,9 +410,9 @@ TEST(CheckpointRetentionTest, KeepsTheNewValidCheckpointsWhenTheNewerOnesAreInva
   for (int64_t step : {5, 8, 9}) {
     MOE_ASSERT_OK(SaveCheckpoint(ctx, root, Meta(step), State(step).Named(), /*keep_last=*/2));
   }
-  EXPECT_THAT(Entries(root), ::testing::ElementsAre("step_00000008", "step_00000009",
-                                                    "step_00000010.invalid",
-                                                    "step_00000012.invalid"));
+  EXPECT_THAT(Entries(root),
+              ::testing::ElementsAre("step_00000008", "step_00000009", "step_00000010.invalid",
+                                     "step_00000012.invalid"));
   MOE_ASSERT_OK_AND_ASSIGN(LoadedCheckpoint loaded, LoadLatestCheckpoint(root));
   EXPECT_EQ(loaded.meta.step, 9);
 }
@@ -444,9 +440,9 @@ TEST(CheckpointRetentionTest, InvalidCheckpointsAreMovedAsideWithTheirContents) 
                          HasSubstr(step4.string()), HasSubstr("manifest.textproto: empty file"),
                          HasSubstr(moved.string())));
 
-  MOE_ASSERT_OK_AND_ASSIGN(std::string again,
-                           MoveAsideInvalidCheckpoint((fs::path(root) / "step_00000005").string(),
-                                                      "a test"));
+  MOE_ASSERT_OK_AND_ASSIGN(
+      std::string again,
+      MoveAsideInvalidCheckpoint((fs::path(root) / "step_00000005").string(), "a test"));
   EXPECT_EQ(again, (fs::path(root) / "step_00000005.invalid").string());
 }
 
@@ -464,8 +460,8 @@ TEST(PrepareCheckpointDirTest, RefusesWhenNoCheckpointIsValid) {
   EXPECT_THAT(
       PrepareCheckpointDir(root, /*resume=*/true),
       StatusIs(absl::StatusCode::kFailedPrecondition,
-               AllOf(HasSubstr((fs::path(root) / "step_00000005").string() +
-                               ": " + (fs::path(root) / "step_00000005").string() +
+               AllOf(HasSubstr((fs::path(root) / "step_00000005").string() + ": " +
+                               (fs::path(root) / "step_00000005").string() +
                                "/manifest.textproto: empty file"),
                      HasSubstr((fs::path(root) / "step_00000010").string() + ": " +
                                (fs::path(root) / "step_00000010").string() + "/tensors.bin"),
@@ -513,8 +509,8 @@ TEST(PrepareCheckpointDirTest, ResumesFromTheNewestValidAndMovesNewerInvalidOnes
   MOE_ASSERT_OK_AND_ASSIGN(LoadedCheckpoint chosen, PrepareCheckpointDir(root, /*resume=*/true));
   EXPECT_EQ(chosen.meta.step, 5);
   EXPECT_EQ(chosen.dir, (fs::path(root) / "step_00000005").string());
-  EXPECT_THAT(Entries(root), ::testing::ElementsAre("step_00000003", "step_00000005",
-                                                    "step_00000010.invalid"));
+  EXPECT_THAT(Entries(root),
+              ::testing::ElementsAre("step_00000003", "step_00000005", "step_00000010.invalid"));
 }
 
 // A write that fails part-way (here RLIMIT_FSIZE, as a full disk) is a clear error naming the
@@ -527,7 +523,8 @@ TEST(CheckpointTest, FailedWriteLeavesThePreviousCheckpoints) {
 
   rlimit saved_limit{};
   ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &saved_limit), 0);
-  struct sigaction ignore {}, saved_action {};
+  struct sigaction ignore {
+  }, saved_action{};
   ignore.sa_handler = SIG_IGN;
   ASSERT_EQ(sigaction(SIGXFSZ, &ignore, &saved_action), 0);
   rlimit small = saved_limit;

@@ -118,8 +118,8 @@ TEST(ConfigFileTest, LoadsAFile) {
 }
 
 TEST(ConfigFileTest, ParseErrorNamesFileLineAndColumn) {
-  const std::string path = WriteFile("config_bad.textproto",
-                                     "model {\n  vocab_size: 256\n  num_layerz: 4\n}\n");
+  const std::string path =
+      WriteFile("config_bad.textproto", "model {\n  vocab_size: 256\n  num_layerz: 4\n}\n");
   EXPECT_THAT(LoadConfigFile(path),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr(path + ":3:"), HasSubstr("num_layerz"))));
@@ -201,10 +201,9 @@ TEST(OverrideTest, RepeatedFieldsAreReplacedAsAWhole) {
   EXPECT_THAT(config.model().moe().dense_layers(), ElementsAre(3));
   MOE_ASSERT_OK(ApplyOverride(&config, "moe.dense_layers=[]"));
   EXPECT_EQ(config.model().moe().dense_layers_size(), 0);
-  MOE_ASSERT_OK(ApplyOverride(
-      &config,
-      "moe.topk_schedule=[{first_layer:0 last_layer:1 k:8 until_step:100}, "
-      "{first_layer:2 last_layer:2 k:2 until_step:50}]"));
+  MOE_ASSERT_OK(ApplyOverride(&config,
+                              "moe.topk_schedule=[{first_layer:0 last_layer:1 k:8 until_step:100}, "
+                              "{first_layer:2 last_layer:2 k:2 until_step:50}]"));
   ASSERT_EQ(config.model().moe().topk_schedule_size(), 2);
   EXPECT_EQ(config.model().moe().topk_schedule(0).k(), 8);
   EXPECT_EQ(config.model().moe().topk_schedule(1).first_layer(), 2);
@@ -220,8 +219,8 @@ TEST(OverrideTest, UnknownFieldNamesThePathAndListsValidFields) {
   proto::RunConfig config = Tiny();
   EXPECT_THAT(ApplyOverride(&config, "moe.lbl_coeff=0.01"),
               StatusIs(absl::StatusCode::kInvalidArgument,
-                       AllOf(HasSubstr("model.moe.lbl_coeff: unknown field"),
-                             HasSubstr("lbl_coef"), HasSubstr("topk_schedule"))));
+                       AllOf(HasSubstr("model.moe.lbl_coeff: unknown field"), HasSubstr("lbl_coef"),
+                             HasSubstr("topk_schedule"))));
   EXPECT_THAT(ApplyOverride(&config, "optimizer.lr=1"),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("optimizer: unknown field"), HasSubstr("checkpoint"))));
@@ -323,10 +322,10 @@ TEST(ValidateTest, ReportsEveryViolation) {
 
 TEST(ValidateTest, AcceptsValidEdgeCases) {
   proto::RunConfig config = Tiny();
-  MOE_ASSERT_OK(ApplyOverrides(&config, {"train.device=cuda:1", "train.dtype=f32",
-                                         "moe.top_k=96", "attention.n_k=4", "attention.n_v=4",
-                                         "moe.dense_layers=[0,3]", "train.min_lr=0.001",
-                                         "train.spike_threshold=0", "checkpoint.keep_last=0"}));
+  MOE_ASSERT_OK(ApplyOverrides(
+      &config, {"train.device=cuda:1", "train.dtype=f32", "moe.top_k=96", "attention.n_k=4",
+                "attention.n_v=4", "moe.dense_layers=[0,3]", "train.min_lr=0.001",
+                "train.spike_threshold=0", "checkpoint.keep_last=0"}));
   MOE_EXPECT_OK(ValidateConfig(config));
 }
 
@@ -344,8 +343,8 @@ TEST(ValidateTest, ParallelModesParse) {
 
 TEST(ValidateWorldTest, SingleRankChecksNothing) {
   proto::RunConfig config = Tiny();
-  MOE_ASSERT_OK(ApplyOverrides(&config, {"train.batch_size=7", "moe.num_experts=5",
-                                         "parallel.node_size=3"}));
+  MOE_ASSERT_OK(
+      ApplyOverrides(&config, {"train.batch_size=7", "moe.num_experts=5", "parallel.node_size=3"}));
   MOE_EXPECT_OK(ValidateWorld(config, 1));
   MOE_EXPECT_OK(ValidateWorld(config, 0));
 }
@@ -354,9 +353,10 @@ TEST(ValidateWorldTest, BatchExpertsAndNodeSizeMustFitTheWorld) {
   proto::RunConfig config = Tiny();  // batch 16, 96 experts, node_size 1
   MOE_EXPECT_OK(ValidateWorld(config, 4));
   MOE_EXPECT_OK(ValidateWorld(config, 16));
-  EXPECT_THAT(ValidateWorld(config, 3),
-              StatusIs(absl::StatusCode::kInvalidArgument,
-                       HasSubstr("train.batch_size: got 16, expected a multiple of the world size 3")));
+  EXPECT_THAT(
+      ValidateWorld(config, 3),
+      StatusIs(absl::StatusCode::kInvalidArgument,
+               HasSubstr("train.batch_size: got 16, expected a multiple of the world size 3")));
   EXPECT_THAT(ValidateWorld(config, 64),
               StatusIs(absl::StatusCode::kInvalidArgument,
                        AllOf(HasSubstr("train.batch_size: got 16"),
@@ -374,12 +374,12 @@ TEST(ValidateWorldTest, BatchExpertsAndNodeSizeMustFitTheWorld) {
 
 TEST(ValidateWorldTest, FewerExpertsThanRanksMustDivideTheWorldAndShardTheFfn) {
   proto::RunConfig config = Tiny();
-  MOE_ASSERT_OK(ApplyOverrides(&config, {"moe.num_experts=2", "moe.top_k=1",
-                                         "moe.topk_schedule=[]", "moe.ffn_dim=12"}));
-  MOE_EXPECT_OK(ValidateWorld(config, 4));   // s = 2
-  MOE_EXPECT_OK(ValidateWorld(config, 8));   // s = 4
-  MOE_EXPECT_OK(ValidateWorld(config, 2));   // s = 1
-  EXPECT_THAT(ValidateWorld(config, 16),     // s = 8 does not divide H = 12
+  MOE_ASSERT_OK(ApplyOverrides(
+      &config, {"moe.num_experts=2", "moe.top_k=1", "moe.topk_schedule=[]", "moe.ffn_dim=12"}));
+  MOE_EXPECT_OK(ValidateWorld(config, 4));  // s = 2
+  MOE_EXPECT_OK(ValidateWorld(config, 8));  // s = 4
+  MOE_EXPECT_OK(ValidateWorld(config, 2));  // s = 1
+  EXPECT_THAT(ValidateWorld(config, 16),    // s = 8 does not divide H = 12
               StatusIs(absl::StatusCode::kInvalidArgument,
                        HasSubstr("model.moe.ffn_dim: got 12, expected a multiple of world size / "
                                  "num_experts = 8")));
@@ -408,10 +408,9 @@ TEST(TopKScheduleTest, TinyIsTop4OnLayer0ForTheFirst200Steps) {
 
 TEST(TopKScheduleTest, SeveralEntriesFirstMatchWins) {
   proto::RunConfig config = Tiny();
-  MOE_ASSERT_OK(ApplyOverride(
-      &config,
-      "moe.topk_schedule=[{first_layer:0 last_layer:1 k:8 until_step:100}, "
-      "{first_layer:0 last_layer:2 k:2 until_step:300}]"));
+  MOE_ASSERT_OK(ApplyOverride(&config,
+                              "moe.topk_schedule=[{first_layer:0 last_layer:1 k:8 until_step:100}, "
+                              "{first_layer:0 last_layer:2 k:2 until_step:300}]"));
   MOE_ASSERT_OK(ApplyOverride(&config, "moe.top_k=1"));
   EXPECT_EQ(TopKForLayer(config, 0, 0), 8);
   EXPECT_EQ(TopKForLayer(config, 1, 99), 8);

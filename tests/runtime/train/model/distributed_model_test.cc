@@ -140,8 +140,7 @@ TEST(DistributedModelTest, ExpertShardsOverSeveralRanksAreSlicesOfTheFullInit) {
   // E = 2 < W: s = 2 and 4 ranks per expert, each holding H / s columns of w1, w3 and rows of w2.
   ExecContext& ctx = ExecContext::Cpu();
   const int64_t h = 8;
-  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Model> full,
-                           Model::Create(Spec(2, h), Device::Cpu()));
+  MOE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<Model> full, Model::Create(Spec(2, h), Device::Cpu()));
   MOE_ASSERT_OK(full->Init(ctx, 41));
   for (int world : {4, 8}) {
     const int s = world / 2;
@@ -229,12 +228,15 @@ std::vector<std::string> Names(const std::vector<ParallelMode>& modes) {
 }
 
 TEST(ParallelCandidatesTest, FlatAlwaysTwoDimOnlyWithSeveralNodesOfSeveralRanks) {
-  EXPECT_THAT(Names(ParallelCandidates(4, 1)), ElementsAre("r0.d1.flat", "r1.d1.flat", "r1.d2.flat"));
-  EXPECT_THAT(Names(ParallelCandidates(4, 4)), ElementsAre("r0.d1.flat", "r1.d1.flat", "r1.d2.flat"));
+  EXPECT_THAT(Names(ParallelCandidates(4, 1)),
+              ElementsAre("r0.d1.flat", "r1.d1.flat", "r1.d2.flat"));
+  EXPECT_THAT(Names(ParallelCandidates(4, 4)),
+              ElementsAre("r0.d1.flat", "r1.d1.flat", "r1.d2.flat"));
   EXPECT_THAT(Names(ParallelCandidates(4, 2)),
               ElementsAre("r0.d1.flat", "r1.d1.flat", "r1.d2.flat", "r1.d1.2dh", "r1.d2.2dh"));
   EXPECT_THAT(Names(ParallelCandidates(8, 2)), ::testing::SizeIs(5));
-  EXPECT_THAT(Names(ParallelCandidates(4, 1, 1)), ElementsAre("r0.d1.flat", "r1.d1.flat", "r1.d2.flat"));
+  EXPECT_THAT(Names(ParallelCandidates(4, 1, 1)),
+              ElementsAre("r0.d1.flat", "r1.d1.flat", "r1.d2.flat"));
 }
 
 TEST(ParallelCandidatesTest, ShardedExpertsTryEveryDivisorOfTheShardCount) {

@@ -55,7 +55,8 @@ TEST_P(ModelGradientTest, BackwardMatchesFiniteDifferences) {
     targets.data<int32_t>()[i] = static_cast<int32_t>(PhiloxBits(2, i) % 17);
   }
   MOE_ASSERT_OK(model->ZeroGrads(ctx));
-  MOE_ASSERT_OK_AND_ASSIGN(ModelLoss base, model->ForwardBackward(ctx, ids, targets, batch, seq, 1.0f));
+  MOE_ASSERT_OK_AND_ASSIGN(ModelLoss base,
+                           model->ForwardBackward(ctx, ids, targets, batch, seq, 1.0f));
   auto total_loss = [&]() {
     ModelLoss l = *model->ForwardBackward(ctx, ids, targets, batch, seq, 0.0f);
     return l.loss + l.aux_total;
@@ -112,12 +113,13 @@ TEST(TrainerTest, LearningRateWarmsUpThenDecaysToMin) {
 TEST(TrainerTest, ShortRunLossFalls) {
   proto::RunConfig config = *LoadPreset("tiny");
   for (const char* set :
-       {"model.num_layers=1", "model.model_dim=32", "attention.n_q=2", "attention.n_k=1",
-        "attention.n_v=2", "attention.head_dim=16", "attention.d_aug=32", "moe.num_experts=8",
-        "moe.ffn_dim=16", "moe.topk_schedule=[]", "train.batch_size=4", "train.seq_len=32",
-        "train.steps=150", "train.warmup_steps=5", "train.lr=3e-3", "train.eval_interval=0",
-        "train.device=cpu", "data.synthetic_size=100000", "checkpoint.dir=\"\"",
-        "checkpoint.interval=0", "checkpoint.resume=false"}) {
+       {"model.num_layers=1",    "model.model_dim=32",    "attention.n_q=2",
+        "attention.n_k=1",       "attention.n_v=2",       "attention.head_dim=16",
+        "attention.d_aug=32",    "moe.num_experts=8",     "moe.ffn_dim=16",
+        "moe.topk_schedule=[]",  "train.batch_size=4",    "train.seq_len=32",
+        "train.steps=150",       "train.warmup_steps=5",  "train.lr=3e-3",
+        "train.eval_interval=0", "train.device=cpu",      "data.synthetic_size=100000",
+        "checkpoint.dir=\"\"",   "checkpoint.interval=0", "checkpoint.resume=false"}) {
     MOE_ASSERT_OK(ApplyOverride(&config, set));
   }
   TrainerOptions options;
@@ -211,8 +213,8 @@ TEST_P(ModelDecodeTest, PrefillAndDecodeMatchFullForward) {
     }
   }
   DecodeState state;
-  MOE_ASSERT_OK_AND_ASSIGN(Tensor logits,
-                           model->Prefill(ctx, Ids(Prefixes(seqs, prompt)), batch, prompt, total, &state));
+  MOE_ASSERT_OK_AND_ASSIGN(Tensor logits, model->Prefill(ctx, Ids(Prefixes(seqs, prompt)), batch,
+                                                         prompt, total, &state));
   EXPECT_EQ(state.caches.size(), 2u);
   EXPECT_EQ(state.length(), prompt);
   std::vector<double> previous;
@@ -245,9 +247,10 @@ TEST_P(ModelDecodeTest, PrefillAndDecodeMatchFullForward) {
               testing::StatusIs(absl::StatusCode::kInvalidArgument,
                                 ::testing::HasSubstr("state.length: got 9")));
   // A second Prefill reuses the caches from position 0: the same logits as the first time.
-  MOE_ASSERT_OK_AND_ASSIGN(Tensor again,
-                           model->Prefill(ctx, Ids(Prefixes(seqs, prompt)), batch, prompt, total, &state));
-  MOE_ASSERT_OK_AND_ASSIGN(Tensor full, model->LastLogits(ctx, Ids(Prefixes(seqs, prompt)), batch, prompt));
+  MOE_ASSERT_OK_AND_ASSIGN(
+      Tensor again, model->Prefill(ctx, Ids(Prefixes(seqs, prompt)), batch, prompt, total, &state));
+  MOE_ASSERT_OK_AND_ASSIGN(Tensor full,
+                           model->LastLogits(ctx, Ids(Prefixes(seqs, prompt)), batch, prompt));
   EXPECT_TRUE(testing::AllClose(again, full, {1e-5, 1e-4}));
   EXPECT_EQ(state.length(), prompt);
 }
@@ -262,8 +265,9 @@ TEST(ModelDecodeTest, BadArguments) {
                            Model::Create(SmallSpec(true, {}), Device::Cpu()));
   MOE_ASSERT_OK(model->Init(ctx, 1));
   DecodeState state;
-  EXPECT_THAT(model->DecodeStep(ctx, Ids({1}), &state),
-              testing::StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("state:")));
+  EXPECT_THAT(
+      model->DecodeStep(ctx, Ids({1}), &state),
+      testing::StatusIs(absl::StatusCode::kInvalidArgument, ::testing::HasSubstr("state:")));
   EXPECT_THAT(model->Prefill(ctx, Ids({1, 2, 3, 4}), 1, 4, 3, &state),
               testing::StatusIs(absl::StatusCode::kInvalidArgument,
                                 ::testing::HasSubstr("capacity: got 3")));
@@ -284,18 +288,18 @@ TEST(TrainerTest, SampleFromCheckpointMatchesFullForwards) {
   std::filesystem::remove_all(dir);
   proto::RunConfig config = *LoadPreset("tiny");
   for (const std::string& set :
-       {std::string("model.num_layers=2"), std::string("model.model_dim=32"),
-        std::string("attention.n_q=2"), std::string("attention.n_k=1"),
-        std::string("attention.n_v=2"), std::string("attention.head_dim=16"),
-        std::string("attention.d_aug=32"), std::string("moe.num_experts=4"),
-        std::string("moe.ffn_dim=16"), std::string("moe.top_k=2"),
-        std::string("moe.topk_schedule=[]"), std::string("model.init_std=0.5"),
-        std::string("train.batch_size=4"),
-        std::string("train.seq_len=16"), std::string("train.steps=30"),
-        std::string("train.warmup_steps=5"), std::string("train.lr=3e-3"),
-        std::string("train.eval_interval=0"), std::string("train.device=cpu"),
-        std::string("data.synthetic_size=100000"), "checkpoint.dir=\"" + dir + "\"",
-        std::string("checkpoint.interval=30"), std::string("checkpoint.resume=false")}) {
+       {std::string("model.num_layers=2"),     std::string("model.model_dim=32"),
+        std::string("attention.n_q=2"),        std::string("attention.n_k=1"),
+        std::string("attention.n_v=2"),        std::string("attention.head_dim=16"),
+        std::string("attention.d_aug=32"),     std::string("moe.num_experts=4"),
+        std::string("moe.ffn_dim=16"),         std::string("moe.top_k=2"),
+        std::string("moe.topk_schedule=[]"),   std::string("model.init_std=0.5"),
+        std::string("train.batch_size=4"),     std::string("train.seq_len=16"),
+        std::string("train.steps=30"),         std::string("train.warmup_steps=5"),
+        std::string("train.lr=3e-3"),          std::string("train.eval_interval=0"),
+        std::string("train.device=cpu"),       std::string("data.synthetic_size=100000"),
+        "checkpoint.dir=\"" + dir + "\"",      std::string("checkpoint.interval=30"),
+        std::string("checkpoint.resume=false")}) {
     MOE_ASSERT_OK(ApplyOverride(&config, set));
   }
   TrainerOptions options;

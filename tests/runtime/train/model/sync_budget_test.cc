@@ -42,9 +42,7 @@ TEST(SyncLedgerTest, ChargesEachScopeToItsPhase) {
     SyncLedger::Scope s = SyncLedger::Charge(&ledger, Phase::kForward);
     gpu.Sync(2);
   }
-  {
-    SyncLedger::Scope s = SyncLedger::Charge(&ledger, Phase::kBackward);
-  }
+  { SyncLedger::Scope s = SyncLedger::Charge(&ledger, Phase::kBackward); }
   {
     SyncLedger::Scope s = SyncLedger::Charge(&ledger, Phase::kStepRead);
     gpu.Sync();

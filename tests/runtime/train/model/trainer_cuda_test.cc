@@ -26,14 +26,15 @@ Curve LossCurve(const std::string& device, const std::string& dtype) {
   proto::RunConfig config = *LoadPreset("tiny");
   const std::string metrics = ::testing::TempDir() + "/metrics_" + device + "_" + dtype + ".jsonl";
   std::remove(metrics.c_str());
-  const std::vector<std::string> overrides = {
-      "train.steps=50", "train.eval_interval=0", "train.device=" + device, "train.dtype=" + dtype,
-      "checkpoint.dir=\"\"", "checkpoint.interval=0", "checkpoint.resume=false"};
+  const std::vector<std::string> overrides = {"train.steps=50",         "train.eval_interval=0",
+                                              "train.device=" + device, "train.dtype=" + dtype,
+                                              "checkpoint.dir=\"\"",    "checkpoint.interval=0",
+                                              "checkpoint.resume=false"};
   MOE_CHECK_OK(ApplyOverrides(&config, overrides));
   Curve curve;
-  curve.planned_syncs = PlanMemory(config, *ParseDevice(device),
-                                   dtype == "bf16" ? DType::kBF16 : DType::kF32)
-                            ->host_syncs_per_step;
+  curve.planned_syncs =
+      PlanMemory(config, *ParseDevice(device), dtype == "bf16" ? DType::kBF16 : DType::kF32)
+          ->host_syncs_per_step;
   TrainerOptions options;
   options.metrics_path = metrics;
   options.progress_bar = false;

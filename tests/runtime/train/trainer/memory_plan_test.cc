@@ -17,9 +17,9 @@
 namespace smoe {
 namespace {
 
+using ::smoe::testing::StatusIs;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
-using ::smoe::testing::StatusIs;
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
@@ -48,7 +48,8 @@ std::vector<Variant> Variants() {
   return {
       {"tiny", [](proto::RunConfig*) {}},
       {"untied", [](proto::RunConfig* c) { c->mutable_model()->set_tie_embeddings(false); }},
-      {"dense_layer", [](proto::RunConfig* c) { c->mutable_model()->mutable_moe()->add_dense_layers(1); }},
+      {"dense_layer",
+       [](proto::RunConfig* c) { c->mutable_model()->mutable_moe()->add_dense_layers(1); }},
       {"no_aug_no_qknorm",
        [](proto::RunConfig* c) {
          c->mutable_model()->mutable_attention()->set_d_aug(0);
@@ -111,8 +112,9 @@ TEST_P(MemoryPlanVariantTest, BoundsTheMeasuredPeakOnTheCpu) {
     }
     MOE_ASSERT_OK(model->ZeroGrads(ctx));
     for (int micro = 0; micro < 2; ++micro) {
-      MOE_ASSERT_OK(model->ForwardBackward(ctx, ids, targets, config.train().batch_size(),
-                                           config.train().seq_len(), 0.5f)
+      MOE_ASSERT_OK(model
+                        ->ForwardBackward(ctx, ids, targets, config.train().batch_size(),
+                                          config.train().seq_len(), 0.5f)
                         .status());
     }
   }

@@ -39,13 +39,27 @@ std::string FreshDir() {
 proto::RunConfig SmallRun(const std::string& dir, int steps,
                           const std::vector<std::string>& extra = {}) {
   proto::RunConfig config = *LoadPreset("tiny");
-  std::vector<std::string> sets = {
-      "model.num_layers=1", "model.model_dim=32", "attention.n_q=2", "attention.n_k=1",
-      "attention.n_v=2", "attention.head_dim=16", "attention.d_aug=32", "moe.num_experts=4",
-      "moe.ffn_dim=16", "moe.topk_schedule=[]", "train.batch_size=2", "train.seq_len=16",
-      "train.steps=" + std::to_string(steps), "train.warmup_steps=1", "train.eval_interval=0",
-      "train.device=cpu", "data.synthetic_size=20000", "checkpoint.dir=\"" + dir + "\"",
-      "checkpoint.interval=5", "checkpoint.keep_last=2", "checkpoint.resume=true"};
+  std::vector<std::string> sets = {"model.num_layers=1",
+                                   "model.model_dim=32",
+                                   "attention.n_q=2",
+                                   "attention.n_k=1",
+                                   "attention.n_v=2",
+                                   "attention.head_dim=16",
+                                   "attention.d_aug=32",
+                                   "moe.num_experts=4",
+                                   "moe.ffn_dim=16",
+                                   "moe.topk_schedule=[]",
+                                   "train.batch_size=2",
+                                   "train.seq_len=16",
+                                   "train.steps=" + std::to_string(steps),
+                                   "train.warmup_steps=1",
+                                   "train.eval_interval=0",
+                                   "train.device=cpu",
+                                   "data.synthetic_size=20000",
+                                   "checkpoint.dir=\"" + dir + "\"",
+                                   "checkpoint.interval=5",
+                                   "checkpoint.keep_last=2",
+                                   "checkpoint.resume=true"};
   sets.insert(sets.end(), extra.begin(), extra.end());
   MOE_CHECK_OK(ApplyOverrides(&config, sets));
   MOE_CHECK_OK(ValidateConfig(config));
@@ -99,8 +113,8 @@ TEST(TrainerCheckpointTest, AllInvalidRefusesThenResumeFalseStartsFreshAndKeepsV
                            RunTraining(SmallRun(dir, 12, {"checkpoint.resume=false"})));
   EXPECT_EQ(fresh.steps_done, 12);
   EXPECT_EQ(Lines(metrics), lines + 12) << "not started from step 0";
-  EXPECT_THAT(Entries(dir), ElementsAre("step_00000010", "step_00000010.invalid",
-                                        "step_00000012", "step_00000012.invalid"));
+  EXPECT_THAT(Entries(dir), ElementsAre("step_00000010", "step_00000010.invalid", "step_00000012",
+                                        "step_00000012.invalid"));
   for (const char* step : {"step_00000010", "step_00000012"}) {
     MOE_EXPECT_OK(LoadCheckpoint((fs::path(dir) / step).string()).status());
   }
@@ -174,8 +188,9 @@ TEST(TrainerCheckpointTest, DebugNanStepRollsBack) {
   const std::string dir = FreshDir();
   MOE_ASSERT_OK_AND_ASSIGN(
       TrainSummary summary,
-      RunTraining(SmallRun(dir, 6, {"train.debug_nan_step=4", "train.nan_policy=ROLLBACK",
-                            "checkpoint.interval=2"})));
+      RunTraining(SmallRun(
+          dir, 6,
+          {"train.debug_nan_step=4", "train.nan_policy=ROLLBACK", "checkpoint.interval=2"})));
   EXPECT_EQ(summary.steps_done, 6);
   EXPECT_EQ(summary.rollbacks, 1);
   EXPECT_TRUE(std::isfinite(summary.final_loss));
