@@ -6,6 +6,9 @@
 #include <cmath>
 #include <vector>
 
+#include "runtime/core/cpu_vector.h"
+#include "runtime/core/thread_pool.h"
+
 namespace smoe::attention_internal {
 namespace {
 
@@ -18,92 +21,176 @@ const float* HeadPtr(const float* base, const AttentionDims& d, int64_t heads, i
   return base + (b * d.seq * heads + h) * d.head_dim;
 }
 
-// scores[s, t] = scale * q_i[s] . k[t] for all s, t (the mask is applied by the callers).
-void Scores(const AttentionDims& d, const float* q_head, const float* k_head, float scale,
-            float* scores) {
-  const int s = static_cast<int>(d.seq), dim = static_cast<int>(d.head_dim);
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s, s, dim, scale, q_head,
-              static_cast<int>(d.n_q * d.head_dim), k_head, static_cast<int>(d.n_k * d.head_dim),
-              0.0f, scores, s);
+// row[t] = exp(row[t] - shift) for t < n; returns their sum, in double, added in 8 lanes (a fixed
+// order, so the sum is repeatable).
+MOE_CPU_CLONES double ExpShiftedSum(float* row, int64_t n, float shift) {
+  double lanes[8] = {};
+  int64_t t = 0;
+  for (; t + 8 <= n; t += 8) {
+    for (int l = 0; l < 8; ++l) {
+      row[t + l] = ExpF(row[t + l] - shift);
+      lanes[l] += row[t + l];
+    }
+  }
+  for (; t < n; ++t) {
+    row[t] = ExpF(row[t] - shift);
+    lanes[t % 8] += row[t];
+  }
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+// max over row[0, n), n >= 1, in 16 lanes (vectorizes; a NaN in the row may or may not win,
+// as with std::max_element).
+MOE_CPU_CLONES float RowMax(const float* row, int64_t n) {
+  float lanes[16];
+  for (int l = 0; l < 16; ++l) lanes[l] = row[0];
+  int64_t t = 0;
+  for (; t + 16 <= n; t += 16) {
+    for (int l = 0; l < 16; ++l) lanes[l] = row[t + l] > lanes[l] ? row[t + l] : lanes[l];
+  }
+  for (; t < n; ++t) lanes[0] = row[t] > lanes[0] ? row[t] : lanes[0];
+  float max = lanes[0];
+  for (int l = 1; l < 16; ++l) max = lanes[l] > max ? lanes[l] : max;
+  return max;
+}
+
+// row[t] = exp(row[t] - shift) for t < n.
+MOE_CPU_CLONES void ExpShifted(float* row, int64_t n, float shift) {
+  for (int64_t t = 0; t < n; ++t) row[t] = ExpF(row[t] - shift);
+}
+
+// row[t] *= scale for t < n.
+MOE_CPU_CLONES void Scale(float* row, int64_t n, float scale) {
+  for (int64_t t = 0; t < n; ++t) row[t] *= scale;
+}
+
+// ds[t] = p[t] * (ds[t] - delta) for t < n.
+MOE_CPU_CLONES void SoftmaxGrad(float* ds, const float* p, int64_t n, float delta) {
+  for (int64_t t = 0; t < n; ++t) ds[t] = p[t] * (ds[t] - delta);
+}
+
+// Scratch [n] floats for the calling thread, reused across calls (no allocation per step).
+float* Scratch(int slot, int64_t n) {
+  thread_local std::vector<float> buffers[2];
+  std::vector<float>& b = buffers[slot];
+  if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
+  return b.data();
+}
+
+// Causal blocks: the queries of a head go kBlock rows at a time, and block [q0, q1) needs only
+// keys [0, q1): the products skip the masked upper triangle (about half the work at S = 256).
+constexpr int64_t kBlock = 64;
+
+// a [m x k] (lda) times b^T, b [n x k] (ldb), times alpha into c [m x n] (ldc); beta 0 or 1.
+void GemmNT(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+            const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
+              static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
+              c, static_cast<int>(ldc));
+}
+// a [m x k] times b [k x n].
+void GemmNN(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+            const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
+              static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
+              c, static_cast<int>(ldc));
+}
+// a^T, a [k x m], times b [k x n].
+void GemmTN(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+            const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
+              static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
+              c, static_cast<int>(ldc));
 }
 
 }  // namespace
 
 void AttentionForwardBlas(const AttentionDims& d, const float* q, const float* k, const float* v,
                           float* out, float* lse) {
-  const int64_t s_len = d.seq;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d.head_dim));
-  std::vector<float> p(static_cast<size_t>(s_len * s_len));
-  for (int64_t b = 0; b < d.batch; ++b) {
-    for (int64_t i = 0; i < d.n_q; ++i) {
-      Scores(d, HeadPtr(q, d, d.n_q, b, i), HeadPtr(k, d, d.n_k, b, d.KHead(i)), scale, p.data());
+  const int64_t s_len = d.seq, dim = d.head_dim;
+  const int64_t ldq = d.n_q * dim, ldk = d.n_k * dim, ldv = d.n_v * dim;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  // Every (sequence, query head) pair writes its own rows of out and lse: one per chunk.
+  ParallelFor(d.batch * d.n_q, 2 * s_len * s_len * dim, [&](int64_t first, int64_t last) {
+    float* p = Scratch(0, kBlock * s_len);  // [rows of the block, keys], leading dim s_len
+    for (int64_t bi = first; bi < last; ++bi) {
+      const int64_t b = bi / d.n_q, i = bi % d.n_q;
+      const float* q_i = HeadPtr(q, d, d.n_q, b, i);
+      const float* k_h = HeadPtr(k, d, d.n_k, b, d.KHead(i));
+      const float* v_h = HeadPtr(v, d, d.n_v, b, d.VHead(i));
+      float* o_i = HeadPtr(out, d, d.n_q, b, i);
       float* lse_row = lse + (b * d.n_q + i) * s_len;
-      for (int64_t s = 0; s < s_len; ++s) {
-        float* row = p.data() + s * s_len;
-        const float max = *std::max_element(row, row + s + 1);
-        double sum = 0.0;
-        for (int64_t t = 0; t <= s; ++t) sum += row[t] = std::exp(row[t] - max);
-        const float inv = static_cast<float>(1.0 / sum);
-        for (int64_t t = 0; t <= s; ++t) row[t] *= inv;
-        std::fill(row + s + 1, row + s_len, 0.0f);
-        lse_row[s] = max + static_cast<float>(std::log(sum));
+      for (int64_t q0 = 0; q0 < s_len; q0 += kBlock) {
+        const int64_t q1 = std::min(s_len, q0 + kBlock), rows = q1 - q0;
+        GemmNT(rows, q1, dim, scale, q_i + q0 * ldq, ldq, k_h, ldk, 0.0f, p, s_len);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t s = q0 + r;  // the query's position: keys 0..s
+          float* row = p + r * s_len;
+          const float max = RowMax(row, s + 1);
+          const double sum = ExpShiftedSum(row, s + 1, max);
+          Scale(row, s + 1, static_cast<float>(1.0 / sum));
+          std::fill(row + s + 1, row + q1, 0.0f);
+          lse_row[s] = max + static_cast<float>(std::log(sum));
+        }
+        GemmNN(rows, dim, q1, 1.0f, p, s_len, v_h, ldv, 0.0f, o_i + q0 * ldq, ldq);
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(s_len),
-                  static_cast<int>(d.head_dim), static_cast<int>(s_len), 1.0f, p.data(),
-                  static_cast<int>(s_len), HeadPtr(v, d, d.n_v, b, d.VHead(i)),
-                  static_cast<int>(d.n_v * d.head_dim), 0.0f, HeadPtr(out, d, d.n_q, b, i),
-                  static_cast<int>(d.n_q * d.head_dim));
     }
-  }
+  });
 }
 
 void AttentionBackwardBlas(const AttentionDims& d, const float* q, const float* k, const float* v,
                            const float* out, const float* lse, const float* dout, float* dq,
                            float* dk, float* dv) {
   const int64_t s_len = d.seq, dim = d.head_dim;
-  const int s = static_cast<int>(s_len), di = static_cast<int>(dim);
-  const int ldq = static_cast<int>(d.n_q * dim), ldk = static_cast<int>(d.n_k * dim),
-            ldv = static_cast<int>(d.n_v * dim);
+  const int64_t ldq = d.n_q * dim, ldk = d.n_k * dim, ldv = d.n_v * dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  std::fill(dk, dk + d.batch * s_len * d.n_k * dim, 0.0f);
-  std::fill(dv, dv + d.batch * s_len * d.n_v * dim, 0.0f);
-  std::vector<float> p(static_cast<size_t>(s_len * s_len)), dp(p.size());
-  for (int64_t b = 0; b < d.batch; ++b) {
-    for (int64_t i = 0; i < d.n_q; ++i) {
-      const float* q_i = HeadPtr(q, d, d.n_q, b, i);
-      const float* k_h = HeadPtr(k, d, d.n_k, b, d.KHead(i));
-      const float* v_h = HeadPtr(v, d, d.n_v, b, d.VHead(i));
-      const float* o_i = HeadPtr(out, d, d.n_q, b, i);
-      const float* do_i = HeadPtr(dout, d, d.n_q, b, i);
-      const float* lse_row = lse + (b * d.n_q + i) * s_len;
-      // P from the saved log-sum-exp (never stored by the forward).
-      Scores(d, q_i, k_h, scale, p.data());
-      for (int64_t r = 0; r < s_len; ++r) {
-        float* row = p.data() + r * s_len;
-        for (int64_t t = 0; t <= r; ++t) row[t] = std::exp(row[t] - lse_row[r]);
-        std::fill(row + r + 1, row + s_len, 0.0f);
+  // Sequences in parallel: the query heads of one sequence add into the same dK and dV heads, so
+  // they stay on one thread, in head order.
+  ParallelFor(d.batch, 4 * d.n_q * s_len * s_len * dim, [&](int64_t first, int64_t last) {
+    float* p = Scratch(0, kBlock * s_len);
+    float* dp = Scratch(1, kBlock * s_len);
+    for (int64_t b = first; b < last; ++b) {
+      std::fill(HeadPtr(dk, d, d.n_k, b, 0), HeadPtr(dk, d, d.n_k, b + 1, 0), 0.0f);
+      std::fill(HeadPtr(dv, d, d.n_v, b, 0), HeadPtr(dv, d, d.n_v, b + 1, 0), 0.0f);
+      for (int64_t i = 0; i < d.n_q; ++i) {
+        const float* q_i = HeadPtr(q, d, d.n_q, b, i);
+        const float* k_h = HeadPtr(k, d, d.n_k, b, d.KHead(i));
+        const float* v_h = HeadPtr(v, d, d.n_v, b, d.VHead(i));
+        const float* o_i = HeadPtr(out, d, d.n_q, b, i);
+        const float* do_i = HeadPtr(dout, d, d.n_q, b, i);
+        float* dq_i = HeadPtr(dq, d, d.n_q, b, i);
+        float* dk_h = HeadPtr(dk, d, d.n_k, b, d.KHead(i));
+        float* dv_h = HeadPtr(dv, d, d.n_v, b, d.VHead(i));
+        const float* lse_row = lse + (b * d.n_q + i) * s_len;
+        for (int64_t q0 = 0; q0 < s_len; q0 += kBlock) {
+          const int64_t q1 = std::min(s_len, q0 + kBlock), rows = q1 - q0;
+          // P from the saved log-sum-exp (never stored by the forward).
+          GemmNT(rows, q1, dim, scale, q_i + q0 * ldq, ldq, k_h, ldk, 0.0f, p, s_len);
+          for (int64_t r = 0; r < rows; ++r) {
+            float* row = p + r * s_len;
+            ExpShifted(row, q0 + r + 1, lse_row[q0 + r]);
+            std::fill(row + q0 + r + 1, row + q1, 0.0f);
+          }
+          // dV[vh] += P^T dO;  dP = dO V^T.
+          GemmTN(q1, dim, rows, 1.0f, p, s_len, do_i + q0 * ldq, ldq, 1.0f, dv_h, ldv);
+          GemmNT(rows, q1, dim, 1.0f, do_i + q0 * ldq, ldq, v_h, ldv, 0.0f, dp, s_len);
+          // dS = P * (dP - rowsum(dO * O)), scaled by 1/sqrt(D) for both products below.
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t s = q0 + r;
+            double delta = 0.0;
+            for (int64_t c = 0; c < dim; ++c) delta += double{do_i[s * ldq + c]} * o_i[s * ldq + c];
+            float* ds = dp + r * s_len;
+            SoftmaxGrad(ds, p + r * s_len, s + 1, static_cast<float>(delta));
+            std::fill(ds + s + 1, ds + q1, 0.0f);
+          }
+          // dQ_i = scale dS K;  dK[kh] += scale dS^T Q_i.
+          GemmNN(rows, dim, q1, scale, dp, s_len, k_h, ldk, 0.0f, dq_i + q0 * ldq, ldq);
+          GemmTN(q1, dim, rows, scale, dp, s_len, q_i + q0 * ldq, ldq, 1.0f, dk_h, ldk);
+        }
       }
-      // dV[vh] += P^T dO;  dP = dO V^T.
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s, di, s, 1.0f, p.data(), s, do_i, ldq,
-                  1.0f, HeadPtr(dv, d, d.n_v, b, d.VHead(i)), ldv);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s, s, di, 1.0f, do_i, ldq, v_h, ldv,
-                  0.0f, dp.data(), s);
-      // dS = P * (dP - rowsum(dO * O)), scaled by 1/sqrt(D) for both products below.
-      for (int64_t r = 0; r < s_len; ++r) {
-        double delta = 0.0;
-        for (int64_t c = 0; c < dim; ++c) delta += double{do_i[r * ldq + c]} * o_i[r * ldq + c];
-        float* ds = dp.data() + r * s_len;
-        const float* pr = p.data() + r * s_len;
-        for (int64_t t = 0; t <= r; ++t) ds[t] = pr[t] * (ds[t] - static_cast<float>(delta));
-        std::fill(ds + r + 1, ds + s_len, 0.0f);
-      }
-      // dQ_i = scale dS K;  dK[kh] += scale dS^T Q_i.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s, di, s, scale, dp.data(), s, k_h,
-                  ldk, 0.0f, HeadPtr(dq, d, d.n_q, b, i), ldq);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s, di, s, scale, dp.data(), s, q_i, ldq,
-                  1.0f, HeadPtr(dk, d, d.n_k, b, d.KHead(i)), ldk);
     }
-  }
+  });
 }
 
 }  // namespace smoe::attention_internal

@@ -1,8 +1,10 @@
-// The CPU fast path of causal DiffQKV attention in f32: per (sequence, query head) the S x S score
-// matrix is formed with OpenBLAS sgemm, masked and normalized row by row, and multiplied with V.
+// The CPU fast path of causal DiffQKV attention in f32: per (sequence, query head), in blocks of 64
+// queries, the causal part of the score
+// matrix is formed with OpenBLAS sgemm, masked and normalized row by row (exp vectorized), and
+// multiplied with V; (sequence, head) pairs (backward: sequences) run in parallel in the CPU pool.
 // Same contract and results (within fp32 rounding) as the plain-loop reference of
 // attention_core_cpu.h, which stays the readable definition and the oracle of the tests; this path
-// is what the trainer runs on CPUs. Memory: two S x S float buffers.
+// is what the trainer runs on CPUs. Memory: two 64 x S float buffers per thread.
 #pragma once
 
 #include "attention/attention_core.h"

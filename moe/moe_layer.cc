@@ -1,8 +1,10 @@
 #include "moe/moe_layer.h"
 
 #include <cmath>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/core/op_profile.h"
 #include "runtime/tensor/tensor_ops.h"
 
 namespace smoe {
@@ -55,6 +57,7 @@ Status RouteAndPermute(ExecContext& ctx, const MoELayerConfig& config, const Ten
   MoEState& s = *state;
 
   // 1. Route: fp32 logits, softmax over all E, top-K; aux losses and their gradient.
+  std::optional<OpScope> scope(std::in_place, OpKind::kRouter);
   MOE_ASSIGN_OR_RETURN(s.logits, Tensor::Empty({t, e}, DType::kF32, device));
   MOE_ASSIGN_OR_RETURN(s.probs, Tensor::Empty({t, e}, DType::kF32, device));
   MOE_ASSIGN_OR_RETURN(s.d_logits_aux, Tensor::Empty({t, e}, DType::kF32, device));
@@ -69,6 +72,7 @@ Status RouteAndPermute(ExecContext& ctx, const MoELayerConfig& config, const Ten
                                                  s.d_logits_aux, s.aux_values));
 
   // 2. Plan (the host sync: offsets for the grouped GEMMs), 3. dispatch.
+  scope.emplace(OpKind::kDispatch);
   const PlanConfig plan{config.num_experts, config.top_k, config.capacity_factor};
   MOE_RETURN_IF_ERROR(BuildRoutingPlan(ctx, plan, s.topk_idx, &s.plan));
   MOE_ASSIGN_OR_RETURN(s.xs, Tensor::Empty({s.plan.num_rows(), m}, config.dtype, device));
@@ -78,6 +82,7 @@ Status RouteAndPermute(ExecContext& ctx, const MoELayerConfig& config, const Ten
 Status RouterBackwardAddDx(ExecContext& ctx, const MoELayerConfig& config, const TensorView& w_gate,
                            const MoEState& s, const TensorView& dgates, float aux_grad_scale,
                            const TensorView& dx, const TensorView& dw_gate, bool accumulate_grads) {
+  const OpScope scope(OpKind::kRouter);
   const int64_t t = s.x.dim(0), m = config.model_dim;
   const Device device = ctx.device();
   MOE_ASSIGN_OR_RETURN(Tensor dx_router, Tensor::Empty({t, m}, config.dtype, device));
@@ -132,6 +137,7 @@ Status MoEForwardDeferAux(ExecContext& ctx, const MoELayerConfig& config,
   const int64_t rows = s.plan.num_rows();
 
   // 4. Experts over ragged groups.
+  std::optional<OpScope> scope(std::in_place, OpKind::kExperts);
   MOE_ASSIGN_OR_RETURN(s.h1, Tensor::Empty({rows, h}, config.dtype, device));
   MOE_ASSIGN_OR_RETURN(s.h3, Tensor::Empty({rows, h}, config.dtype, device));
   MOE_ASSIGN_OR_RETURN(s.act, Tensor::Empty({rows, h}, config.dtype, device));
@@ -140,6 +146,7 @@ Status MoEForwardDeferAux(ExecContext& ctx, const MoELayerConfig& config,
                                      s.plan.offsets_host, {s.h1, s.h3, s.act}, s.ys));
 
   // 5. Combine, scaled by the gates.
+  scope.emplace(OpKind::kDispatch);
   MOE_RETURN_IF_ERROR(Combine(ctx, s.plan, s.ys, s.gates, y));
   s.x = x;
   s.top_k = config.top_k;
@@ -164,16 +171,20 @@ Status MoEBackward(ExecContext& ctx, const MoELayerConfig& config, const MoEPara
   const Device device = ctx.device();
 
   // Combine backward: gradients into the expert outputs and into the gates.
+  std::optional<OpScope> scope(std::in_place, OpKind::kDispatch);
   MOE_ASSIGN_OR_RETURN(Tensor dys, Tensor::Empty({rows, m}, config.dtype, device));
   MOE_ASSIGN_OR_RETURN(Tensor dgates, Tensor::Empty({t, k}, DType::kF32, device));
   MOE_RETURN_IF_ERROR(CombineBackward(ctx, s.plan, dy, s.ys, s.gates, dys, dgates));
 
   // Experts backward, then back to token order.
+  scope.emplace(OpKind::kExperts);
   MOE_ASSIGN_OR_RETURN(Tensor dxs, Tensor::Empty({rows, m}, config.dtype, device));
   MOE_RETURN_IF_ERROR(ExpertsBackward(ctx, {params.w1, params.w3, params.w2}, s.xs,
                                       s.plan.offsets_host, {s.h1, s.h3, s.act}, dys, dxs,
                                       {grads.w1, grads.w3, grads.w2}, accumulate_grads));
+  scope.emplace(OpKind::kDispatch);
   MOE_RETURN_IF_ERROR(PermuteBackward(ctx, s.plan, dxs, dx));
+  scope.reset();  // the router backward has its own
 
   // Router backward: gates and aux losses -> logits -> x and w_gate; dx sums both paths.
   return internal::RouterBackwardAddDx(ctx, config, params.w_gate, s, dgates, aux_grad_scale, dx,

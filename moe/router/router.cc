@@ -4,6 +4,7 @@
 #include "moe/router/router_cpu.h"
 #include "moe/router/router_internal.h"
 #include "runtime/blas/gemm.h"
+#include "runtime/core/thread_pool.h"
 #include "runtime/nn/softmax.h"
 #include "runtime/tensor/tensor_ops.h"
 
@@ -72,9 +73,16 @@ Status RouterForward(ExecContext& ctx, const RouterConfig& config, const TensorV
                                     config.renormalize, topk_idx.data<int32_t>(),
                                     topk_gates.data<float>());
   }
-  router_reference::TopK(logits.data<float>(), bias, t, e, k, topk_idx.data<int32_t>());
-  router_reference::Gates(probs.data<float>(), topk_idx.data<int32_t>(), t, e, k,
-                          config.renormalize, topk_gates.data<float>());
+  // The reference's row loops, on row ranges in parallel (each row is independent).
+  const float* lg = logits.data<float>();
+  const float* pr = probs.data<float>();
+  int32_t* idx = topk_idx.data<int32_t>();
+  float* gates = topk_gates.data<float>();
+  ParallelFor(t, 2 * e * k, [&](int64_t first, int64_t last) {
+    router_reference::TopK(lg + first * e, bias, last - first, e, k, idx + first * k);
+    router_reference::Gates(pr + first * e, idx + first * k, last - first, e, k, config.renormalize,
+                            gates + first * k);
+  });
   return absl::OkStatus();
 }
 
@@ -114,9 +122,15 @@ Status RouterBackward(ExecContext& ctx, const RouterConfig& config, const Tensor
         ctx, probs.data<float>(), topk_idx.data<int32_t>(), d_topk_gates.data<float>(), extra, t, e,
         k, config.renormalize, d_logits.data<float>()));
   } else {
-    router_reference::LogitsGradient(probs.data<float>(), topk_idx.data<int32_t>(),
-                                     d_topk_gates.data<float>(), extra, t, e, k, config.renormalize,
-                                     d_logits.data<float>());
+    const float* pr = probs.data<float>();
+    const int32_t* idx = topk_idx.data<int32_t>();
+    const float* dg = d_topk_gates.data<float>();
+    float* dl = d_logits.data<float>();
+    ParallelFor(t, 2 * e * k, [&](int64_t first, int64_t last) {
+      router_reference::LogitsGradient(pr + first * e, idx + first * k, dg + first * k,
+                                       extra != nullptr ? extra + first * e : nullptr, last - first,
+                                       e, k, config.renormalize, dl + first * e);
+    });
   }
   // dx [T, M] = d_logits [T, E] w_gate^T; the GEMM rounds a bf16 dx once at the end.
   MOE_RETURN_IF_ERROR(Gemm(ctx, d_logits, w_gate, dx, {.trans_b = true}));

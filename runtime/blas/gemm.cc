@@ -36,11 +36,10 @@ Status Run(ExecContext& ctx, const GemmProblem& p) {
   return internal::GemmCpu(p);
 }
 
-// The groups of a grouped GEMM: one grouped launch on CUDA, a loop over OpenBLAS on the CPU.
+// The groups of a grouped GEMM: one grouped launch on CUDA, groups in parallel on the CPU.
 Status RunGroups(ExecContext& ctx, std::span<const GemmProblem> groups) {
   if (ctx.device().is_cuda()) return internal::GroupedGemmCuda(ctx, groups);
-  for (const GemmProblem& p : groups) MOE_RETURN_IF_ERROR(Run(ctx, p));
-  return absl::OkStatus();
+  return internal::GroupedGemmCpu(groups);
 }
 
 // Fills the matrix part of a problem from 2-D (or batched 3-D: the last two axes) operands.

@@ -97,7 +97,13 @@ bool MeetsGroupedAlignment(const GemmProblem& p);
 enum class GroupRoute { kSkip, kAlone, kGrouped };
 GroupRoute RouteGroup(const GemmProblem& p, const GemmProblem& first, bool grouped_rejected);
 
+// The CPU backend (OpenBLAS, one thread per call, inside the process's pool: runtime/core/
+// thread_pool.h). GemmCpu runs batch items in parallel and splits a large f32 product into blocks
+// of rows (or columns) of C, of a size fixed by the shape alone; GroupedGemmCpu runs the groups in
+// parallel. Each element of C is computed by one BLAS call, so results do not depend on the
+// thread count.
 [[nodiscard]] Status GemmCpu(const GemmProblem& p);
+[[nodiscard]] Status GroupedGemmCpu(std::span<const GemmProblem> groups);
 [[nodiscard]] Status GemmCuda(ExecContext& ctx, const GemmProblem& p);
 // The groups of one grouped GEMM (batch == 1 each, any m, n, k including 0), as few cuBLAS calls
 // as cuBLAS takes: cublasGemmGroupedBatchedEx for the groups RouteGroup sends there (one call per

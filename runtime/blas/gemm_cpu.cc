@@ -1,9 +1,11 @@
 // CPU backend of gemm.h: OpenBLAS sgemm; bf16 operands are widened to f32 first.
 #include <cblas.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "runtime/blas/gemm.h"
+#include "runtime/core/thread_pool.h"
 
 namespace smoe::internal {
 namespace {
@@ -31,18 +33,16 @@ void OneGemm(const GemmProblem& p, const float* a, const float* b, float* c) {
     }
     return;
   }
-  if (p.beta == 0.0f) {  // write-only C: stale NaN must not leak through 0 * NaN
-    for (int64_t i = 0; i < p.m; ++i) std::fill(c + i * p.ldc, c + i * p.ldc + p.n, 0.0f);
-  }
+  // beta == 0: BLAS (the reference and OpenBLAS) never reads C then, so stale NaN cannot leak
+  // through 0 * NaN (GemmTest.BetaZeroIgnoresStaleNaN holds the library to it).
   cblas_sgemm(CblasRowMajor, p.trans_a ? CblasTrans : CblasNoTrans,
               p.trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(p.m), static_cast<int>(p.n),
               static_cast<int>(p.k), p.alpha, a, static_cast<int>(p.lda), b,
               static_cast<int>(p.ldb), p.beta, c, static_cast<int>(p.ldc));
 }
 
-}  // namespace
-
-Status GemmCpu(const GemmProblem& p) {
+// Every batch item of p on the calling thread.
+Status GemmSerial(const GemmProblem& p) {
   const int64_t a_rows = p.trans_a ? p.k : p.m;
   const int64_t b_rows = p.trans_b ? p.n : p.k;
   for (int64_t item = 0; item < p.batch; ++item) {
@@ -76,6 +76,68 @@ Status GemmCpu(const GemmProblem& p) {
       for (int64_t j = 0; j < p.n; ++j) c_out[i * p.ldc + j] = FloatToBF16(c_f[i * p.ldc + j]);
     }
   }
+  return absl::OkStatus();
+}
+
+// Splits one f32 item into blocks of rows of C (or of columns, when C is wide), each one BLAS call
+// of about kBlockFlops: a size fixed by the shape, so the thread count never changes a result.
+constexpr int64_t kBlockFlops = int64_t{1} << 21;
+
+bool Splits(const GemmProblem& p) {
+  return p.ab_dtype == DType::kF32 && p.c_dtype == DType::kF32 && p.k > 0 &&
+         2 * p.m * p.n * p.k >= 2 * kBlockFlops;
+}
+
+void GemmBlocks(const GemmProblem& p) {
+  const bool by_rows = p.m >= p.n;
+  const int64_t lines = by_rows ? p.m : p.n;  // rows or columns of C to share out
+  const int64_t line_flops = 2 * (by_rows ? p.n : p.m) * p.k;
+  const int64_t grain = std::max<int64_t>(16, (kBlockFlops / line_flops + 15) / 16 * 16);
+  CpuPool().ParallelFor(lines, grain, [&](int64_t begin, int64_t end) {
+    GemmProblem q = p;
+    const float* a = static_cast<const float*>(p.a);
+    const float* b = static_cast<const float*>(p.b);
+    float* c = static_cast<float*>(p.c);
+    if (by_rows) {  // rows [begin, end) of op(A) and C
+      q.m = end - begin;
+      q.a = p.trans_a ? a + begin : a + begin * p.lda;
+      q.c = c + begin * p.ldc;
+    } else {  // columns [begin, end) of op(B) and C
+      q.n = end - begin;
+      q.b = p.trans_b ? b + begin * p.ldb : b + begin;
+      q.c = c + begin;
+    }
+    OneGemm(q, static_cast<const float*>(q.a), static_cast<const float*>(q.b),
+            static_cast<float*>(q.c));
+  });
+}
+
+}  // namespace
+
+Status GemmCpu(const GemmProblem& p) {
+  // The same BLAS calls whatever the thread count (or nesting), so results never depend on it.
+  if (p.batch > 1) {
+    CpuPool().ParallelFor(p.batch, 1, [&](int64_t begin, int64_t end) {
+      GemmProblem q = p;
+      q.batch = end - begin;
+      const int64_t ab = static_cast<int64_t>(DTypeSize(p.ab_dtype));
+      const int64_t cs = static_cast<int64_t>(DTypeSize(p.c_dtype));
+      q.a = static_cast<const char*>(p.a) + begin * p.stride_a * ab;
+      q.b = static_cast<const char*>(p.b) + begin * p.stride_b * ab;
+      q.c = static_cast<char*>(p.c) + begin * p.stride_c * cs;
+      (void)GemmSerial(q);  // OK on the CPU always
+    });
+    return absl::OkStatus();
+  }
+  if (!Splits(p)) return GemmSerial(p);
+  GemmBlocks(p);
+  return absl::OkStatus();
+}
+
+Status GroupedGemmCpu(std::span<const GemmProblem> groups) {
+  CpuPool().ParallelFor(static_cast<int64_t>(groups.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) (void)GemmSerial(groups[g]);
+  });
   return absl::OkStatus();
 }
 

@@ -30,6 +30,7 @@ flags:
                         (repeatable; paths: model./train./data./checkpoint., moe., attention.)
   --device=D            shortcut for --set train.device=D (auto, cpu, cuda, cuda:N)
   --steps=N             shortcut for --set train.steps=N
+  --threads=N           shortcut for --set train.threads=N (CPU threads; 0 = all cores)
   --print_config        print the effective config and exit
   --dry_run             print parameter counts, FLOPs per token and the memory plan, then exit
   --metrics=FILE        metrics.jsonl path (default: <checkpoint.dir>/metrics.jsonl)
@@ -90,6 +91,8 @@ int Main(int argc, char** argv) {
       overrides.push_back("train.device=" + value("--device"));
     } else if (absl::StartsWith(a, "--steps=")) {
       overrides.push_back("train.steps=" + value("--steps"));
+    } else if (absl::StartsWith(a, "--threads=")) {
+      overrides.push_back("train.threads=" + value("--threads"));
     } else if (a == "--print_config") {
       print_config = true;
     } else if (a == "--dry_run") {

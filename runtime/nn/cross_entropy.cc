@@ -6,7 +6,9 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/core/cpu_vector.h"
 #include "runtime/core/scalar.h"
+#include "runtime/core/thread_pool.h"
 #include "runtime/tensor/tensor_ops.h"
 
 namespace smoe {
@@ -41,12 +43,62 @@ Status CheckScale(float scale) {
   return absl::OkStatus();
 }
 
+// One f32 row of the fast path: e = exp(row - max) with ExpF (kept in drow when given), its sum
+// in double lanes; returns lse - row[target], and writes drow = g (e / sum - onehot).
+MOE_CPU_CLONES double RowF32(const float* row, int32_t target, int64_t vocab, double g,
+                             float* drow) {
+  float max = row[0];
+  for (int64_t v = 1; v < vocab; ++v) max = row[v] > max ? row[v] : max;
+  double lanes[8] = {};
+  for (int64_t v = 0; v < vocab; ++v) {
+    const float e = ExpF(row[v] - max);
+    if (drow != nullptr) drow[v] = e;
+    lanes[v % 8] += e;
+  }
+  const double sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+                     ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  if (drow != nullptr) {
+    const float gs = static_cast<float>(g / sum);
+    for (int64_t v = 0; v < vocab; ++v) drow[v] *= gs;
+    drow[target] -= static_cast<float>(g);
+  }
+  return double{max} + std::log(sum) - double{row[target]};
+}
+
+// CrossEntropyCpu for f32, fast: rows in parallel (fixed chunks of kRows, their losses added in
+// chunk order, so the thread count never changes the result), exp in f32 (ExpF).
+double CrossEntropyF32(const float* logits, const int32_t* targets, int64_t tokens, int64_t vocab,
+                       double scale, float* dlogits) {
+  constexpr int64_t kRows = 64;
+  int64_t valid = 0;
+  for (int64_t t = 0; t < tokens; ++t) valid += targets[t] != -1;
+  const double inv_n = valid > 0 ? 1.0 / static_cast<double>(valid) : 0.0;
+  const double g = scale * inv_n;
+  const int64_t chunks = (tokens + kRows - 1) / kRows;
+  std::vector<double> partial(static_cast<size_t>(chunks), 0.0);
+  CpuPool().ParallelFor(chunks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t c = first; c < last; ++c) {
+      for (int64_t t = c * kRows; t < std::min(tokens, (c + 1) * kRows); ++t) {
+        float* drow = dlogits != nullptr ? dlogits + t * vocab : nullptr;
+        if (targets[t] == -1) {
+          if (drow != nullptr) std::fill(drow, drow + vocab, 0.0f);
+          continue;
+        }
+        partial[c] += RowF32(logits + t * vocab, targets[t], vocab, g, drow);
+      }
+    }
+  });
+  double total = 0.0;
+  for (double p : partial) total += p;
+  return total * inv_n;
+}
+
 double RunCpu(const TensorView& logits, const TensorView& targets, float scale,
               const TensorView* dlogits) {
   const int64_t tokens = logits.dim(0), vocab = logits.dim(1);
   if (logits.dtype() == DType::kF32) {
-    return internal::CrossEntropyCpu(logits.data<float>(), targets.data<int32_t>(), tokens, vocab,
-                                     scale, dlogits ? dlogits->data<float>() : nullptr);
+    return CrossEntropyF32(logits.data<float>(), targets.data<int32_t>(), tokens, vocab, scale,
+                           dlogits ? dlogits->data<float>() : nullptr);
   }
   return internal::CrossEntropyCpu(logits.data<BF16>(), targets.data<int32_t>(), tokens, vocab,
                                    scale, dlogits ? dlogits->data<BF16>() : nullptr);

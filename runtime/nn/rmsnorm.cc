@@ -1,9 +1,12 @@
 #include "runtime/nn/rmsnorm.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "runtime/core/scalar.h"
+#include "runtime/core/thread_pool.h"
 
 namespace smoe {
 namespace {
@@ -15,6 +18,55 @@ Status CheckX(const ExecContext& ctx, const TensorView& x) {
   MOE_RETURN_IF_ERROR(CheckContiguousTensor("x", x, x.dtype(), ctx.device(), {-1, -1}));
   if (x.dim(1) < 1) return BadArgument("x.shape[1]", absl::StrCat(x.dim(1)), ">= 1");
   return absl::OkStatus();
+}
+
+// Rows per partial sum of dgain: fixed, so the sum's order never depends on the thread count.
+constexpr int64_t kGainChunk = 256;
+
+// The CPU ops: rows in parallel (RMSNormForwardCpu on row ranges: the reference's arithmetic, bit
+// for bit); the backward's dgain as partial sums over kGainChunk rows, added in chunk order.
+template <typename X>
+void RMSNormForwardRows(const X* x, const float* gain, double eps, int64_t rows, int64_t cols, X* y,
+                        float* rstd) {
+  ParallelFor(rows, 4 * cols, [&](int64_t first, int64_t last) {
+    internal::RMSNormForwardCpu(x + first * cols, gain, eps, last - first, cols, y + first * cols,
+                                rstd + first);
+  });
+}
+
+template <typename X>
+void RMSNormBackwardRows(const X* x, const float* gain, const float* rstd, const X* dy,
+                         int64_t rows, int64_t cols, X* dx, float* dgain) {
+  const int64_t chunks = (rows + kGainChunk - 1) / kGainChunk;
+  std::vector<double> partial(static_cast<size_t>(chunks * cols), 0.0);
+  CpuPool().ParallelFor(chunks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t chunk = first; chunk < last; ++chunk) {
+      double* sum = partial.data() + chunk * cols;
+      const int64_t r_end = std::min(rows, (chunk + 1) * kGainChunk);
+      for (int64_t r = chunk * kGainChunk; r < r_end; ++r) {
+        // dgain's terms first: dx may alias dy.
+        const double inv = Widen(rstd[r]);
+        double dot = 0.0;
+        for (int64_t c = 0; c < cols; ++c) {
+          const int64_t i = r * cols + c;
+          const double xdy = Widen(dy[i]) * Widen(x[i]);
+          sum[c] += xdy * inv;
+          dot += xdy * Widen(gain[c]) * inv;
+        }
+        const double mean_dot = dot / static_cast<double>(cols);
+        for (int64_t c = 0; c < cols; ++c) {
+          const int64_t i = r * cols + c;
+          const double g = Widen(dy[i]) * Widen(gain[c]);
+          Store(&dx[i], inv * (g - Widen(x[i]) * inv * mean_dot));
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < cols; ++c) {
+    double total = 0.0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) total += partial[chunk * cols + c];
+    dgain[c] += static_cast<float>(total);
+  }
 }
 
 }  // namespace
@@ -92,11 +144,11 @@ Status RMSNormForward(ExecContext& ctx, const TensorView& x, const TensorView& g
                                         cols, y.data(), rstd.data<float>());
   }
   if (x.dtype() == DType::kF32) {
-    internal::RMSNormForwardCpu(x.data<float>(), gain.data<float>(), eps, rows, cols,
-                                y.data<float>(), rstd.data<float>());
+    RMSNormForwardRows(x.data<float>(), gain.data<float>(), eps, rows, cols, y.data<float>(),
+                       rstd.data<float>());
   } else {
-    internal::RMSNormForwardCpu(x.data<BF16>(), gain.data<float>(), eps, rows, cols, y.data<BF16>(),
-                                rstd.data<float>());
+    RMSNormForwardRows(x.data<BF16>(), gain.data<float>(), eps, rows, cols, y.data<BF16>(),
+                       rstd.data<float>());
   }
   return absl::OkStatus();
 }
@@ -118,12 +170,11 @@ Status RMSNormBackward(ExecContext& ctx, const TensorView& x, const TensorView& 
                                          dgain.data<float>());
   }
   if (x.dtype() == DType::kF32) {
-    internal::RMSNormBackwardCpu(x.data<float>(), gain.data<float>(), rstd.data<float>(),
-                                 dy.data<float>(), rows, cols, dx.data<float>(),
-                                 dgain.data<float>());
+    RMSNormBackwardRows(x.data<float>(), gain.data<float>(), rstd.data<float>(), dy.data<float>(),
+                        rows, cols, dx.data<float>(), dgain.data<float>());
   } else {
-    internal::RMSNormBackwardCpu(x.data<BF16>(), gain.data<float>(), rstd.data<float>(),
-                                 dy.data<BF16>(), rows, cols, dx.data<BF16>(), dgain.data<float>());
+    RMSNormBackwardRows(x.data<BF16>(), gain.data<float>(), rstd.data<float>(), dy.data<BF16>(),
+                        rows, cols, dx.data<BF16>(), dgain.data<float>());
   }
   return absl::OkStatus();
 }

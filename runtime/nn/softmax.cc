@@ -3,6 +3,8 @@
 #include <cmath>
 #include <limits>
 
+#include "runtime/core/thread_pool.h"
+
 namespace smoe {
 namespace {}  // namespace
 
@@ -17,27 +19,30 @@ Status SoftmaxRows(ExecContext& ctx, const TensorView& x, const TensorView& y) {
   }
   const float* in = x.data<float>();
   float* out = y.data<float>();
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = in + r * cols;
-    float* yr = out + r * cols;
-    float max = -std::numeric_limits<float>::infinity();
-    bool finite = true;
-    for (int64_t c = 0; c < cols; ++c) {
-      finite = finite && std::isfinite(xr[c]);
-      max = std::max(max, xr[c]);
+  // Rows in parallel (each independent: the same result on any thread count).
+  ParallelFor(rows, 4 * cols, [&](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      const float* xr = in + r * cols;
+      float* yr = out + r * cols;
+      float max = -std::numeric_limits<float>::infinity();
+      bool finite = true;
+      for (int64_t c = 0; c < cols; ++c) {
+        finite = finite && std::isfinite(xr[c]);
+        max = std::max(max, xr[c]);
+      }
+      if (!finite) {
+        std::fill(yr, yr + cols, std::numeric_limits<float>::quiet_NaN());
+        continue;
+      }
+      double sum = 0.0;
+      for (int64_t c = 0; c < cols; ++c) {
+        yr[c] = std::exp(xr[c] - max);
+        sum += yr[c];
+      }
+      const float inv = static_cast<float>(1.0 / sum);
+      for (int64_t c = 0; c < cols; ++c) yr[c] *= inv;
     }
-    if (!finite) {
-      std::fill(yr, yr + cols, std::numeric_limits<float>::quiet_NaN());
-      continue;
-    }
-    double sum = 0.0;
-    for (int64_t c = 0; c < cols; ++c) {
-      yr[c] = std::exp(xr[c] - max);
-      sum += yr[c];
-    }
-    const float inv = static_cast<float>(1.0 / sum);
-    for (int64_t c = 0; c < cols; ++c) yr[c] *= inv;
-  }
+  });
   return absl::OkStatus();
 }
 

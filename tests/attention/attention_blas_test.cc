@@ -52,7 +52,9 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(AttentionDims{1, 1, 1, 1, 1, 4},     // T = 1
                       AttentionDims{2, 37, 4, 4, 4, 8},    // MHA, B > 1
                       AttentionDims{2, 33, 4, 1, 2, 16},   // DiffQKV (n_k < n_v)
-                      AttentionDims{1, 29, 6, 2, 3, 5}));  // non-nested K/V groups, odd D
+                      AttentionDims{1, 29, 6, 2, 3, 5},    // non-nested K/V groups, odd D
+                      AttentionDims{1, 64, 2, 1, 1, 8},    // exactly one causal block of 64
+                      AttentionDims{3, 150, 4, 1, 2, 32}));  // 3 blocks, the last partial
 
 }  // namespace
 }  // namespace smoe

@@ -270,6 +270,7 @@ void ValidateTrain(const proto::TrainConfig& train, Checker& check) {
   check.Require(train.spike_lr_factor() > 0 && train.spike_lr_factor() <= 1,
                 "train.spike_lr_factor", absl::StrCat(train.spike_lr_factor()), "in (0, 1]");
   check.AtLeast("train.debug_nan_step", train.debug_nan_step(), int64_t{0});
+  check.AtLeast("train.threads", train.threads(), 0);
 }
 
 void ValidateData(const proto::RunConfig& config, Checker& check) {

@@ -3,12 +3,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "moe/experts/experts.h"
 #include "moe/router/expert_load.h"
 #include "runtime/blas/gemm.h"
+#include "runtime/core/op_profile.h"
 #include "runtime/device/stream_timer.h"
 #include "runtime/nn/cross_entropy.h"
 #include "runtime/nn/embedding.h"
@@ -449,6 +451,7 @@ Status Model::ForwardBackwardAccumulate(ExecContext& ctx, const TensorView& ids,
   {
     SyncLedger::Scope forward = SyncLedger::Charge(sync_ledger_, SyncLedger::Phase::kForward);
     MOE_RETURN_IF_ERROR(Forward(ctx, ids, batch, seq_len, /*training=*/true, &state));
+    const OpScope head(OpKind::kHead);
     MOE_ASSIGN_OR_RETURN(dlogits, Tensor::Empty({t, spec_.vocab_size}, DType::kF32, device_));
     MOE_ASSIGN_OR_RETURN(Tensor loss, Tensor::Empty({1}, DType::kF32, device_));
     MOE_RETURN_IF_ERROR(
@@ -512,10 +515,12 @@ StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache
 
   s->seq_len = seq_len;
   s->h_in = h_in;
+  std::optional<OpScope> scope(std::in_place, OpKind::kNorms);
   MOE_ASSIGN_OR_RETURN(s->n1, empty(tokens, dt));
   MOE_ASSIGN_OR_RETURN(s->rstd1, empty({t}, DType::kF32));
   MOE_RETURN_IF_ERROR(
       RMSNormForward(ctx, s->h_in, P(L.attn_norm).compute, spec_.norm_eps, s->n1, s->rstd1));
+  scope.emplace(OpKind::kAttention);
   MOE_ASSIGN_OR_RETURN(Tensor attn_out, empty(tokens, dt));
   if (pass == Pass::kDecode) {
     MOE_RETURN_IF_ERROR(DiffQkvDecodeStep(ctx, spec_.attention, AttentionParams(L), as_bsm(s->n1),
@@ -525,6 +530,7 @@ StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache
                                        as_bsm(attn_out), &s->attn));
     if (pass == Pass::kPrefill) MOE_RETURN_IF_ERROR(DiffQkvPrefillCache(ctx, s->attn, cache));
   }
+  scope.emplace(OpKind::kNorms);
   MOE_ASSIGN_OR_RETURN(s->h_mid, empty(tokens, dt));
   MOE_RETURN_IF_ERROR(Axpy(ctx, s->h_in, 1.0f, attn_out, s->h_mid));
   MOE_ASSIGN_OR_RETURN(s->n2, empty(tokens, dt));
@@ -532,10 +538,12 @@ StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache
   MOE_RETURN_IF_ERROR(
       RMSNormForward(ctx, s->h_mid, P(L.ffn_norm).compute, spec_.norm_eps, s->n2, s->rstd2));
   MOE_ASSIGN_OR_RETURN(Tensor ffn_out, empty(tokens, dt));
+  scope.reset();  // the MoE layer marks its own phases
   if (L.moe) {
     MOE_RETURN_IF_ERROR(MoELayerForward(ctx, l, pass == Pass::kTrain, moe_config, moe_state,
                                         parallel_state, s->n2, ffn_out));
   } else {
+    const OpScope experts(OpKind::kExperts);
     const int64_t hd = spec_.dense_ffn_dim;
     MOE_ASSIGN_OR_RETURN(s->dense_h1, empty({t, hd}, dt));
     MOE_ASSIGN_OR_RETURN(s->dense_h3, empty({t, hd}, dt));
@@ -545,12 +553,14 @@ StatusOr<Tensor> Model::BlockForward(ExecContext& ctx, int l, Pass pass, KvCache
                                        s->n2, offsets, {s->dense_h1, s->dense_h3, s->dense_act},
                                        ffn_out));
   }
+  scope.emplace(OpKind::kNorms);
   MOE_ASSIGN_OR_RETURN(Tensor h_out, empty(tokens, dt));
   MOE_RETURN_IF_ERROR(Axpy(ctx, s->h_mid, 1.0f, ffn_out, h_out));
   return h_out;
 }
 
 StatusOr<Tensor> Model::Head(ExecContext& ctx, const Tensor& h, Tensor* nf, Tensor* rstd) {
+  const OpScope scope(OpKind::kHead);
   const int64_t t = h.dim(0);
   MOE_ASSIGN_OR_RETURN(*nf, Tensor::Empty({t, spec_.model_dim}, spec_.dtype, device_));
   MOE_ASSIGN_OR_RETURN(*rstd, Tensor::Empty({t}, DType::kF32, device_));
@@ -685,7 +695,10 @@ Status Model::Forward(ExecContext& ctx, const TensorView& ids, int64_t batch, in
   const int64_t t = batch * seq_len;
   MOE_RETURN_IF_ERROR(CheckTensor("ids", ids, DType::kI32, device_, {t}));
   MOE_ASSIGN_OR_RETURN(Tensor h, Tensor::Empty({t, spec_.model_dim}, spec_.dtype, device_));
-  MOE_RETURN_IF_ERROR(EmbeddingForward(ctx, ids, P(embedding_).compute, h));
+  {
+    const OpScope scope(OpKind::kHead);
+    MOE_RETURN_IF_ERROR(EmbeddingForward(ctx, ids, P(embedding_).compute, h));
+  }
   state->blocks.resize(layers_.size());
   for (size_t l = 0; l < layers_.size(); ++l) {
     MOE_ASSIGN_OR_RETURN(
@@ -702,6 +715,7 @@ Status Model::Backward(ExecContext& ctx, const TensorView& ids, const ForwardSta
                        const Tensor& dlogits, float grad_scale) {
   const int64_t t = state.h.dim(0);
   const DType dt = spec_.dtype;
+  std::optional<OpScope> scope(std::in_place, OpKind::kHead);
   Tensor dlogits_c = dlogits;
   if (dt != DType::kF32) {
     MOE_ASSIGN_OR_RETURN(dlogits_c, Tensor::Empty(dlogits.shape(), dt, device_));
@@ -720,9 +734,11 @@ Status Model::Backward(ExecContext& ctx, const TensorView& ids, const ForwardSta
   MOE_ASSIGN_OR_RETURN(Tensor dh, Tensor::Empty({t, spec_.model_dim}, dt, device_));
   MOE_RETURN_IF_ERROR(RMSNormBackward(ctx, state.h, P(final_norm_).compute, state.rstd, dnf, dh,
                                       P(final_norm_).grad));
+  scope.reset();
   for (int l = static_cast<int>(layers_.size()) - 1; l >= 0; --l) {
     MOE_ASSIGN_OR_RETURN(dh, BlockBackward(ctx, l, state.blocks[l], dh, grad_scale));
   }
+  scope.emplace(OpKind::kHead);
   return EmbeddingBackward(ctx, ids, dh, P(embedding_).grad);
 }
 
@@ -740,21 +756,25 @@ StatusOr<Tensor> Model::BlockBackward(ExecContext& ctx, int l, const Activations
   if (L.moe) {
     MOE_RETURN_IF_ERROR(MoELayerBackward(ctx, l, dh_out, dn2, grad_scale));
   } else {
+    const OpScope experts(OpKind::kExperts);
     const int64_t offsets[2] = {0, t};
     MOE_RETURN_IF_ERROR(ExpertsBackward(ctx, {P(L.w1).compute, P(L.w3).compute, P(L.w2).compute},
                                         s.n2, offsets, {s.dense_h1, s.dense_h3, s.dense_act},
                                         dh_out, dn2, {P(L.w1).grad, P(L.w3).grad, P(L.w2).grad},
                                         /*accumulate=*/true));
   }
+  std::optional<OpScope> scope(std::in_place, OpKind::kNorms);
   MOE_ASSIGN_OR_RETURN(Tensor dh_mid, empty());
   MOE_RETURN_IF_ERROR(RMSNormBackward(ctx, s.h_mid, P(L.ffn_norm).compute, s.rstd2, dn2, dh_mid,
                                       P(L.ffn_norm).grad));
   MOE_RETURN_IF_ERROR(Axpy(ctx, dh_mid, 1.0f, dh_out, dh_mid));
   // h_mid = h_in + Attention(norm(h_in))
+  scope.emplace(OpKind::kAttention);
   MOE_ASSIGN_OR_RETURN(Tensor dn1, empty());
   MOE_RETURN_IF_ERROR(DiffQkvBackward(ctx, spec_.attention, AttentionParams(L), as_bsm(s.n1),
                                       s.attn, as_bsm(dh_mid), as_bsm(dn1),
                                       AttentionParams(L, /*grads=*/true)));
+  scope.emplace(OpKind::kNorms);
   MOE_ASSIGN_OR_RETURN(Tensor dh_in, empty());
   MOE_RETURN_IF_ERROR(RMSNormBackward(ctx, s.h_in, P(L.attn_norm).compute, s.rstd1, dn1, dh_in,
                                       P(L.attn_norm).grad));

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <limits>
 #include <memory>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -23,7 +24,9 @@
 #include "runtime/comm/nccl_communicator.h"
 #endif
 #include "runtime/core/logging.h"
+#include "runtime/core/op_profile.h"
 #include "runtime/core/philox.h"
+#include "runtime/core/thread_pool.h"
 #include "runtime/nn/adamw.h"
 #include "runtime/tensor/tensor_ops.h"
 #include "runtime/train/checkpoint/checkpoint.h"
@@ -347,6 +350,15 @@ class Trainer {
   int64_t start_step_ = 0;
 };
 
+// train.threads, or (0) the hardware threads shared out among the node's ranks, unless
+// MOE_NUM_THREADS says otherwise.
+static int CpuThreadsFor(int configured, const LocalRank& local) {
+  if (configured > 0) return configured;
+  if (std::getenv("MOE_NUM_THREADS") != nullptr) return 0;  // thread_pool.h reads it
+  const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, hardware / std::max(1, local.size));
+}
+
 Status Trainer::Setup() {
   MOE_ASSIGN_OR_RETURN(host_comm_, WorldCommunicator());
   if (const double timeout_s = config_.parallel().collective_timeout_s(); timeout_s != 0) {
@@ -357,6 +369,7 @@ Status Trainer::Setup() {
   rank_ = comm_->rank();
   MOE_RETURN_IF_ERROR(ValidateWorld(config_, world_));
   MOE_ASSIGN_OR_RETURN(device_, ResolveDevice(config_));
+  SetCpuThreads(CpuThreadsFor(train_.threads(), LocalRankFromEnvironment(rank_, world_)));
   if (device_.is_cuda()) MOE_RETURN_IF_ERROR(ConnectDevices());
   MOE_ASSIGN_OR_RETURN(DType dtype, ResolveDType(config_, device_));
   if (device_.is_cuda()) {
@@ -696,6 +709,7 @@ StatusOr<Trainer::StepResult> Trainer::Step(double lr) {
   }
   if (!std::isfinite(result.loss) || !std::isfinite(result.grad_norm)) return result;
 
+  const OpScope optimizer(OpKind::kOptimizer);
   const double clip = train_.grad_clip();
   const float grad_scale =
       clip > 0 && result.grad_norm > clip ? static_cast<float>(clip / result.grad_norm) : 1.0f;
@@ -713,6 +727,7 @@ StatusOr<Trainer::StepResult> Trainer::Step(double lr) {
 }
 
 Status Trainer::ReduceGradients() {
+  const OpScope optimizer(OpKind::kOptimizer);
   const TensorView replicated(step_scalars_.data(), DType::kF32, {1}, device_);
   const TensorView experts(step_scalars_.data<float>() + 1, DType::kF32, {1}, device_);
   for (ModelParam& p : model_->params()) {
@@ -878,6 +893,7 @@ StatusOr<TrainSummary> Trainer::Run() {
     ++ema_count_;
     ++step_;
     const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (options_.on_step) options_.on_step(step_, seconds);
     MOE_RETURN_IF_ERROR(AfterStep(result, lr, seconds, syncs_before, &summary));
   }
   if (summary.stopped_early) {

@@ -47,6 +47,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -64,6 +65,10 @@ struct TrainerOptions {
   bool progress_bar = true;  // on a terminal; plain log lines otherwise
   // Set (e.g. by a signal handler) to ask the loop to checkpoint and stop after the current step.
   std::atomic<bool>* stop_requested = nullptr;
+  // Called after each applied optimizer step with its number (from 1) and its wall time
+  // (batch, forward, backward, gradient reduction, optimizer; not metrics, evaluation or
+  // checkpoints): benchmarks (bench/cpu_step_bench).
+  std::function<void(int64_t step, double seconds)> on_step;
 };
 
 struct TrainSummary {

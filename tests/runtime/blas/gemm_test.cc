@@ -1,5 +1,6 @@
 #include "runtime/blas/gemm.h"
 
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <span>
@@ -55,12 +56,16 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GemmCpuTest,
                                             ::testing::Values(DType::kF32, DType::kBF16),
                                             ::testing::Values(DType::kF32, DType::kBF16)));
 
+// Small (BLAS's small-matrix kernels), large (its blocked path, and the CPU backend's split into
+// row blocks) and wide (column blocks) products.
 TEST(GemmTest, BetaZeroIgnoresStaleNaN) {
-  Tensor a = RandomNormal({4, 3}, DType::kF32, 1), b = RandomNormal({3, 5}, DType::kF32, 2);
-  Tensor c = *Tensor::Empty({4, 5}, DType::kF32, Device::Cpu());
-  MOE_ASSERT_OK(Fill(ExecContext::Cpu(), c, std::numeric_limits<double>::quiet_NaN()));
-  MOE_ASSERT_OK(Gemm(ExecContext::Cpu(), a, b, c));
-  for (double v : ToDoubles(c)) ASSERT_TRUE(std::isfinite(v));
+  for (auto [m, k, n] : {std::array<int64_t, 3>{4, 3, 5}, {600, 128, 96}, {40, 512, 900}}) {
+    Tensor a = RandomNormal({m, k}, DType::kF32, 1), b = RandomNormal({k, n}, DType::kF32, 2);
+    Tensor c = *Tensor::Empty({m, n}, DType::kF32, Device::Cpu());
+    MOE_ASSERT_OK(Fill(ExecContext::Cpu(), c, std::numeric_limits<double>::quiet_NaN()));
+    MOE_ASSERT_OK(Gemm(ExecContext::Cpu(), a, b, c));
+    for (double v : ToDoubles(c)) ASSERT_TRUE(std::isfinite(v)) << m << "x" << k << "x" << n;
+  }
 }
 
 TEST(GemmTest, EmptyReductionScalesC) {
