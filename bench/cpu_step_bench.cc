@@ -47,7 +47,7 @@ constexpr char kUsage[] =
   --threads=N         CPU threads for both (default: all cores)
   --warmup=N          untimed steps first (default 3)
   --steps=N           timed steps (default 10)
-  --peer=FILE         the PyTorch peer (default bench/cpu_step_peer.py next to this source)
+  --peer=FILE         the PyTorch peer (default: bench/cpu_step_peer.py of this source tree)
   --python=EXE        the Python that runs it (default python3)
   --no_peer           time ours only
 Output: JSON lines (ours, the peer's, the ratio of tokens/s) on stdout.
@@ -154,7 +154,7 @@ double JsonNumber(const std::string& json, const std::string& key) {
 
 int Main(int argc, char** argv) {
   std::string preset = "tiny", config_file, python = "python3";
-  std::string peer = (std::filesystem::path(__FILE__).parent_path() / "cpu_step_peer.py").string();
+  std::string peer = std::string(MOE_BENCH_DIR) + "/cpu_step_peer.py";
   std::vector<std::string> overrides;
   int threads = 0, warmup = 3, steps = 10;
   bool run_peer = true;

@@ -47,6 +47,7 @@ Status CheckScale(float scale) {
 // in double lanes; returns lse - row[target], and writes drow = g (e / sum - onehot).
 MOE_CPU_CLONES double RowF32(const float* row, int32_t target, int64_t vocab, double g,
                              float* drow) {
+  const float target_logit = row[target];  // before drow (which may alias row) is written
   float max = row[0];
   for (int64_t v = 1; v < vocab; ++v) max = row[v] > max ? row[v] : max;
   double lanes[8] = {};
@@ -62,7 +63,7 @@ MOE_CPU_CLONES double RowF32(const float* row, int32_t target, int64_t vocab, do
     for (int64_t v = 0; v < vocab; ++v) drow[v] *= gs;
     drow[target] -= static_cast<float>(g);
   }
-  return double{max} + std::log(sum) - double{row[target]};
+  return double{max} + std::log(sum) - double{target_logit};
 }
 
 // CrossEntropyCpu for f32, fast: rows in parallel (fixed chunks of kRows, their losses added in
