@@ -72,7 +72,7 @@ MOE_CPU_CLONES void SoftmaxGrad(float* ds, const float* p, int64_t n, float delt
 
 // Scratch [n] floats for the calling thread, reused across calls (no allocation per step).
 float* Scratch(int slot, int64_t n) {
-  thread_local std::vector<float> buffers[2];
+  thread_local std::vector<float> buffers[4];
   std::vector<float>& b = buffers[slot];
   if (static_cast<int64_t>(b.size()) < n) b.resize(static_cast<size_t>(n));
   return b.data();
@@ -104,39 +104,98 @@ void GemmTN(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_
               c, static_cast<int>(ldc));
 }
 
+// The query heads that read one K head (a run of consecutive heads: KHead is monotone), and
+// within it the runs that read one V head. The heads of a K run are packed one after another
+// ("grouped"): rows (j, r) = head i0 + j, query q0 + r, so the score product of the whole run is
+// one GEMM (M = heads x rows, not rows), and each V run's rows are contiguous for its products.
+// Small K (= D) GEMMs spend their time packing operands; this packs K once per run instead of once
+// per head.
+struct HeadRun {
+  int64_t first = 0, last = 0;  // query heads [first, last)
+};
+std::vector<HeadRun> Runs(int64_t first, int64_t last,
+                          int64_t (AttentionDims::*head)(int64_t) const, const AttentionDims& d) {
+  std::vector<HeadRun> runs;
+  for (int64_t i = first; i < last; ++i) {
+    if (runs.empty() || (d.*head)(i) != (d.*head)(runs.back().first)) {
+      runs.push_back({i, i + 1});
+    } else {
+      runs.back().last = i + 1;
+    }
+  }
+  return runs;
+}
+
+// Copies rows [q0, q0 + rows) of heads [run.first, run.last) of a [B, S, H, D] tensor (sequence b)
+// into packed [(j, r), D], or back (unpack).
+void Pack(const float* t, int64_t heads, const AttentionDims& d, int64_t b, const HeadRun& run,
+          int64_t q0, int64_t rows, float* packed) {
+  const int64_t dim = d.head_dim;
+  for (int64_t j = 0; j < run.last - run.first; ++j) {
+    const float* src = HeadPtr(t, d, heads, b, run.first + j) + q0 * heads * dim;
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(src + r * heads * dim, src + r * heads * dim + dim, packed + (j * rows + r) * dim);
+    }
+  }
+}
+void Unpack(const float* packed, float* t, int64_t heads, const AttentionDims& d, int64_t b,
+            const HeadRun& run, int64_t q0, int64_t rows) {
+  const int64_t dim = d.head_dim;
+  for (int64_t j = 0; j < run.last - run.first; ++j) {
+    float* dst = HeadPtr(t, d, heads, b, run.first + j) + q0 * heads * dim;
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* src = packed + (j * rows + r) * dim;
+      std::copy(src, src + dim, dst + r * heads * dim);
+    }
+  }
+}
+
 }  // namespace
 
 void AttentionForwardBlas(const AttentionDims& d, const float* q, const float* k, const float* v,
                           float* out, float* lse) {
   const int64_t s_len = d.seq, dim = d.head_dim;
-  const int64_t ldq = d.n_q * dim, ldk = d.n_k * dim, ldv = d.n_v * dim;
+  const int64_t ldk = d.n_k * dim, ldv = d.n_v * dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  // Every (sequence, query head) pair writes its own rows of out and lse: one per chunk.
-  ParallelFor(d.batch * d.n_q, 2 * s_len * s_len * dim, [&](int64_t first, int64_t last) {
-    float* p = Scratch(0, kBlock * s_len);  // [rows of the block, keys], leading dim s_len
-    for (int64_t bi = first; bi < last; ++bi) {
-      const int64_t b = bi / d.n_q, i = bi % d.n_q;
-      const float* q_i = HeadPtr(q, d, d.n_q, b, i);
-      const float* k_h = HeadPtr(k, d, d.n_k, b, d.KHead(i));
-      const float* v_h = HeadPtr(v, d, d.n_v, b, d.VHead(i));
-      float* o_i = HeadPtr(out, d, d.n_q, b, i);
-      float* lse_row = lse + (b * d.n_q + i) * s_len;
-      for (int64_t q0 = 0; q0 < s_len; q0 += kBlock) {
-        const int64_t q1 = std::min(s_len, q0 + kBlock), rows = q1 - q0;
-        GemmNT(rows, q1, dim, scale, q_i + q0 * ldq, ldq, k_h, ldk, 0.0f, p, s_len);
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t s = q0 + r;  // the query's position: keys 0..s
-          float* row = p + r * s_len;
-          const float max = RowMax(row, s + 1);
-          const double sum = ExpShiftedSum(row, s + 1, max);
-          Scale(row, s + 1, static_cast<float>(1.0 / sum));
-          std::fill(row + s + 1, row + q1, 0.0f);
-          lse_row[s] = max + static_cast<float>(std::log(sum));
+  const std::vector<HeadRun> k_runs = Runs(0, d.n_q, &AttentionDims::KHead, d);
+  const int64_t runs = static_cast<int64_t>(k_runs.size());
+  // Every (sequence, K run) pair writes its own rows of out and lse: one per chunk.
+  ParallelFor(
+      d.batch * runs, 2 * s_len * s_len * dim * (d.n_q / runs), [&](int64_t first, int64_t last) {
+        for (int64_t item = first; item < last; ++item) {
+          const int64_t b = item / runs;
+          const HeadRun& run = k_runs[item % runs];
+          const int64_t g = run.last - run.first;
+          const std::vector<HeadRun> v_runs = Runs(run.first, run.last, &AttentionDims::VHead, d);
+          float* qp = Scratch(0, g * kBlock * dim);   // packed queries, then outputs
+          float* p = Scratch(1, g * kBlock * s_len);  // [(j, r), keys], leading dim s_len
+          const float* k_h = HeadPtr(k, d, d.n_k, b, d.KHead(run.first));
+          for (int64_t q0 = 0; q0 < s_len; q0 += kBlock) {
+            const int64_t q1 = std::min(s_len, q0 + kBlock), rows = q1 - q0;
+            Pack(q, d.n_q, d, b, run, q0, rows, qp);
+            GemmNT(g * rows, q1, dim, scale, qp, dim, k_h, ldk, 0.0f, p, s_len);
+            for (int64_t j = 0; j < g; ++j) {
+              float* lse_row = lse + (b * d.n_q + run.first + j) * s_len;
+              for (int64_t r = 0; r < rows; ++r) {
+                const int64_t s = q0 + r;  // the query's position: keys 0..s
+                float* row = p + (j * rows + r) * s_len;
+                const float max = RowMax(row, s + 1);
+                const double sum = ExpShiftedSum(row, s + 1, max);
+                Scale(row, s + 1, static_cast<float>(1.0 / sum));
+                std::fill(row + s + 1, row + q1, 0.0f);
+                lse_row[s] = max + static_cast<float>(std::log(sum));
+              }
+            }
+            for (const HeadRun& vr : v_runs) {
+              const int64_t j0 = vr.first - run.first, n = (vr.last - vr.first) * rows;
+              GemmNN(n, dim, q1, 1.0f, p + j0 * rows * s_len, s_len,
+                     HeadPtr(v, d, d.n_v, b, d.VHead(vr.first)), ldv, 0.0f, qp + j0 * rows * dim,
+                     dim);
+            }
+            Unpack(qp, out, d.n_q, d, b, run, q0, rows);
+          }
         }
-        GemmNN(rows, dim, q1, 1.0f, p, s_len, v_h, ldv, 0.0f, o_i + q0 * ldq, ldq);
-      }
-    }
-  });
+      });
 }
 
 void AttentionBackwardBlas(const AttentionDims& d, const float* q, const float* k, const float* v,
@@ -145,48 +204,65 @@ void AttentionBackwardBlas(const AttentionDims& d, const float* q, const float* 
   const int64_t s_len = d.seq, dim = d.head_dim;
   const int64_t ldq = d.n_q * dim, ldk = d.n_k * dim, ldv = d.n_v * dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  const std::vector<HeadRun> k_runs = Runs(0, d.n_q, &AttentionDims::KHead, d);
   // Sequences in parallel: the query heads of one sequence add into the same dK and dV heads, so
   // they stay on one thread, in head order.
   ParallelFor(d.batch, 4 * d.n_q * s_len * s_len * dim, [&](int64_t first, int64_t last) {
-    float* p = Scratch(0, kBlock * s_len);
-    float* dp = Scratch(1, kBlock * s_len);
+    const int64_t g_max = d.n_q;
+    float* qp = Scratch(0, g_max * kBlock * dim);    // packed queries
+    float* p = Scratch(1, g_max * kBlock * s_len);   // probabilities
+    float* dp = Scratch(2, g_max * kBlock * s_len);  // their gradient, then dS
+    float* dop = Scratch(3, g_max * kBlock * dim);   // packed dO, then dQ
     for (int64_t b = first; b < last; ++b) {
       std::fill(HeadPtr(dk, d, d.n_k, b, 0), HeadPtr(dk, d, d.n_k, b + 1, 0), 0.0f);
       std::fill(HeadPtr(dv, d, d.n_v, b, 0), HeadPtr(dv, d, d.n_v, b + 1, 0), 0.0f);
-      for (int64_t i = 0; i < d.n_q; ++i) {
-        const float* q_i = HeadPtr(q, d, d.n_q, b, i);
-        const float* k_h = HeadPtr(k, d, d.n_k, b, d.KHead(i));
-        const float* v_h = HeadPtr(v, d, d.n_v, b, d.VHead(i));
-        const float* o_i = HeadPtr(out, d, d.n_q, b, i);
-        const float* do_i = HeadPtr(dout, d, d.n_q, b, i);
-        float* dq_i = HeadPtr(dq, d, d.n_q, b, i);
-        float* dk_h = HeadPtr(dk, d, d.n_k, b, d.KHead(i));
-        float* dv_h = HeadPtr(dv, d, d.n_v, b, d.VHead(i));
-        const float* lse_row = lse + (b * d.n_q + i) * s_len;
+      for (const HeadRun& run : k_runs) {
+        const int64_t g = run.last - run.first;
+        const std::vector<HeadRun> v_runs = Runs(run.first, run.last, &AttentionDims::VHead, d);
+        const float* k_h = HeadPtr(k, d, d.n_k, b, d.KHead(run.first));
+        float* dk_h = HeadPtr(dk, d, d.n_k, b, d.KHead(run.first));
         for (int64_t q0 = 0; q0 < s_len; q0 += kBlock) {
           const int64_t q1 = std::min(s_len, q0 + kBlock), rows = q1 - q0;
+          Pack(q, d.n_q, d, b, run, q0, rows, qp);
+          Pack(dout, d.n_q, d, b, run, q0, rows, dop);
           // P from the saved log-sum-exp (never stored by the forward).
-          GemmNT(rows, q1, dim, scale, q_i + q0 * ldq, ldq, k_h, ldk, 0.0f, p, s_len);
-          for (int64_t r = 0; r < rows; ++r) {
-            float* row = p + r * s_len;
-            ExpShifted(row, q0 + r + 1, lse_row[q0 + r]);
-            std::fill(row + q0 + r + 1, row + q1, 0.0f);
+          GemmNT(g * rows, q1, dim, scale, qp, dim, k_h, ldk, 0.0f, p, s_len);
+          for (int64_t j = 0; j < g; ++j) {
+            const float* lse_row = lse + (b * d.n_q + run.first + j) * s_len;
+            for (int64_t r = 0; r < rows; ++r) {
+              float* row = p + (j * rows + r) * s_len;
+              ExpShifted(row, q0 + r + 1, lse_row[q0 + r]);
+              std::fill(row + q0 + r + 1, row + q1, 0.0f);
+            }
           }
-          // dV[vh] += P^T dO;  dP = dO V^T.
-          GemmTN(q1, dim, rows, 1.0f, p, s_len, do_i + q0 * ldq, ldq, 1.0f, dv_h, ldv);
-          GemmNT(rows, q1, dim, 1.0f, do_i + q0 * ldq, ldq, v_h, ldv, 0.0f, dp, s_len);
+          // Per V head: dV += P^T dO;  dP = dO V^T.
+          for (const HeadRun& vr : v_runs) {
+            const int64_t j0 = vr.first - run.first, n = (vr.last - vr.first) * rows;
+            const int64_t vh = d.VHead(vr.first);
+            GemmTN(q1, dim, n, 1.0f, p + j0 * rows * s_len, s_len, dop + j0 * rows * dim, dim, 1.0f,
+                   HeadPtr(dv, d, d.n_v, b, vh), ldv);
+            GemmNT(n, q1, dim, 1.0f, dop + j0 * rows * dim, dim, HeadPtr(v, d, d.n_v, b, vh), ldv,
+                   0.0f, dp + j0 * rows * s_len, s_len);
+          }
           // dS = P * (dP - rowsum(dO * O)), scaled by 1/sqrt(D) for both products below.
-          for (int64_t r = 0; r < rows; ++r) {
-            const int64_t s = q0 + r;
-            double delta = 0.0;
-            for (int64_t c = 0; c < dim; ++c) delta += double{do_i[s * ldq + c]} * o_i[s * ldq + c];
-            float* ds = dp + r * s_len;
-            SoftmaxGrad(ds, p + r * s_len, s + 1, static_cast<float>(delta));
-            std::fill(ds + s + 1, ds + q1, 0.0f);
+          for (int64_t j = 0; j < g; ++j) {
+            const float* o_i = HeadPtr(out, d, d.n_q, b, run.first + j);
+            const float* do_i = HeadPtr(dout, d, d.n_q, b, run.first + j);
+            for (int64_t r = 0; r < rows; ++r) {
+              const int64_t s = q0 + r;
+              double delta = 0.0;
+              for (int64_t c = 0; c < dim; ++c) {
+                delta += double{do_i[s * ldq + c]} * o_i[s * ldq + c];
+              }
+              float* ds = dp + (j * rows + r) * s_len;
+              SoftmaxGrad(ds, p + (j * rows + r) * s_len, s + 1, static_cast<float>(delta));
+              std::fill(ds + s + 1, ds + q1, 0.0f);
+            }
           }
-          // dQ_i = scale dS K;  dK[kh] += scale dS^T Q_i.
-          GemmNN(rows, dim, q1, scale, dp, s_len, k_h, ldk, 0.0f, dq_i + q0 * ldq, ldq);
-          GemmTN(q1, dim, rows, scale, dp, s_len, q_i + q0 * ldq, ldq, 1.0f, dk_h, ldk);
+          // dQ = scale dS K (packed, into dop: dO is no longer needed);  dK += scale dS^T Q.
+          GemmNN(g * rows, dim, q1, scale, dp, s_len, k_h, ldk, 0.0f, dop, dim);
+          Unpack(dop, dq, d.n_q, d, b, run, q0, rows);
+          GemmTN(q1, dim, g * rows, scale, dp, s_len, qp, dim, 1.0f, dk_h, ldk);
         }
       }
     }

@@ -226,6 +226,7 @@ int Main(int argc, char** argv) {
   options.on_step = [&](int64_t step, double s) {
     if (step > warmup) seconds.push_back(s);
     if (step == warmup) SetActiveOpProfile(&profile);  // the timed steps' ops from here on
+    if (step == warmup + steps) SetActiveOpProfile(nullptr);  // not the final evaluation
   };
   if (warmup == 0) SetActiveOpProfile(&profile);
   StatusOr<TrainSummary> summary = Train(*config, options);
