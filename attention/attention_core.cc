@@ -3,6 +3,7 @@
 #include <atomic>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/core/op_profile.h"
 #include "attention/attention_core_blas.h"
 #include "attention/attention_core_cpu.h"
 #include "attention/validate.h"
@@ -104,6 +105,7 @@ Status CheckHeadCounts(int64_t n_q, int64_t n_k, int64_t n_v) {
 
 Status AttentionForward(ExecContext& ctx, const TensorView& q, const TensorView& k,
                         const TensorView& v, const TensorView& out, const TensorView& lse) {
+  const OpScope scope(OpKind::kAttentionCore);
   MOE_ASSIGN_OR_RETURN(const AttentionDims d, ValidateQkv(ctx, q, k, v));
   MOE_RETURN_IF_ERROR(CheckArg("out", ctx, out, q.dtype(), HeadsShape(d, d.n_q)));
   MOE_RETURN_IF_ERROR(CheckArg("lse", ctx, lse, DType::kF32, {d.batch, d.n_q, d.seq}));
@@ -132,6 +134,7 @@ Status AttentionBackward(ExecContext& ctx, const TensorView& q, const TensorView
                          const TensorView& v, const TensorView& out, const TensorView& lse,
                          const TensorView& dout, const TensorView& dq, const TensorView& dk,
                          const TensorView& dv) {
+  const OpScope scope(OpKind::kAttentionCore);
   MOE_ASSIGN_OR_RETURN(const AttentionDims d, ValidateQkv(ctx, q, k, v));
   MOE_RETURN_IF_ERROR(CheckArg("out", ctx, out, q.dtype(), HeadsShape(d, d.n_q)));
   MOE_RETURN_IF_ERROR(CheckArg("lse", ctx, lse, DType::kF32, {d.batch, d.n_q, d.seq}));

@@ -1,11 +1,10 @@
 #include "attention/attention_core_blas.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "runtime/blas/cpu_sgemm.h"
 #include "runtime/core/cpu_vector.h"
 #include "runtime/core/thread_pool.h"
 
@@ -85,23 +84,17 @@ constexpr int64_t kBlock = 64;
 // a [m x k] (lda) times b^T, b [n x k] (ldb), times alpha into c [m x n] (ldc); beta 0 or 1.
 void GemmNT(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
             const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
-              static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
-              c, static_cast<int>(ldc));
+  CpuSgemm(false, true, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 // a [m x k] times b [k x n].
 void GemmNN(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
             const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
-              static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
-              c, static_cast<int>(ldc));
+  CpuSgemm(false, false, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 // a^T, a [k x m], times b [k x n].
 void GemmTN(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
             const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
-              static_cast<int>(k), alpha, a, static_cast<int>(lda), b, static_cast<int>(ldb), beta,
-              c, static_cast<int>(ldc));
+  CpuSgemm(true, false, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 // The query heads that read one K head (a run of consecutive heads: KHead is monotone), and

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Installs what sigma-moe needs to build and test, and does nothing when it is all there.
 # Debian packages: compilers' libraries (abseil, protobuf, GoogleTest, Google Benchmark, OpenBLAS,
-# OpenMPI, pybind11), CMake, Ninja, ccache, clang with its runtime libraries (libFuzzer and the
-# sanitizers' runtimes, for scripts/fuzz.sh). PyPI: numpy, pytest, torch (large: installed once),
+# oneDNN (the CPU GEMMs), OpenMPI, pybind11), CMake, Ninja, ccache, clang with its runtime
+# libraries (libFuzzer and the sanitizers' runtimes, for scripts/fuzz.sh). PyPI: numpy, pytest, torch (large: installed once),
 # and with a CUDA toolkit the C++ headers of the cuDNN frontend (below).
 # The CUDA toolkit is not installed here: the build uses it when nvcc is on the PATH.
 set -euo pipefail
 
 debs=(cmake ninja-build ccache g++ pkg-config python3-dev python3-pip
       libabsl-dev libprotobuf-dev protobuf-compiler libgtest-dev libgmock-dev libbenchmark-dev
-      libopenblas-dev libopenmpi-dev openmpi-bin pybind11-dev clang libclang-rt-dev)
+      libopenblas-dev libdnnl-dev libopenmpi-dev openmpi-bin pybind11-dev clang libclang-rt-dev)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

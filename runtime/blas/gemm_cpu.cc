@@ -1,9 +1,9 @@
-// CPU backend of gemm.h: OpenBLAS sgemm; bf16 operands are widened to f32 first.
-#include <cblas.h>
-
+// CPU backend of gemm.h: CpuSgemm (oneDNN or OpenBLAS) in the thread pool; bf16 operands are
+// widened to f32 first.
 #include <algorithm>
 #include <vector>
 
+#include "runtime/blas/cpu_sgemm.h"
 #include "runtime/blas/gemm.h"
 #include "runtime/core/thread_pool.h"
 
@@ -35,10 +35,7 @@ void OneGemm(const GemmProblem& p, const float* a, const float* b, float* c) {
   }
   // beta == 0: BLAS (the reference and OpenBLAS) never reads C then, so stale NaN cannot leak
   // through 0 * NaN (GemmTest.BetaZeroIgnoresStaleNaN holds the library to it).
-  cblas_sgemm(CblasRowMajor, p.trans_a ? CblasTrans : CblasNoTrans,
-              p.trans_b ? CblasTrans : CblasNoTrans, static_cast<int>(p.m), static_cast<int>(p.n),
-              static_cast<int>(p.k), p.alpha, a, static_cast<int>(p.lda), b,
-              static_cast<int>(p.ldb), p.beta, c, static_cast<int>(p.ldc));
+  CpuSgemm(p.trans_a, p.trans_b, p.m, p.n, p.k, p.alpha, a, p.lda, b, p.ldb, p.beta, c, p.ldc);
 }
 
 // Every batch item of p on the calling thread.

@@ -3,12 +3,31 @@
 namespace smoe {
 namespace {
 std::atomic<OpProfile*> active{nullptr};
+thread_local OpScope* innermost = nullptr;
 }  // namespace
+
+OpScope::OpScope(OpKind kind) : kind_(kind), profile_(ActiveOpProfile()) {
+  if (profile_ == nullptr) return;
+  parent_ = innermost;
+  innermost = this;
+  start_ = std::chrono::steady_clock::now();
+}
+
+OpScope::~OpScope() {
+  if (profile_ == nullptr) return;
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  profile_->seconds[static_cast<int>(kind_)] += seconds - inner_;
+  if (parent_ != nullptr) parent_->inner_ += seconds;
+  innermost = parent_;
+}
 
 const char* OpKindName(OpKind kind) {
   switch (kind) {
     case OpKind::kAttention:
       return "attention";
+    case OpKind::kAttentionCore:
+      return "attention_core";
     case OpKind::kRouter:
       return "router";
     case OpKind::kDispatch:

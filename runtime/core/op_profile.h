@@ -1,9 +1,10 @@
 // Where the time of a CPU training step goes, by kind of op (bench/cpu_step_bench, issue 14).
 //
-// The model, the MoE layer and the trainer mark their phases with OpScope; while an OpProfile is
-// active (SetActiveOpProfile), each scope adds its wall time to its kind. With none active a
-// scope costs one atomic load. Scopes of different kinds do not nest (each phase is marked once,
-// where it runs), so the kinds add up to at most the step's time; the rest is "other".
+// The model, the MoE layer, the attention core and the trainer mark their phases with OpScope;
+// while an OpProfile is active (SetActiveOpProfile), each scope adds its wall time to its kind,
+// less the time of the scopes opened inside it (the attention core inside the attention block):
+// exclusive times, which add up to at most the step's time; the rest is "other". With no profile
+// active a scope costs one atomic load.
 //
 // Host clock: on the CPU the ops run inline, so this is their time. On CUDA it would be launch
 // time, not run time (use a GPU profiler there). Not for multi-threaded callers: one step at a
@@ -18,7 +19,8 @@
 namespace smoe {
 
 enum class OpKind : int {
-  kAttention,  // DiffQKV: projections, RoPE, head norms, the attention core, output projection
+  kAttention,  // DiffQKV around the core: projections, AugQ, RoPE, head norms, output projection
+  kAttentionCore,  // softmax(Q K^T) V and its backward
   kRouter,     // router logits, softmax, top-k, aux losses and their backward
   kDispatch,   // routing plan, permute to expert order, combine back (and their backward)
   kExperts,    // the experts' grouped GEMMs and SwiGLU
@@ -42,20 +44,16 @@ OpProfile* ActiveOpProfile();
 
 class OpScope {
  public:
-  explicit OpScope(OpKind kind) : kind_(kind), profile_(ActiveOpProfile()) {
-    if (profile_ != nullptr) start_ = std::chrono::steady_clock::now();
-  }
-  ~OpScope() {
-    if (profile_ == nullptr) return;
-    const std::chrono::duration<double> d = std::chrono::steady_clock::now() - start_;
-    profile_->seconds[static_cast<int>(kind_)] += d.count();
-  }
+  explicit OpScope(OpKind kind);
+  ~OpScope();
   OpScope(const OpScope&) = delete;
   OpScope& operator=(const OpScope&) = delete;
 
  private:
   OpKind kind_;
   OpProfile* profile_;
+  OpScope* parent_ = nullptr;  // the scope this one opened inside (this thread's)
+  double inner_ = 0.0;         // seconds of the scopes opened inside this one
   std::chrono::steady_clock::time_point start_;
 };
 

@@ -9,6 +9,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "runtime/blas/cpu_sgemm.h"
 #include "runtime/tensor/tensor_ops.h"
 #include "tests/testing/compare.h"
 #include "tests/testing/gemm_reference.h"
@@ -267,6 +268,57 @@ TEST(GemmAlignmentRoutingTest, F32HasNoAlignmentRuleAndOtherRoutesHold) {
   EXPECT_TRUE(internal::MeetsGroupedAlignment(f32[1]));
   const auto bf16 = ExpertForwardGroups(12, 24, DType::kBF16, offsets);
   EXPECT_FALSE(internal::MeetsGroupedAlignment(bf16[1]));
+}
+
+}  // namespace
+}  // namespace smoe
+
+namespace smoe {
+namespace {
+
+// The build's CPU GEMM library is the one CpuSgemm calls (oneDNN when CMake found it).
+TEST(CpuSgemmTest, LibraryIsTheBuildsChoice) {
+#if MOE_TEST_WITH_ONEDNN
+  EXPECT_STREQ(CpuGemmLibrary(), "onednn");
+#else
+  EXPECT_STREQ(CpuGemmLibrary(), "openblas");
+#endif
+}
+
+// Every transpose pair against a double reference, on odd sizes and padded leading dimensions,
+// with beta 0 (C not read: NaN there) and beta 1 (accumulate).
+TEST(CpuSgemmTest, MatchesDoubleReference) {
+  const int64_t m = 37, n = 21, k = 70, pad = 3;
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      for (float beta : {0.0f, 1.0f}) {
+        const int64_t lda = (ta ? m : k) + pad, ldb = (tb ? k : n) + pad, ldc = n + pad;
+        std::vector<float> a((ta ? k : m) * lda), b((tb ? n : k) * ldb), c(m * ldc);
+        uint32_t state = 12345;
+        auto next = [&] {
+          state = state * 1664525u + 1013904223u;
+          return static_cast<float>(state >> 8) / 16777216.0f - 0.5f;
+        };
+        for (float& x : a) x = next();
+        for (float& x : b) x = next();
+        for (float& x : c) x = beta == 0.0f ? std::numeric_limits<float>::quiet_NaN() : next();
+        std::vector<float> c0 = c;
+        CpuSgemm(ta, tb, m, n, k, 0.5f, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            double want = beta == 0.0f ? 0.0 : double{c0[i * ldc + j]};
+            for (int64_t p = 0; p < k; ++p) {
+              const double x = ta ? a[p * lda + i] : a[i * lda + p];
+              const double y = tb ? b[j * ldb + p] : b[p * ldb + j];
+              want += 0.5 * x * y;
+            }
+            ASSERT_NEAR(c[i * ldc + j], want, 1e-4)
+                << "ta " << ta << " tb " << tb << " beta " << beta << " at " << i << "," << j;
+          }
+        }
+      }
+    }
+  }
 }
 
 }  // namespace
