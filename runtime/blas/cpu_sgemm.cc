@@ -5,6 +5,7 @@
 
 #if MOE_WITH_ONEDNN
 #include <dnnl.h>
+#include <signal.h>
 
 // The OpenMP runtime oneDNN was built with (Debian's is), loaded with it.
 extern "C" void omp_set_num_threads(int) __attribute__((weak));
@@ -26,8 +27,16 @@ void CpuSgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float
     return true;
   }();
   (void)single;
+  // No signal handler may run on this thread inside the call: with Debian's oneDNN 2.6, a handler
+  // that ran in the middle of dnnl_sgemm (SIGTERM's, which only sets a flag) corrupted the heap
+  // about once in 50 stops (caught by sigma_moe_train_fault_sigterm; never without a signal). So
+  // asynchronous signals wait, for the microseconds of one product, and are taken right after.
+  sigset_t all, before;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &before);
   const dnnl_status_t status = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k,
                                           alpha, a, lda, b, ldb, beta, c, ldc);
+  pthread_sigmask(SIG_SETMASK, &before, nullptr);
   if (status != dnnl_success) {
     // Only invalid arguments fail, and the callers have validated them: a bug, not an input error.
     std::fprintf(stderr, "CpuSgemm: dnnl_sgemm failed (status %d) for m=%lld n=%lld k=%lld\n",
