@@ -7,10 +7,37 @@
 #include "moe/router/expert_load.h"
 #include "moe/router/router_cpu.h"
 #include "moe/router/router_internal.h"
+#include "runtime/core/thread_pool.h"
 #include "runtime/tensor/tensor_ops.h"
 
 namespace smoe {
 namespace {
+
+// router_reference::AuxLoss with its row loops in parallel: the same per-row arithmetic and the
+// same row-order sums, so the same bits.
+AuxLossValues AuxLossRows(const AuxLossConfig& config, const float* logits, const float* probs,
+                          int64_t t, int64_t e, const std::vector<double>& f, float* d_logits) {
+  router_reference::AuxSums sums;
+  sums.t = t;
+  sums.e = e;
+  sums.f = f;
+  sums.p_sum.assign(e, 0.0);
+  std::vector<double> lse(t), max_p(t);
+  std::vector<int64_t> arg_max(t);
+  ParallelFor(t, 3 * e, [&](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      router_reference::AuxRowStat(logits, probs, r, e, &lse[r], &max_p[r], &arg_max[r]);
+    }
+  });
+  router_reference::AddRowSums(probs, t, e, lse, max_p, &sums);
+  const router_reference::AuxGradient grad = router_reference::AuxCoefficients(config, sums);
+  ParallelFor(t, 2 * e, [&](int64_t first, int64_t last) {
+    for (int64_t r = first; r < last; ++r) {
+      router_reference::AuxLogitsGradRow(grad, probs, r, e, lse[r], arg_max[r], d_logits);
+    }
+  });
+  return grad.values;
+}
 
 using internal::CheckRouterArg;
 
@@ -60,9 +87,8 @@ Status AuxLossForwardBackwardInto(ExecContext& ctx, const AuxLossConfig& config,
     }
     MOE_RETURN_IF_ERROR(AllReduceCounts(ctx, group, &counts));
     if (t == 0) return Fill(ctx, values, 0.0);
-    const AuxLossValues v =
-        router_reference::AuxLoss(config, logits.data<float>(), probs.data<float>(), t, e,
-                                  router_reference::Shares(counts), d_logits.data<float>());
+    const AuxLossValues v = AuxLossRows(config, logits.data<float>(), probs.data<float>(), t, e,
+                                        router_reference::Shares(counts), d_logits.data<float>());
     float* out = values.data<float>();
     out[0] = static_cast<float>(v.lbl);
     out[1] = static_cast<float>(v.z_loss);
