@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "moe/dispatch/permute_cpu.h"
+#include "runtime/core/thread_pool.h"
 
 namespace smoe {
 namespace {
@@ -39,32 +40,49 @@ Status CheckGates(absl::string_view name, const ExecContext& ctx, const RoutingP
   return CheckContiguous(name, t);
 }
 
-// Shapes are validated before any of these run; the plan's arrays are host arrays here.
+// Shapes are validated before any of these run; the plan's arrays are host arrays here. The
+// reference's loops on ranges of rows (Permute) or tokens (the others) in parallel: each row or
+// token is written by one call, with the reference's arithmetic, so the results are the same bits.
 template <typename T>
 void PermuteCpu(const RoutingPlan& plan, const TensorView& x, const TensorView& xs) {
-  reference::Permute(plan.row_token.data<int32_t>(), plan.num_rows(), x.dim(1), x.data<T>(),
-                     xs.data<T>());
+  const int64_t m = x.dim(1);
+  const int32_t* row_token = plan.row_token.data<int32_t>();
+  ParallelFor(plan.num_rows(), m, [&](int64_t first, int64_t last) {
+    reference::Permute(row_token + first, last - first, m, x.data<T>(), xs.data<T>() + first * m);
+  });
 }
 
 template <typename T>
 void PermuteBackwardCpu(const RoutingPlan& plan, const TensorView& dxs, const TensorView& dx) {
-  reference::PermuteBackward(plan.slots.data<int32_t>(), plan.num_tokens, plan.top_k, dx.dim(1),
-                             dxs.data<T>(), dx.data<T>());
+  const int64_t m = dx.dim(1), k = plan.top_k;
+  const int32_t* slots = plan.slots.data<int32_t>();
+  ParallelFor(plan.num_tokens, k * m, [&](int64_t first, int64_t last) {
+    reference::PermuteBackward(slots + first * k, last - first, k, m, dxs.data<T>(),
+                               dx.data<T>() + first * m);
+  });
 }
 
 template <typename T>
 void CombineCpu(const RoutingPlan& plan, const TensorView& ys, const TensorView& gates,
                 const TensorView& y) {
-  reference::Combine(plan.slots.data<int32_t>(), plan.num_tokens, plan.top_k, y.dim(1),
-                     ys.data<T>(), gates.data<float>(), y.data<T>());
+  const int64_t m = y.dim(1), k = plan.top_k;
+  const int32_t* slots = plan.slots.data<int32_t>();
+  ParallelFor(plan.num_tokens, k * m, [&](int64_t first, int64_t last) {
+    reference::Combine(slots + first * k, last - first, k, m, ys.data<T>(),
+                       gates.data<float>() + first * k, y.data<T>() + first * m);
+  });
 }
 
 template <typename T>
 void CombineBackwardCpu(const RoutingPlan& plan, const TensorView& dy, const TensorView& ys,
                         const TensorView& gates, const TensorView& dys, const TensorView& dgates) {
-  reference::CombineBackward(plan.slots.data<int32_t>(), plan.num_tokens, plan.top_k, dy.dim(1),
-                             dy.data<T>(), ys.data<T>(), gates.data<float>(), dys.data<T>(),
-                             dgates.data<float>());
+  const int64_t m = dy.dim(1), k = plan.top_k;
+  const int32_t* slots = plan.slots.data<int32_t>();
+  ParallelFor(plan.num_tokens, 2 * k * m, [&](int64_t first, int64_t last) {
+    reference::CombineBackward(slots + first * k, last - first, k, m, dy.data<T>() + first * m,
+                               ys.data<T>(), gates.data<float>() + first * k, dys.data<T>(),
+                               dgates.data<float>() + first * k);
+  });
 }
 
 }  // namespace
