@@ -7,14 +7,30 @@
 #include "moe/router/expert_load.h"
 #include "moe/router/router_cpu.h"
 #include "moe/router/router_internal.h"
+#include "runtime/core/cpu_vector.h"
 #include "runtime/core/thread_pool.h"
 #include "runtime/tensor/tensor_ops.h"
 
 namespace smoe {
 namespace {
 
-// router_reference::AuxLoss with its row loops in parallel: the same per-row arithmetic and the
-// same row-order sums, so the same bits.
+// logsumexp of row[0, e): max + log(sum exp(row - max)), exp in f32 (ExpF), summed in double lanes.
+MOE_CPU_CLONES double LogSumExp(const float* row, int64_t e) {
+  float max = row[0];
+  for (int64_t c = 1; c < e; ++c) max = row[c] > max ? row[c] : max;
+  double lanes[8] = {};
+  int64_t c = 0;
+  for (; c + 8 <= e; c += 8) {
+    for (int l = 0; l < 8; ++l) lanes[l] += ExpF(row[c + l] - max);
+  }
+  for (; c < e; ++c) lanes[c % 8] += ExpF(row[c] - max);
+  const double sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+                     ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  return double{max} + std::log(sum);
+}
+
+// router_reference::AuxLoss with its row loops in parallel and the rows' logsumexp (the z-loss)
+// vectorized in f32: the reference's arithmetic otherwise, and its row-order sums.
 AuxLossValues AuxLossRows(const AuxLossConfig& config, const float* logits, const float* probs,
                           int64_t t, int64_t e, const std::vector<double>& f, float* d_logits) {
   router_reference::AuxSums sums;
@@ -26,7 +42,12 @@ AuxLossValues AuxLossRows(const AuxLossConfig& config, const float* logits, cons
   std::vector<int64_t> arg_max(t);
   ParallelFor(t, 3 * e, [&](int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
-      router_reference::AuxRowStat(logits, probs, r, e, &lse[r], &max_p[r], &arg_max[r]);
+      lse[r] = LogSumExp(logits + r * e, e);
+      const float* pr = probs + r * e;
+      int64_t best = 0;  // arg max of probs, ties to the lower index (as AuxRowStat)
+      for (int64_t c = 1; c < e; ++c) best = pr[c] > pr[best] ? c : best;
+      arg_max[r] = best;
+      max_p[r] = pr[best];
     }
   });
   router_reference::AddRowSums(probs, t, e, lse, max_p, &sums);
