@@ -1,10 +1,12 @@
 #include "runtime/nn/rmsnorm.h"
 
 #include <algorithm>
+#include <type_traits>
 #include <cmath>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "runtime/core/cpu_vector.h"
 #include "runtime/core/scalar.h"
 #include "runtime/core/thread_pool.h"
 
@@ -25,12 +27,63 @@ constexpr int64_t kGainChunk = 256;
 
 // The CPU ops: rows in parallel (RMSNormForwardCpu on row ranges: the reference's arithmetic, bit
 // for bit); the backward's dgain as partial sums over kGainChunk rows, added in chunk order.
+// Rows of the f32 path, vectorized (cpu_vector.h): sums in double lanes, the elementwise parts in
+// f32 (the reference keeps them in double; they differ by f32 rounding).
+MOE_CPU_CLONES double SumSquares(const float* x, int64_t n) {
+  double lanes[8] = {};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    for (int l = 0; l < 8; ++l) lanes[l] += double{x[c + l]} * x[c + l];
+  }
+  for (; c < n; ++c) lanes[c % 8] += double{x[c]} * x[c];
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+MOE_CPU_CLONES void ScaleByGain(const float* x, const float* gain, float inv, int64_t n, float* y) {
+  for (int64_t c = 0; c < n; ++c) y[c] = x[c] * inv * gain[c];
+}
+
+// One row's backward: adds its dgain terms dy x rstd to sum[c] (double) and writes dx.
+MOE_CPU_CLONES void BackwardRowF32(const float* x, const float* gain, float rstd, const float* dy,
+                                   int64_t n, float* dx, double* sum) {
+  const double inv = rstd;
+  double lanes[8] = {};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    for (int l = 0; l < 8; ++l) {
+      const double xdy = double{dy[c + l]} * x[c + l];
+      sum[c + l] += xdy * inv;
+      lanes[l] += xdy * gain[c + l];
+    }
+  }
+  for (; c < n; ++c) {
+    const double xdy = double{dy[c]} * x[c];
+    sum[c] += xdy * inv;
+    lanes[c % 8] += xdy * gain[c];
+  }
+  const double dot = (((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+                      ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))) *
+                     inv;
+  const float invf = rstd, mean = static_cast<float>(dot / static_cast<double>(n));
+  for (c = 0; c < n; ++c) dx[c] = invf * (dy[c] * gain[c] - x[c] * invf * mean);
+}
+
 template <typename X>
 void RMSNormForwardRows(const X* x, const float* gain, double eps, int64_t rows, int64_t cols, X* y,
                         float* rstd) {
   ParallelFor(rows, 4 * cols, [&](int64_t first, int64_t last) {
-    internal::RMSNormForwardCpu(x + first * cols, gain, eps, last - first, cols, y + first * cols,
-                                rstd + first);
+    if constexpr (std::is_same_v<X, float>) {
+      for (int64_t r = first; r < last; ++r) {
+        const double inv =
+            1.0 / std::sqrt(SumSquares(x + r * cols, cols) / static_cast<double>(cols) + eps);
+        rstd[r] = static_cast<float>(inv);
+        ScaleByGain(x + r * cols, gain, static_cast<float>(inv), cols, y + r * cols);
+      }
+    } else {
+      internal::RMSNormForwardCpu(x + first * cols, gain, eps, last - first, cols,
+                                  y + first * cols, rstd + first);
+    }
   });
 }
 
@@ -44,6 +97,10 @@ void RMSNormBackwardRows(const X* x, const float* gain, const float* rstd, const
       double* sum = partial.data() + chunk * cols;
       const int64_t r_end = std::min(rows, (chunk + 1) * kGainChunk);
       for (int64_t r = chunk * kGainChunk; r < r_end; ++r) {
+        if constexpr (std::is_same_v<X, float>) {
+          BackwardRowF32(x + r * cols, gain, rstd[r], dy + r * cols, cols, dx + r * cols, sum);
+          continue;
+        }
         // dgain's terms first: dx may alias dy.
         const double inv = Widen(rstd[r]);
         double dot = 0.0;
