@@ -111,12 +111,24 @@ std::mutex pool_mutex;
 std::unique_ptr<ThreadPool> pool;
 int requested_threads = 0;  // SetCpuThreads; 0 = default
 
+// Ranks of this job on this machine, from the launcher's environment (OpenMPI, MPICH/Intel MPI,
+// Slurm); 1 outside a launcher.
+int LocalRanks() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"}) {
+    if (const char* env = std::getenv(var)) {
+      if (const int n = std::atoi(env); n >= 1) return n;
+    }
+  }
+  return 1;
+}
+
 int DefaultThreads() {
   if (const char* env = std::getenv("MOE_NUM_THREADS")) {
     const int n = std::atoi(env);
     if (n >= 1) return n;
   }
-  return std::max(1u, std::thread::hardware_concurrency());
+  const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, hardware / LocalRanks());
 }
 
 }  // namespace

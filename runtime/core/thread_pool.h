@@ -50,8 +50,10 @@ class ThreadPool {
 };
 
 // The process's pool. Its size: the last SetCpuThreads, else the environment variable
-// MOE_NUM_THREADS, else the machine's hardware threads. Creating it also sets the CPU BLAS
-// (OpenBLAS) to one thread: parallel work goes through the pool.
+// MOE_NUM_THREADS, else the machine's hardware threads shared out among the job's ranks on this
+// machine (the launcher's OMPI_COMM_WORLD_LOCAL_SIZE, MPI_LOCALNRANKS or SLURM_NTASKS_PER_NODE),
+// so that ranks sharing a machine do not oversubscribe it. Creating it also sets OpenBLAS (when
+// linked) to one thread: parallel work goes through the pool.
 ThreadPool& CpuPool();
 // Resizes the process's pool (n >= 1; 0 = the default above). Not while a ParallelFor runs.
 void SetCpuThreads(int n);

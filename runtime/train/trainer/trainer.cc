@@ -350,15 +350,6 @@ class Trainer {
   int64_t start_step_ = 0;
 };
 
-// train.threads, or (0) the hardware threads shared out among the node's ranks, unless
-// MOE_NUM_THREADS says otherwise.
-static int CpuThreadsFor(int configured, const LocalRank& local) {
-  if (configured > 0) return configured;
-  if (std::getenv("MOE_NUM_THREADS") != nullptr) return 0;  // thread_pool.h reads it
-  const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  return std::max(1, hardware / std::max(1, local.size));
-}
-
 Status Trainer::Setup() {
   MOE_ASSIGN_OR_RETURN(host_comm_, WorldCommunicator());
   if (const double timeout_s = config_.parallel().collective_timeout_s(); timeout_s != 0) {
@@ -369,7 +360,7 @@ Status Trainer::Setup() {
   rank_ = comm_->rank();
   MOE_RETURN_IF_ERROR(ValidateWorld(config_, world_));
   MOE_ASSIGN_OR_RETURN(device_, ResolveDevice(config_));
-  SetCpuThreads(CpuThreadsFor(train_.threads(), LocalRankFromEnvironment(rank_, world_)));
+  SetCpuThreads(train_.threads());  // 0: thread_pool.h's default (cores / ranks on the node)
   if (device_.is_cuda()) MOE_RETURN_IF_ERROR(ConnectDevices());
   MOE_ASSIGN_OR_RETURN(DType dtype, ResolveDType(config_, device_));
   if (device_.is_cuda()) {
