@@ -32,7 +32,9 @@ namespace smoe {
 inline float ExpF(float x) {
   constexpr float kMin = -87.33654475f;  // ln(FLT_MIN)
   constexpr float kMax = 88.72283906f;   // ln(FLT_MAX)
-  const float xc = x < kMin ? kMin : (x > kMax ? kMax : x);
+  // NaN takes the kMin path (its result is replaced at the end): the int conversion below must
+  // never see a NaN.
+  const float xc = !(x >= kMin) ? kMin : (x > kMax ? kMax : x);
   // n = round(xc / ln 2) by the 1.5 * 2^23 trick (exact for |n| < 2^22), at most 127 so that
   // 2^n is a normal float; r then reaches ln 2 at the very top, where the polynomial still holds.
   float n = (xc * 1.44269504089f + 12582912.0f) - 12582912.0f;
