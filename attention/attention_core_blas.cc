@@ -162,6 +162,7 @@ void AttentionForwardBlas(const AttentionDims& d, const float* q, const float* k
           const std::vector<HeadRun> v_runs = Runs(run.first, run.last, &AttentionDims::VHead, d);
           float* qp = Scratch(0, g * kBlock * dim);   // packed queries, then outputs
           float* p = Scratch(1, g * kBlock * s_len);  // [(j, r), keys], leading dim s_len
+          float* inv_sum = Scratch(2, g * kBlock);    // 1 / sum of each row's exps
           const float* k_h = HeadPtr(k, d, d.n_k, b, d.KHead(run.first));
           for (int64_t q0 = 0; q0 < s_len; q0 += kBlock) {
             const int64_t q1 = std::min(s_len, q0 + kBlock), rows = q1 - q0;
@@ -174,17 +175,19 @@ void AttentionForwardBlas(const AttentionDims& d, const float* q, const float* k
                 float* row = p + (j * rows + r) * s_len;
                 const float max = RowMax(row, s + 1);
                 const double sum = ExpShiftedSum(row, s + 1, max);
-                Scale(row, s + 1, static_cast<float>(1.0 / sum));
+                inv_sum[j * rows + r] = static_cast<float>(1.0 / sum);
                 std::fill(row + s + 1, row + q1, 0.0f);
                 lse_row[s] = max + static_cast<float>(std::log(sum));
               }
             }
+            // O = (exp(S - max) V) / sum: the D outputs of a row are scaled, not its keys.
             for (const HeadRun& vr : v_runs) {
               const int64_t j0 = vr.first - run.first, n = (vr.last - vr.first) * rows;
               GemmNN(n, dim, q1, 1.0f, p + j0 * rows * s_len, s_len,
                      HeadPtr(v, d, d.n_v, b, d.VHead(vr.first)), ldv, 0.0f, qp + j0 * rows * dim,
                      dim);
             }
+            for (int64_t i = 0; i < g * rows; ++i) Scale(qp + i * dim, dim, inv_sum[i]);
             Unpack(qp, out, d.n_q, d, b, run, q0, rows);
           }
         }
