@@ -1,0 +1,729 @@
+// Single-thread f32 GEMM speed of OpenBLAS, BLIS and oneDNN on the shapes of one `tiny` training
+// step (configs/tiny.textproto), to pick the CPU BLAS (issue 14).
+//
+// Nothing is linked at build time: each library is dlopen()ed at run time, in a forked child
+// process of its own (so that one library's spinning worker threads never steal the cores from the
+// next, and OPENBLAS_CORETYPE, read when OpenBLAS loads, can differ per run). A library that is not
+// installed gives one {"status":"missing"} line and is skipped.
+//   openblas            libopenblas.so.0 (Debian openblas-pthread), OPENBLAS_CORETYPE unset
+//   openblas-skylakex   the same with OPENBLAS_CORETYPE=SkylakeX (AVX-512 kernels)
+//   openblas-haswell    the same with OPENBLAS_CORETYPE=Haswell (AVX2 kernels)
+//   blis                libblis.so.4 (Debian libblis4-pthread or -openmp), its cblas_sgemm
+//   onednn              libdnnl.so.3, else libdnnl.so.2 (Debian 12: libdnnl2), dnnl_sgemm
+// Threads: openblas_set_num_threads, bli_thread_set_num_threads, and for oneDNN (Debian builds it
+// with the OpenMP runtime) omp_set_num_threads of the libgomp it loaded.
+//
+// Every shape is a row-major C = alpha op(A) op(B) + beta C exactly as a call site issues it
+// (transposes, leading dimensions, alpha, beta). Per (library, shape, threads) the bench checks one
+// result against a triple-loop reference in double on random inputs (fails loudly beyond 1e-3
+// relative error) and then times it: the operands are cycled over enough copies to leave L2 (as the
+// 96 experts' weights do), one repetition is one pass over the copies, and the time is the median
+// per-call time over >= --reps repetitions and >= --min-ms milliseconds, after a warm-up.
+// Output, one JSON line each: a library's load info (or "missing"), one line per (library, shape,
+// threads) with GFLOP/s and ratio_vs_openblas (this library's GFLOP/s over plain OpenBLAS's on the
+// same shape and thread count; > 1 is faster), and per library a summary: the time-weighted total
+// over one tiny training step (shape time x calls per step) at 1 thread, and, for reference, the
+// big (T = 4096 token) shapes alone at 1 and 2 threads.
+#include <dlfcn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+// ---- the shapes of one tiny training step ------------------------------------------------------
+//
+// tiny: T = batch 16 x seq 256 = 4096 tokens, M = 128, 4 layers, 96 experts of H = 64, top-1 (layer
+// 0 top-4 for the first 200 of 1000 steps), DiffQKV attention n_q = 4, n_k = 1, n_v = 2, D = 32
+// (QD = 128, KD = 32, VD = 64), AugQ d_aug = 192, vocab 256 (tied head), f32 on the CPU.
+// per_step counts how often one step issues the call:
+//  - per layer (x4): the dense projections once each (diffqkv.cc, aug_q.cc, router.cc); attention
+//    per (sequence, query head) = 16 x 4 = 64 times (attention_core_blas.cc), the scores twice (the
+//    backward recomputes them), so 128 per layer;
+//  - the experts once per expert and layer (GroupedGemm / GroupedGemmRaggedK run one sgemm per
+//    group) with the mean rows per expert, T k / E: 43 rows at top-1, 171 at top-4. Averaged over
+//    the 1000-step run, layer 0 is top-4 in 20% of steps: 3.8 layer-equivalents of 96 calls at
+//    r = 43 (364.8) and 0.2 at r = 171 (19.2). Real routing is uneven around that mean;
+//  - the LM head once per step (model.cc).
+// Identical calls from different sites (same op, m, n, k, lds, alpha, beta) are one entry.
+constexpr int kT = 4096, kM = 128, kS = 256, kD = 32, kLayers = 4, kHeadsPerLayer = 16 * 4;
+constexpr double kExpertTop1 = 96 * 3.8, kExpertTop4 = 96 * 0.2;
+const float kAttnScale = 1.0f / std::sqrt(static_cast<float>(kD));
+
+struct ShapeSpec {
+  std::string name;
+  const char* site;
+  bool ta, tb;
+  int m, n, k;
+  int lda, ldb, ldc;  // 0: dense
+  float alpha, beta;
+  double per_step;
+
+  int Lda() const { return lda ? lda : (ta ? m : k); }
+  int Ldb() const { return ldb ? ldb : (tb ? k : n); }
+  int Ldc() const { return ldc ? ldc : n; }
+  int64_t ARows() const { return ta ? k : m; }
+  int64_t BRows() const { return tb ? n : k; }
+  double Flops() const { return 2.0 * m * n * k; }
+  bool Big() const { return m == kT || n == kT || k == kT; }  // over all T tokens
+  std::string Op() const { return std::string(ta ? "T" : "N") + (tb ? "T" : "N"); }
+};
+
+std::vector<ShapeSpec> TinyStepShapes() {
+  const double L = kLayers;
+  std::vector<ShapeSpec> s = {
+      // Dense projections over all tokens, forward.
+      {"proj_fwd_n128", "diffqkv.cc:77,110 x Wq, o Wo", false, false, kT, 128, kM, 0, 0, 0, 1, 0,
+       2 * L},
+      {"proj_fwd_n32", "diffqkv.cc:88 x Wk", false, false, kT, 32, kM, 0, 0, 0, 1, 0, L},
+      {"proj_fwd_n64", "diffqkv.cc:89 x Wv", false, false, kT, 64, kM, 0, 0, 0, 1, 0, L},
+      {"proj_fwd_n96", "router.cc:67 x Wgate", false, false, kT, 96, kM, 0, 0, 0, 1, 0, L},
+      {"proj_fwd_n192", "aug_q.cc:41,42 q Wgate, q Wup", false, false, kT, 192, 128, 0, 0, 0, 1, 0,
+       2 * L},
+      {"proj_fwd_k192", "aug_q.cc:44 h Wdown", false, false, kT, 128, 192, 0, 0, 0, 1, 0, L},
+      {"head_fwd_n256", "model.cc:562 nf E^T (tied)", false, true, kT, 256, kM, 0, 0, 0, 1, 0, 1},
+      // Input gradients: dY W^T.
+      {"proj_dx_k128", "diffqkv.cc:135,167 dy Wo^T, dq Wq^T", false, true, kT, 128, 128, 0, 0, 0, 1,
+       0, 2 * L},
+      {"proj_dx_k32", "diffqkv.cc:168 dk Wk^T (+=)", false, true, kT, kM, 32, 0, 0, 0, 1, 1, L},
+      {"proj_dx_k64", "diffqkv.cc:169 dv Wv^T (+=)", false, true, kT, kM, 64, 0, 0, 0, 1, 1, L},
+      {"proj_dx_k96", "router.cc:122 dlogits Wgate^T", false, true, kT, kM, 96, 0, 0, 0, 1, 0, L},
+      {"proj_dx_n192", "aug_q.cc:64 dqa Wdown^T", false, true, kT, 192, 128, 0, 0, 0, 1, 0, L},
+      {"proj_dx_k192", "aug_q.cc:68 dgate Wgate^T", false, true, kT, 128, 192, 0, 0, 0, 1, 0, L},
+      {"proj_dx_k192_acc", "aug_q.cc:69 dup Wup^T (+=)", false, true, kT, 128, 192, 0, 0, 0, 1, 1,
+       L},
+      {"head_dx_k256", "model.cc:714 dlogits E", false, false, kT, kM, 256, 0, 0, 0, 1, 0, 1},
+      // Weight gradients: X^T dY over all tokens, accumulated (beta 1).
+      {"proj_dw_128x128", "diffqkv.cc:134,164 dWo, dWq", true, false, 128, 128, kT, 0, 0, 0, 1, 1,
+       2 * L},
+      {"proj_dw_128x32", "diffqkv.cc:165 dWk", true, false, kM, 32, kT, 0, 0, 0, 1, 1, L},
+      {"proj_dw_128x64", "diffqkv.cc:166 dWv", true, false, kM, 64, kT, 0, 0, 0, 1, 1, L},
+      {"proj_dw_128x96", "router.cc:125 dWgate", true, false, kM, 96, kT, 0, 0, 0, 1, 1, L},
+      {"proj_dw_128x192", "aug_q.cc:66,67 dWgate, dWup", true, false, 128, 192, kT, 0, 0, 0, 1, 1,
+       2 * L},
+      {"proj_dw_192x128", "aug_q.cc:63 dWdown", true, false, 192, 128, kT, 0, 0, 0, 1, 1, L},
+      {"head_dw_256x128", "model.cc:716 dE (tied)", true, false, 256, kM, kT, 0, 0, 0, 1, 1, 1},
+      // Attention per (sequence, head): strided heads in [B, S, heads, D].
+      {"attn_scores", "attention_core_blas.cc:25 q k^T (fwd + bwd)", false, true, kS, kS, kD, 128,
+       32, kS, kAttnScale, 0, 2 * kHeadsPerLayer * L},
+      {"attn_pv", "attention_core_blas.cc:51 P V", false, false, kS, kD, kS, kS, 64, 128, 1, 0,
+       kHeadsPerLayer * L},
+      {"attn_dv", "attention_core_blas.cc:87 P^T dO (+=)", true, false, kS, kD, kS, kS, 128, 64, 1,
+       1, kHeadsPerLayer * L},
+      {"attn_dp", "attention_core_blas.cc:89 dO V^T", false, true, kS, kS, kD, 128, 64, kS, 1, 0,
+       kHeadsPerLayer * L},
+      {"attn_dq", "attention_core_blas.cc:101 dS K", false, false, kS, kD, kS, kS, 32, 128,
+       kAttnScale, 0, kHeadsPerLayer * L},
+      {"attn_dk", "attention_core_blas.cc:103 dS^T Q (+=)", true, false, kS, kD, kS, kS, 128, 32,
+       kAttnScale, 1, kHeadsPerLayer * L},
+  };
+  // Experts (experts.cc), per expert, at r = 43 (top-1) and r = 171 (top-4) rows.
+  for (const auto& [r, count] : {std::pair<int, double>{43, kExpertTop1}, {171, kExpertTop4}}) {
+    const std::string sfx = "_r" + std::to_string(r);
+    const std::vector<ShapeSpec> e = {
+        {"exp_fwd_w13" + sfx, "experts.cc:91,92 x W1, x W3", false, false, r, 64, 128, 0, 0, 0, 1,
+         0, 2 * count},
+        {"exp_fwd_w2" + sfx, "experts.cc:94 act W2", false, false, r, 128, 64, 0, 0, 0, 1, 0,
+         count},
+        {"exp_dh" + sfx, "experts.cc:135 dy W2^T", false, true, r, 64, 128, 0, 0, 0, 1, 0, count},
+        {"exp_dx" + sfx, "experts.cc:146 dh1 W1^T", false, true, r, 128, 64, 0, 0, 0, 1, 0, count},
+        {"exp_dx_acc" + sfx, "experts.cc:147 dh3 W3^T (+=)", false, true, r, 128, 64, 0, 0, 0, 1, 1,
+         count},
+        {"exp_dw13" + sfx, "experts.cc:138,139 x^T dh1, x^T dh3 (ragged K, +=)", true, false, 128,
+         64, r, 0, 0, 0, 1, 1, 2 * count},
+        {"exp_dw2" + sfx, "experts.cc:131 act^T dy (ragged K, +=)", true, false, 64, 128, r, 0, 0,
+         0, 1, 1, count},
+    };
+    s.insert(s.end(), e.begin(), e.end());
+  }
+  return s;
+}
+
+// ---- operands and the reference ----------------------------------------------------------------
+
+struct Operands {
+  std::vector<float> a, b, c0;
+};
+
+// Copy `copy` of the shape's operands: uniform in [-1, 1], deterministic in (shape, copy).
+Operands MakeOperands(const ShapeSpec& s, int shape_index, int copy) {
+  std::mt19937_64 rng(0x5eed0000ull + 1000ull * static_cast<uint64_t>(shape_index) +
+                      static_cast<uint64_t>(copy));
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  Operands o;
+  o.a.resize(static_cast<size_t>(s.ARows() * s.Lda()));
+  o.b.resize(static_cast<size_t>(s.BRows() * s.Ldb()));
+  o.c0.resize(static_cast<size_t>(int64_t{s.m} * s.Ldc()));
+  for (float& x : o.a) x = u(rng);
+  for (float& x : o.b) x = u(rng);
+  for (float& x : o.c0) x = u(rng);
+  return o;
+}
+
+// Copies cycled through while timing: enough that the operands leave a 2 MiB L2 (~8 MiB), at most
+// 96 (one per expert).
+int CopiesFor(const ShapeSpec& s) {
+  const double bytes = 4.0 * (s.ARows() * s.Lda() + s.BRows() * s.Ldb() + int64_t{s.m} * s.Ldc());
+  return static_cast<int>(std::clamp(std::ceil(8.0 * (1 << 20) / bytes), 1.0, 96.0));
+}
+
+// C = alpha op(A) op(B) + beta C0 in double, as an [m, n] dense float matrix.
+std::vector<float> Reference(const ShapeSpec& s, const Operands& o) {
+  const int m = s.m, n = s.n, k = s.k;
+  std::vector<double> a(static_cast<size_t>(int64_t{m} * k)),
+      b(static_cast<size_t>(int64_t{k} * n));
+  for (int i = 0; i < m; ++i) {
+    for (int p = 0; p < k; ++p) {
+      a[static_cast<size_t>(i) * k + p] = s.ta ? o.a[static_cast<size_t>(p) * s.Lda() + i]
+                                               : o.a[static_cast<size_t>(i) * s.Lda() + p];
+    }
+  }
+  for (int p = 0; p < k; ++p) {
+    for (int j = 0; j < n; ++j) {
+      b[static_cast<size_t>(p) * n + j] = s.tb ? o.b[static_cast<size_t>(j) * s.Ldb() + p]
+                                               : o.b[static_cast<size_t>(p) * s.Ldb() + j];
+    }
+  }
+  std::vector<float> c(static_cast<size_t>(int64_t{m} * n));
+  std::vector<double> row(static_cast<size_t>(n));
+  for (int i = 0; i < m; ++i) {
+    std::fill(row.begin(), row.end(), 0.0);
+    for (int p = 0; p < k; ++p) {
+      const double x = a[static_cast<size_t>(i) * k + p];
+      const double* bp = b.data() + static_cast<size_t>(p) * n;
+      for (int j = 0; j < n; ++j) row[j] += x * bp[j];
+    }
+    for (int j = 0; j < n; ++j) {
+      c[static_cast<size_t>(i) * n + j] = static_cast<float>(
+          s.alpha * row[j] + s.beta * double{o.c0[static_cast<size_t>(i) * s.Ldc() + j]});
+    }
+  }
+  return c;
+}
+
+// max |C - ref| / max |ref| over the m x n result.
+double MaxRelError(const ShapeSpec& s, const std::vector<float>& c, const std::vector<float>& ref) {
+  double err = 0.0, scale = 0.0;
+  for (int i = 0; i < s.m; ++i) {
+    for (int j = 0; j < s.n; ++j) {
+      const double r = ref[static_cast<size_t>(i) * s.n + j];
+      const double x = c[static_cast<size_t>(i) * s.Ldc() + j];
+      err = std::max(err, std::isfinite(x) ? std::abs(x - r) : INFINITY);
+      scale = std::max(scale, std::abs(r));
+    }
+  }
+  return err / std::max(scale, 1e-30);
+}
+
+// ---- the libraries -----------------------------------------------------------------------------
+
+// CBLAS ABI: enums are ints; Debian's openblas-pthread and BLIS use 32-bit BLAS integers (BLIS's is
+// checked at load).
+enum { kCblasRowMajor = 101, kCblasNoTrans = 111, kCblasTrans = 112 };
+using CblasSgemm = void (*)(int, int, int, int, int, int, float, const float*, int, const float*,
+                            int, float, float*, int);
+using DnnlSgemm = int (*)(char, char, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                          const float*, int64_t, float, float*, int64_t);
+
+struct Library {
+  std::string name;
+  std::string info;  // JSON fields (no braces) describing what was loaded
+  CblasSgemm cblas = nullptr;
+  DnnlSgemm dnnl = nullptr;
+  void (*set_threads)(int) = nullptr;
+
+  // Returns false on a library-reported error.
+  bool Gemm(const ShapeSpec& s, const float* a, const float* b, float* c) const {
+    if (cblas != nullptr) {
+      cblas(kCblasRowMajor, s.ta ? kCblasTrans : kCblasNoTrans, s.tb ? kCblasTrans : kCblasNoTrans,
+            s.m, s.n, s.k, s.alpha, a, s.Lda(), b, s.Ldb(), s.beta, c, s.Ldc());
+      return true;
+    }
+    return dnnl(s.ta ? 'T' : 'N', s.tb ? 'T' : 'N', s.m, s.n, s.k, s.alpha, a, s.Lda(), b, s.Ldb(),
+                s.beta, c, s.Ldc()) == 0;
+  }
+};
+
+const std::vector<std::string> kAllLibs = {"openblas", "openblas-skylakex", "openblas-haswell",
+                                           "blis", "onednn"};
+
+std::string JsonEscape(const std::string& s) {
+  std::string out;
+  for (char ch : s) {
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (static_cast<unsigned char>(ch) < 0x20) {
+      out += ' ';
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
+// Setters with the int signature of Library::set_threads over each library's own function.
+void (*g_openblas_set)(int) = nullptr;
+void (*g_bli_set)(int64_t) = nullptr;
+void (*g_omp_set)(int) = nullptr;
+void OpenBlasThreads(int n) { g_openblas_set(n); }
+void BlisThreads(int n) { g_bli_set(n); }
+void OmpThreads(int n) { g_omp_set(n); }
+
+// Loads `name` in this (child) process; on failure returns false with `why`.
+bool Load(const std::string& name, Library* lib, std::string* why) {
+  lib->name = name;
+  auto fail = [&](const std::string& what) {
+    const char* e = dlerror();
+    *why = what + (e ? std::string(": ") + e : std::string());
+    return false;
+  };
+  if (name.rfind("openblas", 0) == 0) {
+    if (name == "openblas-skylakex") {
+      setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
+    } else if (name == "openblas-haswell") {
+      setenv("OPENBLAS_CORETYPE", "Haswell", 1);
+    } else {
+      unsetenv("OPENBLAS_CORETYPE");
+    }
+    void* h = dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL);
+    if (h == nullptr) return fail("dlopen libopenblas.so.0");
+    lib->cblas = reinterpret_cast<CblasSgemm>(dlsym(h, "cblas_sgemm"));
+    g_openblas_set = reinterpret_cast<void (*)(int)>(dlsym(h, "openblas_set_num_threads"));
+    if (lib->cblas == nullptr || g_openblas_set == nullptr) return fail("dlsym");
+    lib->set_threads = OpenBlasThreads;
+    auto corename = reinterpret_cast<const char* (*)()>(dlsym(h, "openblas_get_corename"));
+    auto config = reinterpret_cast<const char* (*)()>(dlsym(h, "openblas_get_config"));
+    const char* env = getenv("OPENBLAS_CORETYPE");
+    lib->info = "\"so\":\"libopenblas.so.0\",\"coretype_env\":\"" + std::string(env ? env : "") +
+                "\",\"core\":\"" + JsonEscape(corename ? corename() : "?") + "\",\"config\":\"" +
+                JsonEscape(config ? config() : "?") + "\"";
+    return true;
+  }
+  if (name == "blis") {
+    void* h = dlopen("libblis.so.4", RTLD_NOW | RTLD_LOCAL);
+    if (h == nullptr) return fail("dlopen libblis.so.4");
+    lib->cblas = reinterpret_cast<CblasSgemm>(dlsym(h, "cblas_sgemm"));
+    g_bli_set = reinterpret_cast<void (*)(int64_t)>(dlsym(h, "bli_thread_set_num_threads"));
+    if (lib->cblas == nullptr || g_bli_set == nullptr) return fail("dlsym (a BLIS without CBLAS?)");
+    lib->set_threads = BlisThreads;
+    auto version = reinterpret_cast<const char* (*)()>(dlsym(h, "bli_info_get_version_str"));
+    auto int_size = reinterpret_cast<int64_t (*)()>(dlsym(h, "bli_info_get_blas_int_type_size"));
+    auto arch_id = reinterpret_cast<int (*)()>(dlsym(h, "bli_arch_query_id"));
+    auto arch_str = reinterpret_cast<const char* (*)(int)>(dlsym(h, "bli_arch_string"));
+    if (int_size != nullptr && int_size() != 32) {
+      *why = "BLIS built with " + std::to_string(int_size()) + "-bit BLAS integers (need 32)";
+      return false;
+    }
+    lib->info = "\"so\":\"libblis.so.4\",\"version\":\"" + JsonEscape(version ? version() : "?") +
+                "\",\"arch\":\"" + JsonEscape(arch_id && arch_str ? arch_str(arch_id()) : "?") +
+                "\"";
+    return true;
+  }
+  if (name == "onednn") {
+    const char* so = "libdnnl.so.3";
+    void* h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    if (h == nullptr) {
+      so = "libdnnl.so.2";
+      h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+    }
+    if (h == nullptr) return fail("dlopen libdnnl.so.3 and libdnnl.so.2");
+    lib->dnnl = reinterpret_cast<DnnlSgemm>(dlsym(h, "dnnl_sgemm"));
+    if (lib->dnnl == nullptr) return fail("dlsym dnnl_sgemm");
+    struct DnnlVersion {
+      int major, minor, patch;
+      const char* hash;
+      unsigned cpu_runtime, gpu_runtime;
+    };
+    auto version = reinterpret_cast<const DnnlVersion* (*)()>(dlsym(h, "dnnl_version"));
+    auto isa = reinterpret_cast<int (*)()>(dlsym(h, "dnnl_get_effective_cpu_isa"));
+    const DnnlVersion* v = version ? version() : nullptr;
+    // cpu_runtime: 1 sequential, 2 OpenMP, 4 TBB, 8 threadpool (dnnl_types.h DNNL_RUNTIME_*).
+    const unsigned runtime = v ? v->cpu_runtime : 0;
+    if (runtime == 2) {
+      // The libgomp oneDNN itself loaded (RTLD_NOLOAD: no second copy).
+      void* omp = dlopen("libgomp.so.1", RTLD_NOW | RTLD_NOLOAD);
+      if (omp == nullptr) omp = dlopen("libomp.so.5", RTLD_NOW | RTLD_NOLOAD);
+      if (omp != nullptr) {
+        g_omp_set = reinterpret_cast<void (*)(int)>(dlsym(omp, "omp_set_num_threads"));
+      }
+      if (g_omp_set == nullptr) return fail("omp_set_num_threads of oneDNN's OpenMP runtime");
+      lib->set_threads = OmpThreads;
+    } else if (runtime != 1) {
+      *why = "oneDNN CPU runtime " + std::to_string(runtime) +
+             " (this bench sets threads only for OpenMP or sequential builds)";
+      return false;
+    }
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "\"so\":\"%s\",\"version\":\"%d.%d.%d\",\"cpu_runtime\":%u,\"isa\":\"0x%x\"", so,
+                  v ? v->major : -1, v ? v->minor : -1, v ? v->patch : -1, runtime,
+                  isa ? static_cast<unsigned>(isa()) : 0u);
+    lib->info = buf;
+    return true;
+  }
+  *why = "unknown library";
+  return false;
+}
+
+// ---- child: run one library, report records over a pipe ----------------------------------------
+
+struct Record {
+  enum Kind : int { kInfo, kResult, kMissing, kError } kind;
+  int shape = -1, threads = 0;
+  double seconds = 0, err = 0;
+  int copies = 0, reps = 0;
+  char text[480] = {};
+};
+
+void Send(int fd, Record r) {
+  const char* p = reinterpret_cast<const char*>(&r);
+  size_t left = sizeof r;
+  while (left > 0) {
+    const ssize_t w = write(fd, p, left);
+    if (w <= 0) _exit(3);
+    p += w;
+    left -= static_cast<size_t>(w);
+  }
+}
+
+void SendText(int fd, Record::Kind kind, int shape, const std::string& text) {
+  Record r{};
+  r.kind = kind;
+  r.shape = shape;
+  std::snprintf(r.text, sizeof r.text, "%s", text.c_str());
+  Send(fd, r);
+}
+
+struct Options {
+  int reps = 20;
+  double min_ms = 100;
+  double tolerance = 1e-3;
+  std::vector<std::string> shape_filter, lib_filter;
+  std::vector<int> threads = {1, 2};
+};
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void RunChild(int fd, const std::string& name, const Options& opt,
+              const std::vector<ShapeSpec>& shapes, const std::vector<int>& selected,
+              const std::vector<std::vector<float>>& refs) {
+  Library lib;
+  std::string why;
+  if (!Load(name, &lib, &why)) {
+    SendText(fd, Record::kMissing, -1, why);
+    return;
+  }
+  SendText(fd, Record::kInfo, -1, lib.info);
+  for (size_t si = 0; si < selected.size(); ++si) {
+    const int idx = selected[si];
+    const ShapeSpec& s = shapes[idx];
+    const int copies = CopiesFor(s);
+    std::vector<Operands> ops;
+    for (int c = 0; c < copies; ++c) ops.push_back(MakeOperands(s, idx, c));
+    std::vector<std::vector<float>> cs;
+    for (const Operands& o : ops) cs.push_back(o.c0);
+    for (int threads : opt.threads) {
+      if (threads > 1 && (!s.Big() || lib.set_threads == nullptr)) continue;
+      if (lib.set_threads != nullptr) lib.set_threads(threads);
+      // Check: copy 0 from C0.
+      cs[0] = ops[0].c0;
+      if (!lib.Gemm(s, ops[0].a.data(), ops[0].b.data(), cs[0].data())) {
+        SendText(fd, Record::kError, idx, "library returned an error status");
+        continue;
+      }
+      const double err = MaxRelError(s, cs[0], refs[si]);
+      // Warm-up: one pass over the copies and >= 20 ms.
+      const double warm_start = Now();
+      for (int i = 0; i < copies || Now() - warm_start < 0.02; ++i) {
+        const int c = i % copies;
+        lib.Gemm(s, ops[c].a.data(), ops[c].b.data(), cs[c].data());
+      }
+      std::vector<double> per_call;
+      double total = 0;
+      while (static_cast<int>(per_call.size()) < opt.reps || total * 1e3 < opt.min_ms) {
+        const double t0 = Now();
+        for (int c = 0; c < copies; ++c)
+          lib.Gemm(s, ops[c].a.data(), ops[c].b.data(), cs[c].data());
+        const double dt = Now() - t0;
+        total += dt;
+        per_call.push_back(dt / copies);
+        if (per_call.size() > 100000) break;
+      }
+      std::sort(per_call.begin(), per_call.end());
+      Record r{};
+      r.kind = Record::kResult;
+      r.shape = idx;
+      r.threads = threads;
+      r.seconds = per_call[per_call.size() / 2];
+      r.err = err;
+      r.copies = copies;
+      r.reps = static_cast<int>(per_call.size());
+      Send(fd, r);
+    }
+  }
+}
+
+// ---- parent ------------------------------------------------------------------------------------
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t comma = s.find(',', start);
+    const std::string part =
+        s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    if (!part.empty()) out.push_back(part);
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+void Usage(const char* argv0) {
+  std::printf(
+      "Usage: %s [--reps N] [--min-ms MS] [--shapes A,B,...] [--libs A,B,...] [--threads 1,2]\n"
+      "          [--tolerance X] [--list]\n"
+      "\n"
+      "Times f32 row-major sgemm of OpenBLAS, BLIS and oneDNN (dlopen()ed at run time, each in a\n"
+      "child process; a library that is not installed is reported \"missing\" and skipped) on the\n"
+      "GEMM shapes of one `tiny` training step, checks each against a double-precision reference,\n"
+      "and prints one JSON line per (library, shape, threads) plus a per-library summary: the\n"
+      "time-weighted total over one tiny step at 1 thread (and the T=4096 shapes at 1 and 2).\n"
+      "\n"
+      "  --reps N       at least N timed repetitions per measurement (default 20)\n"
+      "  --min-ms MS    and at least MS milliseconds of them (default 100)\n"
+      "  --shapes LIST  only shapes whose name contains one of the comma-separated substrings\n"
+      "                 (the step summaries then cover only those)\n"
+      "  --libs LIST    libraries, comma-separated, from: openblas (OPENBLAS_CORETYPE unset),\n"
+      "                 openblas-skylakex, openblas-haswell, blis, onednn (default: all).\n"
+      "                 ratio_vs_openblas needs openblas among them\n"
+      "  --threads LIST thread counts (default 1,2); counts > 1 run only the T=4096 shapes\n"
+      "  --tolerance X  max relative error before a result counts as wrong (default 1e-3)\n"
+      "  --list         print the shapes (with calls per step) and exit\n"
+      "Exit status: 0, or 1 if any result was wrong or a library crashed.\n",
+      argv0);
+}
+
+std::string ShapeJson(const ShapeSpec& s) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "\"shape\":\"%s\",\"op\":\"%s\",\"m\":%d,\"n\":%d,\"k\":%d,\"lda\":%d,\"ldb\":%d,"
+                "\"ldc\":%d,\"alpha\":%.6g,\"beta\":%g,\"per_step\":%g",
+                s.name.c_str(), s.Op().c_str(), s.m, s.n, s.k, s.Lda(), s.Ldb(), s.Ldc(), s.alpha,
+                s.beta, s.per_step);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options opt;
+  bool list = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", arg.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (arg == "--help" || arg == "-h") {
+      Usage(argv[0]);
+      return 0;
+    } else if (arg == "--reps") {
+      opt.reps = std::max(1, std::atoi(value().c_str()));
+    } else if (arg == "--min-ms") {
+      opt.min_ms = std::atof(value().c_str());
+    } else if (arg == "--shapes") {
+      opt.shape_filter = Split(value());
+    } else if (arg == "--libs") {
+      opt.lib_filter = Split(value());
+    } else if (arg == "--threads") {
+      opt.threads.clear();
+      for (const std::string& t : Split(value()))
+        opt.threads.push_back(std::max(1, std::atoi(t.c_str())));
+    } else if (arg == "--tolerance") {
+      opt.tolerance = std::atof(value().c_str());
+    } else if (arg == "--list") {
+      list = true;
+    } else {
+      std::fprintf(stderr, "unknown argument %s\n", arg.c_str());
+      Usage(argv[0]);
+      return 2;
+    }
+  }
+  std::vector<std::string> libs = opt.lib_filter.empty() ? kAllLibs : opt.lib_filter;
+  for (const std::string& l : libs) {
+    if (std::find(kAllLibs.begin(), kAllLibs.end(), l) == kAllLibs.end()) {
+      std::fprintf(stderr, "unknown library %s\n", l.c_str());
+      return 2;
+    }
+  }
+  // Plain OpenBLAS first: the others' ratios need its times.
+  std::stable_partition(libs.begin(), libs.end(),
+                        [](const std::string& l) { return l == "openblas"; });
+
+  const std::vector<ShapeSpec> shapes = TinyStepShapes();
+  std::vector<int> selected;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    bool keep = opt.shape_filter.empty();
+    for (const std::string& f : opt.shape_filter)
+      keep = keep || shapes[i].name.find(f) != std::string::npos;
+    if (keep) selected.push_back(static_cast<int>(i));
+  }
+  if (list) {
+    for (int i : selected) {
+      std::printf("{%s,\"site\":\"%s\",\"mflop\":%.3f,\"big\":%s,\"copies\":%d}\n",
+                  ShapeJson(shapes[i]).c_str(), JsonEscape(shapes[i].site).c_str(),
+                  shapes[i].Flops() / 1e6, shapes[i].Big() ? "true" : "false",
+                  CopiesFor(shapes[i]));
+    }
+    return 0;
+  }
+  if (selected.empty()) {
+    std::fprintf(stderr, "no shape matches --shapes\n");
+    return 2;
+  }
+  // References once, in the parent; the children inherit them.
+  std::vector<std::vector<float>> refs;
+  for (int i : selected) refs.push_back(Reference(shapes[i], MakeOperands(shapes[i], i, 0)));
+
+  bool failed = false;
+  std::map<std::pair<int, int>, double> baseline;  // (shape, threads) -> plain OpenBLAS seconds
+  for (const std::string& name : libs) {
+    int fds[2];
+    if (pipe(fds) != 0) {
+      std::perror("pipe");
+      return 1;
+    }
+    std::fflush(stdout);
+    const pid_t pid = fork();
+    if (pid < 0) {
+      std::perror("fork");
+      return 1;
+    }
+    if (pid == 0) {
+      close(fds[0]);
+      RunChild(fds[1], name, opt, shapes, selected, refs);
+      close(fds[1]);
+      _exit(0);
+    }
+    close(fds[1]);
+    std::vector<Record> records;
+    for (;;) {
+      Record r;
+      size_t got = 0;
+      char* p = reinterpret_cast<char*>(&r);
+      while (got < sizeof r) {
+        const ssize_t n = read(fds[0], p + got, sizeof r - got);
+        if (n <= 0) break;
+        got += static_cast<size_t>(n);
+      }
+      if (got < sizeof r) break;
+      records.push_back(r);
+    }
+    close(fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    const bool crashed = !WIFEXITED(status) || WEXITSTATUS(status) != 0;
+
+    // Per-library step totals: 1 thread over every selected shape; per thread count over the big.
+    double step_s = 0, step_flops = 0, base_step_s = 0;
+    bool step_complete = true, base_complete = true;
+    std::map<int, double> big_s, big_base_s;
+    int wrong = 0;
+    for (const Record& r : records) {
+      if (r.kind == Record::kMissing) {
+        std::printf("{\"lib\":\"%s\",\"status\":\"missing\",\"detail\":\"%s\"}\n", name.c_str(),
+                    JsonEscape(r.text).c_str());
+      } else if (r.kind == Record::kInfo) {
+        std::printf("{\"lib\":\"%s\",\"status\":\"loaded\",%s}\n", name.c_str(), r.text);
+      } else if (r.kind == Record::kError) {
+        failed = true;
+        std::printf("{\"lib\":\"%s\",%s,\"status\":\"error\",\"detail\":\"%s\"}\n", name.c_str(),
+                    ShapeJson(shapes[r.shape]).c_str(), JsonEscape(r.text).c_str());
+      } else {
+        const ShapeSpec& s = shapes[r.shape];
+        const bool ok = r.err <= opt.tolerance;
+        if (!ok) {
+          failed = true;
+          ++wrong;
+          std::fprintf(stderr, "WRONG RESULT: %s %s threads=%d max_rel_err=%.3g > %.3g\n",
+                       name.c_str(), s.name.c_str(), r.threads, r.err, opt.tolerance);
+        }
+        if (name == "openblas") baseline[{r.shape, r.threads}] = r.seconds;
+        const auto base = baseline.find({r.shape, r.threads});
+        char ratio[32] = "null";
+        if (base != baseline.end())
+          std::snprintf(ratio, sizeof ratio, "%.3f", base->second / r.seconds);
+        std::printf(
+            "{\"lib\":\"%s\",%s,\"threads\":%d,\"us\":%.2f,\"gflops\":%.2f,"
+            "\"ratio_vs_openblas\":%s,\"max_rel_err\":%.2e,\"ok\":%s,\"copies\":%d,\"reps\":%d}\n",
+            name.c_str(), ShapeJson(s).c_str(), r.threads, r.seconds * 1e6,
+            s.Flops() / r.seconds / 1e9, ratio, r.err, ok ? "true" : "false", r.copies, r.reps);
+        if (r.threads == 1) {
+          step_s += s.per_step * r.seconds;
+          step_flops += s.per_step * s.Flops();
+          if (base != baseline.end()) {
+            base_step_s += s.per_step * base->second;
+          } else {
+            base_complete = false;
+          }
+        }
+        if (s.Big()) {
+          big_s[r.threads] += s.per_step * r.seconds;
+          if (base != baseline.end()) {
+            big_base_s[r.threads] += s.per_step * base->second;
+          }
+        }
+      }
+    }
+    int results_1t = 0;
+    for (const Record& r : records) results_1t += r.kind == Record::kResult && r.threads == 1;
+    step_complete = results_1t == static_cast<int>(selected.size());
+    if (crashed) {
+      failed = true;
+      std::printf("{\"lib\":\"%s\",\"status\":\"crashed\",\"detail\":\"child exit status %d\"}\n",
+                  name.c_str(), status);
+    }
+    if (results_1t > 0) {
+      char ratio[32] = "null";
+      if (base_complete && base_step_s > 0)
+        std::snprintf(ratio, sizeof ratio, "%.3f", base_step_s / step_s);
+      std::string big;
+      for (const auto& [t, sec] : big_s) {
+        char buf[160];
+        char bratio[32] = "null";
+        if (big_base_s.count(t) && big_base_s[t] > 0) {
+          std::snprintf(bratio, sizeof bratio, "%.3f", big_base_s[t] / sec);
+        }
+        std::snprintf(buf, sizeof buf, ",\"big_ms_%dt\":%.2f,\"big_ratio_%dt\":%s", t, sec * 1e3, t,
+                      bratio);
+        big += buf;
+      }
+      std::printf(
+          "{\"lib\":\"%s\",\"summary\":\"tiny_step\",\"threads\":1,\"shapes\":%d,\"complete\":%s,"
+          "\"step_ms\":%.2f,\"step_gflop\":%.3f,\"gflops\":%.2f,\"ratio_vs_openblas\":%s%s,"
+          "\"wrong\":%d}\n",
+          name.c_str(), results_1t, step_complete ? "true" : "false", step_s * 1e3,
+          step_flops / 1e9, step_flops / step_s / 1e9, ratio, big.c_str(), wrong);
+    }
+    std::fflush(stdout);
+  }
+  return failed ? 1 : 0;
+}
