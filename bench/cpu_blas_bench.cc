@@ -176,8 +176,8 @@ Operands MakeOperands(const ShapeSpec& s, int shape_index, int copy) {
   return o;
 }
 
-// Copies cycled through while timing: enough that the operands leave a 2 MiB L2 (~8 MiB), at most
-// 96 (one per expert).
+// Copies cycled through while timing: ~8 MiB of operands, well past a core's L2 (1 MiB on the
+// development machine's Zen 4), at most 96 (one per expert).
 int CopiesFor(const ShapeSpec& s) {
   const double bytes = 4.0 * (s.ARows() * s.Lda() + s.BRows() * s.Ldb() + int64_t{s.m} * s.Ldc());
   return static_cast<int>(std::clamp(std::ceil(8.0 * (1 << 20) / bytes), 1.0, 96.0));
