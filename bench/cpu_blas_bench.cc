@@ -17,8 +17,9 @@
 // (transposes, leading dimensions, alpha, beta). Every measurement first checks one result against
 // a triple-loop reference in double on random inputs (a relative error beyond --tolerance is a
 // loud failure: stderr, "ok":false, exit status 1), then times the call: the operands are cycled
-// over enough copies to leave L2 (as the 96 experts' weights do), one repetition is one pass over
-// the copies, and a round's time is the median per-call time over >= --reps repetitions and
+// over enough copies to leave L2 (as the 96 experts' weights do; a block of a split product walks
+// the blocks of one whole product instead), one repetition is one pass over the copies, and a
+// round's time is the median per-call time over >= --reps repetitions and
 // >= --min-ms milliseconds, after a warm-up. The parent drives all children in lockstep, shape by
 // shape, --rounds rounds per shape, rotating the library order each round, and keeps each
 // library's best round: on a shared machine the libraries then see the same background load, and
@@ -26,8 +27,9 @@
 // Output, one JSON line each: a library's load info (or "missing"); per (shape, threads, library)
 // GFLOP/s and ratio_vs_openblas (this library's speed over plain OpenBLAS's on the same shape and
 // thread count; > 1 is faster); per library a summary: the time-weighted total over one tiny
-// training step (shape time x calls per step) at 1 thread, and, for reference, the T = 4096 token
-// ("big") shapes alone at 1 and 2 threads with the library's own threading.
+// training step (shape time x calls per step) at 1 thread, as step_ms and by part (experts_ms,
+// attention_ms, dense_ms: the blocks of the T = 4096 token projections), and, for reference,
+// whole_<t>t_ms: the same projections unsplit, one call each, at t threads of the library's own.
 #include <dlfcn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -40,6 +42,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <tuple>
@@ -52,28 +55,44 @@ namespace {
 // tiny: T = batch 16 x seq 256 = 4096 tokens, M = 128, 4 layers, 96 experts of H = 64, top-1 (layer
 // 0 top-4 for the first 200 of 1000 steps), DiffQKV attention n_q = 4, n_k = 1, n_v = 2, D = 32
 // (QD = 128, KD = 32, VD = 64), AugQ d_aug = 192, vocab 256 (tied head), f32 on the CPU.
-// per_step counts how often one step issues the call:
-//  - per layer (x4): the dense projections once each (diffqkv.cc, aug_q.cc, router.cc); attention
-//    per (sequence, query head) = 16 x 4 = 64 times (attention_core_blas.cc), the scores twice (the
-//    backward recomputes them), so 128 per layer;
-//  - the experts once per expert and layer (GroupedGemm / GroupedGemmRaggedK run one sgemm per
-//    group) with the mean rows per expert, T k / E: 43 rows at top-1, 171 at top-4. Averaged over
-//    the 1000-step run, layer 0 is top-4 in 20% of steps: 3.8 layer-equivalents of 96 calls at
-//    r = 43 (364.8) and 0.2 at r = 171 (19.2). Real routing is uneven around that mean;
-//  - the LM head once per step (model.cc).
-// Identical calls from different sites (same op, m, n, k, lds, alpha, beta) are one entry.
-constexpr int kT = 4096, kM = 128, kS = 256, kD = 32, kLayers = 4, kHeadsPerLayer = 16 * 4;
+//
+// The shapes are the single-threaded sgemm calls (CpuSgemm, runtime/blas/cpu_sgemm.h) that the CPU
+// step issues from its thread pool, and per_step how many of each one step issues:
+//  - dense projections over all T tokens (diffqkv.cc, aug_q.cc, router.cc, model.cc's LM head):
+//    Gemm splits each into blocks of ~kBlockFlops (runtime/blas/gemm_cpu.cc, GemmBlocks: rows of C,
+//    or columns when C is wider than tall, a multiple of 16 lines, >= 16), one call per block;
+//    DenseBlocks below repeats that arithmetic. Once per layer (x4) per site, the head once;
+//  - attention (attention_core_blas.cc): per sequence (16) and layer, the 4 query heads that share
+//    the one K head packed into one M = 4 x 64 score product per causal block of 64 queries (block
+//    q0 needs keys [0, q1), q1 = 64, 128, 192, 256), the PV / dV / dP products once per V head (2)
+//    over its 2 packed heads; the backward recomputes the scores;
+//  - experts (experts.cc): GroupedGemm / GroupedGemmRaggedK, one call per expert and layer, at the
+//    mean rows per expert T k / E: 43 at top-1, 171 at top-4. Averaged over the 1000-step run,
+//    layer 0 is top-4 in 20% of steps: 3.8 layer-equivalents of 96 calls at r = 43 (364.8) and
+//    0.2 at r = 171 (19.2). Real routing is uneven around that mean.
+// Calls that are identical (op, m, n, k, leading dimensions, alpha, beta) share one entry.
+// For reference, each dense product is also listed whole ("whole": not part of the step total):
+// what one BLAS call with the library's own threads (--threads) would do instead of the blocks.
+constexpr int kT = 4096, kM = 128, kS = 256, kD = 32, kLayers = 4, kSeqs = 16;
+constexpr int64_t kBlockFlops = int64_t{1} << 21;  // runtime/blas/gemm_cpu.cc
+constexpr int kCausalBlock = 64;                   // attention_core_blas.cc kBlock
 constexpr double kExpertTop1 = 96 * 3.8, kExpertTop4 = 96 * 0.2;
 const float kAttnScale = 1.0f / std::sqrt(static_cast<float>(kD));
 
 struct ShapeSpec {
   std::string name;
-  const char* site;
+  std::string site;
   bool ta, tb;
   int m, n, k;
   int lda, ldb, ldc;  // 0: dense
   float alpha, beta;
-  double per_step;
+  double per_step;     // calls per step (for a whole shape: the logical products it stands for)
+  bool whole = false;  // reference only: a dense product in one call, outside the step total
+  // A block of a split dense product (blocks > 0): the timed copies are `blocks` consecutive blocks
+  // of one whole-size set of operands (rows of op(A) and C, or columns of op(B) and C), the other
+  // operand shared, as one thread would run them.
+  int blocks = 0;
+  bool by_rows = true;
 
   int Lda() const { return lda ? lda : (ta ? m : k); }
   int Ldb() const { return ldb ? ldb : (tb ? k : n); }
@@ -81,58 +100,107 @@ struct ShapeSpec {
   int64_t ARows() const { return ta ? k : m; }
   int64_t BRows() const { return tb ? n : k; }
   double Flops() const { return 2.0 * m * n * k; }
-  bool Big() const { return m == kT || n == kT || k == kT; }  // over all T tokens
   std::string Op() const { return std::string(ta ? "T" : "N") + (tb ? "T" : "N"); }
 };
 
+// A dense product over all tokens, issued `count` times per step: its whole shape (reference) and
+// the blocks GemmBlocks cuts it into (a full-grain block and, when the grain does not divide the
+// lines, the remainder), with the whole matrices' leading dimensions.
+void DenseBlocks(std::vector<ShapeSpec>* out, const std::string& name, const std::string& site,
+                 bool ta, bool tb, int m, int n, int k, float beta, double count) {
+  ShapeSpec whole{name + ".whole", site, ta, tb, m, n, k, 0, 0, 0, 1.0f, beta, count, true};
+  const int lda = whole.Lda(), ldb = whole.Ldb(), ldc = whole.Ldc();
+  const bool by_rows = m >= n;
+  const int64_t lines = by_rows ? m : n;
+  const int64_t line_flops = 2 * int64_t{by_rows ? n : m} * k;
+  const int64_t grain = std::max<int64_t>(16, (kBlockFlops / line_flops + 15) / 16 * 16);
+  const bool split = 2.0 * m * n * k >= 2.0 * kBlockFlops;
+  if (!split) {  // one call as it is
+    ShapeSpec one = whole;
+    one.name = name;
+    one.whole = false;
+    out->push_back(one);
+    return;
+  }
+  out->push_back(whole);
+  const int64_t full = lines / grain, rest = lines % grain;
+  for (const auto& [size, times] : {std::pair<int64_t, int64_t>{grain, full}, {rest, 1}}) {
+    if (size == 0 || times == 0) continue;
+    ShapeSpec blk{name + (by_rows ? ".rows" : ".cols") + std::to_string(size),
+                  site + " (block)",
+                  ta,
+                  tb,
+                  by_rows ? static_cast<int>(size) : m,
+                  by_rows ? n : static_cast<int>(size),
+                  k,
+                  lda,
+                  ldb,
+                  ldc,
+                  1.0f,
+                  beta,
+                  count * static_cast<double>(times)};
+    blk.blocks = static_cast<int>(times);
+    blk.by_rows = by_rows;
+    out->push_back(blk);
+  }
+}
+
 std::vector<ShapeSpec> TinyStepShapes() {
   const double L = kLayers;
-  std::vector<ShapeSpec> s = {
-      // Dense projections over all tokens, forward.
-      {"proj_fwd_n128", "diffqkv.cc:77,110 x Wq, o Wo", false, false, kT, 128, kM, 0, 0, 0, 1, 0,
-       2 * L},
-      {"proj_fwd_n32", "diffqkv.cc:88 x Wk", false, false, kT, 32, kM, 0, 0, 0, 1, 0, L},
-      {"proj_fwd_n64", "diffqkv.cc:89 x Wv", false, false, kT, 64, kM, 0, 0, 0, 1, 0, L},
-      {"proj_fwd_n96", "router.cc:67 x Wgate", false, false, kT, 96, kM, 0, 0, 0, 1, 0, L},
-      {"proj_fwd_n192", "aug_q.cc:41,42 q Wgate, q Wup", false, false, kT, 192, 128, 0, 0, 0, 1, 0,
-       2 * L},
-      {"proj_fwd_k192", "aug_q.cc:44 h Wdown", false, false, kT, 128, 192, 0, 0, 0, 1, 0, L},
-      {"head_fwd_n256", "model.cc:562 nf E^T (tied)", false, true, kT, 256, kM, 0, 0, 0, 1, 0, 1},
-      // Input gradients: dY W^T.
-      {"proj_dx_k128", "diffqkv.cc:135,167 dy Wo^T, dq Wq^T", false, true, kT, 128, 128, 0, 0, 0, 1,
-       0, 2 * L},
-      {"proj_dx_k32", "diffqkv.cc:168 dk Wk^T (+=)", false, true, kT, kM, 32, 0, 0, 0, 1, 1, L},
-      {"proj_dx_k64", "diffqkv.cc:169 dv Wv^T (+=)", false, true, kT, kM, 64, 0, 0, 0, 1, 1, L},
-      {"proj_dx_k96", "router.cc:122 dlogits Wgate^T", false, true, kT, kM, 96, 0, 0, 0, 1, 0, L},
-      {"proj_dx_n192", "aug_q.cc:64 dqa Wdown^T", false, true, kT, 192, 128, 0, 0, 0, 1, 0, L},
-      {"proj_dx_k192", "aug_q.cc:68 dgate Wgate^T", false, true, kT, 128, 192, 0, 0, 0, 1, 0, L},
-      {"proj_dx_k192_acc", "aug_q.cc:69 dup Wup^T (+=)", false, true, kT, 128, 192, 0, 0, 0, 1, 1,
-       L},
-      {"head_dx_k256", "model.cc:714 dlogits E", false, false, kT, kM, 256, 0, 0, 0, 1, 0, 1},
-      // Weight gradients: X^T dY over all tokens, accumulated (beta 1).
-      {"proj_dw_128x128", "diffqkv.cc:134,164 dWo, dWq", true, false, 128, 128, kT, 0, 0, 0, 1, 1,
-       2 * L},
-      {"proj_dw_128x32", "diffqkv.cc:165 dWk", true, false, kM, 32, kT, 0, 0, 0, 1, 1, L},
-      {"proj_dw_128x64", "diffqkv.cc:166 dWv", true, false, kM, 64, kT, 0, 0, 0, 1, 1, L},
-      {"proj_dw_128x96", "router.cc:125 dWgate", true, false, kM, 96, kT, 0, 0, 0, 1, 1, L},
-      {"proj_dw_128x192", "aug_q.cc:66,67 dWgate, dWup", true, false, 128, 192, kT, 0, 0, 0, 1, 1,
-       2 * L},
-      {"proj_dw_192x128", "aug_q.cc:63 dWdown", true, false, 192, 128, kT, 0, 0, 0, 1, 1, L},
-      {"head_dw_256x128", "model.cc:716 dE (tied)", true, false, 256, kM, kT, 0, 0, 0, 1, 1, 1},
-      // Attention per (sequence, head): strided heads in [B, S, heads, D].
-      {"attn_scores", "attention_core_blas.cc:25 q k^T (fwd + bwd)", false, true, kS, kS, kD, 128,
-       32, kS, kAttnScale, 0, 2 * kHeadsPerLayer * L},
-      {"attn_pv", "attention_core_blas.cc:51 P V", false, false, kS, kD, kS, kS, 64, 128, 1, 0,
-       kHeadsPerLayer * L},
-      {"attn_dv", "attention_core_blas.cc:87 P^T dO (+=)", true, false, kS, kD, kS, kS, 128, 64, 1,
-       1, kHeadsPerLayer * L},
-      {"attn_dp", "attention_core_blas.cc:89 dO V^T", false, true, kS, kS, kD, 128, 64, kS, 1, 0,
-       kHeadsPerLayer * L},
-      {"attn_dq", "attention_core_blas.cc:101 dS K", false, false, kS, kD, kS, kS, 32, 128,
-       kAttnScale, 0, kHeadsPerLayer * L},
-      {"attn_dk", "attention_core_blas.cc:103 dS^T Q (+=)", true, false, kS, kD, kS, kS, 128, 32,
-       kAttnScale, 1, kHeadsPerLayer * L},
-  };
+  std::vector<ShapeSpec> s;
+  auto dense = [&](const char* name, const char* site, bool ta, bool tb, int m, int n, int k,
+                   float beta,
+                   double count) { DenseBlocks(&s, name, site, ta, tb, m, n, k, beta, count); };
+  // Forward: X W.
+  dense("proj_fwd_n128", "diffqkv.cc:77,110 x Wq, o Wo", false, false, kT, 128, kM, 0, 2 * L);
+  dense("proj_fwd_n32", "diffqkv.cc:88 x Wk", false, false, kT, 32, kM, 0, L);
+  dense("proj_fwd_n64", "diffqkv.cc:89 x Wv", false, false, kT, 64, kM, 0, L);
+  dense("proj_fwd_n96", "router.cc:68 x Wgate", false, false, kT, 96, kM, 0, L);
+  dense("proj_fwd_n192", "aug_q.cc:41,42 q Wgate, q Wup", false, false, kT, 192, 128, 0, 2 * L);
+  dense("proj_fwd_k192", "aug_q.cc:44 h Wdown", false, false, kT, 128, 192, 0, L);
+  dense("head_fwd_n256", "model.cc:572 nf E^T (tied)", false, true, kT, 256, kM, 0, 1);
+  // Input gradients: dY W^T.
+  dense("proj_dx_k128", "diffqkv.cc:135,167 dy Wo^T, dq Wq^T", false, true, kT, 128, 128, 0, 2 * L);
+  dense("proj_dx_k32", "diffqkv.cc:168 dk Wk^T (+=)", false, true, kT, kM, 32, 1, L);
+  dense("proj_dx_k64", "diffqkv.cc:169 dv Wv^T (+=)", false, true, kT, kM, 64, 1, L);
+  dense("proj_dx_k96", "router.cc:136 dlogits Wgate^T", false, true, kT, kM, 96, 0, L);
+  dense("proj_dx_n192", "aug_q.cc:64 dqa Wdown^T", false, true, kT, 192, 128, 0, L);
+  dense("proj_dx_k192", "aug_q.cc:68 dgate Wgate^T", false, true, kT, 128, 192, 0, L);
+  dense("proj_dx_k192_acc", "aug_q.cc:69 dup Wup^T (+=)", false, true, kT, 128, 192, 1, L);
+  dense("head_dx_k256", "model.cc:728 dlogits E", false, false, kT, kM, 256, 0, 1);
+  // Weight gradients: X^T dY over all tokens, accumulated (beta 1).
+  dense("proj_dw_128x128", "diffqkv.cc:134,164 dWo, dWq", true, false, 128, 128, kT, 1, 2 * L);
+  dense("proj_dw_128x32", "diffqkv.cc:165 dWk", true, false, kM, 32, kT, 1, L);
+  dense("proj_dw_128x64", "diffqkv.cc:166 dWv", true, false, kM, 64, kT, 1, L);
+  dense("proj_dw_128x96", "router.cc:139 dWgate", true, false, kM, 96, kT, 1, L);
+  dense("proj_dw_128x192", "aug_q.cc:66,67 dWgate, dWup", true, false, 128, 192, kT, 1, 2 * L);
+  dense("proj_dw_192x128", "aug_q.cc:63 dWdown", true, false, 192, 128, kT, 1, L);
+  dense("head_dw_256x128", "model.cc:730 dE (tied)", true, false, 256, kM, kT, 1, 1);
+
+  // Attention, per causal block q1 (keys [0, q1)): G = 4 packed query heads of 64 rows each
+  // (M = 256; leading dimension D), 2 per V head (M = 128); P and dS [256 x q1] with ld S; the K,
+  // V, dK, dV heads strided in [B, S, heads, D] (ld n_k D = 32, n_v D = 64).
+  const double per_block = kSeqs * L;  // each q1 once per sequence and layer
+  const int g_rows = 4 * kCausalBlock, v_rows = 2 * kCausalBlock;
+  for (int q1 = kCausalBlock; q1 <= kS; q1 += kCausalBlock) {
+    const std::string sfx = "_q" + std::to_string(q1);
+    const std::vector<ShapeSpec> a = {
+        {"attn_scores" + sfx, "attention_core_blas.cc scores Q K^T (fwd + bwd)", false, true,
+         g_rows, q1, kD, kD, 32, kS, kAttnScale, 0, 2 * per_block},
+        {"attn_pv" + sfx, "attention_core_blas.cc fwd P V, per V head", false, false, v_rows, kD,
+         q1, kS, 64, kD, 1, 0, 2 * per_block},
+        {"attn_dv" + sfx, "attention_core_blas.cc dV += P^T dO, per V head", true, false, q1, kD,
+         v_rows, kS, kD, 64, 1, 1, 2 * per_block},
+        {"attn_dp" + sfx, "attention_core_blas.cc dP = dO V^T, per V head", false, true, v_rows, q1,
+         kD, kD, 64, kS, 1, 0, 2 * per_block},
+        {"attn_dq" + sfx, "attention_core_blas.cc dQ = s dS K", false, false, g_rows, kD, q1, kS,
+         32, kD, kAttnScale, 0, per_block},
+        {"attn_dk" + sfx, "attention_core_blas.cc dK += s dS^T Q", true, false, q1, kD, g_rows, kS,
+         kD, 32, kAttnScale, 1, per_block},
+    };
+    s.insert(s.end(), a.begin(), a.end());
+  }
+
   // Experts (experts.cc), per expert, at r = 43 (top-1) and r = 171 (top-4) rows.
   for (const auto& [r, count] : {std::pair<int, double>{43, kExpertTop1}, {171, kExpertTop4}}) {
     const std::string sfx = "_r" + std::to_string(r);
@@ -147,7 +215,7 @@ std::vector<ShapeSpec> TinyStepShapes() {
          count},
         {"exp_dw13" + sfx, "experts.cc:138,139 x^T dh1, x^T dh3 (ragged K, +=)", true, false, 128,
          64, r, 0, 0, 0, 1, 1, 2 * count},
-        {"exp_dw2" + sfx, "experts.cc:131 act^T dy (ragged K, +=)", true, false, 64, 128, r, 0, 0,
+        {"exp_dw2" + sfx, "experts.cc:130 act^T dy (ragged K, +=)", true, false, 64, 128, r, 0, 0,
          0, 1, 1, count},
     };
     s.insert(s.end(), e.begin(), e.end());
@@ -161,27 +229,73 @@ struct Operands {
   std::vector<float> a, b, c0;
 };
 
+// Elements of A, B and C to allocate: one call's, or for a block shape the whole product's.
+int64_t AElems(const ShapeSpec& s) {
+  const int64_t rows = s.ARows() * (s.blocks > 0 && s.by_rows && !s.ta ? s.blocks : 1);
+  return rows * s.Lda();
+}
+int64_t BElems(const ShapeSpec& s) {
+  const int64_t rows = s.BRows() * (s.blocks > 0 && !s.by_rows && s.tb ? s.blocks : 1);
+  return rows * s.Ldb();
+}
+int64_t CElems(const ShapeSpec& s) {
+  return int64_t{s.m} * (s.blocks > 0 && s.by_rows ? s.blocks : 1) * s.Ldc();
+}
+
 // Copy `copy` of the shape's operands: uniform in [-1, 1], deterministic in (shape, copy).
 Operands MakeOperands(const ShapeSpec& s, int shape_index, int copy) {
   std::mt19937_64 rng(0x5eed0000ull + 1000ull * static_cast<uint64_t>(shape_index) +
                       static_cast<uint64_t>(copy));
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   Operands o;
-  o.a.resize(static_cast<size_t>(s.ARows() * s.Lda()));
-  o.b.resize(static_cast<size_t>(s.BRows() * s.Ldb()));
-  o.c0.resize(static_cast<size_t>(int64_t{s.m} * s.Ldc()));
+  o.a.resize(static_cast<size_t>(AElems(s)));
+  o.b.resize(static_cast<size_t>(BElems(s)));
+  o.c0.resize(static_cast<size_t>(CElems(s)));
   for (float& x : o.a) x = u(rng);
   for (float& x : o.b) x = u(rng);
   for (float& x : o.c0) x = u(rng);
   return o;
 }
 
-// Copies cycled through while timing: ~8 MiB of operands, well past a core's L2 (1 MiB on the
-// development machine's Zen 4), at most 96 (one per expert).
+// Copies cycled through while timing: a block shape's blocks; otherwise ~8 MiB of operands, well
+// past a core's L2 (1 MiB on the development machine's Zen 4), at most 96 (one per expert).
 int CopiesFor(const ShapeSpec& s) {
-  const double bytes = 4.0 * (s.ARows() * s.Lda() + s.BRows() * s.Ldb() + int64_t{s.m} * s.Ldc());
+  if (s.blocks > 0) return s.blocks;
+  const double bytes = 4.0 * static_cast<double>(AElems(s) + BElems(s) + CElems(s));
   return static_cast<int>(std::clamp(std::ceil(8.0 * (1 << 20) / bytes), 1.0, 96.0));
 }
+
+// The operands of every copy: distinct sets, or for a block shape offsets into one set.
+struct Working {
+  const ShapeSpec* s = nullptr;
+  std::vector<Operands> ops;
+  std::vector<std::vector<float>> cs;
+  int copies = 0;
+
+  Working(const ShapeSpec& shape, int shape_index) : s(&shape), copies(CopiesFor(shape)) {
+    for (int c = 0; c < (shape.blocks > 0 ? 1 : copies); ++c) {
+      ops.push_back(MakeOperands(shape, shape_index, c));
+      cs.push_back(ops.back().c0);
+    }
+  }
+  const Operands& Set(int c) const { return ops[s->blocks > 0 ? 0 : c]; }
+  const float* A(int c) const {
+    if (s->blocks == 0 || !s->by_rows) return Set(c).a.data();
+    return Set(c).a.data() + (s->ta ? int64_t{c} * s->m : int64_t{c} * s->m * s->Lda());
+  }
+  const float* B(int c) const {
+    if (s->blocks == 0 || s->by_rows) return Set(c).b.data();
+    return Set(c).b.data() + (s->tb ? int64_t{c} * s->n * s->Ldb() : int64_t{c} * s->n);
+  }
+  float* C(int c) {
+    float* base = cs[s->blocks > 0 ? 0 : c].data();
+    if (s->blocks == 0) return base;
+    return base + (s->by_rows ? int64_t{c} * s->m * s->Ldc() : int64_t{c} * s->n);
+  }
+  void ResetC() {
+    for (size_t i = 0; i < cs.size(); ++i) cs[i] = ops[i].c0;
+  }
+};
 
 // C = alpha op(A) op(B) + beta C0 in double, as an [m, n] dense float matrix.
 std::vector<float> Reference(const ShapeSpec& s, const Operands& o) {
@@ -453,22 +567,19 @@ void RunChild(int cmd_fd, int out_fd, const std::string& name, const Options& op
   }
   SendText(out_fd, Record::kInfo, -1, lib.info);
   int current = -1;
-  std::vector<Operands> ops;
-  std::vector<std::vector<float>> cs;
+  std::unique_ptr<Working> w;
   Command cmd;
   while (ReadAll(cmd_fd, &cmd, sizeof cmd) && cmd.shape >= 0) {
     const ShapeSpec& s = shapes[cmd.shape];
-    const int copies = CopiesFor(s);
     if (cmd.shape != current) {
-      ops.clear();
-      cs.clear();
-      for (int c = 0; c < copies; ++c) ops.push_back(MakeOperands(s, cmd.shape, c));
-      for (const Operands& o : ops) cs.push_back(o.c0);
+      w.reset();
+      w = std::make_unique<Working>(s, cmd.shape);
       current = cmd.shape;
     }
+    const int copies = w->copies;
     if (lib.set_threads != nullptr) lib.set_threads(cmd.threads);
-    cs[0] = ops[0].c0;  // the check: copy 0 from C0
-    if (!lib.Gemm(s, ops[0].a.data(), ops[0].b.data(), cs[0].data())) {
+    w->ResetC();  // the check: copy 0 from C0
+    if (!lib.Gemm(s, w->A(0), w->B(0), w->C(0))) {
       SendText(out_fd, Record::kError, cmd.shape, "library returned an error status");
       continue;
     }
@@ -476,20 +587,18 @@ void RunChild(int cmd_fd, int out_fd, const std::string& name, const Options& op
     r.kind = Record::kResult;
     r.shape = cmd.shape;
     r.threads = cmd.threads;
-    r.err = MaxRelError(s, cs[0], refs[cmd.shape]);
+    r.err = MaxRelError(s, w->cs[0], refs[cmd.shape]);
     // Warm-up: one pass over the copies and >= 10 ms.
     const double warm_start = Now();
     for (int i = 0; i < copies || Now() - warm_start < 0.01; ++i) {
       const int c = i % copies;
-      lib.Gemm(s, ops[c].a.data(), ops[c].b.data(), cs[c].data());
+      lib.Gemm(s, w->A(c), w->B(c), w->C(c));
     }
     std::vector<double> per_call;
     double total = 0;
     while (static_cast<int>(per_call.size()) < opt.reps || total * 1e3 < opt.min_ms) {
       const double t0 = Now();
-      for (int c = 0; c < copies; ++c) {
-        lib.Gemm(s, ops[c].a.data(), ops[c].b.data(), cs[c].data());
-      }
+      for (int c = 0; c < copies; ++c) lib.Gemm(s, w->A(c), w->B(c), w->C(c));
       const double dt = Now() - t0;
       total += dt;
       per_call.push_back(dt / copies);
@@ -529,8 +638,8 @@ void Usage(const char* argv0) {
       "child process; a library that is not installed is reported \"missing\" and skipped) on the\n"
       "GEMM shapes of one `tiny` training step, checks each result against a double-precision\n"
       "reference, and prints one JSON line per (shape, threads, library) plus a per-library\n"
-      "summary: the time-weighted total over one tiny step at 1 thread (and the T=4096 shapes at\n"
-      "each thread count).\n"
+      "summary: the time-weighted total over one tiny step at 1 thread, by part, and the T=4096\n"
+      "projections unsplit (\".whole\" shapes: reference, not in the step) at each thread count.\n"
       "\n"
       "  --rounds N     measure every (shape, threads) N times, libraries interleaved, and keep\n"
       "                 each library's best round (default 3)\n"
@@ -541,7 +650,7 @@ void Usage(const char* argv0) {
       "  --libs LIST    libraries, comma-separated, from: openblas (OPENBLAS_CORETYPE unset),\n"
       "                 openblas-skylakex, openblas-haswell, blis, onednn (default: all);\n"
       "                 ratio_vs_openblas needs openblas among them\n"
-      "  --threads LIST thread counts (default 1,2); counts > 1 run only the T=4096 shapes\n"
+      "  --threads LIST thread counts (default 1,2); counts > 1 run only the .whole shapes\n"
       "  --tolerance X  max relative error before a result counts as wrong (default 1e-3)\n"
       "  --list         print the shapes (with calls per step) and exit\n"
       "Exit status: 0, or 1 if any result was wrong or a library failed.\n",
@@ -552,9 +661,9 @@ std::string ShapeJson(const ShapeSpec& s) {
   char buf[512];
   std::snprintf(buf, sizeof buf,
                 "\"shape\":\"%s\",\"op\":\"%s\",\"m\":%d,\"n\":%d,\"k\":%d,\"lda\":%d,\"ldb\":%d,"
-                "\"ldc\":%d,\"alpha\":%.6g,\"beta\":%g,\"per_step\":%g",
+                "\"ldc\":%d,\"alpha\":%.6g,\"beta\":%g,\"per_step\":%g,\"whole\":%s",
                 s.name.c_str(), s.Op().c_str(), s.m, s.n, s.k, s.Lda(), s.Ldb(), s.Ldc(), s.alpha,
-                s.beta, s.per_step);
+                s.beta, s.per_step, s.whole ? "true" : "false");
   return buf;
 }
 
@@ -635,10 +744,9 @@ int main(int argc, char** argv) {
   }
   if (list) {
     for (int i : selected) {
-      std::printf("{%s,\"site\":\"%s\",\"mflop\":%.3f,\"big\":%s,\"copies\":%d}\n",
+      std::printf("{%s,\"site\":\"%s\",\"mflop\":%.3f,\"copies\":%d}\n",
                   ShapeJson(shapes[i]).c_str(), JsonEscape(shapes[i].site).c_str(),
-                  shapes[i].Flops() / 1e6, shapes[i].Big() ? "true" : "false",
-                  CopiesFor(shapes[i]));
+                  shapes[i].Flops() / 1e6, CopiesFor(shapes[i]));
     }
     return 0;
   }
@@ -700,7 +808,7 @@ int main(int argc, char** argv) {
   for (int threads : opt.threads) {
     for (int idx : selected) {
       const ShapeSpec& s = shapes[idx];
-      if (threads > 1 && !s.Big()) continue;
+      if (threads > 1 && !s.whole) continue;
       for (int round = 0; round < opt.rounds; ++round) {
         for (size_t j = 0; j < children.size(); ++j) {
           Child& c = children[(j + static_cast<size_t>(round)) % children.size()];
@@ -779,61 +887,69 @@ int main(int argc, char** argv) {
     }
   }
 
-  // Per-library summaries over one step: 1 thread over every selected shape, and the big shapes
-  // at each thread count. A total is "complete" when every selected shape has a time.
+  // Per-library summaries: the step (every selected non-whole shape at 1 thread, times its calls
+  // per step), split into experts, attention and dense blocks; and the whole dense products at
+  // each thread count. A total is "complete" when every selected shape has a time, and a ratio is
+  // given only when plain OpenBLAS has a time for every shape in it.
   for (const Child& c : children) {
-    double step_s = 0, base_s = 0, flops = 0;
-    int have = 0, have_base = 0, expected = 0;
-    std::map<int, double> big_s, big_base_s;
-    std::map<int, int> big_have, big_have_base;
-    int big_expected = 0;
+    struct Sum {
+      double s = 0, base_s = 0, flops = 0;
+      int have = 0, have_base = 0, expected = 0;
+    };
+    std::map<std::string, Sum> sums;  // "step", "experts", "attention", "dense", "whole_<t>t"
     for (int idx : selected) {
-      const ShapeSpec& s = shapes[idx];
-      ++expected;
-      big_expected += s.Big();
+      const ShapeSpec& sh = shapes[idx];
       for (int threads : opt.threads) {
-        if (threads > 1 && !s.Big()) continue;
+        if (threads > 1 && !sh.whole) continue;
+        std::vector<std::string> keys;
+        if (sh.whole) {
+          keys.push_back("whole_" + std::to_string(threads) + "t");
+        } else {
+          keys.push_back("step");
+          keys.push_back(sh.name.rfind("exp_", 0) == 0    ? "experts"
+                         : sh.name.rfind("attn_", 0) == 0 ? "attention"
+                                                          : "dense");
+        }
         const auto it = best.find({c.name, idx, threads});
         const auto base = best.find({"openblas", idx, threads});
-        if (it == best.end()) continue;
-        if (threads == 1) {
-          step_s += s.per_step * it->second.seconds;
-          flops += s.per_step * s.Flops();
-          ++have;
+        for (const std::string& key : keys) {
+          Sum& sum = sums[key];
+          ++sum.expected;
+          if (it == best.end()) continue;
+          sum.s += sh.per_step * it->second.seconds;
+          sum.flops += sh.per_step * sh.Flops();
+          ++sum.have;
           if (base != best.end()) {
-            base_s += s.per_step * base->second.seconds;
-            ++have_base;
-          }
-        }
-        if (s.Big()) {
-          big_s[threads] += s.per_step * it->second.seconds;
-          ++big_have[threads];
-          if (base != best.end()) {
-            big_base_s[threads] += s.per_step * base->second.seconds;
-            ++big_have_base[threads];
+            sum.base_s += sh.per_step * base->second.seconds;
+            ++sum.have_base;
           }
         }
       }
     }
-    if (have == 0) continue;
-    char ratio[32] = "null";
-    if (have_base == have) std::snprintf(ratio, sizeof ratio, "%.3f", base_s / step_s);
-    std::string big;
-    for (const auto& [t, sec] : big_s) {
-      char buf[200], bratio[32] = "null";
-      if (big_have_base[t] == big_have[t]) {
-        std::snprintf(bratio, sizeof bratio, "%.3f", big_base_s[t] / sec);
+    const Sum& step = sums["step"];
+    if (step.have == 0 && sums.size() <= 1) continue;
+    auto ratio = [](const Sum& sum) {
+      char buf[32] = "null";
+      if (sum.have > 0 && sum.have_base == sum.have) {
+        std::snprintf(buf, sizeof buf, "%.3f", sum.base_s / sum.s);
       }
-      std::snprintf(buf, sizeof buf, ",\"big_ms_%dt\":%.2f,\"big_ratio_%dt\":%s", t, sec * 1e3, t,
-                    bratio);
-      big += buf;
+      return std::string(buf);
+    };
+    std::string parts;
+    for (const auto& [key, sum] : sums) {
+      if (key == "step" || sum.have == 0) continue;
+      char buf[200];
+      std::snprintf(buf, sizeof buf, ",\"%s_ms\":%.2f,\"%s_ratio\":%s", key.c_str(), sum.s * 1e3,
+                    key.c_str(), ratio(sum).c_str());
+      parts += buf;
     }
     std::printf(
         "{\"lib\":\"%s\",\"summary\":\"tiny_step\",\"threads\":1,\"shapes\":%d,\"complete\":%s,"
         "\"step_ms\":%.2f,\"step_gflop\":%.3f,\"gflops\":%.2f,\"ratio_vs_openblas\":%s%s,"
-        "\"big_shapes\":%d,\"wrong\":%d}\n",
-        c.name.c_str(), have, have == expected ? "true" : "false", step_s * 1e3, flops / 1e9,
-        flops / step_s / 1e9, ratio, big.c_str(), big_expected, wrong[c.name]);
+        "\"wrong\":%d}\n",
+        c.name.c_str(), step.have, step.have == step.expected ? "true" : "false", step.s * 1e3,
+        step.flops / 1e9, step.s > 0 ? step.flops / step.s / 1e9 : 0.0, ratio(step).c_str(),
+        parts.c_str(), wrong[c.name]);
   }
   return failed ? 1 : 0;
 }
