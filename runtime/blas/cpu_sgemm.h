@@ -6,7 +6,7 @@
 // (runtime/core/thread_pool.h).
 //
 // Library: oneDNN's dnnl_sgemm in a build that found it (MOE_WITH_ONEDNN; its JIT kernels ran the
-// tiny preset's GEMM mix 1.6x faster than OpenBLAS single-threaded: README, "Benchmarks"),
+// tiny preset's GEMM mix 1.19x faster than OpenBLAS single-threaded: README, "Benchmarks"),
 // otherwise OpenBLAS's cblas_sgemm. Deterministic: the same inputs give the same bits.
 #pragma once
 

@@ -179,6 +179,28 @@ TEST(QkNormTest, GradientMatchesFiniteDifferences) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("dw")));
 }
 
+// 1300 rows: the op sums dw over chunks of rows (in parallel, added in order); against the double
+// reference in one pass.
+TEST(QkNormTest, ManyRowsMatchTheReference) {
+  const int64_t rows = 1300, dim = 16;
+  Tensor x = RandomNormal({rows, dim}, 31), w = RandomNormal({dim}, 32),
+         dy = RandomNormal({rows, dim}, 33);
+  Tensor y = HostTensor({rows, dim}), rstd = HostTensor({rows}), dx = HostTensor({rows, dim});
+  Tensor dw = HostTensor({dim});
+  MOE_ASSERT_OK(Fill(Cpu(), dw, 0.0));
+  MOE_ASSERT_OK(HeadRmsNormForward(Cpu(), x, w, y, rstd, 1e-6));
+  MOE_ASSERT_OK(HeadRmsNormBackward(Cpu(), x, w, rstd, dy, dx, dw));
+  const std::vector<double> xd = ToDoubles(x), wd = ToDoubles(w), dyd = ToDoubles(dy);
+  std::vector<double> yd(rows * dim), rd(rows), dxd(rows * dim), dwd(dim, 0.0);
+  attention_internal::HeadRmsNormForwardCpu(xd.data(), wd.data(), yd.data(), rd.data(), rows, dim,
+                                            1e-6);
+  attention_internal::HeadRmsNormBackwardCpu(xd.data(), wd.data(), rd.data(), dyd.data(),
+                                             dxd.data(), dwd.data(), rows, dim);
+  EXPECT_TRUE(testing::AllClose(ToDoubles(y), yd, {1e-5, 1e-5}));
+  EXPECT_TRUE(testing::AllClose(ToDoubles(dx), dxd, {1e-5, 1e-5}));
+  EXPECT_TRUE(testing::AllClose(ToDoubles(dw), dwd, {1e-5, 1e-5}));
+}
+
 TEST(QkNormTest, BadArguments) {
   Tensor x = RandomNormal({2, 3, 4}, 1), w = RandomNormal({3}, 2);
   Tensor y = HostTensor({2, 3, 4}), rstd = HostTensor({6});
