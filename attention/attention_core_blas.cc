@@ -20,23 +20,9 @@ const float* HeadPtr(const float* base, const AttentionDims& d, int64_t heads, i
   return base + (b * d.seq * heads + h) * d.head_dim;
 }
 
-// row[t] = exp(row[t] - shift) for t < n; returns their sum, in double, added in 8 lanes (a fixed
-// order, so the sum is repeatable).
-MOE_CPU_CLONES double ExpShiftedSum(float* row, int64_t n, float shift) {
-  double lanes[8] = {};
-  int64_t t = 0;
-  for (; t + 8 <= n; t += 8) {
-    for (int l = 0; l < 8; ++l) {
-      row[t + l] = ExpF(row[t + l] - shift);
-      lanes[l] += row[t + l];
-    }
-  }
-  for (; t < n; ++t) {
-    row[t] = ExpF(row[t] - shift);
-    lanes[t % 8] += row[t];
-  }
-  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+// row[t] = exp(row[t] - shift) for t < n, in place; returns their sum (cpu_vector.h).
+MOE_CPU_CLONES double ExpShiftedSumInPlace(float* row, int64_t n, float shift) {
+  return ExpShiftedSum(row, shift, n, row);
 }
 
 // max over row[0, n), n >= 1, in 16 lanes (vectorizes; a NaN in the row may or may not win,
@@ -174,7 +160,7 @@ void AttentionForwardBlas(const AttentionDims& d, const float* q, const float* k
                 const int64_t s = q0 + r;  // the query's position: keys 0..s
                 float* row = p + (j * rows + r) * s_len;
                 const float max = RowMax(row, s + 1);
-                const double sum = ExpShiftedSum(row, s + 1, max);
+                const double sum = ExpShiftedSumInPlace(row, s + 1, max);
                 inv_sum[j * rows + r] = static_cast<float>(1.0 / sum);
                 std::fill(row + s + 1, row + q1, 0.0f);
                 lse_row[s] = max + static_cast<float>(std::log(sum));

@@ -24,8 +24,7 @@ MOE_CPU_CLONES double LogSumExp(const float* row, int64_t e) {
     for (int l = 0; l < 8; ++l) lanes[l] += ExpF(row[c + l] - max);
   }
   for (; c < e; ++c) lanes[c % 8] += ExpF(row[c] - max);
-  const double sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-                     ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  const double sum = SumLanes(lanes);
   return double{max} + std::log(sum);
 }
 

@@ -59,4 +59,29 @@ inline float ExpF(float x) {
 // 1 / (1 + exp(-x)) through ExpF.
 inline float SigmoidF(float x) { return 1.0f / (1.0f + ExpF(-x)); }
 
+// Sums kept in 8 double lanes (element i in lane i % 8, so loops over them vectorize), added
+// pairwise in a fixed order: the same bits on every run and every thread count.
+inline double SumLanes(const double (&lanes)[8]) {
+  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
+         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+// y[i] = ExpF(x[i] - shift) for i < n (y may be x); returns the sum of the y, in double lanes.
+// Call it from a MOE_CPU_CLONES function (it is inlined into each clone).
+inline double ExpShiftedSum(const float* x, float shift, int64_t n, float* y) {
+  double lanes[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) {
+      y[i + l] = ExpF(x[i + l] - shift);
+      lanes[l] += y[i + l];
+    }
+  }
+  for (; i < n; ++i) {
+    y[i] = ExpF(x[i] - shift);
+    lanes[i % 8] += y[i];
+  }
+  return SumLanes(lanes);
+}
+
 }  // namespace smoe

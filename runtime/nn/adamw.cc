@@ -43,8 +43,7 @@ MOE_CPU_CLONES double SquaredNorm(const float* p, int64_t n) {
     for (int l = 0; l < 8; ++l) lanes[l] += double{p[i + l]} * p[i + l];
   }
   for (; i < n; ++i) lanes[0] += double{p[i]} * p[i];
-  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  return SumLanes(lanes);
 }
 
 }  // namespace

@@ -56,8 +56,7 @@ MOE_CPU_CLONES double RowF32(const float* row, int32_t target, int64_t vocab, do
     if (drow != nullptr) drow[v] = e;
     lanes[v % 8] += e;
   }
-  const double sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-                     ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  const double sum = SumLanes(lanes);
   if (drow != nullptr) {
     const float gs = static_cast<float>(g / sum);
     for (int64_t v = 0; v < vocab; ++v) drow[v] *= gs;

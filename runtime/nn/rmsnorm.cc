@@ -1,8 +1,8 @@
 #include "runtime/nn/rmsnorm.h"
 
 #include <algorithm>
-#include <type_traits>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -36,8 +36,7 @@ MOE_CPU_CLONES double SumSquares(const float* x, int64_t n) {
     for (int l = 0; l < 8; ++l) lanes[l] += double{x[c + l]} * x[c + l];
   }
   for (; c < n; ++c) lanes[c % 8] += double{x[c]} * x[c];
-  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  return SumLanes(lanes);
 }
 
 MOE_CPU_CLONES void ScaleByGain(const float* x, const float* gain, float inv, int64_t n, float* y) {
@@ -62,9 +61,7 @@ MOE_CPU_CLONES void BackwardRowF32(const float* x, const float* gain, float rstd
     sum[c] += xdy * inv;
     lanes[c % 8] += xdy * gain[c];
   }
-  const double dot = (((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-                      ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))) *
-                     inv;
+  const double dot = SumLanes(lanes) * inv;
   const float invf = rstd, mean = static_cast<float>(dot / static_cast<double>(n));
   for (c = 0; c < n; ++c) dx[c] = invf * (dy[c] * gain[c] - x[c] * invf * mean);
 }
@@ -81,8 +78,8 @@ void RMSNormForwardRows(const X* x, const float* gain, double eps, int64_t rows,
         ScaleByGain(x + r * cols, gain, static_cast<float>(inv), cols, y + r * cols);
       }
     } else {
-      internal::RMSNormForwardCpu(x + first * cols, gain, eps, last - first, cols,
-                                  y + first * cols, rstd + first);
+      internal::RMSNormForwardCpu(x + first * cols, gain, eps, last - first, cols, y + first * cols,
+                                  rstd + first);
     }
   });
 }

@@ -11,20 +11,7 @@ namespace {
 
 // y[c] = exp(x[c] - max) (ExpF, vectorized: cpu_vector.h); returns the sum, in double lanes.
 MOE_CPU_CLONES double ExpRowSum(const float* x, float max, int64_t n, float* y) {
-  double lanes[8] = {};
-  int64_t c = 0;
-  for (; c + 8 <= n; c += 8) {
-    for (int l = 0; l < 8; ++l) {
-      y[c + l] = ExpF(x[c + l] - max);
-      lanes[l] += y[c + l];
-    }
-  }
-  for (; c < n; ++c) {
-    y[c] = ExpF(x[c] - max);
-    lanes[c % 8] += y[c];
-  }
-  return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) +
-         ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  return ExpShiftedSum(x, max, n, y);
 }
 
 }  // namespace
