@@ -21,12 +21,12 @@ namespace smoe {
 enum class OpKind : int {
   kAttention,  // DiffQKV around the core: projections, AugQ, RoPE, head norms, output projection
   kAttentionCore,  // softmax(Q K^T) V and its backward
-  kRouter,     // router logits, softmax, top-k, aux losses and their backward
-  kDispatch,   // routing plan, permute to expert order, combine back (and their backward)
-  kExperts,    // the experts' grouped GEMMs and SwiGLU
-  kNorms,      // the blocks' RMSNorms and residual adds
-  kHead,       // embedding, final norm, LM head, cross-entropy
-  kOptimizer,  // gradient norm, clipping, AdamW, compute copies
+  kRouter,         // router logits, softmax, top-k, aux losses and their backward
+  kDispatch,       // routing plan, permute to expert order, combine back (and their backward)
+  kExperts,        // the experts' grouped GEMMs and SwiGLU
+  kNorms,          // the blocks' RMSNorms and residual adds
+  kHead,           // embedding, final norm, LM head, cross-entropy
+  kOptimizer,      // gradient norm, clipping, AdamW, compute copies
   kCount,
 };
 

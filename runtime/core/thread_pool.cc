@@ -9,6 +9,8 @@
 #include <thread>
 #include <vector>
 
+#include "runtime/core/launcher_env.h"
+
 // OpenBLAS's thread setting, when the BLAS linked in is OpenBLAS (weak: absent elsewhere).
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
 
@@ -111,24 +113,13 @@ std::mutex pool_mutex;
 std::unique_ptr<ThreadPool> pool;
 int requested_threads = 0;  // SetCpuThreads; 0 = default
 
-// Ranks of this job on this machine, from the launcher's environment (OpenMPI, MPICH/Intel MPI,
-// Slurm); 1 outside a launcher.
-int LocalRanks() {
-  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"}) {
-    if (const char* env = std::getenv(var)) {
-      if (const int n = std::atoi(env); n >= 1) return n;
-    }
-  }
-  return 1;
-}
-
 int DefaultThreads() {
   if (const char* env = std::getenv("MOE_NUM_THREADS")) {
     const int n = std::atoi(env);
     if (n >= 1) return n;
   }
   const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  return std::max(1, hardware / LocalRanks());
+  return std::max(1, hardware / std::max(1, LocalRankFromEnvironment(0, 1).size));
 }
 
 }  // namespace

@@ -1,7 +1,5 @@
 #include "runtime/train/trainer/comm_choice.h"
 
-#include <cstdlib>
-
 #include "absl/strings/str_cat.h"
 
 namespace smoe {
@@ -41,20 +39,6 @@ StatusOr<CommChoice> ChooseCommunicator(absl::string_view requested, const RankL
                                    shape, ")")};
   }
   return CommChoice{CommKind::kNccl, absl::StrCat("NCCL: one GPU per rank (", shape, ")")};
-}
-
-LocalRank LocalRankFromEnvironment(int world_rank, int world_size) {
-  const char* pairs[][2] = {{"OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"},
-                            {"MPI_LOCALRANKID", "MPI_LOCALNRANKS"},
-                            {"SLURM_LOCALID", "SLURM_NTASKS_PER_NODE"}};
-  for (const auto& [rank_var, size_var] : pairs) {
-    const char* rank = std::getenv(rank_var);
-    const char* size = std::getenv(size_var);
-    if (rank != nullptr && size != nullptr && std::atoi(size) > 0) {
-      return LocalRank{std::atoi(rank), std::atoi(size)};
-    }
-  }
-  return LocalRank{world_rank, world_size};
 }
 
 }  // namespace smoe

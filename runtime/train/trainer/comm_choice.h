@@ -14,6 +14,7 @@
 #include <string>
 
 #include "absl/strings/string_view.h"
+#include "runtime/core/launcher_env.h"
 #include "runtime/core/status.h"
 
 namespace smoe {
@@ -36,13 +37,6 @@ struct RankLayout {
 [[nodiscard]] StatusOr<CommChoice> ChooseCommunicator(absl::string_view requested,
                                                       const RankLayout& layout, bool nccl_built);
 
-// This process's rank and the rank count on its node, from the launcher's environment (Open MPI's
-// OMPI_COMM_WORLD_LOCAL_RANK / _LOCAL_SIZE, else MPI_LOCALRANKID / MPI_LOCALNRANKS, else
-// SLURM_LOCALID / SLURM_NTASKS_PER_NODE); without any: the world rank and size (one node).
-struct LocalRank {
-  int rank = 0;
-  int size = 1;
-};
-LocalRank LocalRankFromEnvironment(int world_rank, int world_size);
+// LocalRankFromEnvironment (runtime/core/launcher_env.h) gives a RankLayout's local ranks.
 
 }  // namespace smoe

@@ -17,6 +17,7 @@
 #include "runtime/train/config/config.h"
 #include "runtime/train/model/model.h"
 #include "runtime/train/trainer/trainer.h"
+#include "tests/testing/small_run.h"
 #include "tests/testing/status_matchers.h"
 
 namespace smoe {
@@ -39,27 +40,9 @@ std::string FreshDir() {
 proto::RunConfig SmallRun(const std::string& dir, int steps,
                           const std::vector<std::string>& extra = {}) {
   proto::RunConfig config = *LoadPreset("tiny");
-  std::vector<std::string> sets = {"model.num_layers=1",
-                                   "model.model_dim=32",
-                                   "attention.n_q=2",
-                                   "attention.n_k=1",
-                                   "attention.n_v=2",
-                                   "attention.head_dim=16",
-                                   "attention.d_aug=32",
-                                   "moe.num_experts=4",
-                                   "moe.ffn_dim=16",
-                                   "moe.topk_schedule=[]",
-                                   "train.batch_size=2",
-                                   "train.seq_len=16",
-                                   "train.steps=" + std::to_string(steps),
-                                   "train.warmup_steps=1",
-                                   "train.eval_interval=0",
-                                   "train.device=cpu",
-                                   "data.synthetic_size=20000",
-                                   "checkpoint.dir=\"" + dir + "\"",
-                                   "checkpoint.interval=5",
-                                   "checkpoint.keep_last=2",
-                                   "checkpoint.resume=true"};
+  std::vector<std::string> sets = testing::SmallRunOverrides(steps);
+  sets.insert(sets.end(), {"checkpoint.dir=\"" + dir + "\"", "checkpoint.interval=5",
+                           "checkpoint.keep_last=2", "checkpoint.resume=true"});
   sets.insert(sets.end(), extra.begin(), extra.end());
   MOE_CHECK_OK(ApplyOverrides(&config, sets));
   MOE_CHECK_OK(ValidateConfig(config));
