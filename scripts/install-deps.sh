@@ -2,8 +2,9 @@
 # Installs what sigma-moe needs to build and test, and does nothing when it is all there.
 # Debian packages: compilers' libraries (abseil, protobuf, GoogleTest, Google Benchmark, OpenBLAS,
 # oneDNN (the CPU GEMMs), OpenMPI, pybind11), CMake, Ninja, ccache, clang with its runtime
-# libraries (libFuzzer and the sanitizers' runtimes, for scripts/fuzz.sh). PyPI: numpy, pytest, torch (large: installed once),
-# and with a CUDA toolkit the C++ headers of the cuDNN frontend (below).
+# libraries (libFuzzer and the sanitizers' runtimes, for scripts/fuzz.sh). PyPI: numpy, pytest,
+# torch (large: installed once), matplotlib (the load-balance study's figures), and with a CUDA
+# toolkit the C++ headers of the cuDNN frontend (below).
 # The CUDA toolkit is not installed here: the build uses it when nvcc is on the PATH.
 set -euo pipefail
 
@@ -24,7 +25,7 @@ fi
 
 python=${PYTHON:-python3}
 pymissing=()
-for m in numpy pytest torch; do
+for m in numpy pytest torch matplotlib; do
   "$python" -c "import $m" 2>/dev/null || pymissing+=("$m")
 done
 if ((${#pymissing[@]})); then

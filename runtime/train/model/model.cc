@@ -809,6 +809,20 @@ std::vector<std::pair<std::string, TensorView>> Model::Buffers() const {
   return buffers;
 }
 
+StatusOr<std::vector<double>> Model::ExpertBiasMaxAbs(ExecContext& ctx) const {
+  SyncLedger::Scope charge = SyncLedger::Charge(sync_ledger_, SyncLedger::Phase::kStats);
+  std::vector<double> max_abs(layers_.size(), -1.0);
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (!layers_[l].expert_bias.defined()) continue;
+    MOE_ASSIGN_OR_RETURN(Tensor host, CopyTo(ctx, layers_[l].expert_bias, Device::Cpu()));
+    const float* b = host.data<float>();
+    double m = 0.0;
+    for (int64_t i = 0; i < host.numel(); ++i) m = std::max(m, std::fabs(double(b[i])));
+    max_abs[l] = m;
+  }
+  return max_abs;
+}
+
 StatusOr<std::vector<RoutingStats>> Model::MoEStats(ExecContext& ctx) const {
   SyncLedger::Scope charge = SyncLedger::Charge(sync_ledger_, SyncLedger::Phase::kStats);
   std::vector<RoutingStats> stats(layers_.size());

@@ -175,6 +175,9 @@ class Model {
   // layer's expert bias moves by the rate towards balancing the expert loads of its last training
   // forward. The trainer calls it once per optimizer step.
   [[nodiscard]] Status UpdateExpertBiases(ExecContext& ctx);
+  // max_i |bias_i| of every layer's expert bias, for logging (host sync); -1 for layers without
+  // one (dense layers, or bias_update_rate == 0).
+  [[nodiscard]] StatusOr<std::vector<double>> ExpertBiasMaxAbs(ExecContext& ctx) const;
   // Model state that is not a parameter but must survive a checkpoint (the expert biases), by name.
   std::vector<std::pair<std::string, TensorView>> Buffers() const;
 

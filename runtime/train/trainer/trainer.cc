@@ -288,7 +288,8 @@ class Trainer {
   Status AfterStep(const StepResult& result, double lr, double seconds, int64_t host_syncs_before,
                    TrainSummary* summary);
   void WriteMetrics(const StepResult& result, double lr, double tokens_per_s, int64_t host_syncs,
-                    const std::vector<RoutingStats>& stats, double eval_loss);
+                    const std::vector<RoutingStats>& stats, const std::vector<double>& bias_max_abs,
+                    double eval_loss);
   void ShowProgress(double loss, double lr, double tokens_per_s, double imbalance, bool final_line);
 
   // Where several ranks truly work differently: CUDA devices per rank, the adaptive controller,
@@ -743,7 +744,7 @@ StatusOr<bool> Trainer::StopRequested() {
 
 void Trainer::WriteMetrics(const StepResult& result, double lr, double tokens_per_s,
                            int64_t host_syncs, const std::vector<RoutingStats>& stats,
-                           double eval_loss) {
+                           const std::vector<double>& bias_max_abs, double eval_loss) {
   if (!metrics_.is_open()) return;
   // Model FLOPs at this step's top-k; peak memory: the allocator's high-water mark so far.
   const double tflops = tokens_per_s * model_->FlopsPerToken(train_.seq_len()) / 1e12;
@@ -766,16 +767,22 @@ void Trainer::WriteMetrics(const StepResult& result, double lr, double tokens_pe
             ? absl::StrCat(", \"mode\": \"",
                            ParallelModeName(model_->parallel_mode(static_cast<int>(l))), "\"")
             : "";
+    const std::string bias = l < bias_max_abs.size() && bias_max_abs[l] >= 0
+                                 ? absl::StrFormat(", \"bias_max_abs\": %.6g", bias_max_abs[l])
+                                 : "";
     absl::StrAppend(
         &line, first ? "" : ", ",
         absl::StrFormat("{\"layer\": %d, \"top_k\": %d, \"max_rel_dev\": %.4f, "
                         "\"min_rel_dev\": %.4f, \"dead_experts\": %d, "
                         "\"entropy_mean_p\": %.4f, \"lbl\": %.6g, \"z_loss\": %.6g, "
-                        "\"top1_lbl\": %.6g, \"aux_total\": %.6g%s, "
-                        "\"tokens_per_expert\": [%s]}",
+                        "\"top1_lbl\": %.6g, \"aux_total\": %.6g%s%s, "
+                        "\"tokens_per_expert\": [%s], \"p_mean\": [%s]}",
                         l, model_->TopK(static_cast<int>(l)), st.max_rel_dev, st.min_rel_dev,
                         st.dead_experts, st.entropy_mean_p, a.lbl, a.z_loss, a.top1_lbl, a.total,
-                        mode, absl::StrJoin(st.tokens_per_expert, ", ")));
+                        mode, bias, absl::StrJoin(st.tokens_per_expert, ", "),
+                        absl::StrJoin(st.p_mean, ", ", [](std::string* out, double p) {
+                          absl::StrAppend(out, absl::StrFormat("%.4g", p));
+                        })));
     first = false;
   }
   absl::StrAppend(&line, "]}\n");
@@ -810,6 +817,7 @@ Status Trainer::AfterStep(const StepResult& result, double lr, double seconds,
                                   std::max(1, train_.grad_accum());
   const double tokens_per_s = tokens_per_step / std::max(seconds, 1e-9);
   MOE_ASSIGN_OR_RETURN(std::vector<RoutingStats> stats, model_->MoEStats(*ctx_));
+  MOE_ASSIGN_OR_RETURN(std::vector<double> bias_max_abs, model_->ExpertBiasMaxAbs(*ctx_));
   const int64_t host_syncs = ctx_->host_syncs() - host_syncs_before;
   double imbalance = 0.0;
   for (size_t l = 0; l < stats.size(); ++l) {
@@ -827,7 +835,7 @@ Status Trainer::AfterStep(const StepResult& result, double lr, double seconds,
                                        result.loss);
     }
   }
-  WriteMetrics(result, lr, tokens_per_s, host_syncs, stats, eval_loss);
+  WriteMetrics(result, lr, tokens_per_s, host_syncs, stats, bias_max_abs, eval_loss);
   const bool log_step = train_.log_interval() > 0 && step_ % train_.log_interval() == 0;
   if (leader() && (last || log_step || tty_)) {
     ShowProgress(result.loss, lr, tokens_per_s, imbalance, last);

@@ -36,7 +36,8 @@ std::string WriteFile(const std::string& name, const std::string& text) {
 }
 
 TEST(PresetTest, NamesAreTheConfigsFiles) {
-  EXPECT_THAT(PresetNames(), ElementsAre("sigma-moe-tiny", "sigma-moe-tiny-4l", "tiny"));
+  EXPECT_THAT(PresetNames(),
+              ElementsAre("load-balance-study", "sigma-moe-tiny", "sigma-moe-tiny-4l", "tiny"));
   EXPECT_STREQ(kDefaultPreset, "tiny");
 }
 
@@ -66,6 +67,23 @@ TEST(PresetTest, TinyMatchesTheIssue) {
   EXPECT_EQ(config.train().device(), "auto");
   EXPECT_EQ(config.train().dtype(), "auto");
   EXPECT_EQ(config.data().kind(), proto::DataConfig::SYNTHETIC);
+}
+
+// Issue 16's study model: 8 layers with experts (lower and upper layers), 96 experts at top-1,
+// Switch LBL only and no schedule (the study's variants add theirs).
+TEST(PresetTest, LoadBalanceStudyMatchesTheIssue) {
+  MOE_ASSERT_OK_AND_ASSIGN(proto::RunConfig config, LoadPreset("load-balance-study"));
+  MOE_EXPECT_OK(ValidateConfig(config));
+  const proto::MoeConfig& moe = config.model().moe();
+  EXPECT_EQ(config.model().num_layers(), 8);
+  EXPECT_EQ(moe.num_experts(), 96);
+  EXPECT_EQ(moe.top_k(), 1);
+  EXPECT_EQ(moe.dense_layers_size(), 0);
+  EXPECT_EQ(moe.topk_schedule_size(), 0);
+  EXPECT_GT(moe.lbl_coef(), 0);
+  EXPECT_EQ(moe.z_coef(), 0);
+  EXPECT_EQ(moe.top1_lbl_coef(), 0);
+  EXPECT_EQ(moe.bias_update_rate(), 0);
 }
 
 TEST(PresetTest, SigmaMoeTinyMatchesTheIssue) {
