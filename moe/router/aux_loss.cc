@@ -1,5 +1,6 @@
 #include "moe/router/aux_loss.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -14,22 +15,59 @@
 namespace smoe {
 namespace {
 
-// logsumexp of row[0, e): max + log(sum exp(row - max)), exp in f32 (ExpF), summed in double lanes.
-MOE_CPU_CLONES double LogSumExp(const float* row, int64_t e) {
-  float max = row[0];
-  for (int64_t c = 1; c < e; ++c) max = row[c] > max ? row[c] : max;
+// Row r's logsumexp of logits and arg max of probs, without a second pass of exp: probs is the
+// softmax of logits, p_c = exp(l_c - lse), so lse = l_a - ln p_a, taken at a = arg max p (ties:
+// lower index, as AuxRowStat), the best-conditioned entry (p_a >= 1/E). A non-finite row has NaN
+// probs: a = 0 and lse = NaN, so the values come out NaN as the reference's do.
+MOE_CPU_CLONES void AuxRowStatsF32(const float* logits, const float* probs, int64_t first,
+                                   int64_t last, int64_t e, double* lse, double* max_p,
+                                   int64_t* arg_max) {
+  for (int64_t r = first; r < last; ++r) {
+    const float* pr = probs + r * e;
+    int64_t best = 0;
+    float best_p = pr[0];
+    for (int64_t c = 1; c < e; ++c) {
+      if (pr[c] > best_p) {
+        best_p = pr[c];
+        best = c;
+      }
+    }
+    arg_max[r] = best;
+    max_p[r] = best_p;
+    lse[r] = double{logits[r * e + best]} - std::log(double{best_p});
+  }
+}
+
+// sum_t p_tc of rows [first, last) into p_sum [E] (overwritten), in double lanes.
+MOE_CPU_CLONES void ColumnSums(const float* probs, int64_t first, int64_t last, int64_t e,
+                               double* p_sum) {
+  for (int64_t c = 0; c < e; ++c) p_sum[c] = 0.0;
+  for (int64_t r = first; r < last; ++r) {
+    const float* pr = probs + r * e;
+    for (int64_t c = 0; c < e; ++c) p_sum[c] += pr[c];
+  }
+}
+
+// router_reference::AuxLogitsGradRow in f32 (its coefficients rounded to f32 once, in g):
+// d_c = p_c (g_c + [c = a] top1 - dot + z_factor lse), dot = sum_c (g_c + [c = a] top1) p_c.
+MOE_CPU_CLONES void AuxGradRowF32(const float* g, float top1_argmax, double z_lse, const float* pr,
+                                  int64_t e, int64_t arg_max, float* d) {
   double lanes[8] = {};
   int64_t c = 0;
   for (; c + 8 <= e; c += 8) {
-    for (int l = 0; l < 8; ++l) lanes[l] += ExpF(row[c + l] - max);
+    for (int l = 0; l < 8; ++l) lanes[l] += g[c + l] * pr[c + l];
   }
-  for (; c < e; ++c) lanes[c % 8] += ExpF(row[c] - max);
-  const double sum = SumLanes(lanes);
-  return double{max} + std::log(sum);
+  for (; c < e; ++c) lanes[c % 8] += g[c] * pr[c];
+  const double dot = SumLanes(lanes) + double{top1_argmax} * pr[arg_max];
+  const float shift = static_cast<float>(z_lse - dot);
+  for (c = 0; c < e; ++c) d[c] = pr[c] * (g[c] + shift);
+  d[arg_max] =
+      static_cast<float>(double{pr[arg_max]} * (double{g[arg_max]} + top1_argmax + z_lse - dot));
 }
 
-// router_reference::AuxLoss with its row loops in parallel and the rows' logsumexp (the z-loss)
-// vectorized in f32: the reference's arithmetic otherwise, and its row-order sums.
+// router_reference::AuxLoss on f32 arrays, fast: row loops in parallel, the logsumexp from the
+// softmax (AuxRowStatsF32), column sums per block of rows added in block order, the gradient rows
+// in f32. The same bits on every run and thread count; parity with the fp64 reference is tested.
 AuxLossValues AuxLossRows(const AuxLossConfig& config, const float* logits, const float* probs,
                           int64_t t, int64_t e, const std::vector<double>& f, float* d_logits) {
   router_reference::AuxSums sums;
@@ -39,21 +77,34 @@ AuxLossValues AuxLossRows(const AuxLossConfig& config, const float* logits, cons
   sums.p_sum.assign(e, 0.0);
   std::vector<double> lse(t), max_p(t);
   std::vector<int64_t> arg_max(t);
-  ParallelFor(t, 3 * e, [&](int64_t first, int64_t last) {
-    for (int64_t r = first; r < last; ++r) {
-      lse[r] = LogSumExp(logits + r * e, e);
-      const float* pr = probs + r * e;
-      int64_t best = 0;  // arg max of probs, ties to the lower index (as AuxRowStat)
-      for (int64_t c = 1; c < e; ++c) best = pr[c] > pr[best] ? c : best;
-      arg_max[r] = best;
-      max_p[r] = pr[best];
-    }
+  ParallelFor(t, 2 * e, [&](int64_t first, int64_t last) {
+    AuxRowStatsF32(logits, probs, first, last, e, lse.data(), max_p.data(), arg_max.data());
   });
-  router_reference::AddRowSums(probs, t, e, lse, max_p, &sums);
+  constexpr int64_t kBlockRows = 256;  // fixed: the sum's order does not depend on threads
+  const int64_t blocks = (t + kBlockRows - 1) / kBlockRows;
+  std::vector<double> partial(blocks * e);
+  ParallelFor(
+      blocks, kBlockRows * e,
+      [&](int64_t first, int64_t last) {
+        for (int64_t b = first; b < last; ++b) {
+          ColumnSums(probs, b * kBlockRows, std::min(t, (b + 1) * kBlockRows), e, &partial[b * e]);
+        }
+      },
+      /*min_work=*/1);
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int64_t c = 0; c < e; ++c) sums.p_sum[c] += partial[b * e + c];
+  }
+  for (int64_t r = 0; r < t; ++r) {
+    sums.lse_sq_sum += lse[r] * lse[r];
+    sums.max_p_sum += max_p[r];
+  }
   const router_reference::AuxGradient grad = router_reference::AuxCoefficients(config, sums);
+  const std::vector<float> g(grad.g.begin(), grad.g.end());
+  const float top1 = static_cast<float>(grad.top1_argmax);
   ParallelFor(t, 2 * e, [&](int64_t first, int64_t last) {
     for (int64_t r = first; r < last; ++r) {
-      router_reference::AuxLogitsGradRow(grad, probs, r, e, lse[r], arg_max[r], d_logits);
+      AuxGradRowF32(g.data(), top1, grad.z_factor * lse[r], probs + r * e, e, arg_max[r],
+                    d_logits + r * e);
     }
   });
   return grad.values;

@@ -1,9 +1,13 @@
 #include "moe/router/router.h"
 
+#include <cmath>
+#include <limits>
+
 #include "absl/strings/str_cat.h"
 #include "moe/router/router_cpu.h"
 #include "moe/router/router_internal.h"
 #include "runtime/blas/gemm.h"
+#include "runtime/core/cpu_vector.h"
 #include "runtime/core/thread_pool.h"
 #include "runtime/nn/softmax.h"
 #include "runtime/tensor/tensor_ops.h"
@@ -27,6 +31,65 @@ StatusOr<TensorView> XAsF32(ExecContext& ctx, const TensorView& x, Tensor* stora
                        Tensor::Empty(x.shape(), DType::kF32, ctx.device(), ctx.allocator()));
   MOE_RETURN_IF_ERROR(Cast(ctx, x, *storage));
   return storage->view();
+}
+
+// router_reference::TopK and Gates at K = 1 for rows [0, rows): the arg max of the score (logits,
+// plus bias when non-null), ties to the lower index; a row with a non-finite score gets expert 0.
+// The same selection and gates as the reference, bit for bit (tested), in one pass per row.
+template <bool kBias>
+MOE_CPU_CLONES void TopOneRows(const float* logits, const float* bias, const float* probs,
+                               int64_t rows, int64_t e, bool renormalize, int32_t* idx,
+                               float* gates) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* lr = logits + r * e;
+    float best_score = kBias ? lr[0] + bias[0] : lr[0];
+    int32_t best = 0;
+    bool finite = std::fabs(best_score) <= std::numeric_limits<float>::max();
+    for (int64_t c = 1; c < e; ++c) {
+      const float score = kBias ? lr[c] + bias[c] : lr[c];
+      finite = finite && std::fabs(score) <= std::numeric_limits<float>::max();
+      if (score > best_score) {
+        best_score = score;
+        best = static_cast<int32_t>(c);
+      }
+    }
+    if (!finite) best = 0;
+    idx[r] = best;
+    const float p = probs[r * e + best];
+    gates[r] = renormalize ? p / p : p;
+  }
+}
+
+// router_reference::LogitsGradient for rows [0, rows), in f32 over the E columns: every column
+// gets p_c (0 - dot) + extra_c, then the K chosen ones their p_c dp_j (the reference's per-row
+// scalars dp and dot in double).
+MOE_CPU_CLONES void LogitsGradientRows(const float* probs, const int32_t* topk_idx,
+                                       const float* d_gates, const float* extra, int64_t rows,
+                                       int64_t e, int64_t k, bool renormalize, float* d_logits) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* pr = probs + r * e;
+    const int32_t* ir = topk_idx + r * k;
+    const float* dgr = d_gates + r * k;
+    float* dl = d_logits + r * e;
+    double sum = 0.0, dot_g = 0.0, dot = 0.0;
+    for (int64_t j = 0; j < k; ++j) sum += pr[ir[j]];
+    for (int64_t j = 0; j < k; ++j) dot_g += double{dgr[j]} * pr[ir[j]];
+    for (int64_t j = 0; j < k; ++j) {
+      const double dp = renormalize ? (dgr[j] - dot_g / sum) / sum : double{dgr[j]};
+      dot += dp * pr[ir[j]];
+    }
+    const float minus_dot = static_cast<float>(-dot);
+    if (extra != nullptr) {
+      const float* er = extra + r * e;
+      for (int64_t c = 0; c < e; ++c) dl[c] = pr[c] * minus_dot + er[c];
+    } else {
+      for (int64_t c = 0; c < e; ++c) dl[c] = pr[c] * minus_dot;
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      const double dp = renormalize ? (dgr[j] - dot_g / sum) / sum : double{dgr[j]};
+      dl[ir[j]] += static_cast<float>(dp * pr[ir[j]]);
+    }
+  }
 }
 
 }  // namespace
@@ -79,6 +142,12 @@ Status RouterForward(ExecContext& ctx, const RouterConfig& config, const TensorV
   int32_t* idx = topk_idx.data<int32_t>();
   float* gates = topk_gates.data<float>();
   ParallelFor(t, 2 * e * k, [&](int64_t first, int64_t last) {
+    if (k == 1) {  // Sigma-MoE's routing: one pass per row
+      (bias != nullptr ? TopOneRows<true> : TopOneRows<false>)(lg + first * e, bias, pr + first * e,
+                                                               last - first, e, config.renormalize,
+                                                               idx + first, gates + first);
+      return;
+    }
     router_reference::TopK(lg + first * e, bias, last - first, e, k, idx + first * k);
     router_reference::Gates(pr + first * e, idx + first * k, last - first, e, k, config.renormalize,
                             gates + first * k);
@@ -127,9 +196,9 @@ Status RouterBackward(ExecContext& ctx, const RouterConfig& config, const Tensor
     const float* dg = d_topk_gates.data<float>();
     float* dl = d_logits.data<float>();
     ParallelFor(t, 2 * e * k, [&](int64_t first, int64_t last) {
-      router_reference::LogitsGradient(pr + first * e, idx + first * k, dg + first * k,
-                                       extra != nullptr ? extra + first * e : nullptr, last - first,
-                                       e, k, config.renormalize, dl + first * e);
+      LogitsGradientRows(pr + first * e, idx + first * k, dg + first * k,
+                         extra != nullptr ? extra + first * e : nullptr, last - first, e, k,
+                         config.renormalize, dl + first * e);
     });
   }
   // dx [T, M] = d_logits [T, E] w_gate^T; the GEMM rounds a bf16 dx once at the end.

@@ -129,6 +129,41 @@ TEST(AuxLossTest, GradientsMatchFiniteDifferences) {
   }
 }
 
+// The CPU path at a Sigma-sized router over many parallel chunks (lse from the softmax, column
+// sums per block, f32 gradient rows) against the fp64 reference, for each loss alone and all.
+TEST(AuxLossTest, MatchesReferenceAtSigmaShape) {
+  const int64_t t = 1500, e = 96, k = 1;
+  const Tensor logits = RandomNormal({t, e}, 70, 2.0f);
+  const Tensor probs = HostTensor({t, e}, DType::kF32);
+  MOE_ASSERT_OK(SoftmaxRows(ExecContext::Cpu(), logits, probs));
+  const std::vector<double> ld = ToDoubles(logits), pd = ToDoubles(probs);
+  std::vector<int32_t> idx(t * k);
+  router_reference::TopK(ld.data(), static_cast<const double*>(nullptr), t, e, k, idx.data());
+  std::vector<int64_t> counts(e, 0);
+  for (int32_t i : idx) ++counts[i];
+  const std::vector<double> f = router_reference::Shares(counts);
+  for (const AuxCase& c :
+       {AuxCase{{.lbl_coef = 1.0f}, "lbl"}, AuxCase{{.z_coef = 1.0f}, "z"},
+        AuxCase{{.top1_lbl_coef = 1.0f}, "top1"},
+        AuxCase{{.lbl_coef = 0.5f, .z_coef = 0.25f, .top1_lbl_coef = 2.0f}, "all"}}) {
+    SCOPED_TRACE(c.name);
+    std::vector<double> d_ref(t * e);
+    const AuxLossValues ref =
+        router_reference::AuxLoss<double>(c.config, ld.data(), pd.data(), t, e, f, d_ref.data());
+    const Tensor d_op = HostTensor({t, e}, DType::kF32);
+    MOE_ASSERT_OK_AND_ASSIGN(AuxLossValues v,
+                             AuxLossForwardBackward(ExecContext::Cpu(), c.config, logits, probs,
+                                                    FromInts(idx, {t, k}), nullptr, d_op));
+    EXPECT_NEAR(v.lbl, ref.lbl, 1e-6 * ref.lbl);
+    EXPECT_NEAR(v.z_loss, ref.z_loss, 1e-6 * ref.z_loss);
+    EXPECT_NEAR(v.top1_lbl, ref.top1_lbl, 1e-6 * ref.top1_lbl);
+    EXPECT_NEAR(v.total, ref.total, 1e-6 * std::abs(ref.total));
+    double scale = 0.0;
+    for (double d : d_ref) scale = std::max(scale, std::abs(d));
+    EXPECT_TRUE(testing::AllClose(ToDoubles(d_op), d_ref, {1e-6 * scale, 1e-5}));
+  }
+}
+
 // Adds fixed counts, as if a second rank had routed them.
 class AddingCommunicator final : public testing::UnimplementedCommunicator {
  public:

@@ -173,6 +173,58 @@ TEST(RouterForwardTest, MatchesDoubleReference) {
   }
 }
 
+// The CPU fast paths (top-1 selection, the logits gradient in f32) against the reference on a
+// Sigma-sized router (E = 96) over many parallel chunks: expert 17 duplicates expert 5 (a tie in
+// every row, won by 5 unless the bias says otherwise) and row 3 is NaN (routed to expert 0).
+TEST(RouterForwardTest, FastPathsMatchTheReferenceAtSigmaShape) {
+  const int64_t t = 777, m = 24, e = 96;
+  const Tensor x = RandomNormal({t, m}, 30), w = RandomNormal({m, e}, 31, 0.5f);
+  for (int64_t i = 0; i < m; ++i) w.data<float>()[i * e + 17] = w.data<float>()[i * e + 5];
+  x.data<float>()[3 * m + 2] = std::numeric_limits<float>::quiet_NaN();
+  Tensor bias = RandomNormal({e}, 32, 0.1f);
+  bias.data<float>()[17] = bias.data<float>()[5];
+  for (int64_t k : {1, 4}) {
+    for (bool with_bias : {false, true}) {
+      for (bool renormalize : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << "k=" << k << " bias=" << with_bias
+                                          << " renormalize=" << renormalize);
+        const RouterConfig config{static_cast<int>(e), static_cast<int>(k), renormalize};
+        const Outputs out = MakeOutputs(t, e, k);
+        MOE_ASSERT_OK(Forward(config, x, w, with_bias ? bias.view() : TensorView(), out));
+        std::vector<int32_t> idx(t * k);
+        std::vector<float> gates(t * k);
+        router_reference::TopK(out.logits.data<float>(),
+                               with_bias ? bias.data<float>() : static_cast<const float*>(nullptr),
+                               t, e, k, idx.data());
+        router_reference::Gates(out.probs.data<float>(), idx.data(), t, e, k, renormalize,
+                                gates.data());
+        ASSERT_EQ(ToInts(out.idx), idx);
+        EXPECT_EQ(idx[3 * k], 0);
+        EXPECT_TRUE(testing::AllEqual(out.gates, FromFloats(gates, {t, k})));
+
+        // Backward from the forward's probs; the NaN row made NaN probs: zero it for this part.
+        float* probs = out.probs.data<float>();
+        for (int64_t c = 0; c < e; ++c) probs[3 * e + c] = 1.0f / e;
+        const Tensor x_finite = RandomNormal({t, m}, 33);
+        const Tensor d_gates = RandomNormal({t, k}, 34), extra = RandomNormal({t, e}, 35, 1e-3f);
+        const Tensor dx = HostTensor({t, m}, DType::kF32), dw = HostTensor({m, e}, DType::kF32);
+        MOE_ASSERT_OK(RouterBackward(ExecContext::Cpu(), config, x_finite, w, out.probs, out.idx,
+                                     d_gates, extra, dx, dw));
+        std::vector<double> d_logits(t * e), dx_ref(t * m), dw_ref(m * e);
+        const std::vector<double> pd = ToDoubles(out.probs), gd = ToDoubles(d_gates),
+                                  ed = ToDoubles(extra), xd = ToDoubles(x_finite),
+                                  wd = ToDoubles(w);
+        router_reference::LogitsGradient(pd.data(), idx.data(), gd.data(), ed.data(), t, e, k,
+                                         renormalize, d_logits.data());
+        router_reference::InputGradients(xd.data(), wd.data(), d_logits.data(), t, m, e,
+                                         dx_ref.data(), dw_ref.data());
+        EXPECT_TRUE(testing::AllClose(ToDoubles(dx), dx_ref, {1e-5, 1e-4}));
+        EXPECT_TRUE(testing::AllClose(ToDoubles(dw), dw_ref, {1e-4, 1e-4}));
+      }
+    }
+  }
+}
+
 TEST(RouterForwardTest, Bf16InputIsWidenedExactly) {
   const int64_t t = 9, m = 8, e = 7, k = 2;
   const Tensor x_bf16 = RandomNormal({t, m}, DType::kBF16, 13, 1.0f);
