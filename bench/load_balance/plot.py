@@ -53,18 +53,32 @@ def load_study(study_dir):
     return study
 
 
+def save(fig, path):
+    """Writes the figure as a 256-colour PNG (a third of the size; the figures go into git)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+    from PIL import Image  # matplotlib's own dependency
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=256)
+    small.save(path, optimize=True)
+
+
 def layer_colors(n):
     cmap = plt.get_cmap("viridis")
     return [cmap(i / max(1, n - 1)) for i in range(n)]
 
 
 def plot_deviation(runs, smooth, path, corpus):
+    """Per run two stacked panels: the max deviation (log scale: it spans +10% to +9500%) over
+    the min deviation (linear, -100% = an expert with no token)."""
     names = list(runs)
     cols = min(3, len(names))
-    rows_n = (len(names) + cols - 1) // cols
-    fig, axes = plt.subplots(rows_n, cols, figsize=(5.2 * cols, 3.4 * rows_n), squeeze=False,
-                             sharey=True)
-    for ax, name in zip(axes.flat, names):
+    grid_rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(2 * grid_rows, cols, figsize=(5.2 * cols, 4.4 * grid_rows),
+                             squeeze=False, gridspec_kw={"height_ratios": [1.6, 1] * grid_rows})
+    for i, name in enumerate(names):
+        top, bottom = axes[2 * (i // cols)][i % cols], axes[2 * (i // cols) + 1][i % cols]
         rows = runs[name]
         num_layers = len(rows[-1]["moe"])
         colors = layer_colors(num_layers)
@@ -72,24 +86,26 @@ def plot_deviation(runs, smooth, path, corpus):
             steps, counts, _, _ = study_metrics.layer_series(rows, l)
             raw = [study_metrics.relative_deviation(c) for c in counts]
             hi, lo = study_metrics.windowed_deviation(counts, smooth)
-            ax.plot(steps, [100 * r[0] for r in raw], color=colors[l], alpha=0.15, lw=0.5)
-            ax.plot(steps, [100 * r[1] for r in raw], color=colors[l], alpha=0.15, lw=0.5)
-            ax.plot(steps, [100 * v for v in hi], color=colors[l], lw=1.4, label=f"layer {l}")
-            ax.plot(steps, [100 * v for v in lo], color=colors[l], lw=1.4, ls="--")
-        ax.axhline(0, color="k", lw=0.5)
-        ax.set_yscale("symlog", linthresh=100)
-        ax.set_title(name, fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    for ax in axes.flat[len(names):]:
-        ax.axis("off")
-    axes[0][0].set_ylabel("deviation from uniform (%)")
+            top.plot(steps, [100 * r[0] for r in raw], color=colors[l], alpha=0.12, lw=0.5)
+            bottom.plot(steps, [100 * r[1] for r in raw], color=colors[l], alpha=0.12, lw=0.5)
+            top.plot(steps, [100 * v for v in hi], color=colors[l], lw=1.3, label=f"layer {l}")
+            bottom.plot(steps, [100 * v for v in lo], color=colors[l], lw=1.3)
+        top.set_yscale("log")
+        top.set_title(name, fontsize=10)
+        top.set_ylabel("max dev. (%)", fontsize=8)
+        bottom.set_ylim(-102, 2)
+        bottom.set_ylabel("min dev. (%)", fontsize=8)
+        bottom.set_xlabel("step", fontsize=8)
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3, which="both")
+            ax.tick_params(labelsize=7)
+    for i in range(len(names), grid_rows * cols):
+        axes[2 * (i // cols)][i % cols].axis("off")
+        axes[2 * (i // cols) + 1][i % cols].axis("off")
     axes[0][0].legend(fontsize=6, ncol=2, loc="upper right")
-    fig.suptitle(f"{corpus}: max (solid) and min (dashed) relative expert load per layer; "
-                 f"faint: per step, bold: counts of {smooth} steps", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
+    fig.suptitle(f"{corpus}: relative expert load per layer, max (upper) and min (lower); "
+                 f"faint: each step's counts, bold: counts of {smooth} steps", fontsize=10)
+    save(fig, path)
 
 
 def plot_f_p(runs, window, path, corpus):
@@ -115,9 +131,7 @@ def plot_f_p(runs, window, path, corpus):
     axes[-1][1].set_xlabel("expert")
     fig.suptitle(f"{corpus}: f and P per expert, lowest and highest layer, last {window} steps "
                  "(dotted: uniform 1/E)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_bias(runs, path, corpus):
@@ -139,9 +153,7 @@ def plot_bias(runs, path, corpus):
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6, ncol=2)
     fig.suptitle(f"{corpus}: expert-bias magnitude per layer", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
+    save(fig, path)
     return True
 
 
@@ -157,9 +169,7 @@ def plot_heldout(runs, path, corpus):
     ax.set_title(f"{corpus}: held-out loss", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=72)
-    plt.close(fig)
+    save(fig, path)
 
 
 def main(argv):

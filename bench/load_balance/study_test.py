@@ -110,11 +110,16 @@ def test_study(binary, work):
     expected = {f"{kind}_{corpus}.png" for kind in ("deviation", "f_p", "bias", "heldout")
                 for corpus in ("synthetic", "text")}
     check(set(os.listdir(figures)) == expected, f"figures {sorted(os.listdir(figures))}")
+    from PIL import Image  # matplotlib's own dependency
     for name in expected:
-        with open(os.path.join(figures, name), "rb") as f:
-            data = f.read()
-        check(data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10000,
-              f"{name}: {len(data)} bytes, not a drawn PNG")
+        path = os.path.join(figures, name)
+        with open(path, "rb") as f:
+            check(f.read(8) == b"\x89PNG\r\n\x1a\n", f"{name} is not a PNG")
+        with Image.open(path) as image:
+            colors = image.convert("RGB").getcolors(maxcolors=1 << 16) or []
+            # Drawn: axes, text and curves in many colours, not a blank page.
+            check(image.width >= 300 and image.height >= 200 and len(colors) >= 16,
+                  f"{name}: {image.width}x{image.height}, {len(colors)} colours")
 
 
 def main(argv):
