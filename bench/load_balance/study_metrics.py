@@ -10,6 +10,7 @@ report's figures are over far larger batches); the per-step ("raw") measures are
 """
 
 import json
+import math
 
 
 def read_rows(path):
@@ -82,6 +83,15 @@ def tail_f_and_p(counts, probs, window):
     return f, p, e * sum(fi * pi for fi, pi in zip(f, p))
 
 
+def coefficient_of_variation(values):
+    """std / mean of the values (0 when they are all equal): how far from uniform f or P is."""
+    n = len(values)
+    mean = sum(values) / n
+    if mean == 0:
+        return 0.0
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / n) / mean
+
+
 def run_summary(rows, window):
     """The study's table row of one run: final held-out loss and, per MoE layer, the balance of its
     last `window` steps (counts summed), the mean per-step LBL values there, and the final bias."""
@@ -100,6 +110,7 @@ def run_summary(rows, window):
             "lbl": sum(r["lbl"] for r in tail) / len(tail),
             "top1_lbl": sum(r["top1_lbl"] for r in tail) / len(tail),
             "lbl_of_tail_f_p": lbl_fp,
+            "cv_f": coefficient_of_variation(f), "cv_p": coefficient_of_variation(p),
             "bias_max_abs": records[-1].get("bias_max_abs"),
         })
     return {"steps": rows[-1]["step"] if rows else 0,

@@ -109,7 +109,13 @@ def test_study(binary, work):
     check(plot.returncode == 0, f"plot.py failed: {plot.stderr[-3000:]}")
     expected = {f"{kind}_{corpus}.png" for kind in ("deviation", "f_p", "bias", "heldout")
                 for corpus in ("synthetic", "text")}
-    check(set(os.listdir(figures)) == expected, f"figures {sorted(os.listdir(figures))}")
+    tables = {f"summary_{corpus}.md" for corpus in ("synthetic", "text")}
+    check(set(os.listdir(figures)) == expected | tables, f"figures {sorted(os.listdir(figures))}")
+    for name in tables:
+        with open(os.path.join(figures, name)) as f:
+            text = f.read()
+        check(all(f"| {run} |" in text for run in ("lbl", "lbl@seed2", "progressive", "bias")),
+              f"{name} lacks a run's row:\n{text}")
     from PIL import Image  # matplotlib's own dependency
     for name in expected:
         path = os.path.join(figures, name)
