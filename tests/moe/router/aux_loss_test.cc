@@ -86,21 +86,34 @@ struct AuxCase {
   const char* name;
 };
 
+// Each loss alone, then all three.
+const AuxCase kAuxCases[] = {
+    AuxCase{{.lbl_coef = 1.0f}, "lbl"}, AuxCase{{.z_coef = 1.0f}, "z"},
+    AuxCase{{.top1_lbl_coef = 1.0f}, "top1"},
+    AuxCase{{.lbl_coef = 0.5f, .z_coef = 0.25f, .top1_lbl_coef = 2.0f}, "all"}};
+
+// The reference's top-k of logits [T, E] (doubles) and the shares f it gives.
+struct Routed {
+  std::vector<int32_t> idx;
+  std::vector<double> f;
+};
+Routed RouteReference(const std::vector<double>& logits, int64_t t, int64_t e, int64_t k) {
+  Routed r{std::vector<int32_t>(t * k), {}};
+  router_reference::TopK(logits.data(), static_cast<const double*>(nullptr), t, e, k, r.idx.data());
+  std::vector<int64_t> counts(e, 0);
+  for (int32_t i : r.idx) ++counts[i];
+  r.f = router_reference::Shares(counts);
+  return r;
+}
+
 TEST(AuxLossTest, GradientsMatchFiniteDifferences) {
   const int64_t t = 9, e = 6, k = 2;
   const Tensor logits = RandomNormal({t, e}, 60, 1.5f);
   std::vector<double> ld = ToDoubles(logits);
   std::vector<double> probs(t * e);
   router_reference::Softmax(ld.data(), t, e, probs.data());
-  std::vector<int32_t> idx(t * k);
-  router_reference::TopK(ld.data(), static_cast<const double*>(nullptr), t, e, k, idx.data());
-  std::vector<int64_t> counts(e, 0);
-  for (int32_t i : idx) ++counts[i];
-  const std::vector<double> f = router_reference::Shares(counts);
-  for (const AuxCase& c :
-       {AuxCase{{.lbl_coef = 1.0f}, "lbl"}, AuxCase{{.z_coef = 1.0f}, "z"},
-        AuxCase{{.top1_lbl_coef = 1.0f}, "top1"},
-        AuxCase{{.lbl_coef = 0.5f, .z_coef = 0.25f, .top1_lbl_coef = 2.0f}, "all"}}) {
+  const auto [idx, f] = RouteReference(ld, t, e, k);
+  for (const AuxCase& c : kAuxCases) {
     SCOPED_TRACE(c.name);
     auto loss = [&](const std::vector<double>& l) {
       std::vector<double> p(t * e);
@@ -137,15 +150,8 @@ TEST(AuxLossTest, MatchesReferenceAtSigmaShape) {
   const Tensor probs = HostTensor({t, e}, DType::kF32);
   MOE_ASSERT_OK(SoftmaxRows(ExecContext::Cpu(), logits, probs));
   const std::vector<double> ld = ToDoubles(logits), pd = ToDoubles(probs);
-  std::vector<int32_t> idx(t * k);
-  router_reference::TopK(ld.data(), static_cast<const double*>(nullptr), t, e, k, idx.data());
-  std::vector<int64_t> counts(e, 0);
-  for (int32_t i : idx) ++counts[i];
-  const std::vector<double> f = router_reference::Shares(counts);
-  for (const AuxCase& c :
-       {AuxCase{{.lbl_coef = 1.0f}, "lbl"}, AuxCase{{.z_coef = 1.0f}, "z"},
-        AuxCase{{.top1_lbl_coef = 1.0f}, "top1"},
-        AuxCase{{.lbl_coef = 0.5f, .z_coef = 0.25f, .top1_lbl_coef = 2.0f}, "all"}}) {
+  const auto [idx, f] = RouteReference(ld, t, e, k);
+  for (const AuxCase& c : kAuxCases) {
     SCOPED_TRACE(c.name);
     std::vector<double> d_ref(t * e);
     const AuxLossValues ref =
