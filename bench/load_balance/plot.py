@@ -56,7 +56,7 @@ def load_study(study_dir):
 
 def save(fig, path):
     """Writes the figure as a 256-colour PNG (a third of the size; the figures go into git)."""
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the suptitle
     fig.savefig(path, dpi=72)
     plt.close(fig)
     from PIL import Image  # matplotlib's own dependency
