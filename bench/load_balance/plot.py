@@ -173,32 +173,6 @@ def plot_heldout(runs, path, corpus):
     save(fig, path)
 
 
-def summary_table(runs, window, corpus):
-    """Markdown: per run, held-out loss and the balance of the lowest and the highest layer over
-    the last `window` steps (counts summed): max / min relative deviation, the LBL E sum f P, and
-    the coefficients of variation of f and of P (which of the two is flat); then the worst layer
-    and layer 0's max |bias|."""
-    head = ["run", "held-out loss", "L0 max / min dev.", "L0 LBL", "L0 CV f / CV P",
-            "top max / min dev.", "top LBL", "top CV f / CV P", "worst layer (max dev.)",
-            "L0 max abs bias"]
-    lines = [f"{corpus}, last {window} steps:", "", "| " + " | ".join(head) + " |",
-             "|" + "---|" * len(head)]
-    for name, rows in runs.items():
-        s = study_metrics.run_summary(rows, window)
-        low, top = s["layers"][0], s["layers"][-1]
-        worst = max(s["layers"], key=lambda l: l["max_rel_dev"])
-        bias = low["bias_max_abs"]
-        lines.append("| " + " | ".join([
-            name, f"{s['eval_loss']:.3f}",
-            f"{low['max_rel_dev']:+.0%} / {low['min_rel_dev']:+.0%}",
-            f"{low['lbl_of_tail_f_p']:.3f}", f"{low['cv_f']:.2f} / {low['cv_p']:.2f}",
-            f"{top['max_rel_dev']:+.0%} / {top['min_rel_dev']:+.0%}",
-            f"{top['lbl_of_tail_f_p']:.3f}", f"{top['cv_f']:.2f} / {top['cv_p']:.2f}",
-            f"L{worst['layer']} {worst['max_rel_dev']:+.0%}",
-            "-" if bias is None else f"{bias:.3g}"]) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,7 +203,7 @@ def main(argv):
         written.append(out("heldout"))
         table = os.path.join(args.figures, f"summary_{corpus}.md")
         with open(table, "w") as f:
-            f.write(summary_table(runs, args.window, corpus))
+            f.write(study_metrics.summary_table(runs, args.window, corpus))
         written.append(table)
     for path in written:
         print(path)

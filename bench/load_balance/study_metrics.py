@@ -116,3 +116,29 @@ def run_summary(rows, window):
     return {"steps": rows[-1]["step"] if rows else 0,
             "eval_loss": evals[-1][1] if evals else float("nan"),
             "eval_curve": evals, "layers": layers}
+
+
+def summary_table(runs, window, corpus):
+    """Markdown: per run, held-out loss and the balance of the lowest and the highest layer over
+    the last `window` steps (counts summed): max / min relative deviation, the LBL E sum f P, and
+    the coefficients of variation of f and of P (which of the two is flat); then the worst layer
+    and layer 0's max |bias|."""
+    head = ["run", "held-out loss", "L0 max / min dev.", "L0 LBL", "L0 CV f / CV P",
+            "top max / min dev.", "top LBL", "top CV f / CV P", "worst layer (max dev.)",
+            "L0 max abs bias"]
+    lines = [f"{corpus}, last {window} steps:", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for name, rows in runs.items():
+        s = run_summary(rows, window)
+        low, top = s["layers"][0], s["layers"][-1]
+        worst = max(s["layers"], key=lambda l: l["max_rel_dev"])
+        bias = low["bias_max_abs"]
+        lines.append("| " + " | ".join([
+            name, f"{s['eval_loss']:.3f}",
+            f"{low['max_rel_dev']:+.0%} / {low['min_rel_dev']:+.0%}",
+            f"{low['lbl_of_tail_f_p']:.3f}", f"{low['cv_f']:.2f} / {low['cv_p']:.2f}",
+            f"{top['max_rel_dev']:+.0%} / {top['min_rel_dev']:+.0%}",
+            f"{top['lbl_of_tail_f_p']:.3f}", f"{top['cv_f']:.2f} / {top['cv_p']:.2f}",
+            f"L{worst['layer']} {worst['max_rel_dev']:+.0%}",
+            "-" if bias is None else f"{bias:.3g}"]) + " |")
+    return "\n".join(lines) + "\n"

@@ -19,13 +19,13 @@ held-out files). `--second_seed` variants run again with train.seed + 1, to show
 Each run keeps its per-step, per-layer routing record in <out>/<corpus>/<run>/metrics.jsonl
 (tokens per expert, mean router probability P, LBL values, max |bias|); bench/load_balance/plot.py
 draws the figures from them. Output: one JSON line per run (stdout and <out>/summary.jsonl), then
-a Markdown table per corpus.
+the table per corpus (as plot.py's summary_<corpus>.md).
 
 Killed, the sweep resumes where it stopped when run again with the same --out: finished runs are
 kept (<run>/done.json), an unfinished one resumes from its last checkpoint.
 
 Usage:
-  bench/load_balance/sweep.py --out study            # the whole study: 18 runs, about 80 minutes
+  bench/load_balance/sweep.py --out study            # the whole study: 18 runs, ~55 min on 2 cores
   bench/load_balance/sweep.py --corpora text --variants lbl,bias --second_seed= --steps 300
   bench/load_balance/plot.py --study study --figures figures
 """
@@ -283,25 +283,6 @@ def train_run(args, run, steps, progress, index, count):
     return result
 
 
-def markdown(results, corpus):
-    """One row per run: held-out loss, then layer 0's and the top layer's windowed balance."""
-    head = ["run", "held-out loss", "L0 max dev", "L0 min dev", "L0 LBL", "top max dev",
-            "top min dev", "top LBL", "max dev (all layers)", "L0 max abs bias"]
-    lines = [f"**{corpus}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results:
-        if r["corpus"] != corpus:
-            continue
-        low, top = r["layers"][0], r["layers"][-1]
-        bias = low["bias_max_abs"]
-        cells = [r["run"], f"{r['eval_loss']:.3f}", f"{low['max_rel_dev']:+.0%}",
-                 f"{low['min_rel_dev']:+.0%}", f"{low['lbl']:.3f}", f"{top['max_rel_dev']:+.0%}",
-                 f"{top['min_rel_dev']:+.0%}", f"{top['lbl']:.3f}",
-                 f"{max(l['max_rel_dev'] for l in r['layers']):+.0%}",
-                 "-" if bias is None else f"{bias:.3g}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def main(argv):
     args = parse_args(argv)
     if args.fresh:
@@ -321,7 +302,10 @@ def main(argv):
         for result in results:
             f.write(json.dumps(result) + "\n")
     for corpus in args.corpora:
-        print(markdown(results, corpus) + "\n")
+        runs = {r["run"]: study_metrics.read_rows(os.path.join(args.out, corpus, r["run"],
+                                                               "metrics.jsonl"))
+                for r in results if r["corpus"] == corpus}
+        print(study_metrics.summary_table(runs, args.window, corpus))
     return 0
 
 
