@@ -112,7 +112,9 @@ TEST(AuxLossTest, GradientsMatchFiniteDifferences) {
   std::vector<double> ld = ToDoubles(logits);
   std::vector<double> probs(t * e);
   router_reference::Softmax(ld.data(), t, e, probs.data());
-  const auto [idx, f] = RouteReference(ld, t, e, k);
+  const Routed routed = RouteReference(ld, t, e, k);
+  const std::vector<int32_t>& idx = routed.idx;
+  const std::vector<double>& f = routed.f;
   for (const AuxCase& c : kAuxCases) {
     SCOPED_TRACE(c.name);
     auto loss = [&](const std::vector<double>& l) {
@@ -150,7 +152,9 @@ TEST(AuxLossTest, MatchesReferenceAtSigmaShape) {
   const Tensor probs = HostTensor({t, e}, DType::kF32);
   MOE_ASSERT_OK(SoftmaxRows(ExecContext::Cpu(), logits, probs));
   const std::vector<double> ld = ToDoubles(logits), pd = ToDoubles(probs);
-  const auto [idx, f] = RouteReference(ld, t, e, k);
+  const Routed routed = RouteReference(ld, t, e, k);
+  const std::vector<int32_t>& idx = routed.idx;
+  const std::vector<double>& f = routed.f;
   for (const AuxCase& c : kAuxCases) {
     SCOPED_TRACE(c.name);
     std::vector<double> d_ref(t * e);
