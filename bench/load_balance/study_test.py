@@ -101,6 +101,17 @@ def test_study(binary, work):
     resumed = [json.loads(l) for l in second.stdout.splitlines() if l.startswith("{")][0]
     check(resumed["resumed_from"] == 4, f"resumed_from {resumed['resumed_from']}")
 
+    # --fresh retrains the planned runs and deletes nothing else under --out.
+    keep = os.path.join(out, "synthetic", "notes.txt")
+    with open(keep, "w") as f:
+        f.write("mine")
+    fresh = sweep(binary, out, "--fresh", "--corpora", "synthetic", "--variants", "lbl",
+                  "--second_seed=")
+    check("done earlier" not in fresh.stderr and os.path.isfile(keep), "--fresh")
+    check(os.path.isdir(os.path.join(out, "text", "bias")), "--fresh removed another run")
+    again = study_metrics.read_rows(os.path.join(run_dir, "metrics.jsonl"))
+    check([r["loss"] for r in again] == [r["loss"] for r in after], "the retrained run differs")
+
     figures = os.path.join(work, "figures")
     shutil.rmtree(figures, ignore_errors=True)
     plot = subprocess.run([sys.executable, os.path.join(HERE, "plot.py"), "--study", out,

@@ -101,7 +101,8 @@ def parse_args(argv):
                         help="extra override for every run (repeatable)")
     parser.add_argument("--out", default="load_balance_study", help="directory for the runs")
     parser.add_argument("--fresh", action="store_true",
-                        help="delete earlier runs under --out instead of resuming them")
+                        help="delete the earlier runs of this plan under --out (only those run "
+                             "directories) instead of resuming them")
     args = parser.parse_args(argv)
     args.variants, args.corpora, args.second_seed = (
         csv(args.variants), csv(args.corpora), csv(args.second_seed))
@@ -285,11 +286,12 @@ def train_run(args, run, steps, progress, index, count):
 
 def main(argv):
     args = parse_args(argv)
-    if args.fresh:
-        shutil.rmtree(args.out, ignore_errors=True)
     os.makedirs(args.out, exist_ok=True)
     steps = args.steps or preset_steps(args)
     runs = plan_runs(args)
+    if args.fresh:  # the planned runs' own directories only: --out may hold anything else
+        for corpus, name, _, _ in runs:
+            shutil.rmtree(os.path.join(args.out, corpus, name), ignore_errors=True)
     print(f"study: {len(runs)} runs of {steps} steps under {args.out}", file=sys.stderr,
           flush=True)
     progress = Progress(total_steps=steps * len(runs))
