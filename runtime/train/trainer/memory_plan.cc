@@ -128,8 +128,10 @@ StatusOr<MemoryPlan> PlanMemory(const proto::RunConfig& config, Device device, D
   plan.transient_bytes += 0.25 * (plan.activation_bytes + plan.transient_bytes);
   int moe_layers = 0;
   for (int l = 0; l < mc.num_layers(); ++l) moe_layers += IsDense(moe, l) ? 0 : 1;
+  // With aux-loss-free balancing the metrics line also reads each layer's max |bias|.
   plan.host_syncs_per_step =
-      SyncBudget().StepTotal(moe_layers, std::max(1, config.train().grad_accum()));
+      SyncBudget().StepTotal(moe_layers, std::max(1, config.train().grad_accum())) +
+      (moe.bias_update_rate() > 0 ? moe_layers : 0);
   plan.reserve_bytes = device.is_cuda() ? kCudaReserveBytes : 0;
   return plan;
 }

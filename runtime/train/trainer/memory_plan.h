@@ -38,7 +38,8 @@ struct MemoryPlan {
   // Host syncs per optimizer step on one rank's CUDA path, the budget of SyncBudget
   // (runtime/train/model/sync_budget.h): per micro-batch one per MoE layer (expert offsets); per
   // step one read of the loss, aux values and gradient norm, and two per MoE layer for the routing
-  // statistics of the metrics line. metrics.jsonl reports the measured count
+  // statistics of the metrics line, plus one per MoE layer for its max |expert bias| when
+  // moe.bias_update_rate > 0. metrics.jsonl reports the measured count
   // (ExecContext::host_syncs), which the GPU check compares with this.
   int64_t host_syncs_per_step = 0;
   int64_t tokens = 0;  // per micro-batch on this rank

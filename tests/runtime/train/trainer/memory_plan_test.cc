@@ -166,6 +166,11 @@ TEST(MemoryPlanTest, SyncBudgetCountsMoeLayersAndMicroBatches) {
   MOE_ASSERT_OK_AND_ASSIGN(MemoryPlan plan, PlanMemory(config, Device::Cpu(), DType::kF32));
   // Per micro-batch one per MoE layer (offsets); per step one read, two per layer for statistics.
   EXPECT_EQ(plan.host_syncs_per_step, 3 * 2 + 1 + 2 * 2);
+  // Bias balancing: the metrics line reads each layer's max |bias| too.
+  config.mutable_model()->mutable_moe()->set_bias_update_rate(1e-3);
+  config.mutable_model()->mutable_moe()->set_bias_bound(1.0);
+  MOE_ASSERT_OK_AND_ASSIGN(plan, PlanMemory(config, Device::Cpu(), DType::kF32));
+  EXPECT_EQ(plan.host_syncs_per_step, 3 * 2 + 1 + 2 * 2 + 2);
 }
 
 }  // namespace
