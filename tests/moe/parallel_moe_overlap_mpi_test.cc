@@ -1,8 +1,8 @@
 // Real overlap of pipelined chunks (d > 1) on CPU ranks (mpirun -np 2, CTest label mpi): with a
 // slow link in front of MPI (tests/testing/delay_communicator.h: every all-to-all sleeps for its
-// bytes), the layer's forward + backward at d = 4 takes at least half the injected delay less
-// than at d = 1: the communication thread sleeps through chunk c + 1's exchange while the experts
-// of chunk c compute. The pipelined results are bit-identical with and without the communication
+// bytes), the delay adds to the layer's forward + backward at d = 4 at most half of what it adds
+// at d = 1 (each against its own time without the delay): the communication thread sleeps through
+// chunk c + 1's exchange while the experts of chunk c compute. The pipelined results are bit-identical with and without the communication
 // thread, and equal d = 1 within fp32 tolerance. Prints the times as JSON lines: per repetition,
 // with the share of the injected delay that d = 4 still shows (its time with the delay minus its
 // time without, over the delay: a quarter in theory, the first chunk out and the last one back),
@@ -150,32 +150,36 @@ TEST(MpiOverlapTest, PipelinedChunksHideTheInjectedDelay) {
   // first chunk out, the last one back): it hides 75% in theory. The machine's speed drifts
   // (other processes share its cores), so each repetition calibrates itself and the test takes
   // the median of the repetitions' shares.
+  // The share saved against d = 1 compares what the delay adds to each (its time with the delay
+  // minus its time without): the four chunks' own compute, faster or slower than one chunk's on a
+  // given CPU, is not overlap.
   const int reps = 11;
   std::vector<double> vs_d1, vs_serial;
-  double plain = 0, t1 = 0, t4 = 0, t4_serial = 0, injected = 0, injected_d4 = 0;
+  double plain = 0, plain1 = 0, t1 = 0, t4 = 0, t4_serial = 0, injected = 0, injected_d4 = 0;
   for (int i = 0; i < reps; ++i) {
     rig.slow().set_ns_per_byte(0.0);
     plain = rig.Run(4, true, &out);
+    plain1 = rig.Run(1, true, &out);
     rig.slow().set_ns_per_byte(4 * 0.08 * plain / ns_total_ms);
     t1 = rig.Run(1, true, &d1, &injected);
     t4 = rig.Run(4, true, &d4, &injected_d4);
     t4_serial = rig.Run(4, false, &d4_serial);
-    vs_d1.push_back((t1 - t4) / injected);
+    vs_d1.push_back(((t1 - plain1) - (t4 - plain)) / injected);
     vs_serial.push_back((t4_serial - t4) / injected_d4);
     if (world->rank() == 0) {
       std::printf(
           "{\"name\": \"overlap_mpi\", \"ranks\": %d, \"rep\": %d, \"d4_no_delay_ms\": %.2f, "
-          "\"d1_ms\": %.2f, \"d4_ms\": %.2f, \"d4_no_overlap_ms\": %.2f, "
+          "\"d1_no_delay_ms\": %.2f, \"d1_ms\": %.2f, \"d4_ms\": %.2f, \"d4_no_overlap_ms\": %.2f, "
           "\"injected_d1_ms\": %.2f, \"injected_d4_ms\": %.2f, \"saved_vs_d1_of_injected\": "
           "%.3f, \"saved_vs_no_overlap_of_injected\": %.3f, \"d4_exposed_of_injected\": %.3f}\n",
-          world->size(), i, plain, t1, t4, t4_serial, injected, injected_d4, vs_d1.back(),
+          world->size(), i, plain, plain1, t1, t4, t4_serial, injected, injected_d4, vs_d1.back(),
           vs_serial.back(), (t4 - plain) / injected_d4);
       std::fflush(stdout);
     }
   }
   std::sort(vs_d1.begin(), vs_d1.end());
   std::sort(vs_serial.begin(), vs_serial.end());
-  // d = 4 is faster than d = 1 by at least half the delay d = 1 pays (the median repetition)...
+  // d = 4 hides at least half the delay that d = 1 pays (the median repetition; 0.75 in theory)...
   EXPECT_GE(vs_d1[reps / 2], 0.5) << "median share of the injected delay saved against d = 1";
   // What the overlap alone saves, against the same chunks with the overlap off (each exchange
   // waited for at once, on the same thread and in the same way: d = 4 on a CPU also gains from its
