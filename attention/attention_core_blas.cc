@@ -20,11 +20,6 @@ const float* HeadPtr(const float* base, const AttentionDims& d, int64_t heads, i
   return base + (b * d.seq * heads + h) * d.head_dim;
 }
 
-// row[t] = exp(row[t] - shift) for t < n, in place; returns their sum (cpu_vector.h).
-MOE_CPU_CLONES double ExpShiftedSumInPlace(float* row, int64_t n, float shift) {
-  return ExpShiftedSum(row, shift, n, row);
-}
-
 // max over row[0, n), n >= 1, in 16 lanes (vectorizes; a NaN in the row may or may not win,
 // as with std::max_element).
 MOE_CPU_CLONES float RowMax(const float* row, int64_t n) {
@@ -160,7 +155,7 @@ void AttentionForwardBlas(const AttentionDims& d, const float* q, const float* k
                 const int64_t s = q0 + r;  // the query's position: keys 0..s
                 float* row = p + (j * rows + r) * s_len;
                 const float max = RowMax(row, s + 1);
-                const double sum = ExpShiftedSumInPlace(row, s + 1, max);
+                const double sum = ExpShiftedSum(row, max, s + 1, row);
                 inv_sum[j * rows + r] = static_cast<float>(1.0 / sum);
                 std::fill(row + s + 1, row + q1, 0.0f);
                 lse_row[s] = max + static_cast<float>(std::log(sum));

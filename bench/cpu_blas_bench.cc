@@ -400,6 +400,12 @@ void OpenBlasThreads(int n) { g_openblas_set(n); }
 void BlisThreads(int n) { g_bli_set(n); }
 void OmpThreads(int n) { g_omp_set(n); }
 
+// dlsym(handle, name) as a function pointer of type F (null when absent).
+template <typename F>
+F Symbol(void* handle, const char* name) {
+  return reinterpret_cast<F>(dlsym(handle, name));
+}
+
 // Loads `name` in this (child) process; on failure returns false with `why`.
 bool Load(const std::string& name, Library* lib, std::string* why) {
   lib->name = name;
@@ -418,12 +424,12 @@ bool Load(const std::string& name, Library* lib, std::string* why) {
     }
     void* h = dlopen("libopenblas.so.0", RTLD_NOW | RTLD_LOCAL);
     if (h == nullptr) return fail("dlopen libopenblas.so.0");
-    lib->cblas = reinterpret_cast<CblasSgemm>(dlsym(h, "cblas_sgemm"));
-    g_openblas_set = reinterpret_cast<void (*)(int)>(dlsym(h, "openblas_set_num_threads"));
+    lib->cblas = Symbol<CblasSgemm>(h, "cblas_sgemm");
+    g_openblas_set = Symbol<void (*)(int)>(h, "openblas_set_num_threads");
     if (lib->cblas == nullptr || g_openblas_set == nullptr) return fail("dlsym");
     lib->set_threads = OpenBlasThreads;
-    auto corename = reinterpret_cast<const char* (*)()>(dlsym(h, "openblas_get_corename"));
-    auto config = reinterpret_cast<const char* (*)()>(dlsym(h, "openblas_get_config"));
+    auto corename = Symbol<const char* (*)()>(h, "openblas_get_corename");
+    auto config = Symbol<const char* (*)()>(h, "openblas_get_config");
     const char* env = getenv("OPENBLAS_CORETYPE");
     lib->info = "\"so\":\"libopenblas.so.0\",\"coretype_env\":\"" + std::string(env ? env : "") +
                 "\",\"core\":\"" + JsonEscape(corename ? corename() : "?") + "\",\"config\":\"" +
@@ -433,14 +439,14 @@ bool Load(const std::string& name, Library* lib, std::string* why) {
   if (name == "blis") {
     void* h = dlopen("libblis.so.4", RTLD_NOW | RTLD_LOCAL);
     if (h == nullptr) return fail("dlopen libblis.so.4");
-    lib->cblas = reinterpret_cast<CblasSgemm>(dlsym(h, "cblas_sgemm"));
-    g_bli_set = reinterpret_cast<void (*)(int64_t)>(dlsym(h, "bli_thread_set_num_threads"));
+    lib->cblas = Symbol<CblasSgemm>(h, "cblas_sgemm");
+    g_bli_set = Symbol<void (*)(int64_t)>(h, "bli_thread_set_num_threads");
     if (lib->cblas == nullptr || g_bli_set == nullptr) return fail("dlsym (a BLIS without CBLAS?)");
     lib->set_threads = BlisThreads;
-    auto version = reinterpret_cast<const char* (*)()>(dlsym(h, "bli_info_get_version_str"));
-    auto int_size = reinterpret_cast<int64_t (*)()>(dlsym(h, "bli_info_get_blas_int_type_size"));
-    auto arch_id = reinterpret_cast<int (*)()>(dlsym(h, "bli_arch_query_id"));
-    auto arch_str = reinterpret_cast<const char* (*)(int)>(dlsym(h, "bli_arch_string"));
+    auto version = Symbol<const char* (*)()>(h, "bli_info_get_version_str");
+    auto int_size = Symbol<int64_t (*)()>(h, "bli_info_get_blas_int_type_size");
+    auto arch_id = Symbol<int (*)()>(h, "bli_arch_query_id");
+    auto arch_str = Symbol<const char* (*)(int)>(h, "bli_arch_string");
     if (int_size != nullptr && int_size() != 32) {
       *why = "BLIS built with " + std::to_string(int_size()) + "-bit BLAS integers (need 32)";
       return false;
@@ -458,15 +464,15 @@ bool Load(const std::string& name, Library* lib, std::string* why) {
       h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
     }
     if (h == nullptr) return fail("dlopen libdnnl.so.3 and libdnnl.so.2");
-    lib->dnnl = reinterpret_cast<DnnlSgemm>(dlsym(h, "dnnl_sgemm"));
+    lib->dnnl = Symbol<DnnlSgemm>(h, "dnnl_sgemm");
     if (lib->dnnl == nullptr) return fail("dlsym dnnl_sgemm");
     struct DnnlVersion {
       int major, minor, patch;
       const char* hash;
       unsigned cpu_runtime, gpu_runtime;
     };
-    auto version = reinterpret_cast<const DnnlVersion* (*)()>(dlsym(h, "dnnl_version"));
-    auto isa = reinterpret_cast<int (*)()>(dlsym(h, "dnnl_get_effective_cpu_isa"));
+    auto version = Symbol<const DnnlVersion* (*)()>(h, "dnnl_version");
+    auto isa = Symbol<int (*)()>(h, "dnnl_get_effective_cpu_isa");
     const DnnlVersion* v = version ? version() : nullptr;
     // cpu_runtime: 1 sequential, 2 OpenMP, 4 TBB, 8 threadpool (dnnl_types.h DNNL_RUNTIME_*).
     const unsigned runtime = v ? v->cpu_runtime : 0;
@@ -475,7 +481,7 @@ bool Load(const std::string& name, Library* lib, std::string* why) {
       void* omp = dlopen("libgomp.so.1", RTLD_NOW | RTLD_NOLOAD);
       if (omp == nullptr) omp = dlopen("libomp.so.5", RTLD_NOW | RTLD_NOLOAD);
       if (omp != nullptr) {
-        g_omp_set = reinterpret_cast<void (*)(int)>(dlsym(omp, "omp_set_num_threads"));
+        g_omp_set = Symbol<void (*)(int)>(omp, "omp_set_num_threads");
       }
       if (g_omp_set == nullptr) return fail("omp_set_num_threads of oneDNN's OpenMP runtime");
       lib->set_threads = OmpThreads;

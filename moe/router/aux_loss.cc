@@ -17,7 +17,7 @@ namespace {
 
 // Row r's logsumexp of logits and arg max of probs, without a second pass of exp: probs is the
 // softmax of logits, p_c = exp(l_c - lse), so lse = l_a - ln p_a, taken at a = arg max p (ties:
-// lower index, as AuxRowStat), the best-conditioned entry (p_a >= 1/E). A non-finite row has NaN
+// lower index, as AuxRowStats), the best-conditioned entry (p_a >= 1/E). A non-finite row has NaN
 // probs: a = 0 and lse = NaN, so the values come out NaN as the reference's do.
 MOE_CPU_CLONES void AuxRowStatsF32(const float* logits, const float* probs, int64_t first,
                                    int64_t last, int64_t e, double* lse, double* max_p,
@@ -48,7 +48,7 @@ MOE_CPU_CLONES void ColumnSums(const float* probs, int64_t first, int64_t last, 
   }
 }
 
-// router_reference::AuxLogitsGradRow in f32 (its coefficients rounded to f32 once, in g):
+// router_reference::AuxLoss's gradient row in f32 (its coefficients rounded to f32 once, in g):
 // d_c = p_c (g_c + [c = a] top1 - dot + z_factor lse), dot = sum_c (g_c + [c = a] top1) p_c.
 MOE_CPU_CLONES void AuxGradRowF32(const float* g, float top1_argmax, double z_lse, const float* pr,
                                   int64_t e, int64_t arg_max, float* d) {

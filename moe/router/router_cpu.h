@@ -204,24 +204,7 @@ inline AuxGradient AuxCoefficients(const AuxLossConfig& config, const AuxSums& s
   return out;
 }
 
-// Row r's logsumexp of logits, max and arg max (ties: lower index) of probs.
-template <typename S>
-void AuxRowStat(const S* logits, const S* probs, int64_t r, int64_t e, double* lse, double* max_p,
-                int64_t* arg_max) {
-  double m = -std::numeric_limits<double>::infinity();
-  for (int64_t c = 0; c < e; ++c) m = std::max(m, double{logits[r * e + c]});
-  double sum = 0.0;
-  for (int64_t c = 0; c < e; ++c) sum += std::exp(double{logits[r * e + c]} - m);
-  *lse = m + std::log(sum);
-  int64_t best = 0;
-  for (int64_t c = 1; c < e; ++c) {
-    if (probs[r * e + c] > probs[r * e + best]) best = c;
-  }
-  *arg_max = best;
-  *max_p = probs[r * e + best];
-}
-
-// Per-row AuxRowStat for every row.
+// Per-row logsumexp of logits, max and arg max (ties: lower index) of probs.
 template <typename S>
 void AuxRowStats(const S* logits, const S* probs, int64_t t, int64_t e, std::vector<double>* lse,
                  std::vector<double>* max_p, std::vector<int64_t>* arg_max) {
@@ -229,33 +212,17 @@ void AuxRowStats(const S* logits, const S* probs, int64_t t, int64_t e, std::vec
   max_p->assign(t, 0.0);
   arg_max->assign(t, 0);
   for (int64_t r = 0; r < t; ++r) {
-    AuxRowStat(logits, probs, r, e, &(*lse)[r], &(*max_p)[r], &(*arg_max)[r]);
-  }
-}
-
-// The sums over rows of AuxSums from the row stats (in row order).
-template <typename S>
-void AddRowSums(const S* probs, int64_t t, int64_t e, const std::vector<double>& lse,
-                const std::vector<double>& max_p, AuxSums* sums) {
-  for (int64_t r = 0; r < t; ++r) {
-    for (int64_t c = 0; c < e; ++c) sums->p_sum[c] += probs[r * e + c];
-    sums->lse_sq_sum += lse[r] * lse[r];
-    sums->max_p_sum += max_p[r];
-  }
-}
-
-// Row r of d_logits [T, E].
-template <typename S>
-void AuxLogitsGradRow(const AuxGradient& grad, const S* probs, int64_t r, int64_t e, double lse,
-                      int64_t arg_max, S* d_logits) {
-  const S* pr = probs + r * e;
-  double dot = 0.0;
-  for (int64_t c = 0; c < e; ++c) {
-    dot += (grad.g[c] + (c == arg_max ? grad.top1_argmax : 0.0)) * pr[c];
-  }
-  for (int64_t c = 0; c < e; ++c) {
-    const double dp = grad.g[c] + (c == arg_max ? grad.top1_argmax : 0.0);
-    d_logits[r * e + c] = static_cast<S>(pr[c] * (dp - dot) + grad.z_factor * lse * pr[c]);
+    double m = -std::numeric_limits<double>::infinity();
+    for (int64_t c = 0; c < e; ++c) m = std::max(m, double{logits[r * e + c]});
+    double sum = 0.0;
+    for (int64_t c = 0; c < e; ++c) sum += std::exp(double{logits[r * e + c]} - m);
+    (*lse)[r] = m + std::log(sum);
+    int64_t best = 0;
+    for (int64_t c = 1; c < e; ++c) {
+      if (probs[r * e + c] > probs[r * e + best]) best = c;
+    }
+    (*arg_max)[r] = best;
+    (*max_p)[r] = probs[r * e + best];
   }
 }
 
@@ -271,11 +238,23 @@ AuxLossValues AuxLoss(const AuxLossConfig& config, const S* logits, const S* pro
   std::vector<double> lse, max_p;
   std::vector<int64_t> arg_max;
   AuxRowStats(logits, probs, t, e, &lse, &max_p, &arg_max);
-  AddRowSums(probs, t, e, lse, max_p, &sums);
+  for (int64_t r = 0; r < t; ++r) {
+    for (int64_t c = 0; c < e; ++c) sums.p_sum[c] += probs[r * e + c];
+    sums.lse_sq_sum += lse[r] * lse[r];
+    sums.max_p_sum += max_p[r];
+  }
   const AuxGradient grad = AuxCoefficients(config, sums);
   if (d_logits != nullptr) {
     for (int64_t r = 0; r < t; ++r) {
-      AuxLogitsGradRow(grad, probs, r, e, lse[r], arg_max[r], d_logits);
+      const S* pr = probs + r * e;
+      double dot = 0.0;
+      for (int64_t c = 0; c < e; ++c) {
+        dot += (grad.g[c] + (c == arg_max[r] ? grad.top1_argmax : 0.0)) * pr[c];
+      }
+      for (int64_t c = 0; c < e; ++c) {
+        const double dp = grad.g[c] + (c == arg_max[r] ? grad.top1_argmax : 0.0);
+        d_logits[r * e + c] = static_cast<S>(pr[c] * (dp - dot) + grad.z_factor * lse[r] * pr[c]);
+      }
     }
   }
   return grad.values;

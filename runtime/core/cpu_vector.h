@@ -67,21 +67,7 @@ inline double SumLanes(const double (&lanes)[8]) {
 }
 
 // y[i] = ExpF(x[i] - shift) for i < n (y may be x); returns the sum of the y, in double lanes.
-// Call it from a MOE_CPU_CLONES function (it is inlined into each clone).
-inline double ExpShiftedSum(const float* x, float shift, int64_t n, float* y) {
-  double lanes[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int l = 0; l < 8; ++l) {
-      y[i + l] = ExpF(x[i + l] - shift);
-      lanes[l] += y[i + l];
-    }
-  }
-  for (; i < n; ++i) {
-    y[i] = ExpF(x[i] - shift);
-    lanes[i % 8] += y[i];
-  }
-  return SumLanes(lanes);
-}
+// Cloned like the hot loops above (cpu_vector.cc): the softmaxes' row pass.
+double ExpShiftedSum(const float* x, float shift, int64_t n, float* y);
 
 }  // namespace smoe

@@ -7,14 +7,6 @@
 #include "runtime/core/thread_pool.h"
 
 namespace smoe {
-namespace {
-
-// y[c] = exp(x[c] - max) (ExpF, vectorized: cpu_vector.h); returns the sum, in double lanes.
-MOE_CPU_CLONES double ExpRowSum(const float* x, float max, int64_t n, float* y) {
-  return ExpShiftedSum(x, max, n, y);
-}
-
-}  // namespace
 
 Status SoftmaxRows(ExecContext& ctx, const TensorView& x, const TensorView& y) {
   MOE_RETURN_IF_ERROR(CheckContiguousTensor("x", x, DType::kF32, ctx.device(), {-1, -1}));
@@ -42,7 +34,7 @@ Status SoftmaxRows(ExecContext& ctx, const TensorView& x, const TensorView& y) {
         std::fill(yr, yr + cols, std::numeric_limits<float>::quiet_NaN());
         continue;
       }
-      const float inv = static_cast<float>(1.0 / ExpRowSum(xr, max, cols, yr));
+      const float inv = static_cast<float>(1.0 / ExpShiftedSum(xr, max, cols, yr));
       for (int64_t c = 0; c < cols; ++c) yr[c] *= inv;
     }
   });
